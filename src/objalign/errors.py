@@ -1,0 +1,26 @@
+"""User-facing errors: one clear line naming the bad value, what was expected and the fix.
+
+The CLI prints an :class:`ObjalignError` as a single line (no traceback) and exits with status 2.
+"""
+
+
+class ObjalignError(ValueError):
+    """A problem with the user's input, configuration or environment (not a bug in objalign)."""
+
+
+class MissingDependencyError(ObjalignError, ImportError):
+    """An optional dependency is not installed; the message gives the exact ``pip install`` line."""
+
+
+def require(module: str, extra: str, package: str | None = None):
+    """Import ``module`` or raise :class:`MissingDependencyError` naming the extra that provides it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - exercised when extras are absent
+        pkg = package or module.split(".")[0]
+        raise MissingDependencyError(
+            f"objalign needs '{pkg}' for this step, which is not installed: "
+            f"pip install 'objalign[{extra}]' (or pip install {pkg})"
+        ) from exc
