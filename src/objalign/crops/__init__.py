@@ -1,0 +1,8 @@
+"""Deciding and rendering object crops: box, ground-truth mask, segmenters (GrabCut, SAM)."""
+
+from ..registry import Registry
+
+#: Crop modes by name; each target is a class whose instances have ``decide(image, annotations, h, w)``.
+CROP_MODES = Registry("crop mode")
+CROP_MODES.register("box", "objalign.crops.modes:BoxMode", "padded box, object in its context")
+CROP_MODES.register("gt-mask", "objalign.crops.modes:GtMaskMode", "ground-truth mask, background filled")
