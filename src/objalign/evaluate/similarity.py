@@ -1,0 +1,459 @@
+"""Representation similarity measures between two feature sets, computed with no fitting.
+
+Every function takes two arrays ``X`` of shape ``(n_samples, n_features_x)`` and ``Y`` of shape
+``(n_samples, n_features_y)`` whose rows are paired (row ``i`` of both describes object ``i``); the
+widths may differ. All computations run in float64 on NumPy arrays.
+
+Measures
+--------
+- :func:`cka`: centred kernel alignment, linear or RBF, biased or unbiased HSIC.
+- :func:`mutual_knn`: mutual k-nearest-neighbour overlap (Huh et al. 2024).
+- :func:`cknna`: centred kernel nearest-neighbour alignment (Huh et al. 2024).
+- :func:`svcca`: singular-vector canonical correlation analysis (Raghu et al. 2017).
+- :func:`hsic`: the Hilbert-Schmidt independence criterion on two Gram matrices (biased or unbiased).
+
+Ties in nearest-neighbour measures
+----------------------------------
+Language targets repeat: every object of a category has the *same* text embedding, so ``Y`` holds
+identical rows and a sample's k nearest neighbours in ``Y`` are mostly ties. The k-NN measures take a
+``ties`` argument:
+
+``"average"`` (default)
+    The score is the exact **expected value under uniformly random tie-breaking**, drawn independently
+    in ``X`` and in ``Y``. For sample ``i`` with k-th largest similarity ``s_k``, a candidate ``j`` whose
+    similarity exceeds ``s_k`` is a neighbour with weight 1; the ``t`` candidates tied with ``s_k``
+    share the ``k - a`` remaining places (``a`` = number strictly above) with weight ``(k - a) / t``
+    each; all others have weight 0. Every row of weights sums to ``k``. The result does not depend on
+    the order of the samples and needs no random numbers. Without ties it equals the plain k-NN rule.
+``"index"``
+    Tied candidates are taken in increasing sample index (a stable sort), like a reference
+    implementation run on data in the given order. Deterministic, but it depends on sample order.
+
+Two similarities count as tied when they differ by at most ``TIE_ATOL`` (``1e-10``; similarities are
+cosines in ``[-1, 1]`` computed in float64, so identical rows always tie). The sample itself is never
+its own neighbour, but an identical copy of it is a (tied) candidate like any other sample.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from objalign.errors import ObjalignError
+
+__all__ = ["TIE_ATOL", "cka", "cknna", "hsic", "mutual_knn", "svcca"]
+
+TIE_ATOL = 1e-10
+"""Absolute tolerance under which two cosine similarities count as tied in k-NN measures."""
+
+_TIES = ("average", "index")
+
+
+# ----------------------------------------------------------------------------------------- validation
+def _as_matrix(a, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ObjalignError(
+            f"{name} must be a numeric array of shape (n_samples, n_features); "
+            f"could not convert it to float ({exc}): pass a NumPy array of numbers"
+        ) from None
+    if arr.ndim != 2:
+        raise ObjalignError(
+            f"{name} must be 2-D with shape (n_samples, n_features), got shape {arr.shape}: "
+            f"reshape it, e.g. {name}.reshape(len({name}), -1)"
+        )
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise ObjalignError(
+            f"{name} contains {bad} NaN or infinite values; similarity measures need finite "
+            f"features: drop or repair those rows first"
+        )
+    return arr
+
+
+def _validate_pair(X, Y, min_samples: int, measure: str) -> tuple[np.ndarray, np.ndarray]:
+    X = _as_matrix(X, "X")
+    Y = _as_matrix(Y, "Y")
+    if X.shape[0] != Y.shape[0]:
+        raise ObjalignError(
+            f"X and Y must have the same number of rows (paired samples), got X with "
+            f"{X.shape[0]} and Y with {Y.shape[0]}: pass one row per object in both"
+        )
+    if X.shape[0] < min_samples:
+        raise ObjalignError(
+            f"{measure} needs at least {min_samples} samples, got {X.shape[0]}: pass more objects"
+        )
+    if X.shape[1] == 0 or Y.shape[1] == 0:
+        raise ObjalignError(
+            f"X and Y need at least one feature, got widths {X.shape[1]} and {Y.shape[1]}"
+        )
+    return X, Y
+
+
+def _check_k(k, n: int, minimum: int = 1) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ObjalignError(f"k must be an integer, got {k!r}: pass e.g. k=10")
+    k = int(k)
+    if not minimum <= k <= n - 1:
+        raise ObjalignError(
+            f"k={k} is out of range for {n} samples: expected {minimum} <= k <= n_samples - 1 = {n - 1}"
+        )
+    return k
+
+
+def _check_ties(ties) -> str:
+    if ties not in _TIES:
+        raise ObjalignError(f"ties={ties!r} is not supported: expected one of {list(_TIES)}")
+    return ties
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _center(X: np.ndarray) -> np.ndarray:
+    return X - X.mean(axis=0, keepdims=True)
+
+
+def _cosine_gram(X: np.ndarray, name: str) -> np.ndarray:
+    """Cosine similarity matrix ``(n, n)`` of the rows of ``X`` ``(n, d)``."""
+    norms = np.linalg.norm(X, axis=1)
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        raise ObjalignError(
+            f"{name} has {zero.size} all-zero rows (first at row {int(zero[0])}); cosine similarity "
+            f"is undefined for them: drop those rows"
+        )
+    Z = X / norms[:, None]
+    return Z @ Z.T
+
+
+def _neighbour_weights(S: np.ndarray, k: int, ties: str) -> np.ndarray:
+    """k-NN membership weights ``(n, n)`` from a similarity matrix ``S`` ``(n, n)``.
+
+    Row ``i`` gives, for each ``j``, the (expected) indicator that ``j`` is among the ``k`` most
+    similar samples to ``i`` (self excluded), with the module's tie rule. Rows sum to ``k``.
+    """
+    n = S.shape[0]
+    S = S.copy()
+    np.fill_diagonal(S, -np.inf)
+    kth = np.partition(S, n - k, axis=1)[:, n - k][:, None]  # k-th largest per row (finite)
+    above = S > kth + TIE_ATOL
+    tied = (S >= kth - TIE_ATOL) & ~above
+    need = k - above.sum(axis=1)  # >= 1 places left for the tied block
+    if ties == "average":
+        share = need / tied.sum(axis=1)
+        return above + tied * share[:, None]
+    rank = np.cumsum(tied, axis=1)  # 1-based rank of each tied candidate in index order
+    return (above | (tied & (rank <= need[:, None]))).astype(np.float64)
+
+
+def _double_center(K: np.ndarray) -> np.ndarray:
+    """``H K H`` with ``H = I - 11^T / n`` for a square ``K`` ``(n, n)``."""
+    return K - K.mean(axis=0, keepdims=True) - K.mean(axis=1, keepdims=True) + K.mean()
+
+
+def _hsic_biased(K: np.ndarray, L: np.ndarray) -> float:
+    n = K.shape[0]
+    return float(np.sum(_double_center(K) * L.T)) / (n - 1) ** 2
+
+
+def _hsic_unbiased(K: np.ndarray, L: np.ndarray) -> float:
+    n = K.shape[0]
+    Kt = K.copy()
+    Lt = L.copy()
+    np.fill_diagonal(Kt, 0.0)
+    np.fill_diagonal(Lt, 0.0)
+    trace_term = np.sum(Kt * Lt.T)  # tr(Kt Lt)
+    sums_term = Kt.sum() * Lt.sum() / ((n - 1) * (n - 2))
+    cross_term = 2.0 * (Kt.sum(axis=0) @ Lt.sum(axis=1)) / (n - 2)  # 2/(n-2) 1^T Kt Lt 1
+    return float((trace_term + sums_term - cross_term) / (n * (n - 3)))
+
+
+def hsic(K, L, unbiased: bool = False) -> float:
+    """Hilbert-Schmidt independence criterion of two Gram matrices.
+
+    Parameters
+    ----------
+    K, L : array-like of shape (n_samples, n_samples)
+        Kernel (Gram) matrices of the same samples in two spaces.
+    unbiased : bool, default False
+        False: the biased estimator ``tr(K H L H) / (n - 1)^2`` with ``H = I - 11^T / n``
+        (Gretton et al. 2005). True: the unbiased U-statistic of Song et al. 2012 ("Feature
+        Selection via Dependence Maximization", JMLR 13, eq. 5), with ``K~``, ``L~`` the matrices
+        with zeroed diagonals::
+
+            [tr(K~ L~) + 1^T K~ 1 1^T L~ 1 / ((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] / (n (n-3))
+
+        It needs ``n >= 4``.
+
+    Returns
+    -------
+    float
+        The HSIC estimate (the unbiased one can be slightly negative).
+    """
+    K = _as_matrix(K, "K")
+    L = _as_matrix(L, "L")
+    if K.shape[0] != K.shape[1] or K.shape != L.shape:
+        raise ObjalignError(
+            f"K and L must be square Gram matrices of the same shape (n, n), got {K.shape} and "
+            f"{L.shape}: build them as X @ X.T on the same samples"
+        )
+    n = K.shape[0]
+    minimum = 4 if unbiased else 2
+    if n < minimum:
+        kind = "unbiased" if unbiased else "biased"
+        raise ObjalignError(f"{kind} HSIC needs at least {minimum} samples, got {n}")
+    return _hsic_unbiased(K, L) if unbiased else _hsic_biased(K, L)
+
+
+# ----------------------------------------------------------------------------------------------- CKA
+def _rbf_gram(X: np.ndarray, fraction: float, name: str) -> np.ndarray:
+    sq = np.einsum("ij,ij->i", X, X)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (X @ X.T)
+    np.maximum(d2, 0.0, out=d2)
+    np.fill_diagonal(d2, 0.0)
+    iu = np.triu_indices(X.shape[0], k=1)
+    median = float(np.median(np.sqrt(d2[iu])))
+    if median == 0.0:
+        raise ObjalignError(
+            f"the median pairwise distance of {name} is 0 (more than half of its row pairs are "
+            f"identical), so the RBF bandwidth is undefined: use kernel='linear'"
+        )
+    sigma = fraction * median
+    return np.exp(-d2 / (2.0 * sigma**2))
+
+
+def cka(X, Y, kernel: str = "linear", unbiased: bool = False, sigma: float | None = None) -> float:
+    """Centred kernel alignment between two representations of the same samples.
+
+    ``CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))`` (Kornblith et al. 2019, "Similarity of
+    Neural Network Representations Revisited", ICML), with ``K``, ``L`` the Gram matrices of ``X``
+    and ``Y``. With the linear kernel and the biased HSIC this equals the feature-space formula on
+    column-centred data ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)``, which is used when it is
+    cheaper. CKA is invariant to orthogonal transforms and isotropic scaling of either space; it is
+    1 for identical representations up to those, and lies in ``[0, 1]`` for the biased estimator.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features_x)
+    Y : array-like of shape (n_samples, n_features_y)
+        Paired features; widths may differ.
+    kernel : {"linear", "rbf"}, default "linear"
+        ``"linear"``: ``K = Xc Xc^T`` on column-centred ``X``. ``"rbf"``:
+        ``K_ij = exp(-||x_i - x_j||^2 / (2 sigma_X^2))`` with a bandwidth set per space as in
+        Kornblith et al.: ``sigma_X = sigma * median_{i<j} ||x_i - x_j||`` (likewise for ``Y``).
+        The median is taken over distinct pairs ``i < j`` (Kornblith et al.'s code takes the
+        median of squared distances including the zero diagonal; the difference vanishes as
+        ``n`` grows).
+    unbiased : bool, default False
+        Use the unbiased HSIC estimator of Song et al. 2012 (see :func:`hsic`) instead of the
+        biased one; needs ``n_samples >= 4``. Unbiased CKA of independent data is close to 0
+        (and can be slightly negative), whereas biased CKA is inflated for small ``n``.
+    sigma : float, optional
+        RBF only: bandwidth as a **fraction of the median pairwise distance** (Kornblith et al.'s
+        ``threshold``; the paper reports 0.2, 0.4 and 0.8). Default 0.8.
+
+    Returns
+    -------
+    float
+        The CKA value.
+
+    Raises
+    ------
+    ObjalignError
+        Bad shapes, non-finite values, a constant representation (zero self-HSIC), or an unknown
+        kernel.
+    """
+    if kernel not in ("linear", "rbf"):
+        raise ObjalignError(f"kernel={kernel!r} is not supported: expected 'linear' or 'rbf'")
+    if sigma is not None and kernel != "rbf":
+        raise ObjalignError("sigma only applies to kernel='rbf': drop sigma or set kernel='rbf'")
+    if sigma is None:
+        sigma = 0.8
+    elif not (isinstance(sigma, (int, float, np.floating)) and np.isfinite(sigma) and sigma > 0):
+        raise ObjalignError(
+            f"sigma={sigma!r} must be a positive number (a fraction of the median distance), e.g. 0.8"
+        )
+    X, Y = _validate_pair(X, Y, 4 if unbiased else 2, "CKA" + (" (unbiased)" if unbiased else ""))
+    n = X.shape[0]
+    Xc, Yc = _center(X), _center(Y)
+
+    if kernel == "linear" and not unbiased:
+        dx, dy = X.shape[1], Y.shape[1]
+        if dx * dy + dx * dx + dy * dy <= n * (dx + dy):  # feature space is cheaper than Grams
+            cross = float(np.sum((Yc.T @ Xc) ** 2))
+            self_x = float(np.linalg.norm(Xc.T @ Xc))
+            self_y = float(np.linalg.norm(Yc.T @ Yc))
+        else:
+            K, L = Xc @ Xc.T, Yc @ Yc.T
+            cross = float(np.sum(K * L))
+            self_x = float(np.linalg.norm(K))
+            self_y = float(np.linalg.norm(L))
+        _check_self(self_x, "X")
+        _check_self(self_y, "Y")
+        return cross / (self_x * self_y)
+
+    if kernel == "linear":
+        K, L = Xc @ Xc.T, Yc @ Yc.T
+    else:
+        K, L = _rbf_gram(Xc, float(sigma), "X"), _rbf_gram(Yc, float(sigma), "Y")
+    est = _hsic_unbiased if unbiased else _hsic_biased
+    hxx, hyy = est(K, K), est(L, L)
+    _check_self(hxx, "X")
+    _check_self(hyy, "Y")
+    return est(K, L) / np.sqrt(hxx * hyy)
+
+
+def _check_self(value: float, name: str) -> None:
+    if not value > 0:
+        raise ObjalignError(
+            f"{name} has no usable variation (its self-HSIC is {value:.3g}, e.g. all rows equal), so "
+            f"the measure is undefined: check that {name} is not constant"
+        )
+
+
+# ------------------------------------------------------------------------------------ k-NN measures
+def mutual_knn(X, Y, k: int = 10, ties: str = "average") -> float:
+    """Mutual k-nearest-neighbour alignment (Huh et al. 2024, "The Platonic Representation Hypothesis").
+
+    For each sample ``i`` let ``N_X(i)`` be its ``k`` nearest neighbours by cosine similarity among
+    the rows of ``X`` (itself excluded) and ``N_Y(i)`` the same in ``Y``. The score is
+    ``mean_i |N_X(i) ∩ N_Y(i)| / k``, in ``[0, 1]``; it is 1 when both spaces have the same
+    neighbourhoods, and about ``k / (n - 1)`` for independent spaces.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features_x)
+    Y : array-like of shape (n_samples, n_features_y)
+        Paired features; widths may differ; no row may be all zeros.
+    k : int, default 10
+        Neighbourhood size, ``1 <= k <= n_samples - 1``.
+    ties : {"average", "index"}, default "average"
+        Tie rule (see the module docstring). ``"average"`` returns the exact expectation of the
+        score when ties at the k-th neighbour are broken uniformly at random, independently in
+        each space: ``mean_i sum_j w_X(i, j) w_Y(i, j) / k`` with the fractional neighbour weights
+        ``w``. ``"index"`` keeps the lowest-index tied candidates.
+
+    Returns
+    -------
+    float
+        The mutual k-NN score.
+    """
+    ties = _check_ties(ties)
+    X, Y = _validate_pair(X, Y, 2, "mutual_knn")
+    n = X.shape[0]
+    k = _check_k(k, n)
+    WX = _neighbour_weights(_cosine_gram(X, "X"), k, ties)
+    WY = _neighbour_weights(_cosine_gram(Y, "Y"), k, ties)
+    return float(np.sum(WX * WY) / (n * k))
+
+
+def cknna(X, Y, k: int = 10, ties: str = "average") -> float:
+    """Centred kernel nearest-neighbour alignment (CKNNA; Huh et al. 2024).
+
+    CKA restricted to pairs that are nearest neighbours in both spaces, following the authors'
+    reference code (``platonic-rep``, ``metrics.AlignmentMetrics.cknna`` with its defaults
+    ``unbiased=True``, ``distance_agnostic=False``, on L2-normalised features):
+
+    - ``K = Xn Xn^T`` and ``L = Yn Yn^T`` are cosine-similarity kernels (rows of ``X``, ``Y``
+      scaled to unit norm; no centring beyond the HSIC's own).
+    - ``M_KL(i, j) = 1`` when ``j != i`` is among the ``k`` nearest neighbours of ``i`` in both
+      ``K`` and ``L`` (row-wise, so ``M`` need not be symmetric); ``M_KK`` uses ``K`` alone.
+    - ``CKNNA = A(K, L) / sqrt(A(K, K) A(L, L))`` with ``A(K, L) = HSIC_u(M_KL ∘ K, M_KL ∘ L)``,
+      ``HSIC_u`` the unbiased estimator of Song et al. 2012 (:func:`hsic`).
+
+    Because the mask is row-wise (``M`` is not symmetric), the reference formula is **not
+    symmetric** in its arguments: ``cknna(X, Y)`` and ``cknna(Y, X)`` differ slightly (they agree
+    for ``k = n - 1``). Pass vision features as ``X`` and language features as ``Y`` consistently.
+    Differences from the reference code: no ``+1e-6`` in the denominator (the exact ratio is
+    returned, and a zero or negative denominator raises), and ties follow ``ties``. With
+    ``ties="average"`` each mask entry is replaced by its expectation under uniform random
+    tie-breaking (``w_K(i, j) w_L(i, j)`` for ``A(K, L)``, ``w_K(i, j)`` for ``A(K, K)``);
+    without ties both rules equal the reference definition. With ``k = n - 1`` every pair is
+    kept and CKNNA equals unbiased linear CKA of the row-normalised features.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features_x)
+    Y : array-like of shape (n_samples, n_features_y)
+        Paired features; widths may differ; no row may be all zeros; ``n_samples >= 4``.
+    k : int, default 10
+        Neighbourhood size, ``2 <= k <= n_samples - 1`` (the reference code requires ``k >= 2``).
+    ties : {"average", "index"}, default "average"
+        Tie rule (see the module docstring).
+
+    Returns
+    -------
+    float
+        The CKNNA value (1 for identical neighbourhood structure, near 0 for independent spaces).
+    """
+    ties = _check_ties(ties)
+    X, Y = _validate_pair(X, Y, 4, "cknna")
+    n = X.shape[0]
+    k = _check_k(k, n, minimum=2)
+    K = _cosine_gram(X, "X")
+    L = _cosine_gram(Y, "Y")
+    WK = _neighbour_weights(K, k, ties)
+    WL = _neighbour_weights(L, k, ties)
+    M = WK * WL
+    kl = _hsic_unbiased(M * K, M * L)
+    kk = _hsic_unbiased(WK * K, WK * K)
+    ll = _hsic_unbiased(WL * L, WL * L)
+    if not kk * ll > 0:
+        raise ObjalignError(
+            f"CKNNA is undefined here: the k-NN self-alignments of X and Y are {kk:.3g} and {ll:.3g} "
+            f"(their product must be positive); use a larger k or check for constant features"
+        )
+    return float(kl / np.sqrt(kk * ll))
+
+
+# --------------------------------------------------------------------------------------------- SVCCA
+def _top_left_singular(Xc: np.ndarray, dim: int, name: str) -> np.ndarray:
+    U, s, _ = np.linalg.svd(Xc, full_matrices=False)
+    tol = s[0] * max(Xc.shape) * np.finfo(np.float64).eps if s.size else 0.0
+    rank = int(np.count_nonzero(s > tol))
+    if rank < dim:
+        raise ObjalignError(
+            f"centred {name} has rank {rank}, fewer than dim={dim} directions: pass dim <= {rank}"
+        )
+    return U[:, :dim]
+
+
+def svcca(X, Y, dim: int = 10) -> float:
+    """Singular vector canonical correlation analysis (Raghu et al. 2017, "SVCCA", NeurIPS).
+
+    Each representation is column-centred and reduced by SVD to its top ``dim`` singular
+    directions (``Xc ≈ U_X S_X V_X^T``, keeping ``U_X S_X`` of shape ``(n_samples, dim)``); CCA
+    between the two reduced sets gives ``dim`` canonical correlations ``rho_1 >= ... >= rho_dim``,
+    and the score is their mean. Because the reduced sets span the column spaces of ``U_X`` and
+    ``U_Y``, the canonical correlations are the singular values of ``U_X^T U_Y`` (the cosines of
+    the principal angles between the two subspaces), which is how they are computed here.
+    Unlike the Huh et al. reference code, features are only centred, not scaled to unit variance
+    (Raghu et al. centre only), and the SVD is exact.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features_x)
+    Y : array-like of shape (n_samples, n_features_y)
+        Paired features; widths may differ.
+    dim : int, default 10
+        Number of singular directions kept in each space; ``1 <= dim`` and both centred
+        matrices must have rank at least ``dim`` (so ``dim <= n_samples - 1``).
+
+    Returns
+    -------
+    float
+        Mean canonical correlation, in ``[0, 1]``.
+    """
+    X, Y = _validate_pair(X, Y, 2, "svcca")
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ObjalignError(f"dim must be a positive integer, got {dim!r}: pass e.g. dim=10")
+    dim = int(dim)
+    limit = min(X.shape[0] - 1, X.shape[1], Y.shape[1])
+    if dim > limit:
+        raise ObjalignError(
+            f"dim={dim} is too large: expected dim <= min(n_samples - 1, n_features_x, "
+            f"n_features_y) = {limit}"
+        )
+    Ux = _top_left_singular(_center(X), dim, "X")
+    Uy = _top_left_singular(_center(Y), dim, "Y")
+    rho = np.linalg.svd(Ux.T @ Uy, compute_uv=False)
+    return float(np.mean(np.clip(rho, 0.0, 1.0)))
