@@ -115,16 +115,40 @@ def test_threads_get_their_own_handle(archive):
     names = list(archive["rgb"]) * 20
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(
-            lambda n: (np.asarray(reader.open(n)), id(reader._handle()), threading.get_ident()), names
+            lambda n: (np.asarray(reader.open(n)), id(reader._file()), threading.get_ident()), names
         ))
     for name, (pixels, _, _) in zip(names, results):
         np.testing.assert_array_equal(pixels, archive["rgb"][name])
     handles = {h for _, h, _ in results}
+    assert reader._members is not None and len(reader._members) == len(archive["members"]) + 1  # one table
     assert len(handles) == len({t for _, _, t in results}) == len({(h, t) for _, h, t in results})
-    assert len(reader._handles) == len(handles) + 1  # plus the constructing thread's
+    assert len(reader._handles) == len(handles)
+    assert all(h.fileno() >= 0 for h in reader._handles)
     reader.close()
     assert reader._handles == []
     np.testing.assert_array_equal(np.asarray(reader.open("000000000000.png")), archive["rgb"]["000000000000.png"])
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2])
+def test_compressed_members_match_zipfile(tmp_path, archive, method):
+    path = tmp_path / "packed.zip"
+    with zipfile.ZipFile(path, "w", method) as zf:
+        for name, data in archive["members"].items():
+            zf.writestr(name, data)
+        zf.writestr("train2017/big.bin", bytes(range(256)) * 4000)  # compresses well
+    reader = ZipImageReader(path)
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            assert reader.read_bytes(name) == zf.read(name)
+    np.testing.assert_array_equal(np.asarray(reader.open("000000000005.png")), archive["rgb"]["000000000005.png"])
+
+
+def test_unsupported_compression_is_a_clear_error(tmp_path, archive):
+    path = tmp_path / "lzma.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_LZMA) as zf:
+        zf.writestr("a.png", archive["members"]["train2017/gray.png"])
+    with pytest.raises(ZipImageError, match=r"compression method 14, which is not supported; re-zip"):
+        ZipImageReader(path).open("a.png")
 
 
 def test_pickles_without_handles(archive):
@@ -135,7 +159,7 @@ def test_pickles_without_handles(archive):
 
 
 def _child_reads(reader, names, conn):
-    inherited = len(reader._handles)
+    inherited = len(reader._handles) if reader._members is not None else -1  # table kept, handles dropped
     digests = [np.asarray(reader.open(n)).tobytes() for n in names]
     conn.send((inherited, digests))
     conn.close()
