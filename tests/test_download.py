@@ -9,6 +9,7 @@ import json
 import re
 import socket
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -85,6 +86,7 @@ class _State:
         self.files = dict(files)
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.cut: dict[str, int] = {}  # path -> body bytes to send before dropping the connection (once)
+        self.stall: dict[str, int] = {}  # path -> body bytes to send before going silent (once)
         self.ignore_range = False
         self.status: int | None = None
         self.content_type = "application/zip"
@@ -102,6 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
         with st.lock:
             st.requests.append((self.path, self.headers.get("Range")))
             cut = st.cut.pop(self.path, None)
+            stall = st.stall.pop(self.path, None)
         if st.status is not None:
             return self._send(st.status, b"<html><body>nope</body></html>", "text/html")
         data = st.files.get(self.path)
@@ -125,6 +128,12 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in extra.items():
             self.send_header(key, value)
         self.end_headers()
+        if stall is not None:  # send part of the body, then say nothing for longer than the client waits
+            self.wfile.write(body[:stall])
+            self.wfile.flush()
+            time.sleep(3.0)
+            self.close_connection = True
+            return
         if cut is not None:  # send part of the body, then drop the connection
             self.wfile.write(body[:cut])
             self.wfile.flush()
@@ -244,6 +253,15 @@ def test_cut_transfer_is_retried_within_one_call(tmp_path, server, coco):
     server.cut[ANN_URL] = len(data) // 2
     _get(tmp_path, server, coco, annotations_only=True, retries=1)
     assert _requests(server, ANN_URL) == [None, f"bytes={len(data) // 2}-"]
+    assert (tmp_path / "downloads" / "annotations_trainval2017.zip").read_bytes() == data
+
+
+def test_stalled_transfer_times_out_and_resumes(tmp_path, server, coco):
+    data = coco["archives"][ANN_URL]
+    server.stall[ANN_URL] = 700
+    _get(tmp_path, server, coco, annotations_only=True, retries=3, timeout=1.0)
+    ranges = _requests(server, ANN_URL)
+    assert ranges[0] is None and ranges[-1] == "bytes=700-"  # the 700 bytes that arrived were kept
     assert (tmp_path / "downloads" / "annotations_trainval2017.zip").read_bytes() == data
 
 

@@ -351,7 +351,7 @@ def _ensure_archive(root: Path, spec: _Archive, opts: _Options) -> Path:
         except _Corrupt as exc:
             aside = _move_aside(dest)
             raise DownloadError(
-                f"{dest} failed its check ({exc}); moved it to {aside.name} — rerun to download it again"
+                f"{dest} failed its check ({exc}); moved it to {aside} — rerun to download it again"
             ) from exc
         _write_json(record, {**info, "url": None})
         return dest
@@ -603,7 +603,7 @@ def _stream(response, part: Path, mode: str, head: bytes, hasher, offset: int, t
                     written += len(chunk)
                     bar.update(len(chunk))
                 try:
-                    chunk = response.read(_CHUNK)
+                    chunk = response.read1(_CHUNK)  # what has arrived: a stall loses nothing
                 except (http.client.HTTPException, OSError) as exc:
                     fh.flush()
                     raise _Transient(f"connection dropped after {offset + written} bytes ({_reason(exc)})") from None
