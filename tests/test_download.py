@@ -550,3 +550,23 @@ def test_verify_archive(tmp_path, coco):
         verify_archive(path)
     with pytest.raises(DownloadError, match=r"does not exist"):
         verify_archive(tmp_path / "missing.zip")
+
+
+def test_disk_full_during_extraction_keeps_the_archive(tmp_path, server, coco, monkeypatch):
+    def full(self, member, path=None, pwd=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    _get(tmp_path, server, coco, split="val", annotations_only=True)
+    monkeypatch.setattr(zipfile.ZipFile, "extract", full)
+    with pytest.raises(DownloadError, match=r"disk full while extracting val2017\.zip .*the archive is kept"):
+        _get(tmp_path, server, coco, split="val")
+    assert (tmp_path / "downloads" / "val2017.zip").read_bytes() == coco["archives"][VAL_URL]
+    assert not (tmp_path / "val2017").exists() and _leftovers(tmp_path) == []
+
+
+def test_too_little_free_space_is_refused_up_front(tmp_path, server, coco, monkeypatch):
+    real = dl.shutil.disk_usage
+    monkeypatch.setattr(dl.shutil, "disk_usage", lambda p: real(p)._replace(free=100))
+    with pytest.raises(DownloadError, match=r"needs \d+ B more but only 100 B is free .*free space"):
+        _get(tmp_path, server, coco, annotations_only=True)
+    assert _leftovers(tmp_path) == []

@@ -683,7 +683,11 @@ def _reason(exc: BaseException) -> str:
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
+    """A byte count for messages: ``"18.01 GiB"``, ``"512.0 KiB"``, ``"100 B"``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}" if unit == "GiB" else f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 # --------------------------------------------------------------------------------------------- extraction
