@@ -52,6 +52,11 @@ class Registry:
         pool = list(self._entries) + [e.name for e in self._prefixes.values()]
         return sorted(n for n in pool if fnmatch.fnmatchcase(n, pattern))
 
+    def items(self, pattern: str = "*") -> list[tuple[str, str]]:
+        """``(name, description)`` of every entry and prefix family matching ``pattern``, sorted by name."""
+        pool = {**{e.name: e for e in self._entries.values()}, **{e.name: e for e in self._prefixes.values()}}
+        return [(n, pool[n].description) for n in self.names(pattern)]
+
     def entry(self, name: str) -> Entry:
         return self._resolve(name)[0]
 

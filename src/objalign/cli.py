@@ -1,0 +1,163 @@
+"""The ``objalign`` command line: a thin layer over the library (heavy modules are imported lazily)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import ObjalignError
+
+STAGE_HELP = {
+    "sample": "sample object instances from the dataset -> sample/instances.parquet",
+    "crop": "decide crop windows and masks -> crop/crops.parquet",
+    "embed": "embed crops and category names -> embeddings/",
+    "align": "fit PCA / ridge / kernel ridge maps, score held-out images -> align/results.json",
+    "report": "write report.txt, report.json, alignment_hist.png, config.yaml",
+}
+
+
+def _add_config_args(p: argparse.ArgumentParser, out_required: bool = True) -> None:
+    p.add_argument("config", nargs="?", help="YAML config (default: the built-in demo settings)")
+    p.add_argument("--out", required=out_required, help="run folder (stages read and write here)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set sample.n=500 (repeatable)")
+    p.add_argument("--vision", help="vision encoder name (see `objalign models`)")
+    p.add_argument("--text", help="text encoder name")
+    p.add_argument("--crop-mode", help="crop mode: box, gt-mask, ...")
+    p.add_argument("--device", help="cpu, cuda, mps or auto (vision and text encoders)")
+    p.add_argument("--vision-model-path", help="local folder with the vision model's weights (no network)")
+    p.add_argument("--text-model-path", help="local folder with the text model's weights (no network)")
+    p.add_argument("--force", action="store_true", help="recompute even if a finished stage matches")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _config_from_args(args):
+    from .config import load_config
+
+    overrides = list(args.overrides)
+    for flag, key in (("vision", "embed.vision.name"), ("text", "embed.text.name"), ("crop_mode", "crop.mode"),
+                      ("vision_model_path", "embed.vision.model_path"), ("text_model_path", "embed.text.model_path")):
+        val = getattr(args, flag, None)
+        if val is not None:
+            overrides.append(f"{key}={val}")
+    if getattr(args, "device", None):
+        overrides += [f"embed.vision.device={args.device}", f"embed.text.device={args.device}"]
+    return load_config(args.config, overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="objalign",
+        description="Measure how object-level vision embeddings align with language embeddings.",
+        epilog="Start with: objalign run configs/demo.yaml --out runs/demo")
+    parser.add_argument("--version", action="version", version=f"objalign {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run every stage (reusing finished ones) and write the report")
+    _add_config_args(p)
+    for name, text in STAGE_HELP.items():
+        _add_config_args(sub.add_parser(name, help=text))
+
+    p = sub.add_parser("data", help="datasets: generate the demo, download COCO 2017")
+    dsub = p.add_subparsers(dest="data_command", metavar="DATASET")
+    d = dsub.add_parser("demo", help="write the embedded demo dataset (COCO JSON + images)")
+    d.add_argument("--out", required=True, help="destination folder")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--n-images", type=int, default=320)
+
+    p = sub.add_parser("models", help="list registered encoders and crop modes")
+    p.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'facebook/*'")
+
+    p = sub.add_parser("cache", help="list or remove embedding stores")
+    csub = p.add_subparsers(dest="cache_command", metavar="ACTION")
+    c = csub.add_parser("ls", help="list stores under a folder")
+    c.add_argument("root", nargs="?", default="runs")
+    c = csub.add_parser("rm", help="remove a store")
+    c.add_argument("path")
+    return parser
+
+
+def _cmd_models(args) -> int:
+    from .crops import CROP_MODES
+    from .encoders import TEXT_ENCODERS, VISION_ENCODERS
+
+    for title, reg in (("vision encoders", VISION_ENCODERS), ("text encoders", TEXT_ENCODERS),
+                       ("crop modes", CROP_MODES)):
+        items = reg.items(args.pattern)
+        if items:
+            print(f"{title}:")
+            for n, desc in items:
+                print(f"  {n:<34} {desc}")
+    return 0
+
+
+def _cmd_cache(args) -> int:
+    import json
+
+    from .embed.store import find_stores, remove_store
+
+    if args.cache_command == "ls":
+        stores = find_stores(args.root)
+        for s in stores:
+            mf = json.loads((s / "manifest.json").read_text())
+            enc = mf.get("key_fields", {}).get("encoder", {}).get("name", "?")
+            print(f"{s}  key={mf['key']}  encoder={enc}  vectors={mf.get('n_vectors', '?')}  "
+                  f"complete={mf.get('complete')}")
+        if not stores:
+            print(f"no embedding stores under {args.root}")
+        return 0
+    if args.cache_command == "rm":
+        remove_store(args.path)
+        print(f"removed {args.path}")
+        return 0
+    raise ObjalignError("cache: expected `objalign cache ls [ROOT]` or `objalign cache rm PATH`")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command is None:
+            parser.print_help()
+            return 0
+        if args.command == "models":
+            return _cmd_models(args)
+        if args.command == "cache":
+            return _cmd_cache(args)
+        if args.command == "data":
+            if args.data_command == "demo":
+                from .data.demo import make_demo_dataset
+
+                path = make_demo_dataset(args.out, seed=args.seed, n_images=args.n_images)
+                print(f"demo dataset written: {path}")
+                return 0
+            raise ObjalignError("data: expected `objalign data demo --out DIR`")
+        cfg = _config_from_args(args)
+        progress = not args.no_progress and sys.stderr.isatty()
+        if args.command == "run":
+            from .pipeline import run
+
+            report = run(cfg, args.out, force=args.force, progress=progress)
+            print((__import__("pathlib").Path(args.out) / "report.txt").read_text())
+            print(f"report written to {args.out}/report.txt, report.json, alignment_hist.png")
+            return 0 if report else 1
+        from .pipeline import stage_function
+
+        kwargs = {"force": args.force}
+        if args.command in ("crop", "embed"):
+            kwargs["progress"] = progress
+        rec = stage_function(args.command)(cfg, args.out, **kwargs)
+        print(f"[{args.command}] {'reused' if rec.get('reused') else 'done'}: {rec.get('summary')}")
+        return 0
+    except ObjalignError as exc:
+        print(f"objalign: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("objalign: interrupted; finished stages and shards are kept, run again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

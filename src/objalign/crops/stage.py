@@ -1,0 +1,102 @@
+"""The ``crop`` stage: sampled instances -> crop windows and masks (``crops/crops.parquet``).
+
+Crops are *decided* here (window, mask as RLE, what was used and why) and *rendered* by the extraction
+engine at each encoder's own input size, so one crop table serves every encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ..config import RunConfig
+from ..data import open_dataset
+from ..errors import ObjalignError
+from ..runs import ensure_out, is_current, stage_key, stage_record, write_stage
+from ..tables import read_table, write_table
+from . import CROP_MODES
+from .render import crop_window
+
+
+def decide_crops(ds, inst: dict[str, np.ndarray], mode_name: str, padding: float, square: bool,
+                 load_image=None, progress: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+    """Decide each instance's crop window and mask with crop mode ``mode_name``.
+
+    Returns the crop table (instance columns plus ``x0 y0 x1 y1``, ``mask_rle`` (JSON or ""), ``mask_source``,
+    ``mask_score``, ``note``) and a summary that counts fallbacks by reason.
+    """
+    from ..embed.engine import _groups_by_image, load_rgb
+
+    mode = CROP_MODES.get(mode_name)
+    anns = {a["id"]: a for a in ds.annotations}
+    n = len(inst["annotation_id"])
+    windows = np.zeros((n, 4), np.int64)
+    rles, sources, notes, scores = [""] * n, [""] * n, [""] * n, np.full(n, np.nan)
+    for i in range(n):
+        windows[i] = crop_window(inst["x"][i], inst["y"][i], inst["w"][i], inst["h"][i], padding, square)
+    for a, b in _groups_by_image(inst["image_id"]):
+        image = None
+        if mode.needs_pixels:
+            path = ds.image_root / inst["file_name"][a]
+            try:
+                image = (load_image or load_rgb)(path)
+            except Exception as exc:  # recorded per instance, never silent
+                for i in range(a, b):
+                    sources[i], notes[i] = "box", f"image unreadable for segmentation ({type(exc).__name__}): box crop used"
+                continue
+        decisions = mode.decide(image, [anns[int(i)] for i in inst["annotation_id"][a:b]],
+                                int(inst["height"][a]), int(inst["width"][a]))
+        for i, d in zip(range(a, b), decisions):
+            rles[i] = json.dumps(d.rle) if d.rle else ""
+            sources[i], notes[i], scores[i] = d.source, d.note, d.score
+    table = dict(inst)
+    table.update({"x0": windows[:, 0], "y0": windows[:, 1], "x1": windows[:, 2], "y1": windows[:, 3],
+                  "mask_rle": np.asarray(rles, dtype=object), "mask_source": np.asarray(sources, dtype=object),
+                  "mask_score": scores, "note": np.asarray(notes, dtype=object)})
+    fallbacks = Counter(nt for nt in notes if nt)
+    summary = {"mode": mode_name, "sources": dict(Counter(sources)), "n_fallback": int(sum(fallbacks.values())),
+               "fallback_reasons": dict(fallbacks)}
+    if hasattr(mode, "stats"):
+        summary.update(mode.stats())
+    return table, summary
+
+
+def save_preview(ds, table: dict, path: Path, fill, n: int = 48, size: int = 96) -> None:
+    """A contact sheet of the first ``n`` crops as the encoder will see them (for a quick visual check)."""
+    from PIL import Image
+
+    from ..embed.engine import render_image_group
+
+    k = min(n, len(table["annotation_id"]))
+    cols = 8
+    sheet = Image.new("RGB", (cols * size, max(1, -(-k // cols)) * size), (255, 255, 255))
+    for i in range(k):
+        rle = json.loads(table["mask_rle"][i]) if table["mask_rle"][i] else None
+        win = np.array([[table["x0"][i], table["y0"][i], table["x1"][i], table["y1"][i]]])
+        crops, _ = render_image_group(ds.image_root / table["file_name"][i], win, [rle], size, fill, "bicubic")
+        if crops is not None:
+            sheet.paste(Image.fromarray(crops[0]), ((i % cols) * size, (i // cols) * size))
+    sheet.save(path)
+
+
+def run_crop(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = True) -> dict:
+    out = ensure_out(out)
+    started = time.time()
+    key = cfg.section_key("crop", extra={"sample": stage_key(out, "sample")})
+    if not force and is_current(out, "crop", key) and (out / "crop" / "crops.parquet").is_file():
+        return {**stage_record(out, "crop"), "reused": True}
+    if cfg.crop.mode not in CROP_MODES:
+        CROP_MODES.entry(cfg.crop.mode)  # raises the "did you mean" error
+    ds = open_dataset(cfg.data)
+    inst = read_table(out / "sample" / "instances.parquet")
+    if len(inst["annotation_id"]) == 0:
+        raise ObjalignError(f"{out}/sample/instances.parquet is empty; check the sample settings")
+    table, summary = decide_crops(ds, inst, cfg.crop.mode, cfg.crop.padding, cfg.crop.square, progress=progress)
+    (out / "crop").mkdir(exist_ok=True)
+    write_table(out / "crop" / "crops.parquet", table)
+    save_preview(ds, table, out / "crop" / "preview.png", cfg.crop.fill)
+    return {**write_stage(out, "crop", key, summary, started), "reused": False}

@@ -1,0 +1,119 @@
+"""The ``embed`` stage: crops -> vision store; category names -> text store.
+
+Stores live in ``<out>/embeddings/<kind>-<key>/`` (content-addressed: a changed request makes a new store and
+never overwrites an old one); ``<out>/embeddings/<kind>.json`` points at the store this run uses.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..config import RunConfig
+from ..data import open_dataset
+from ..embed.store import EmbeddingStore, atomic_write_json, store_key
+from ..runs import ensure_out, is_current, stage_key, stage_record, write_stage
+from ..tables import read_table
+from .engine import extract_vision
+
+
+def build_vision_encoder(cfg: RunConfig):
+    from ..encoders import VISION_ENCODERS
+
+    v = cfg.embed.vision
+    return VISION_ENCODERS.get(v.name, pooling=v.pooling, model_path=v.model_path, device=v.device, dtype=v.dtype)
+
+
+def build_text_encoder(cfg: RunConfig):
+    from ..encoders import TEXT_ENCODERS
+
+    t = cfg.embed.text
+    return TEXT_ENCODERS.get(t.name, model_path=t.model_path, device=t.device)
+
+
+def prompts_for(names: list[str], template: str) -> list[str]:
+    """Category names -> prompts (``"{}"`` is replaced by the name; a template without it is an error)."""
+    if "{}" not in template:
+        from ..errors import ObjalignError
+
+        raise ObjalignError(f"embed.text.template = {template!r} has no '{{}}' where the category name goes; "
+                            "use e.g. 'a photo of a {}.' or '{}' for the bare name")
+    return [template.replace("{}", n) for n in names]
+
+
+def embed_texts(encoder, names: list[str], template: str, normalize: bool) -> np.ndarray:
+    """``(n_names, dim)`` float32 text embeddings of the prompts, L2-normalised if ``normalize``."""
+    e = encoder.encode(prompts_for(names, template)).astype(np.float32)
+    if normalize:
+        e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    return e
+
+
+def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = True) -> dict:
+    out = ensure_out(out)
+    started = time.time()
+    crop_key = stage_key(out, "crop")
+    key = cfg.section_key("embed", "crop.fill", extra={"crop": crop_key})
+    if not force and is_current(out, "embed", key):
+        return {**stage_record(out, "embed"), "reused": True}
+    emb_dir = out / "embeddings"
+    emb_dir.mkdir(exist_ok=True)
+    ds = open_dataset(cfg.data)
+
+    # text: one vector per dataset category, in category-id order
+    text_enc = build_text_encoder(cfg)
+    cat_ids = sorted(ds.categories)
+    names = [ds.categories[c] for c in cat_ids]
+    t = cfg.embed.text
+    tkey_fields = {"dataset": ds.fingerprint, "encoder": text_enc.key(), "template": t.template,
+                   "normalize": t.normalize}
+    tname = f"text-{store_key(tkey_fields)}"
+    tstore = EmbeddingStore.open(emb_dir / tname, tkey_fields, shard_size=max(1, len(names)), n_rows=len(names))
+    if not tstore.shard_done(0):
+        vec = embed_texts(text_enc, names, t.template, t.normalize)
+        tstore.write_shard(0, vec, {"category_id": np.asarray(cat_ids), "category": np.asarray(names, dtype=object),
+                                    "prompt": np.asarray(prompts_for(names, t.template), dtype=object)}, [])
+    tman = tstore.finalize(1, text_enc.dim)
+    atomic_write_json(emb_dir / "text.json", {"store": tname})
+    del text_enc
+
+    # vision: one vector per sampled object
+    enc = build_vision_encoder(cfg)
+    v = cfg.embed.vision
+    table = read_table(out / "crop" / "crops.parquet")
+    vkey_fields = {"crop": crop_key, "fill": list(cfg.crop.fill), "encoder": enc.key(),
+                   "shard_size": cfg.embed.shard_size}
+    vname = f"vision-{store_key(vkey_fields)}"
+    vstore = EmbeddingStore.open(emb_dir / vname, vkey_fields, cfg.embed.shard_size, len(table["annotation_id"]))
+    t0 = time.time()
+    stats = extract_vision(table, ds.image_root, enc, vstore, cfg.embed.shard_size, v.batch_size, cfg.crop.fill,
+                           num_workers=v.num_workers, progress=progress)
+    seconds = time.time() - t0
+    vman = vstore.finalize(stats["n_shards"], enc.dim, {"seconds": round(seconds, 3)})
+    atomic_write_json(emb_dir / "vision.json", {"store": vname})
+    if vman["skipped"]:
+        first = vman["skipped"][0]
+        print(f"objalign: {len(vman['skipped'])} object(s) skipped while embedding (first: annotation "
+              f"{first['annotation_id']}: {first['reason']}); see {emb_dir / vname / 'manifest.json'}")
+    summary = {"vision_store": vname, "text_store": tname,
+               "vision_encoder": {"name": enc.name, "dim": enc.dim, "pooling": enc.pooling,
+                                  "preprocess": enc.key()["preprocess"], "revision": enc.revision},
+               "text_encoder": {"name": tman["key_fields"]["encoder"]["name"], "dim": tman["dim"],
+                                "template": t.template},
+               "n_vision": vman["n_vectors"], "n_skipped": len(vman["skipped"]),
+               "objects_per_s": round(stats["n_embedded"] / seconds, 2) if seconds > 0 and stats["n_embedded"] else None,
+               **{k: stats[k] for k in ("n_shards", "shards_reused")}}
+    return {**write_stage(out, "embed", key, summary, started), "reused": False}
+
+
+def load_run_embeddings(out: Path) -> tuple[dict, np.ndarray, dict, np.ndarray]:
+    """``(vision metadata, vision array, text metadata, text array)`` of a run."""
+    emb_dir = Path(out) / "embeddings"
+    v = EmbeddingStore(emb_dir / json.loads((emb_dir / "vision.json").read_text())["store"])
+    t = EmbeddingStore(emb_dir / json.loads((emb_dir / "text.json").read_text())["store"])
+    vm, va = v.read()
+    tm, ta = t.read()
+    return vm, va, tm, ta

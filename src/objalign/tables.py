@@ -1,0 +1,25 @@
+"""Column tables (dict of equal-length numpy arrays) <-> parquet, written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def write_table(path: str | Path, cols: dict[str, np.ndarray]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .embed.store import atomic_write_bytes
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({k: np.asarray(v) if not isinstance(v, list) else v for k, v in cols.items()}), sink)
+    atomic_write_bytes(Path(path), sink.getvalue().to_pybytes())
+
+
+def read_table(path: str | Path) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(str(path))
+    return {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
