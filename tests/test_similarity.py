@@ -99,7 +99,7 @@ def test_linear_cka_matches_feature_space_formula_both_paths():
         assert cka(X, Y) == pytest.approx(gram_form, rel=1e-10)
 
 
-@pytest.mark.parametrize("kernel,unbiased", [("linear", False), ("linear", True), ("rbf", False), ("rbf", True)])
+@pytest.mark.parametrize("kernel,unbiased", [(k, u) for k in ("linear", "rbf") for u in (False, True)])
 def test_cka_is_one_under_orthogonal_transform_scaling_and_shift(kernel, unbiased):
     X, _ = _related(50, 6, 2, seed=3)
     Z = 3.7 * X @ _orthogonal(6) + 5.0
@@ -311,8 +311,8 @@ def _svcca_reference(X, Y, dim):
 
     def reduce(A):
         Ac = A - A.mean(0)
-        w, V = np.linalg.eigh(Ac.T @ Ac)
-        return Ac @ V[:, np.argsort(w)[::-1][:dim]]
+        U, s, _ = np.linalg.svd(Ac, full_matrices=False)
+        return U[:, :dim] * s[:dim]
 
     A, B = reduce(X), reduce(Y)
     Saa, Sbb, Sab = A.T @ A, B.T @ B, A.T @ B
@@ -325,6 +325,9 @@ def test_svcca_matches_eigen_cca_reference():
     X, Y = _related(120, 12, 9, noise=1.0, seed=22)
     for dim in (1, 4, 9):
         assert svcca(X, Y, dim=dim) == pytest.approx(_svcca_reference(X, Y, dim), rel=1e-8)
+    Xw, Yw = _related(20, 30, 25, noise=1.0, seed=26)  # wider than tall: the Xc Xc^T route
+    for dim in (3, 10):
+        assert svcca(Xw, Yw, dim=dim) == pytest.approx(_svcca_reference(Xw, Yw, dim), rel=1e-8)
 
 
 def test_svcca_closed_forms():
