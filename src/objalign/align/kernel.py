@@ -1,0 +1,415 @@
+"""Kernel ridge maps: :class:`KernelRidge` (exact or Nyström) and the cross-validated :class:`KernelRidgeCV`."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.linalg as sla
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from objalign.align import _nystroem as nys
+from objalign.align._kernels import GAMMA_KERNELS, KernelBase, check_kernel, kernel_matrix
+from objalign.align._logo import block_logo_residuals
+from objalign.align._ridge_stats import Moments, cv_residual_ss, ridge_from_moments
+from objalign.align._scoring import total_sum_of_squares
+from objalign.align._search import build_cv_results, fold_scores, param_grid
+from objalign.align._splits import find_partition, resolve_splits
+from objalign.align._targets import factor_targets
+from objalign.align._validation import check_grid, check_positive, check_xy
+from objalign.errors import ObjalignError
+
+__all__ = ["KernelRidge", "KernelRidgeCV"]
+
+_APPROX = ("auto", "exact", "nystroem")
+
+
+def _check_common(est):
+    check_kernel(est.kernel)
+    if est.approx not in _APPROX:
+        raise ObjalignError(f"approx={est.approx!r}; expected one of {', '.join(_APPROX)}")
+    check_positive(est.n_components, "n_components", integer=True)
+    check_positive(est.max_exact_samples, "max_exact_samples", integer=True)
+    check_positive(est.degree, "degree", low=0, low_inclusive=True)
+    check_positive(est.coef0, "coef0", low=-np.inf)
+
+
+def _use_nystroem(est, n):
+    return est.approx == "nystroem" or (est.approx == "auto" and n > est.max_exact_samples)
+
+
+def _solve_kernel(K, alpha, Y):
+    """``(K + alpha I)^-1 Y`` as scikit-learn's ``_solve_cholesky_kernel`` (least squares if not SPD)."""
+    A = np.array(K, copy=True)
+    A.flat[:: A.shape[0] + 1] += alpha
+    try:
+        return sla.solve(A, Y, assume_a="pos", overwrite_a=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        warnings.warn("Singular matrix in kernel ridge solve; using a least-squares solution.", stacklevel=3)
+        A = np.array(K, copy=True)
+        A.flat[:: A.shape[0] + 1] += alpha
+        return sla.lstsq(A, Y, check_finite=False)[0]
+
+
+def _pick_centres(n, m, random_state):
+    rng = check_random_state(random_state)
+    return np.sort(rng.choice(n, size=min(m, n), replace=False))
+
+
+class _NystroemModel:
+    """Fitted Nyström map: ``predict(X) = k(X, centres) @ proj`` evaluated in chunks."""
+
+    def __init__(self, centres, proj, kernel, gamma, degree, coef0):
+        self.centres, self.proj = centres, proj
+        self.kernel, self.gamma, self.degree, self.coef0 = kernel, gamma, degree, coef0
+
+    def predict(self, X):
+        out = np.empty((X.shape[0], self.proj.shape[1]), dtype=np.result_type(X.dtype, self.proj.dtype))
+        for s in range(0, X.shape[0], nys.CHUNK):
+            Kc = KernelBase(X[s : s + nys.CHUNK], self.kernel, self.degree, self.coef0, Y=self.centres).matrix(self.gamma)
+            out[s : s + nys.CHUNK] = Kc @ self.proj
+        return out
+
+
+def _fit_nystroem(X, Y, centres, alpha, kernel, gamma, degree, coef0):
+    """Nyström kernel ridge fitted on all rows: returns the (m, n_targets) projection ``M w``."""
+    Kmm = KernelBase(centres, kernel, degree, coef0).matrix(gamma)
+    M = nys.normalization(Kmm)
+    mom = nys.block_moments(X, lambda s, e: Y[s:e], centres, kernel, [gamma], degree, coef0, [0, X.shape[0]])[0][0]
+    idx = np.arange(centres.shape[0])
+    W, _ = ridge_from_moments(nys.project(mom, idx, M), alpha, fit_intercept=False)
+    return M @ W
+
+
+class _KernelBaseEstimator(MultiOutputMixin, RegressorMixin, BaseEstimator):
+    def predict(self, X):
+        """Map inputs to target space.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        Y : ndarray of shape (n_samples, n_targets) or (n_samples,) if fitted on 1-D ``y``
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        if self.approx_ == "nystroem":
+            pred = self._nystroem_.predict(X)
+        else:
+            K = kernel_matrix(X, self.X_fit_, kernel=self.kernel, gamma=self._gamma_used(), degree=self.degree,
+                              coef0=self.coef0, kernel_params=getattr(self, "kernel_params", None))
+            pred = K @ self.dual_coef_.reshape(self.dual_coef_.shape[0], -1)
+        return pred.ravel() if self._ravel_ else pred
+
+    def _store_fit(self, X, y, alpha, gamma):
+        Y = (y.reshape(-1, 1) if y.ndim == 1 else y).astype(X.dtype, copy=False)
+        self._ravel_ = y.ndim == 1
+        if _use_nystroem(self, X.shape[0]):
+            self.approx_ = "nystroem"
+            idx = _pick_centres(X.shape[0], self.n_components, self.random_state)
+            self.components_ = X[idx]
+            self.component_indices_ = idx
+            proj = _fit_nystroem(X, Y, X[idx], alpha, self.kernel, gamma, self.degree, self.coef0)
+            self._nystroem_ = _NystroemModel(X[idx], proj, self.kernel, gamma, self.degree, self.coef0)
+        else:
+            self.approx_ = "exact"
+            K = kernel_matrix(X, kernel=self.kernel, gamma=gamma, degree=self.degree, coef0=self.coef0,
+                              kernel_params=getattr(self, "kernel_params", None))
+            dual = _solve_kernel(K, alpha, Y)
+            self.dual_coef_ = dual.ravel() if self._ravel_ else dual
+            self.X_fit_ = X
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+
+class KernelRidge(_KernelBaseEstimator):
+    """Kernel ridge regression as ``sklearn.kernel_ridge.KernelRidge``, with a Nyström mode for large ``n``.
+
+    Solves ``(K + alpha I) A = Y`` (no intercept) and predicts ``k(X, X_fit) A``. With ``approx="nystroem"``
+    (or ``"auto"`` and more than ``max_exact_samples`` rows) it fits kernel ridge with the Nyström kernel on
+    ``n_components`` random training rows instead: memory O(n m), time O(n m^2).
+
+    Parameters
+    ----------
+    alpha : float, default=1.0
+        Penalty, ``> 0``.
+    kernel : {"linear", "rbf", "laplacian", "polynomial", "cosine"}, default="linear"
+        ``rbf`` is ``exp(-gamma ||x - y||^2)``.
+    gamma : float, default=None
+        Kernel coefficient for rbf, laplacian and polynomial; ``None`` means ``1 / n_features``.
+    degree, coef0 : float
+        Polynomial kernel ``(gamma x.y + coef0)^degree``.
+    kernel_params : dict, default=None
+        Extra keyword arguments for the kernel (exact mode only).
+    approx : {"auto", "exact", "nystroem"}, default="auto"
+    n_components : int, default=1000
+        Number of Nyström centres.
+    max_exact_samples : int, default=10000
+        Above this many rows ``approx="auto"`` switches to Nyström (the exact kernel needs 8 n^2 bytes).
+    random_state : int, RandomState or None
+        Seeds the choice of Nyström centres.
+
+    Attributes
+    ----------
+    approx_ : {"exact", "nystroem"}
+    dual_coef_ : ndarray of shape (n_samples, n_targets) or (n_samples,)   (exact)
+    X_fit_ : ndarray of shape (n_samples, n_features)                      (exact)
+    components_ : ndarray of shape (m, n_features)                         (Nyström centres)
+    """
+
+    def __init__(self, alpha=1.0, kernel="linear", gamma=None, degree=3, coef0=1, kernel_params=None,
+                 approx="auto", n_components=1000, max_exact_samples=10000, random_state=None):
+        self.alpha = alpha
+        self.kernel = kernel
+        self.gamma = gamma
+        self.degree = degree
+        self.coef0 = coef0
+        self.kernel_params = kernel_params
+        self.approx = approx
+        self.n_components = n_components
+        self.max_exact_samples = max_exact_samples
+        self.random_state = random_state
+
+    def _gamma_used(self):
+        return self.gamma
+
+    def fit(self, X, y):
+        """Fit the map.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+
+        Returns
+        -------
+        self
+        """
+        _check_common(self)
+        check_positive(self.alpha, "alpha")
+        check_positive(self.gamma, "gamma", allow_none=True)
+        X, y, _ = check_xy(X, y, name_y="y")
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
+        self._store_fit(X, y, float(self.alpha), self.gamma)
+        return self
+
+
+class KernelRidgeCV(_KernelBaseEstimator):
+    """Kernel ridge with ``alpha`` (and ``gamma``) chosen by K-fold cross-validation; exact and fast.
+
+    ``mean_test_score`` equals ``GridSearchCV(sklearn.kernel_ridge.KernelRidge(kernel=kernel),
+    {"alpha": alphas, "gamma": gammas}, cv=cv, scoring="r2")``'s up to rounding, the same parameters are
+    chosen, and the best model is refitted on all data.
+
+    How: the kernel's distances (or Gram matrix) are computed once for all samples; per gamma one
+    elementwise pass gives the kernel; per (alpha, gamma) the held-out residuals of *all* folds come from one
+    shared block elimination of ``[K + alpha I | T]`` (:mod:`objalign.align._logo`), ``O(n^3 log k)`` instead
+    of ``k`` Cholesky fits, in the input's precision (float32 LAPACK for float32 input). Targets with few
+    distinct rows are solved for the category indicator. In Nyström mode the per-fold statistics of the
+    kernel features are accumulated in one streaming pass per data set (centres lying in a fold's test set
+    are dropped for that fold, so no fold sees its test rows).
+
+    Parameters
+    ----------
+    alphas : sequence of float, default=(0.1, 1.0, 10.0)
+        Penalties, each ``> 0``.
+    gammas : sequence of float, default=None
+        Kernel coefficients (rbf, laplacian, polynomial), each ``> 0``; None means ``[1 / n_features]``.
+        Not accepted for ``linear``/``cosine``, which have no gamma.
+    kernel : {"linear", "rbf", "laplacian", "polynomial", "cosine"}, default="rbf"
+    degree, coef0 : float
+        Polynomial kernel parameters.
+    cv : int, scikit-learn splitter or iterable of (train, test), default=5
+    approx, n_components, max_exact_samples, random_state :
+        As in :class:`KernelRidge`.
+
+    Attributes
+    ----------
+    best_params_ : dict
+        ``{"alpha": ..., "gamma": ...}`` (no ``gamma`` for linear/cosine).
+    best_score_, best_index_, cv_results_, n_splits_ :
+        As in ``GridSearchCV``.
+    alpha_, gamma_ : float
+    approx_ : {"exact", "nystroem"}
+    """
+
+    def __init__(self, alphas=(0.1, 1.0, 10.0), gammas=None, kernel="rbf", degree=3, coef0=1, cv=5,
+                 approx="auto", n_components=1000, max_exact_samples=10000, random_state=None):
+        self.alphas = alphas
+        self.gammas = gammas
+        self.kernel = kernel
+        self.degree = degree
+        self.coef0 = coef0
+        self.cv = cv
+        self.approx = approx
+        self.n_components = n_components
+        self.max_exact_samples = max_exact_samples
+        self.random_state = random_state
+
+    def _gamma_used(self):
+        return self.gamma_
+
+    def fit(self, X, y, groups=None):
+        """Cross-validate the grid, then refit the best on all of ``X, y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        groups : array-like of shape (n_samples,), optional
+            Group labels for group-aware splitters (e.g. image ids with ``GroupKFold``).
+
+        Returns
+        -------
+        self
+        """
+        _check_common(self)
+        alphas = check_grid(self.alphas, "alphas")
+        has_gamma = self.kernel in GAMMA_KERNELS
+        if not has_gamma and self.gammas is not None:
+            raise ObjalignError(
+                f"gammas={self.gammas!r} but kernel={self.kernel!r} has no gamma; expected gammas=None "
+                "(or use kernel='rbf', 'laplacian' or 'polynomial')"
+            )
+        gammas = check_grid(self.gammas, "gammas", allow_none=True)
+        n_splits = self.cv if isinstance(self.cv, (int, np.integer)) and not isinstance(self.cv, bool) else None
+        X, y, groups = check_xy(X, y, groups, n_splits=n_splits, name_y="y")
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
+        n = X.shape[0]
+        if has_gamma and gammas is None:
+            gammas = np.array([1.0 / X.shape[1]])
+        splits = resolve_splits(self.cv, X, y, groups, n)
+        Y = (y.reshape(-1, 1) if y.ndim == 1 else y).astype(X.dtype, copy=False)
+        basis = factor_targets(Y)
+        glist = list(gammas) if has_gamma else [None]
+
+        if _use_nystroem(self, n):
+            ss = self._cv_nystroem(X, basis, splits, alphas, glist)
+        else:
+            ss = self._cv_exact(X, basis, splits, alphas, glist)
+
+        # ss: (n_alphas, n_gammas, n_folds, n_targets) -> scores in GridSearchCV order (alpha outer)
+        scores = np.empty((len(alphas) * len(glist), len(splits)))
+        for f, (_, test) in enumerate(splits):
+            Yt = np.asarray(Y[test], dtype=np.float64)
+            flat = ss[:, :, f].reshape(-1, ss.shape[-1])
+            scores[:, f] = fold_scores(flat, total_sum_of_squares(Yt), len(test), float(np.abs(Yt).max()))
+        params = param_grid(alphas, gammas if has_gamma else None)
+        self.cv_results_, self.best_index_ = build_cv_results(params, scores)
+        self.best_params_ = params[self.best_index_]
+        self.best_score_ = float(self.cv_results_["mean_test_score"][self.best_index_])
+        self.alpha_ = self.best_params_["alpha"]
+        self.gamma_ = self.best_params_.get("gamma")
+        self.n_splits_ = len(splits)
+        self._store_fit(X, y, self.alpha_, self.gamma_)
+        return self
+
+    # -- exact: shared distances, shared block elimination -------------------------------------------------
+    def _cv_exact(self, X, basis, splits, alphas, glist):
+        n = X.shape[0]
+        dtype = X.dtype
+        part = find_partition(splits, n)
+        order = part.order if part is not None else np.arange(n)
+        base = KernelBase(X[order], self.kernel, self.degree, self.coef0)
+        T = basis.T(order, dtype=dtype)
+        Z = None if basis.Z is None else np.asarray(basis.Z, dtype=np.float64)
+        ss = np.empty((len(alphas), len(glist), len(splits), basis.Y.shape[1]))
+        buf = None
+        for g, gamma in enumerate(glist):
+            K = base.matrix(gamma, out=buf)
+            if K is not base.base:
+                buf = K
+            for a, alpha in enumerate(alphas):
+                res = None
+                if part is not None:
+                    try:
+                        res = block_logo_residuals(K, T, part.bounds, float(alpha))
+                    except np.linalg.LinAlgError:
+                        res = None
+                if res is None:
+                    pos = np.empty(n, dtype=np.intp)
+                    pos[order] = np.arange(n)
+                    res = []
+                    for train, test in splits:
+                        tr, te = pos[train], pos[test]
+                        dual = _solve_kernel(K[np.ix_(tr, tr)], float(alpha), T[tr])
+                        res.append(T[te] - K[np.ix_(te, tr)] @ dual)
+                for f, R in enumerate(res):
+                    R64 = np.asarray(R, dtype=np.float64)
+                    if Z is None:
+                        ss[a, g, f] = np.einsum("ij,ij->j", R64, R64)
+                    else:
+                        Q = R64.T @ R64
+                        ss[a, g, f] = np.einsum("aj,aj->j", Q @ Z, Z)
+        return ss
+
+    # -- Nyström: one streaming pass of per-fold moments per data set ------------------------------------
+    def _cv_nystroem(self, X, basis, splits, alphas, glist):
+        n = X.shape[0]
+        part = find_partition(splits, n)
+        cidx = _pick_centres(n, self.n_components, self.random_state)
+        centres = X[cidx]
+        factorised = basis.Z is not None
+        if not factorised:
+            basis.codes = None
+
+        def targets(rows):
+            return lambda s, e: basis.T(rows[s:e])
+
+        if part is not None:
+            order = part.order
+            Xo = X[order]
+            blocks = list(part.bounds)
+            if blocks[0] != 0:
+                blocks = [0] + blocks
+                offset = 1
+            else:
+                offset = 0
+            mom = nys.block_moments(Xo, targets(order), centres, self.kernel, glist, self.degree, self.coef0, blocks)
+            fold_rows = [order[part.bounds[f] : part.bounds[f + 1]] for f in range(len(splits))]
+        else:
+            mom = None
+            fold_rows = [test for _, test in splits]
+        ss = np.empty((len(alphas), len(glist), len(splits), basis.Y.shape[1]))
+        in_test = np.zeros(n, dtype=bool)
+        for f, (train, test) in enumerate(splits):
+            in_test[:] = False
+            in_test[fold_rows[f]] = True
+            keep = np.flatnonzero(~in_test[cidx])
+            if keep.size == 0:
+                warnings.warn(
+                    f"all {cidx.size} Nyström centres fall in the test set of fold {f}; using them anyway "
+                    "(raise n_components to keep the test rows out of the feature map)",
+                    stacklevel=2,
+                )
+                keep = np.arange(cidx.size)
+            if mom is None:
+                tr_m = nys.block_moments(X[train], targets(train), centres, self.kernel, glist, self.degree,
+                                         self.coef0, [0, train.size])
+                te_m = nys.block_moments(X[test], targets(test), centres, self.kernel, glist, self.degree,
+                                         self.coef0, [0, test.size])
+            for g, gamma in enumerate(glist):
+                if mom is not None:
+                    total = mom[g][0]
+                    for m_ in mom[g][1:]:
+                        total = total + m_
+                    test_m = mom[g][f + offset]
+                    train_m = total - test_m
+                else:
+                    train_m, test_m = tr_m[g][0], te_m[g][0]
+                Kmm = KernelBase(centres[keep], self.kernel, self.degree, self.coef0).matrix(gamma)
+                M = nys.normalization(Kmm)
+                tr_p = nys.project(train_m, keep, M)
+                te_p = nys.project(test_m, keep, M)
+                if not factorised:
+                    tr_p = Moments(tr_p.G, tr_p.E, tr_p.s, tr_p.t, np.diag(tr_p.TT).copy(), tr_p.n)
+                    te_p = Moments(te_p.G, te_p.E, te_p.s, te_p.t, np.diag(te_p.TT).copy(), te_p.n)
+                ss[:, g, f] = cv_residual_ss([(tr_p, te_p)], alphas, False, basis.Z)[:, 0]
+        return ss

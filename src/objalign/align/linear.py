@@ -1,0 +1,262 @@
+"""Linear ridge maps: :class:`Ridge` and its exact, fast cross-validated :class:`RidgeCV`."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from objalign.align._ridge_stats import cv_residual_ss, moments, ridge_from_moments, small_blas
+from objalign.align._scoring import total_sum_of_squares
+from objalign.align._search import build_cv_results, fold_scores, param_grid
+from objalign.align._splits import find_partition, resolve_splits
+from objalign.align._targets import factor_targets
+from objalign.align._validation import check_grid, check_positive, check_xy
+
+__all__ = ["Ridge", "RidgeCV"]
+
+
+def _as_2d(y):
+    return y.reshape(-1, 1) if y.ndim == 1 else y
+
+
+def _finish_fit(est, X, y, coef, intercept):
+    """Store ``coef_``/``intercept_`` with scikit-learn's shapes for 1-D or 2-D ``y``, in ``X``'s dtype."""
+    coef = np.asarray(coef, dtype=X.dtype)
+    intercept = np.asarray(intercept, dtype=X.dtype)
+    if y.ndim == 1:
+        est.coef_ = coef.ravel()
+        est.intercept_ = intercept.reshape(-1)[0]
+    else:
+        est.coef_ = coef
+        est.intercept_ = intercept
+
+
+class _LinearPredictMixin:
+    def predict(self, X):
+        """Map inputs to target space.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        Y : ndarray of shape (n_samples, n_targets) or (n_samples,) if fitted on 1-D ``y``
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return X @ self.coef_.T + self.intercept_
+
+
+class Ridge(_LinearPredictMixin, MultiOutputMixin, RegressorMixin, BaseEstimator):
+    """Linear least squares with L2 penalty, as ``sklearn.linear_model.Ridge`` (Cholesky solver).
+
+    Minimises ``||Y - X W - b||^2 + alpha ||W||^2``; with ``fit_intercept`` the columns of ``X`` and ``Y`` are
+    centred first (the intercept is not penalised).
+
+    Parameters
+    ----------
+    alpha : float, default=1.0
+        Penalty strength, ``>= 0``.
+    fit_intercept : bool, default=True
+        Fit an intercept (scikit-learn's default).
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_targets, n_features) or (n_features,)
+    intercept_ : ndarray of shape (n_targets,) or float
+    n_features_in_ : int
+    """
+
+    def __init__(self, alpha=1.0, fit_intercept=True):
+        self.alpha = alpha
+        self.fit_intercept = fit_intercept
+
+    def fit(self, X, y):
+        """Fit the map.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+
+        Returns
+        -------
+        self
+        """
+        check_positive(self.alpha, "alpha", low_inclusive=True)
+        X, y, _ = check_xy(X, y, name_y="y")
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
+        Y = _as_2d(np.asarray(y, dtype=X.dtype))
+        W, b = solve_ridge(X, Y, float(self.alpha), self.fit_intercept)
+        _finish_fit(self, X, y, W.T, b)
+        return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+
+def solve_ridge(X, Y, alpha, fit_intercept=True):
+    """Ridge coefficients by Cholesky on the primal or dual normal equations (scikit-learn's choice).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    Y : ndarray of shape (n_samples, n_targets)
+    alpha : float
+    fit_intercept : bool
+
+    Returns
+    -------
+    W : ndarray of shape (n_features, n_targets)
+    b : ndarray of shape (n_targets,)
+    """
+    from objalign.align._ridge_stats import _solve_spd
+
+    if fit_intercept:
+        mx = X.mean(axis=0)
+        my = Y.mean(axis=0)
+        Xc = X - mx
+        Yc = Y - my
+    else:
+        Xc, Yc = X, Y
+    n, p = Xc.shape
+    if p <= n:
+        W = _solve_spd(Xc.T @ Xc, alpha, Xc.T @ Yc)
+    else:
+        W = Xc.T @ _solve_spd(Xc @ Xc.T, alpha, Yc)
+    b = (my - mx @ W) if fit_intercept else np.zeros(Y.shape[1], dtype=W.dtype)
+    return W, b
+
+
+def _block_moments(Xc, basis, Tc, idx_blocks, full_tt):
+    out = []
+    for idx in idx_blocks:
+        T = basis.T(idx) if Tc is None else Tc[idx]
+        out.append(moments(Xc[idx], T, full_tt))
+    return out
+
+
+class RidgeCV(_LinearPredictMixin, MultiOutputMixin, RegressorMixin, BaseEstimator):
+    """Ridge with the penalty chosen by K-fold cross-validation; exact and fast.
+
+    ``mean_test_score`` equals ``GridSearchCV(sklearn.linear_model.Ridge(), {"alpha": alphas}, cv=cv,
+    scoring="r2")``'s (up to rounding), the same ``alpha`` is chosen, and the model is refitted on all data.
+
+    Each fold costs one pass to accumulate second moments (for folds that partition the data, training
+    moments are "total minus test"); each alpha then costs one (p, p) Cholesky per fold and no predictions:
+    held-out residual sums of squares follow from the test-fold moments. Targets with few distinct rows
+    (one text embedding per category) are solved for the category indicator and mapped back exactly.
+
+    Parameters
+    ----------
+    alphas : sequence of float, default=(0.1, 1.0, 10.0)
+        Penalties to try, each ``> 0``.
+    cv : int, scikit-learn splitter or iterable of (train, test), default=5
+        An int ``k`` means ``KFold(k)`` (as ``GridSearchCV`` does for regressors); pass ``GroupKFold`` with
+        ``groups`` in ``fit`` to keep all objects of one image in one fold. (scikit-learn's own ``RidgeCV``
+        uses leave-one-out for ``cv=None``; this class always uses K folds.)
+    fit_intercept : bool, default=True
+
+    Attributes
+    ----------
+    best_params_ : dict
+        ``{"alpha": best}``.
+    best_score_ : float
+        Mean held-out R² of the best alpha.
+    best_index_ : int
+    alpha_ : float
+    cv_results_ : dict
+        ``params``, ``param_alpha``, ``split<k>_test_score``, ``mean_test_score``, ``std_test_score``,
+        ``rank_test_score``.
+    n_splits_ : int
+    coef_ : ndarray of shape (n_targets, n_features) or (n_features,)
+    intercept_ : ndarray of shape (n_targets,) or float
+    """
+
+    def __init__(self, alphas=(0.1, 1.0, 10.0), cv=5, fit_intercept=True):
+        self.alphas = alphas
+        self.cv = cv
+        self.fit_intercept = fit_intercept
+
+    def fit(self, X, y, groups=None):
+        """Cross-validate every alpha, then refit the best on all of ``X, y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        groups : array-like of shape (n_samples,), optional
+            Group labels for group-aware splitters (e.g. image ids with ``GroupKFold``).
+
+        Returns
+        -------
+        self
+        """
+        alphas = check_grid(self.alphas, "alphas")
+        n_splits = self.cv if isinstance(self.cv, (int, np.integer)) and not isinstance(self.cv, bool) else None
+        X, y, groups = check_xy(X, y, groups, n_splits=n_splits, name_y="y")
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
+        n = X.shape[0]
+        splits = resolve_splits(self.cv, X, y, groups, n)
+        with small_blas(X.shape[1]):
+            return self._fit(X, y, splits, alphas)
+
+    def _fit(self, X, y, splits, alphas):
+        n = X.shape[0]
+        Y = _as_2d(np.asarray(y, dtype=np.float64))
+
+        # Shifting X (and unfactorised Y) by global means changes nothing with an intercept, and keeps the
+        # moment algebra free of cancellation.
+        X64 = np.asarray(X, dtype=np.float64)
+        mx = X64.mean(axis=0) if self.fit_intercept else np.zeros(X.shape[1])
+        Xc = X64 - mx if self.fit_intercept else X64
+        basis = factor_targets(Y)
+        factorised = basis.Z is not None
+        my = Y.mean(axis=0) if (self.fit_intercept and not factorised) else np.zeros(Y.shape[1])
+        Tc = None if factorised else Y - my
+
+        part = find_partition(splits, n)
+        if part is not None:
+            bounds = part.bounds
+            blocks = [part.order[: bounds[0]]] + [part.order[bounds[f] : bounds[f + 1]] for f in range(len(splits))]
+            mom = _block_moments(Xc, basis, Tc, blocks, factorised)
+            total = mom[0]
+            for m_ in mom[1:]:
+                total = total + m_
+            folds = [(total - mom[f + 1], mom[f + 1]) for f in range(len(splits))]
+        else:
+            folds = []
+            for train, test in splits:
+                tr, te = _block_moments(Xc, basis, Tc, [train, test], factorised)
+                folds.append((tr, te))
+            total = _block_moments(Xc, basis, Tc, [np.arange(n)], factorised)[0]
+
+        ss = cv_residual_ss(folds, alphas, self.fit_intercept, basis.Z)  # (n_alphas, n_folds, n_targets)
+        scores = np.empty((len(alphas), len(splits)))
+        for f, (_, test) in enumerate(splits):
+            Yt = Y[test]
+            scores[:, f] = fold_scores(ss[:, f], total_sum_of_squares(Yt), len(test), float(np.abs(Yt).max()))
+        params = param_grid(alphas)
+        self.cv_results_, self.best_index_ = build_cv_results(params, scores)
+        self.best_params_ = params[self.best_index_]
+        self.best_score_ = float(self.cv_results_["mean_test_score"][self.best_index_])
+        self.alpha_ = self.best_params_["alpha"]
+        self.n_splits_ = len(splits)
+
+        W, b = ridge_from_moments(total, self.alpha_, self.fit_intercept)
+        if factorised:
+            W, b = W @ basis.Z, b @ basis.Z
+        b = b - mx @ W + my
+        _finish_fit(self, X, y, W.T, b)
+        return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+

@@ -1,0 +1,163 @@
+"""Exact cross-validation: RidgeCV / KernelRidgeCV against GridSearchCV on identical folds, and the engines."""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.kernel_ridge import KernelRidge as SkKernelRidge
+from sklearn.linear_model import Ridge as SkRidge
+from sklearn.metrics import r2_score
+from sklearn.metrics.pairwise import rbf_kernel
+from sklearn.model_selection import GridSearchCV, GroupKFold, KFold, PredefinedSplit, ShuffleSplit
+
+from objalign.align import KernelRidgeCV, RidgeCV
+from objalign.align._logo import block_logo_residuals
+from objalign.align._scoring import r2_from_ss, total_sum_of_squares
+from objalign.align._targets import factor_targets
+
+
+def _problem(n=120, d=6, dy=12, n_cat=7, seed=0, repeated=True):
+    """Category-structured data: Y has n_cat distinct rows when ``repeated``."""
+    rng = np.random.default_rng(seed)
+    text = rng.standard_normal((n_cat, dy))
+    labels = rng.integers(0, n_cat, n)
+    Y = text[labels] if repeated else text[labels] + 0.2 * rng.standard_normal((n, dy))
+    X = np.tanh(Y @ rng.standard_normal((dy, d)) / 2) + 0.5 * rng.standard_normal((n, d))
+    groups = rng.integers(0, n // 4, n)
+    return X, Y, groups
+
+
+def _splits(kind, X, Y, groups):
+    if kind == "kfold":
+        return KFold(5), list(KFold(5).split(X))
+    if kind == "group":
+        return GroupKFold(4), list(GroupKFold(4).split(X, Y, groups))
+    if kind == "shuffle":  # overlapping test sets: no partition, per-fold path
+        cv = ShuffleSplit(3, test_size=0.25, random_state=0)
+        return cv, list(cv.split(X))
+    if kind == "predefined":  # rows never tested (fold -1): always trained on
+        fold = np.arange(X.shape[0]) % 4 - 1
+        return PredefinedSplit(fold), list(PredefinedSplit(fold).split())
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["kfold", "group", "shuffle", "predefined"])
+@pytest.mark.parametrize("repeated", [True, False])
+@pytest.mark.parametrize("one_d", [False, True])
+def test_ridge_cv_equals_grid_search(kind, repeated, one_d):
+    X, Y, groups = _problem(repeated=repeated)
+    if one_d:
+        Y = Y[:, 0]
+    cv, splits = _splits(kind, X, Y, groups)
+    alphas = [1e-3, 0.1, 3.0, 100.0]
+    ref = GridSearchCV(SkRidge(), {"alpha": alphas}, cv=splits, scoring="r2").fit(X, Y)
+    ours = RidgeCV(alphas=alphas, cv=cv).fit(X, Y, groups=groups if kind == "group" else None)
+    np.testing.assert_allclose(ours.cv_results_["mean_test_score"], ref.cv_results_["mean_test_score"], atol=1e-10)
+    for k in range(len(splits)):
+        np.testing.assert_allclose(ours.cv_results_[f"split{k}_test_score"], ref.cv_results_[f"split{k}_test_score"],
+                                   atol=1e-10)
+    np.testing.assert_array_equal(ours.cv_results_["rank_test_score"], ref.cv_results_["rank_test_score"])
+    assert ours.best_params_ == ref.best_params_ and ours.best_index_ == ref.best_index_
+    assert [p["alpha"] for p in ours.cv_results_["params"]] == alphas
+    np.testing.assert_allclose(ours.predict(X), ref.predict(X), rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["kfold", "group", "shuffle", "predefined"])
+@pytest.mark.parametrize("kernel", ["rbf", "laplacian", "polynomial", "linear", "cosine"])
+def test_kernel_ridge_cv_equals_grid_search(kind, kernel):
+    X, Y, groups = _problem(seed=1)
+    cv, splits = _splits(kind, X, Y, groups)
+    alphas = [1e-2, 0.3, 10.0]
+    grid = {"alpha": alphas}
+    gammas = None
+    if kernel in ("rbf", "laplacian", "polynomial"):
+        gammas = [0.05, 0.5]
+        grid["gamma"] = gammas
+    ref = GridSearchCV(SkKernelRidge(kernel=kernel), grid, cv=splits, scoring="r2").fit(X, Y)
+    ours = KernelRidgeCV(alphas=alphas, gammas=gammas, kernel=kernel, cv=cv).fit(
+        X, Y, groups=groups if kind == "group" else None)
+    np.testing.assert_allclose(ours.cv_results_["mean_test_score"], ref.cv_results_["mean_test_score"], atol=1e-9)
+    assert ours.cv_results_["params"] == ref.cv_results_["params"]  # same order: alpha outer, gamma inner
+    assert ours.best_params_ == ref.best_params_
+    np.testing.assert_allclose(ours.predict(X), ref.predict(X), rtol=1e-7, atol=1e-9)
+
+
+def test_kernel_ridge_cv_float32_runs_in_float32_and_agrees():
+    X, Y, groups = _problem(n=150, seed=2)
+    alphas, gammas = [0.03, 0.3, 3.0], [0.05, 0.2]
+    ref = GridSearchCV(SkKernelRidge(kernel="rbf"), {"alpha": alphas, "gamma": gammas}, cv=KFold(5),
+                       scoring="r2").fit(X, Y)
+    ours = KernelRidgeCV(alphas=alphas, gammas=gammas, cv=5).fit(X.astype(np.float32), Y.astype(np.float32))
+    assert ours.dual_coef_.dtype == np.float32 and ours.predict(X.astype(np.float32)).dtype == np.float32
+    np.testing.assert_allclose(ours.cv_results_["mean_test_score"], ref.cv_results_["mean_test_score"], atol=1e-4)
+    assert ours.best_params_ == ref.best_params_
+
+
+def test_block_elimination_equals_direct_solves():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 3))
+    K = rbf_kernel(X, gamma=0.4)
+    T = rng.standard_normal((40, 3))
+    for bounds in ([0, 8, 16, 24, 32, 40], [6, 20, 40], [0, 13, 14, 40]):
+        res = block_logo_residuals(K, T, bounds, 0.05)
+        for f in range(len(bounds) - 1):
+            te = np.arange(bounds[f], bounds[f + 1])
+            tr = np.setdiff1d(np.arange(40), te)
+            ref = T[te] - K[np.ix_(te, tr)] @ np.linalg.solve(K[np.ix_(tr, tr)] + 0.05 * np.eye(tr.size), T[tr])
+            np.testing.assert_allclose(res[f], ref, atol=1e-11)
+
+
+def test_factor_targets_is_exact_and_declines_unique_rows():
+    rng = np.random.default_rng(0)
+    Z = rng.standard_normal((5, 16))
+    codes = rng.integers(0, 5, 200)
+    basis = factor_targets(Z[codes])
+    assert basis.Z is not None and basis.r == len(np.unique(codes))
+    np.testing.assert_array_equal(basis.T() @ basis.Z, Z[codes])
+    assert factor_targets(rng.standard_normal((200, 16))).Z is None  # all rows distinct: not worth it
+
+
+def test_r2_from_ss_matches_sklearn_including_constant_outputs():
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((10, 4))
+    y[:, 1] = 3.0  # constant output
+    for pred in (y + 0.1 * rng.standard_normal(y.shape), np.where(np.arange(4) == 1, 3.0, y + 0.1)):
+        ss_res = ((y - pred) ** 2).sum(axis=0)
+        assert r2_from_ss(ss_res, total_sum_of_squares(y)) == pytest.approx(r2_score(y, pred), abs=1e-12)
+
+
+def test_nystroem_cv_equals_per_fold_nystroem_fits():
+    """Nyström CV scores == fitting Nyström KRR on each training fold with the centres outside its test set."""
+    from objalign.align._nystroem import normalization
+
+    X, Y, _ = _problem(n=100, seed=3)
+    alphas, gammas = [0.1, 1.0], [0.1, 0.3]
+    cv = list(KFold(4).split(X))
+    ours = KernelRidgeCV(alphas=alphas, gammas=gammas, cv=cv, approx="nystroem", n_components=30,
+                         random_state=0).fit(X, Y)
+    rng = np.random.RandomState(0)
+    cidx = np.sort(rng.choice(100, size=30, replace=False))
+    expected = []
+    for alpha in alphas:
+        for gamma in gammas:
+            scores = []
+            for train, test in cv:
+                c = cidx[~np.isin(cidx, test)]
+                M = normalization(rbf_kernel(X[c], gamma=gamma))
+                F_tr, F_te = rbf_kernel(X[train], X[c], gamma=gamma) @ M, rbf_kernel(X[test], X[c], gamma=gamma) @ M
+                w = np.linalg.solve(F_tr.T @ F_tr + alpha * np.eye(F_tr.shape[1]), F_tr.T @ Y[train])
+                scores.append(r2_score(Y[test], F_te @ w))
+            expected.append(np.mean(scores))
+    np.testing.assert_allclose(ours.cv_results_["mean_test_score"], expected, atol=1e-9)
+    assert ours.approx_ == "nystroem"
+
+
+def test_nystroem_cv_approaches_exact_with_more_centres():
+    X, Y, _ = _problem(n=150, seed=4)
+    kw = dict(alphas=[0.1, 1.0], gammas=[0.1], cv=5)
+    exact = KernelRidgeCV(**kw, approx="exact").fit(X, Y).cv_results_["mean_test_score"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        errs = [np.abs(KernelRidgeCV(**kw, approx="nystroem", n_components=m, random_state=0).fit(X, Y)
+                       .cv_results_["mean_test_score"] - exact).max() for m in (10, 150)]
+    assert errs[1] < 1e-8 < errs[0]  # all rows as centres (minus each test fold) is exact kernel ridge
