@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# SAM ViT-H image-encoder throughput on an NVIDIA GPU: random weights, bfloat16, no network needed.
+# Prints images/s and the fraction of the GPU's dense bf16 peak; the last line is
+#   images_per_s=<x> tflops=<y> fraction_of_peak=<z> peak_tflops=<p> gpu=<name>
+# Needs a CUDA build of torch plus transformers and pillow (pip install -e '.[models]').
+# Usage: bench/gpu_sam.sh [--batches 1,4,8,16,32] [--peak-tflops N]   (python bench/gpu_sam.py --tiny: CPU smoke test)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+py="${PYTHON:-python3}"
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
+fi
+"$py" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu available', torch.cuda.is_available(), '| transformers', transformers.__version__)"
+exec timeout 290 "$py" "$here/gpu_sam.py" "$@"
