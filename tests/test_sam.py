@@ -341,6 +341,10 @@ def test_missing_hub_model_fails_with_one_clear_line(tmp_path, monkeypatch):
     assert "facebook/sam-vit-huge" in msg and "model_path=" in msg and "HF_HOME" in msg
     with pytest.raises(ObjalignError, match="not a SAM checkpoint folder"):
         SamSegmenter("facebook/sam-vit-huge", model_path=tmp_path / "nowhere")
+    # without local_files_only, an offline machine fails at once instead of retrying downloads
+    with pytest.raises(ObjalignError, match="hub is unreachable") as err:
+        SamSegmenter("facebook/sam-vit-huge")
+    assert "model_path=" in str(err.value)
 
 
 def test_constructor_errors(tiny):
