@@ -138,3 +138,45 @@ def test_input_and_parameter_errors():
     with pytest.raises(ValueError, match="margin"):
         GrabCutSegmenter(margin=-1)
     assert GrabCutSegmenter(iterations=2).params["iterations"] == 2
+
+
+def test_grabcut_on_the_demo_dataset_beats_the_box(tmp_path):
+    """The lead's generated demo dataset (shapes on flat/gradient/noise/stripe JPEG backgrounds)."""
+    import json
+
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    demo = pytest.importorskip("objalign.data.demo")
+    ann_path = demo.make_demo_dataset(tmp_path / "demo", seed=0, n_images=16)
+    coco = json.loads(ann_path.read_text())
+    by_image = {}
+    for a in coco["annotations"]:
+        if not a.get("iscrowd", 0):
+            by_image.setdefault(a["image_id"], []).append(a)
+    seg = GrabCutSegmenter()
+    ious, box_ious = [], []
+    for im in coco["images"]:
+        anns = by_image.get(im["id"], [])
+        if not anns:
+            continue
+        path = ann_path.parent / "images" / im["file_name"]
+        if not path.exists():
+            path = ann_path.parent / im["file_name"]
+        image = np.asarray(Image.open(path).convert("RGB"))
+        h, w = image.shape[:2]
+        for a, r in zip(anns, seg.segment(image, np.array([a["bbox"] for a in anns]))):
+            segm = a["segmentation"]
+            if isinstance(segm, list):
+                rle = mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
+            elif isinstance(segm["counts"], list):
+                rle = mask_utils.frPyObjects(segm, h, w)
+            else:
+                rle = segm
+            truth = mask_utils.decode(rle).astype(bool)
+            ious.append(mask_iou(r.mask, truth) if r.mask is not None else 0.0)
+            box_ious.append(mask_iou(box_mask(truth.shape, np.round(a["bbox"])), truth))
+    assert len(ious) >= 40
+    # measured 0.946 over 70 objects (box-as-mask: 0.566): hold 0.85
+    assert np.mean(ious) >= 0.85
+    assert np.mean(ious) >= np.mean(box_ious) + 0.2
