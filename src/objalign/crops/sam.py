@@ -96,9 +96,12 @@ class SamSegmenter(Segmenter):
         Local folder holding the checkpoint (``config.json``, weights, ``preprocessor_config.json``), as
         written by ``save_pretrained``; used instead of the hub id.
     processor : transformers.SamProcessor or SamImageProcessor, optional
-        Preprocessing for an in-memory model; loaded with the checkpoint otherwise.
+        Preprocessing for an in-memory model (required then); a checkpoint's own processor is used when
+        loading by id or path.
     local_files_only : bool, optional
-        Passed to ``from_pretrained``: True never touches the network.
+        True: only the local Hugging Face cache (or ``model_path``) is read, never the network. Otherwise
+        the cache is tried first and the hub only on a miss, and only if its host name resolves, so an
+        offline machine fails in seconds with one line naming the model, ``model_path=`` and ``HF_HOME``.
     mask_threshold : float, default 0.0
         Threshold on the mask logits.
     max_boxes_per_batch : int, default 64
