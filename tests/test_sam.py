@@ -138,6 +138,10 @@ def tiny():
     pytest.importorskip("transformers")
     from transformers import SamModel
 
+    # One thread: the tiny model gains nothing from more, and on a loaded shared machine every
+    # multi-threaded op waits for a descheduled worker thread (tens of ms per op).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     model = SamModel(tiny_sam_config()).eval()
     # Random init leaves SAM's position tables at zero and the encoder near-constant; give every
@@ -145,7 +149,8 @@ def tiny():
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    return model, tiny_processor()
+    yield model, tiny_processor()
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
