@@ -41,7 +41,7 @@ def crop_table(small_demo):
 
 def _extract(ds, table, path, encoder, key=None):
     store = EmbeddingStore.open(path, key or {"k": 1}, shard_size=16, n_rows=len(table["annotation_id"]))
-    stats = extract_vision(table, ds.image_root, encoder, store, 16, 8, (0, 0, 0), num_workers=2, progress=False)
+    stats = extract_vision(table, ds.image_source(), encoder, store, 16, 8, (0, 0, 0), num_workers=2, progress=False)
     store.finalize(stats["n_shards"], encoder.dim)
     return stats, store
 
@@ -66,10 +66,10 @@ def test_each_image_is_decoded_once(crop_table, tmp_path, monkeypatch):
     import objalign.embed.engine as engine
 
     opened = []
-    real = engine.load_rgb
-    monkeypatch.setattr(engine, "load_rgb", lambda p: (opened.append(p), real(p))[1])
+    real = engine.FolderImages.load
+    monkeypatch.setattr(engine.FolderImages, "load", lambda self, f: (opened.append(f), real(self, f))[1])
     store = EmbeddingStore.open(tmp_path / "s", {"k": 1}, shard_size=1000, n_rows=len(table["annotation_id"]))
-    extract_vision(table, ds.image_root, PixelStats(), store, 1000, 8, (0, 0, 0), progress=False)
+    extract_vision(table, ds.image_source(), PixelStats(), store, 1000, 8, (0, 0, 0), progress=False)
     assert len(opened) == len(set(table["image_id"].tolist()))
 
 

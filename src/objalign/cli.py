@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run every stage (reusing finished ones) and write the report")
     _add_config_args(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved plan (data, downloads, models, sizes, outputs) and run nothing")
     for name, text in STAGE_HELP.items():
         _add_config_args(sub.add_parser(name, help=text))
 
@@ -66,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, help="destination folder")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--n-images", type=int, default=320)
+    d = dsub.add_parser("coco2017", help="download COCO 2017 (resumable, verified, extracted atomically)")
+    d.add_argument("--root", required=True, help="dataset folder (a copy laid out as COCO ships it is used as is)")
+    d.add_argument("--split", choices=("train", "val", "all"), default="train")
+    d.add_argument("--annotations-only", action="store_true", help="only annotations_trainval2017.zip (~241 MiB)")
+    d.add_argument("--mirror", help="base URL replacing http://images.cocodataset.org")
+    d.add_argument("--no-extract", action="store_true",
+                   help="keep image archives zipped (then set data.images_from_zip: true)")
+    d.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("compare", help="put several runs (model pairs, crop modes) side by side")
+    p.add_argument("runs", nargs="+", help="run folders holding report.json")
+    p.add_argument("--out", help="also write the comparison as JSON to this file")
 
     p = sub.add_parser("models", help="list registered encoders and crop modes")
     p.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'facebook/*'")
@@ -133,9 +147,28 @@ def main(argv: list[str] | None = None) -> int:
                 path = make_demo_dataset(args.out, seed=args.seed, n_images=args.n_images)
                 print(f"demo dataset written: {path}")
                 return 0
-            raise ObjalignError("data: expected `objalign data demo --out DIR`")
+            if args.data_command == "coco2017":
+                from .data.download import download_coco2017
+
+                got = download_coco2017(args.root, split=args.split, annotations_only=args.annotations_only,
+                                        mirror=args.mirror, progress=not args.no_progress,
+                                        extract=not args.no_extract)
+                for split, path in got["annotations"].items():
+                    print(f"{split}: annotations {path}; images {got['images'].get(split, '(not requested)')}")
+                return 0
+            raise ObjalignError("data: expected `objalign data demo --out DIR` or `objalign data coco2017 --root DIR`")
+        if args.command == "compare":
+            from .report.compare import compare_runs
+
+            print(compare_runs(args.runs, json_out=args.out))
+            return 0
         cfg = _config_from_args(args)
         progress = not args.no_progress and sys.stderr.isatty()
+        if args.command == "run" and args.dry_run:
+            from .pipeline import plan
+
+            print(plan(cfg, args.out))
+            return 0
         if args.command == "run":
             from .pipeline import run
 

@@ -19,7 +19,8 @@ from .errors import ObjalignError
 
 @dataclass(frozen=True)
 class DataConfig:
-    #: ``demo`` (generated on first use), ``coco`` (any COCO-format JSON + image folder).
+    #: ``demo`` (generated on first use), ``coco`` (any COCO-format JSON + image folder) or ``coco2017``
+    #: (downloaded into ``root`` on first use unless already there; ``split`` picks train or val).
     kind: str = "demo"
     #: Folder that holds (or will hold) the dataset.
     root: str = "data/demo"
@@ -31,6 +32,12 @@ class DataConfig:
     seed: int = 0
     #: Number of images the demo generator draws (320 gives ~1,300 objects).
     demo_images: int = 320
+    #: coco2017: ``train`` or ``val``.
+    split: str = "train"
+    #: coco2017: base URL replacing http://images.cocodataset.org.
+    mirror: str | None = None
+    #: coco2017: read images straight from the downloaded zip instead of extracting 19 GB.
+    images_from_zip: bool = False
 
 
 @dataclass(frozen=True)

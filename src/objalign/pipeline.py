@@ -45,3 +45,62 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = T
         how = "reused" if rec.get("reused") else f"done in {time.time() - t0:.1f} s"
         log(f"[{name:<6}] {how}")
     return json.loads((out / "report.json").read_text())
+
+
+def plan(cfg: RunConfig, out: str | Path) -> str:
+    """The resolved plan of ``run`` as text: data (and what would be downloaded), models, sizes, outputs.
+
+    Touches no network and loads no model.
+    """
+    from .crops import CROP_MODES
+    from .encoders import TEXT_ENCODERS, VISION_ENCODERS
+    from .runs import stage_record
+
+    d, s, c, e, a = cfg.data, cfg.sample, cfg.crop, cfg.embed, cfg.align
+    lines = ["objalign run --dry-run: nothing is computed", ""]
+    root = Path(d.root)
+    if d.kind == "demo":
+        ann = root / d.annotations
+        lines.append(f"data      demo (generated, seed {d.seed}, {d.demo_images} images) in {root}"
+                     + ("" if ann.is_file() else "  [will be generated]"))
+    elif d.kind == "coco2017":
+        ann = root / "annotations" / f"instances_{d.split}2017.json"
+        img = root / f"{d.split}2017"
+        zip_ = root / "downloads" / f"{d.split}2017.zip"
+        todo = []
+        if not ann.is_file():
+            todo.append("annotations/annotations_trainval2017.zip (~241 MiB)")
+        have_images = (zip_.is_file() if d.images_from_zip else (img.is_dir() or zip_.is_file()))
+        if not have_images:
+            todo.append(f"zips/{d.split}2017.zip ({'~18 GiB' if d.split == 'train' else '~778 MiB'})")
+        lines.append(f"data      COCO 2017 {d.split} in {root}"
+                     + (f" (images read from {zip_})" if d.images_from_zip else ""))
+        lines.append(f"download  {', '.join(todo) if todo else 'nothing (already complete)'}"
+                     + (f" from {d.mirror}" if d.mirror and todo else ""))
+    else:
+        ann = Path(d.annotations) if Path(d.annotations).is_absolute() else root / d.annotations
+        lines.append(f"data      COCO-format {ann} (images: {root / d.images})")
+    if ann.is_file():
+        import json
+
+        doc = json.loads(ann.read_text())
+        pool = [x for x in doc.get("annotations", []) if not (s.exclude_crowd and x.get("iscrowd"))
+                and float(x.get("area", 0)) >= s.min_area]
+        n = min(s.n, len(pool))
+        lines.append(f"sample    {n} instances (of {len(pool)} eligible; seed {s.seed}, min area {s.min_area}, "
+                     f"crowd {'excluded' if s.exclude_crowd else 'kept'}), {len(doc.get('categories', []))} categories")
+    else:
+        lines.append(f"sample    up to {s.n} instances (seed {s.seed}); counts known once the annotations exist")
+    lines.append(f"crop      {c.mode} ({CROP_MODES.entry(c.mode).description}), padding {c.padding}, "
+                 f"{'square' if c.square else 'aspect as is'}")
+    ve, te = VISION_ENCODERS.entry(e.vision.name), TEXT_ENCODERS.entry(e.text.name)
+    lines.append(f"vision    {e.vision.name}: {ve.description}; pooling {e.vision.pooling}, batch {e.vision.batch_size}, "
+                 f"{e.vision.device}/{e.vision.dtype}" + (f", weights from {e.vision.model_path}" if e.vision.model_path else ""))
+    lines.append(f"text      {e.text.name}: {te.description}; prompt {e.text.template!r}"
+                 + (f", weights from {e.text.model_path}" if e.text.model_path else ""))
+    lines.append(f"align     {', '.join(a.methods)}; PCA to <= {a.common_dim}; {a.cv_folds}-fold grouped CV over "
+                 f"{len(a.alphas)} alphas x {len(a.gammas)} gammas; {a.test_size:.0%} of images held out")
+    done = [st for st in STAGES if stage_record(Path(out), st)]
+    lines.append(f"outputs   {out}/ (report.txt, report.json, alignment_hist.png, config.yaml)"
+                 + (f"; stages already there: {', '.join(done)}" if done else ""))
+    return "\n".join(lines)

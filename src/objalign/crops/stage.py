@@ -23,15 +23,16 @@ from .render import crop_window
 
 
 def decide_crops(ds, inst: dict[str, np.ndarray], mode_name: str, padding: float, square: bool,
-                 load_image=None, progress: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+                 progress: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """Decide each instance's crop window and mask with crop mode ``mode_name``.
 
     Returns the crop table (instance columns plus ``x0 y0 x1 y1``, ``mask_rle`` (JSON or ""), ``mask_source``,
     ``mask_score``, ``note``) and a summary that counts fallbacks by reason.
     """
-    from ..embed.engine import _groups_by_image, load_rgb
+    from ..embed.engine import _groups_by_image
 
     mode = CROP_MODES.get(mode_name)
+    source = ds.image_source()
     anns = {a["id"]: a for a in ds.annotations}
     n = len(inst["annotation_id"])
     windows = np.zeros((n, 4), np.int64)
@@ -41,9 +42,8 @@ def decide_crops(ds, inst: dict[str, np.ndarray], mode_name: str, padding: float
     for a, b in _groups_by_image(inst["image_id"]):
         image = None
         if mode.needs_pixels:
-            path = ds.image_root / inst["file_name"][a]
             try:
-                image = (load_image or load_rgb)(path)
+                image = source.load(inst["file_name"][a])
             except Exception as exc:  # recorded per instance, never silent
                 for i in range(a, b):
                     sources[i], notes[i] = "box", f"image unreadable for segmentation ({type(exc).__name__}): box crop used"
@@ -71,13 +71,14 @@ def save_preview(ds, table: dict, path: Path, fill, n: int = 48, size: int = 96)
 
     from ..embed.engine import render_image_group
 
+    source = ds.image_source()
     k = min(n, len(table["annotation_id"]))
     cols = 8
     sheet = Image.new("RGB", (cols * size, max(1, -(-k // cols)) * size), (255, 255, 255))
     for i in range(k):
         rle = json.loads(table["mask_rle"][i]) if table["mask_rle"][i] else None
         win = np.array([[table["x0"][i], table["y0"][i], table["x1"][i], table["y1"][i]]])
-        crops, _ = render_image_group(ds.image_root / table["file_name"][i], win, [rle], size, fill, "bicubic")
+        crops, _ = render_image_group(source, table["file_name"][i], win, [rle], size, fill, "bicubic")
         if crops is not None:
             sheet.paste(Image.fromarray(crops[0]), ((i % cols) * size, (i // cols) * size))
     sheet.save(path)

@@ -19,6 +19,22 @@ def open_dataset(cfg: DataConfig):
         from .demo import make_demo_dataset
 
         make_demo_dataset(root, seed=cfg.seed, n_images=cfg.demo_images)
+    elif cfg.kind == "coco2017":
+        ann, images = coco2017_paths(cfg)
+        ds = load_coco(ann, images)
+        ds.images_from_zip = cfg.images_from_zip
+        return ds
     elif cfg.kind != "coco":
-        raise ObjalignError(f"data.kind = {cfg.kind!r}: expected 'demo' or 'coco'")
+        raise ObjalignError(f"data.kind = {cfg.kind!r}: expected 'demo', 'coco' or 'coco2017'")
     return load_coco(ann, images)
+
+
+def coco2017_paths(cfg: DataConfig, progress: bool = True) -> tuple[Path, Path]:
+    """COCO 2017 ``(annotations json, image folder or zip)`` for ``cfg.split``, downloading what is missing."""
+    from .download import download_coco2017
+
+    if cfg.split not in ("train", "val"):
+        raise ObjalignError(f"data.split = {cfg.split!r}: expected 'train' or 'val'")
+    got = download_coco2017(cfg.root, split=cfg.split, mirror=cfg.mirror, progress=progress,
+                            extract=not cfg.images_from_zip)
+    return Path(got["annotations"][cfg.split]), Path(got["images"][cfg.split])

@@ -42,8 +42,16 @@ class CocoDataset:
     categories: dict
     fingerprint: str
 
+    images_from_zip: bool = False  #: ``image_root`` is a zip archive, not a folder
+
     def image_path(self, image_id: int) -> Path:
         return self.image_root / self.images[image_id]["file_name"]
+
+    def image_source(self):
+        """Where pixels come from: ``load(file_name) -> (H, W, 3) uint8`` (a folder or a zip archive)."""
+        from ..embed.engine import FolderImages, ZipImages
+
+        return ZipImages(self.image_root) if self.images_from_zip else FolderImages(self.image_root)
 
 
 def _fail(path: Path, what: str) -> ObjalignError:

@@ -41,33 +41,65 @@ def _groups_by_image(image_ids: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(starts.tolist(), stops.tolist()))
 
 
-def render_image_group(image_path: Path, windows: np.ndarray, rles: list, size: int, fill, resample: str):
-    """Decode one image and render all of its crops.
+class FolderImages:
+    """Images as files under a folder: ``load(file_name) -> (H, W, 3) uint8``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def describe(self, file_name: str) -> str:
+        return str(self.root / file_name)
+
+    def load(self, file_name: str) -> np.ndarray:
+        return load_rgb(self.root / file_name)
+
+
+class ZipImages:
+    """Images read straight from a zip archive (``images_from_zip: true``), thread-safe."""
+
+    def __init__(self, zip_path: str | Path):
+        from ..data.zipimages import ZipImageReader
+
+        self.path = Path(zip_path)
+        self.reader = ZipImageReader(zip_path)
+
+    def describe(self, file_name: str) -> str:
+        return f"{self.path}:{file_name}"
+
+    def load(self, file_name: str) -> np.ndarray:
+        with self.reader.open(file_name) as im:
+            return np.asarray(im.convert("RGB"))
+
+
+def render_image_group(images, file_name: str, windows: np.ndarray, rles: list, size: int, fill, resample: str):
+    """Decode one image (``images.load(file_name)``) and render all of its crops.
 
     Returns ``(crops (k, size, size, 3) uint8 or None, reason or None)``.
     """
+    where = images.describe(file_name)
     try:
-        image = load_rgb(image_path)
+        image = images.load(file_name)
     except FileNotFoundError:
-        return None, f"image file not found: {image_path}"
+        return None, f"image file not found: {where}"
     except Exception as exc:  # PIL raises many types for corrupt files
-        return None, f"unreadable image {image_path}: {type(exc).__name__}: {exc}"
+        return None, f"unreadable image {where}: {type(exc).__name__}: {exc}"
     out = np.empty((len(windows), size, size, 3), np.uint8)
     for j, (win, rle) in enumerate(zip(windows, rles)):
         mask = rle_to_mask(rle) if rle else None
         if mask is not None and mask.shape != image.shape[:2]:
-            return None, f"mask size {mask.shape} != image size {image.shape[:2]} for {image_path}"
+            return None, f"mask size {mask.shape} != image size {image.shape[:2]} for {where}"
         out[j] = render_crop(image, tuple(int(v) for v in win), size, mask=mask, fill=fill, resample=resample)
     return out, None
 
 
-def extract_vision(table: dict[str, np.ndarray], image_root: Path, encoder, store, shard_size: int,
+def extract_vision(table: dict[str, np.ndarray], images, encoder, store, shard_size: int,
                    batch_size: int, fill, num_workers: int = 2, progress: bool = True,
                    on_batch: Callable[[int], None] | None = None) -> dict:
     """Embed every row of ``table`` (the crop table: one row per object, sorted by image) into ``store``.
 
     ``table`` needs ``annotation_id``, ``image_id``, ``category_id``, ``file_name``, ``x0 y0 x1 y1`` (crop
-    window) and ``mask_rle`` (JSON string or empty). Shards already done are skipped. Instances whose image
+    window) and ``mask_rle`` (JSON string or empty); ``images`` is an image source (:class:`FolderImages`,
+    :class:`ZipImages`: ``load(file_name)``, ``describe(file_name)``). Shards already done are skipped. Instances whose image
     cannot be read, or whose embedding is not finite, are recorded in the shard's skipped list.
 
     Returns a summary: ``{"n_embedded", "n_skipped", "n_shards", "shards_reused"}``.
@@ -89,7 +121,7 @@ def extract_vision(table: dict[str, np.ndarray], image_root: Path, encoder, stor
         for shard in todo:
             lo, hi = shard * shard_size, min(n, (shard + 1) * shard_size)
             groups = [(lo + a, lo + b) for a, b in _groups_by_image(table["image_id"][lo:hi])]
-            futures = [pool.submit(render_image_group, image_root / table["file_name"][a], windows[a:b], rles[a:b],
+            futures = [pool.submit(render_image_group, images, table["file_name"][a], windows[a:b], rles[a:b],
                                    pre.size, fill, pre.resample) for a, b in groups]
             vecs, keep, skipped = [], [], []
             pending_rows: list[int] = []

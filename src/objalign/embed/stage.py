@@ -110,7 +110,7 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
     vname = f"vision-{store_key(vkey_fields)}"
     vstore = EmbeddingStore.open(emb_dir / vname, vkey_fields, cfg.embed.shard_size, len(table["annotation_id"]))
     t0 = time.time()
-    stats = extract_vision(table, ds.image_root, enc, vstore, cfg.embed.shard_size, v.batch_size, cfg.crop.fill,
+    stats = extract_vision(table, ds.image_source(), enc, vstore, cfg.embed.shard_size, v.batch_size, cfg.crop.fill,
                            num_workers=v.num_workers, progress=progress)
     seconds = time.time() - t0
     vman = vstore.finalize(stats["n_shards"], enc.dim, {"seconds": round(seconds, 3)})
