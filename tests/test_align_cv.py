@@ -161,3 +161,19 @@ def test_nystroem_cv_approaches_exact_with_more_centres():
         errs = [np.abs(KernelRidgeCV(**kw, approx="nystroem", n_components=m, random_state=0).fit(X, Y)
                        .cv_results_["mean_test_score"] - exact).max() for m in (10, 150)]
     assert errs[1] < 1e-8 < errs[0]  # all rows as centres (minus each test fold) is exact kernel ridge
+
+
+def test_parallel_grid_equals_sequential():
+    X, Y, _ = _problem(n=90, seed=5)
+    kw = dict(alphas=[0.05, 0.5, 5.0], gammas=[0.1, 0.4], cv=3)
+    seq = KernelRidgeCV(**kw).fit(X, Y).cv_results_["split1_test_score"]
+    par = KernelRidgeCV(**kw, n_jobs=2).fit(X, Y).cv_results_["split1_test_score"]
+    np.testing.assert_array_equal(seq, par)
+
+
+def test_elimination_plan_is_cheaper_than_separate_fits():
+    from objalign.align._logo import _full_cost, _plan
+
+    split, cost = _plan((600,) * 5)
+    assert set(split) == {(0, 5), (1, 5), (2, 5), (3, 5)}
+    assert cost < 5 * _full_cost(2400, 0) < 5 * (2400**3 / 3 + 2 * 2400**2 * 80)

@@ -6,7 +6,10 @@ augmented matrix ``[K + a I | Y]`` after eliminating the rows/columns of ``R``. 
 folds can share them: split the fold blocks into halves ``A | B``; eliminate ``A`` once for all folds in ``B``
 and ``B`` once for all folds in ``A``; recurse. With ``k`` folds this costs ``O(n^3 log k)`` per grid point
 instead of ``k`` separate ``O(n^3)`` Cholesky fits, uses only Cholesky, triangular solve and symmetric
-rank-k updates (float32 LAPACK for float32 input), and needs no prediction matrices.
+rank-k updates (float32 LAPACK for float32 input), and needs no prediction matrices. A side that is a single
+fold is not eliminated into: its residual needs only a solve with the few target columns. The split points
+are chosen by dynamic programming on the flop count (:func:`_plan`); for 5 folds of 600 rows that is
+17.6 GFLOP per grid point, against 20.7 for halving splits and ~29 for five separate Cholesky fits.
 """
 
 from __future__ import annotations
@@ -67,18 +70,86 @@ def _eliminate(ops, S, C, a, first, diag_add):
     return Snew, Cnew
 
 
-def _recurse(ops, S, C, bounds, first_fold, diag_add, out):
-    nb = len(bounds) - 1
-    if nb == 1:
-        out[first_fold] = C
-        return
-    h = nb // 2
-    a = int(bounds[h])
-    SB, CB = _eliminate(ops, S, C, a, True, diag_add)
-    _recurse(ops, SB, CB, [b - a for b in bounds[h:]], first_fold + h, 0.0, out)
-    del SB, CB
-    SA, CA = _eliminate(ops, S, C, a, False, diag_add)
-    _recurse(ops, SA, CA, list(bounds[: h + 1]), first_fold, 0.0, out)
+def _leaf(ops, S, C, a, first, diag_add):
+    """Held-out residual of a single-block side of the split, without forming any Schur complement.
+
+    ``first=True``: the leaf is ``[a, m)``; returns ``C_B - S_BA (S_AA)^-1 C_A``.
+    Otherwise the leaf is ``[0, a)``; returns ``C_A - S_AB (S_BB)^-1 C_B``.
+    """
+    m = S.shape[0]
+    if first:
+        L = ops.chol(_block(S, 0, a, 0, a, diag_add))
+        rhs, keep, off, trans = C[:a], C[a:], S[a:m, 0:a], 0
+    else:
+        L = ops.chol(_block(S, a, m, a, m, diag_add))
+        rhs, keep, off, trans = C[a:], C[:a], S[a:m, 0:a], 1
+    z = ops.trsm(1.0, L, np.array(rhs, order="F"), side=0, lower=1, overwrite_b=1)
+    z = ops.trsm(1.0, L, z, side=0, lower=1, trans_a=1, overwrite_b=1)
+    return ops.gemm(-1.0, np.asfortranarray(off), z, beta=1.0, c=np.array(keep, order="F"), trans_a=trans,
+                    overwrite_c=1)
+
+
+def _full_cost(a, b):
+    """Flops to eliminate ``a`` rows for ``b`` others (Cholesky, triangular solve, symmetric update)."""
+    return a**3 / 3 + a * a * b + a * b * b
+
+
+def _leaf_cost(a, b, r=64):
+    return a**3 / 3 + 2 * a * a * r + 2 * a * b * r
+
+
+def _plan(sizes):
+    """Cheapest split of every contiguous run of blocks (dynamic programming over the elimination tree).
+
+    Returns
+    -------
+    split : dict mapping (i, j) -> h, the block index at which the run ``i..j-1`` is split.
+    cost : float, total flops of the plan.
+    """
+    import functools
+
+    pre = np.concatenate([[0], np.cumsum(sizes)]).astype(float)
+
+    @functools.lru_cache(maxsize=None)
+    def best(i, j):
+        if j - i == 1:
+            return 0.0, None
+        out = (np.inf, None)
+        for h in range(i + 1, j):
+            a, b = pre[h] - pre[i], pre[j] - pre[h]
+            c = (_leaf_cost(a, b) if j - h == 1 else _full_cost(a, b) + best(h, j)[0])
+            c += _leaf_cost(b, a) if h - i == 1 else _full_cost(b, a) + best(i, h)[0]
+            out = min(out, (c, h))
+        return out
+
+    split = {}
+
+    def walk(i, j):
+        if j - i > 1:
+            h = best(i, j)[1]
+            split[(i, j)] = h
+            walk(i, h)
+            walk(h, j)
+
+    walk(0, len(sizes))
+    return split, best(0, len(sizes))[0]
+
+
+def _recurse(ops, S, C, bounds, lo, hi, split, diag_add, out):
+    """Residuals of folds ``lo..hi-1``; ``S``/``C`` hold their current Schur complement, ``bounds`` local."""
+    h = split[(lo, hi)]
+    a = int(bounds[h - lo])
+    if hi - h == 1:
+        out[h] = _leaf(ops, S, C, a, True, diag_add)
+    else:
+        SB, CB = _eliminate(ops, S, C, a, True, diag_add)
+        _recurse(ops, SB, CB, [b - a for b in bounds[h - lo :]], h, hi, split, 0.0, out)
+        del SB, CB
+    if h - lo == 1:
+        out[lo] = _leaf(ops, S, C, a, False, diag_add)
+    else:
+        SA, CA = _eliminate(ops, S, C, a, False, diag_add)
+        _recurse(ops, SA, CA, list(bounds[: h - lo + 1]), lo, h, split, 0.0, out)
 
 
 def block_logo_residuals(K, T, bounds, alpha):
@@ -115,10 +186,11 @@ def block_logo_residuals(K, T, bounds, alpha):
         S, C = _eliminate(ops, S, C, bounds[0], True, diag_add)
         bounds = [b - bounds[0] for b in bounds]
         diag_add = 0.0
-    bounds = bounds[0:]
-    out = [None] * (len(bounds) - 1)
-    if len(bounds) == 2:  # a single fold: residual after eliminating nothing else is the targets
+    k = len(bounds) - 1
+    out = [None] * k
+    if k == 1:  # a single fold: its residual is what is left after eliminating the never-held-out rows
         out[0] = np.array(C)
         return out
-    _recurse(ops, S, C, bounds, 0, diag_add, out)
+    split, _ = _plan(tuple(np.diff(bounds)))
+    _recurse(ops, S, C, bounds, 0, k, split, diag_add, out)
     return out

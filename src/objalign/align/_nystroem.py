@@ -43,7 +43,7 @@ def normalization(Kmm, rtol=None):
     return U[:, keep] / np.sqrt(S[keep])
 
 
-def block_moments(X, T, centres, kernel, gammas, degree, coef0, blocks, chunk=CHUNK):
+def block_moments(X, T, centres, kernel, gammas, degree, coef0, blocks, chunk=CHUNK, rows=None):
     """Moments of the raw Nyström kernel features ``k(x, centres)`` for contiguous row blocks.
 
     Parameters
@@ -58,6 +58,8 @@ def block_moments(X, T, centres, kernel, gammas, degree, coef0, blocks, chunk=CH
         One set of moments per gamma (the distances to the centres are computed once per chunk).
     blocks : sequence of int
         Block boundaries ``[b0=0, b1, ..., n]``.
+    rows : ndarray of shape (n,), optional
+        Row ``i`` of the block order is ``X[rows[i]]`` (no reordered copy of ``X`` is made).
 
     Returns
     -------
@@ -70,7 +72,7 @@ def block_moments(X, T, centres, kernel, gammas, degree, coef0, blocks, chunk=CH
         acc = [None] * len(gammas)
         for s in range(lo, hi, chunk):
             e = min(s + chunk, hi)
-            base = KernelBase(X[s:e], kernel, degree, coef0, Y=centres)
+            base = KernelBase(X[s:e] if rows is None else X[rows[s:e]], kernel, degree, coef0, Y=centres)
             Tc = np.asarray(T(s, e), dtype=np.float64)
             tsum = Tc.sum(axis=0)
             tt = Tc.T @ Tc

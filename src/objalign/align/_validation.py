@@ -67,7 +67,7 @@ def check_matrix(A, name="X", *, dtype=(np.float64, np.float32), ensure_2d=True,
         raise ObjalignError(
             f"{name} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required; expected at least one column"
         )
-    if not np.isfinite(arr).all():
+    if not np.isfinite(arr.sum(dtype=np.float64)) and not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         where = f"row {bad[0]}" + (f", column {bad[1]}" if arr.ndim == 2 else "")
         raise ObjalignError(

@@ -53,6 +53,17 @@ def _solve_kernel(K, alpha, Y):
         return sla.lstsq(A, Y, check_finite=False)[0]
 
 
+def _n_workers(n_jobs, n_tasks):
+    """Threads for ``n_jobs`` (scikit-learn convention: None = 1, -1 = all cores)."""
+    import os
+
+    if n_jobs is None:
+        return 1
+    cores = os.cpu_count() or 1
+    k = cores + 1 + n_jobs if n_jobs < 0 else n_jobs
+    return max(1, min(k, n_tasks))
+
+
 def _pick_centres(n, m, random_state):
     rng = check_random_state(random_state)
     return np.sort(rng.choice(n, size=min(m, n), replace=False))
@@ -229,6 +240,10 @@ class KernelRidgeCV(_KernelBaseEstimator):
     cv : int, scikit-learn splitter or iterable of (train, test), default=5
     approx, n_components, max_exact_samples, random_state :
         As in :class:`KernelRidge`.
+    n_jobs : int or None, default=None
+        Exact mode: grid points evaluated concurrently in this many threads, each with one BLAS thread
+        (None = 1 worker with the BLAS library's own threading; -1 = all cores). Each worker holds its own
+        elimination workspace (about n^2 floats).
 
     Attributes
     ----------
@@ -241,7 +256,7 @@ class KernelRidgeCV(_KernelBaseEstimator):
     """
 
     def __init__(self, alphas=(0.1, 1.0, 10.0), gammas=None, kernel="rbf", degree=3, coef0=1, cv=5,
-                 approx="auto", n_components=1000, max_exact_samples=10000, random_state=None):
+                 approx="auto", n_components=1000, max_exact_samples=10000, random_state=None, n_jobs=None):
         self.alphas = alphas
         self.gammas = gammas
         self.kernel = kernel
@@ -252,6 +267,7 @@ class KernelRidgeCV(_KernelBaseEstimator):
         self.n_components = n_components
         self.max_exact_samples = max_exact_samples
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     def _gamma_used(self):
         return self.gamma_
@@ -321,33 +337,58 @@ class KernelRidgeCV(_KernelBaseEstimator):
         T = basis.T(order, dtype=dtype)
         Z = None if basis.Z is None else np.asarray(basis.Z, dtype=np.float64)
         ss = np.empty((len(alphas), len(glist), len(splits), basis.Y.shape[1]))
+        workers = _n_workers(self.n_jobs, len(alphas))
+
+        def point(K, alpha):
+            res = None
+            if part is not None:
+                try:
+                    res = block_logo_residuals(K, T, part.bounds, float(alpha))
+                except np.linalg.LinAlgError:
+                    res = None
+            if res is None:  # folds that do not partition the data, or a numerically singular block
+                pos = np.empty(n, dtype=np.intp)
+                pos[order] = np.arange(n)
+                res = []
+                for train, test in splits:
+                    tr, te = pos[train], pos[test]
+                    dual = _solve_kernel(K[np.ix_(tr, tr)], float(alpha), T[tr])
+                    res.append(T[te] - K[np.ix_(te, tr)] @ dual)
+            out = np.empty((len(splits), basis.Y.shape[1]))
+            for f, R in enumerate(res):
+                R64 = np.asarray(R, dtype=np.float64)
+                if Z is None:
+                    out[f] = np.einsum("ij,ij->j", R64, R64)
+                else:
+                    out[f] = np.einsum("aj,aj->j", (R64.T @ R64) @ Z, Z)
+            return out
+
         buf = None
-        for g, gamma in enumerate(glist):
-            K = base.matrix(gamma, out=buf)
-            if K is not base.base:
-                buf = K
-            for a, alpha in enumerate(alphas):
-                res = None
-                if part is not None:
-                    try:
-                        res = block_logo_residuals(K, T, part.bounds, float(alpha))
-                    except np.linalg.LinAlgError:
-                        res = None
-                if res is None:
-                    pos = np.empty(n, dtype=np.intp)
-                    pos[order] = np.arange(n)
-                    res = []
-                    for train, test in splits:
-                        tr, te = pos[train], pos[test]
-                        dual = _solve_kernel(K[np.ix_(tr, tr)], float(alpha), T[tr])
-                        res.append(T[te] - K[np.ix_(te, tr)] @ dual)
-                for f, R in enumerate(res):
-                    R64 = np.asarray(R, dtype=np.float64)
-                    if Z is None:
-                        ss[a, g, f] = np.einsum("ij,ij->j", R64, R64)
-                    else:
-                        Q = R64.T @ R64
-                        ss[a, g, f] = np.einsum("aj,aj->j", Q @ Z, Z)
+        if workers == 1:
+            for g, gamma in enumerate(glist):
+                K = base.matrix(gamma, out=buf)
+                buf = K if K is not base.base else None
+                for a, alpha in enumerate(alphas):
+                    ss[a, g] = point(K, alpha)
+            return ss
+        # Grid points run concurrently, one BLAS thread each: no OpenBLAS thread-team synchronisation, which
+        # stalls badly on a shared machine, and near-perfect scaling (each point is O(n^3) of BLAS-3 work).
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        # All (gamma, alpha) points go to one pool so no worker idles at the end of each gamma; kernels of
+        # several gammas are kept at once when they fit in ~1 GiB.
+        per_k = base.base.nbytes
+        group = max(1, min(len(glist), int(2**30 // max(per_k, 1))))
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+            for g0 in range(0, len(glist), group):
+                gs = list(range(g0, min(g0 + group, len(glist))))
+                Ks = {g: base.matrix(glist[g]) for g in gs}
+                tasks = [(g, a) for g in gs for a in range(len(alphas))]
+                for (g, a), out in zip(tasks, pool.map(lambda t: point(Ks[t[0]], alphas[t[1]]), tasks)):
+                    ss[a, g] = out
+                del Ks
         return ss
 
     # -- Nyström: one streaming pass of per-fold moments per data set ------------------------------------
@@ -357,22 +398,20 @@ class KernelRidgeCV(_KernelBaseEstimator):
         cidx = _pick_centres(n, self.n_components, self.random_state)
         centres = X[cidx]
         factorised = basis.Z is not None
-        if not factorised:
-            basis.codes = None
 
         def targets(rows):
             return lambda s, e: basis.T(rows[s:e])
 
         if part is not None:
             order = part.order
-            Xo = X[order]
             blocks = list(part.bounds)
             if blocks[0] != 0:
                 blocks = [0] + blocks
                 offset = 1
             else:
                 offset = 0
-            mom = nys.block_moments(Xo, targets(order), centres, self.kernel, glist, self.degree, self.coef0, blocks)
+            mom = nys.block_moments(X, targets(order), centres, self.kernel, glist, self.degree, self.coef0, blocks,
+                                    rows=order)
             fold_rows = [order[part.bounds[f] : part.bounds[f + 1]] for f in range(len(splits))]
         else:
             mom = None
@@ -391,10 +430,10 @@ class KernelRidgeCV(_KernelBaseEstimator):
                 )
                 keep = np.arange(cidx.size)
             if mom is None:
-                tr_m = nys.block_moments(X[train], targets(train), centres, self.kernel, glist, self.degree,
-                                         self.coef0, [0, train.size])
-                te_m = nys.block_moments(X[test], targets(test), centres, self.kernel, glist, self.degree,
-                                         self.coef0, [0, test.size])
+                tr_m = nys.block_moments(X, targets(train), centres, self.kernel, glist, self.degree,
+                                         self.coef0, [0, train.size], rows=train)
+                te_m = nys.block_moments(X, targets(test), centres, self.kernel, glist, self.degree,
+                                         self.coef0, [0, test.size], rows=test)
             for g, gamma in enumerate(glist):
                 if mom is not None:
                     total = mom[g][0]

@@ -132,11 +132,33 @@ def solve_ridge(X, Y, alpha, fit_intercept=True):
     return W, b
 
 
-def _block_moments(Xc, basis, Tc, idx_blocks, full_tt):
+_CHUNK = 32768
+
+
+def _column_mean(A):
+    """Column means in float64, streamed in chunks. Returns shape (n_columns,)."""
+    acc = np.zeros(A.shape[1])
+    for s in range(0, A.shape[0], _CHUNK):
+        acc += np.asarray(A[s : s + _CHUNK], dtype=np.float64).sum(axis=0)
+    return acc / A.shape[0]
+
+
+def _block_moments(X, basis, shift, idx_blocks, full_tt):
+    """Moments (float64) of rows ``idx`` of ``X - shift[0]`` and of the targets, for each index block.
+
+    The targets are the category indicator when ``basis`` is factorised, else ``Y - shift[1]``.
+    """
     out = []
+    mx, my = shift
     for idx in idx_blocks:
-        T = basis.T(idx) if Tc is None else Tc[idx]
-        out.append(moments(Xc[idx], T, full_tt))
+        acc = None
+        for s in range(0, max(idx.size, 1), _CHUNK):
+            rows = idx[s : s + _CHUNK]
+            F = np.asarray(X[rows], dtype=np.float64) - mx
+            T = basis.T(rows) if my is None else np.asarray(basis.Y[rows], dtype=np.float64) - my
+            m_ = moments(F, T, full_tt)
+            acc = m_ if acc is None else acc + m_
+        out.append(acc)
     return out
 
 
@@ -207,23 +229,20 @@ class RidgeCV(_LinearPredictMixin, MultiOutputMixin, RegressorMixin, BaseEstimat
 
     def _fit(self, X, y, splits, alphas):
         n = X.shape[0]
-        Y = _as_2d(np.asarray(y, dtype=np.float64))
-
+        Y = _as_2d(y)
         # Shifting X (and unfactorised Y) by global means changes nothing with an intercept, and keeps the
-        # moment algebra free of cancellation.
-        X64 = np.asarray(X, dtype=np.float64)
-        mx = X64.mean(axis=0) if self.fit_intercept else np.zeros(X.shape[1])
-        Xc = X64 - mx if self.fit_intercept else X64
+        # moment algebra free of cancellation. Rows are streamed in chunks: no float64 copy of X or Y.
+        mx = _column_mean(X) if self.fit_intercept else np.zeros(X.shape[1])
         basis = factor_targets(Y)
         factorised = basis.Z is not None
-        my = Y.mean(axis=0) if (self.fit_intercept and not factorised) else np.zeros(Y.shape[1])
-        Tc = None if factorised else Y - my
+        my = _column_mean(Y) if (self.fit_intercept and not factorised) else np.zeros(Y.shape[1])
+        shift = (mx, None if factorised else my)
 
         part = find_partition(splits, n)
         if part is not None:
             bounds = part.bounds
             blocks = [part.order[: bounds[0]]] + [part.order[bounds[f] : bounds[f + 1]] for f in range(len(splits))]
-            mom = _block_moments(Xc, basis, Tc, blocks, factorised)
+            mom = _block_moments(X, basis, shift, blocks, factorised)
             total = mom[0]
             for m_ in mom[1:]:
                 total = total + m_
@@ -231,14 +250,14 @@ class RidgeCV(_LinearPredictMixin, MultiOutputMixin, RegressorMixin, BaseEstimat
         else:
             folds = []
             for train, test in splits:
-                tr, te = _block_moments(Xc, basis, Tc, [train, test], factorised)
+                tr, te = _block_moments(X, basis, shift, [train, test], factorised)
                 folds.append((tr, te))
-            total = _block_moments(Xc, basis, Tc, [np.arange(n)], factorised)[0]
+            total = _block_moments(X, basis, shift, [np.arange(n)], factorised)[0]
 
         ss = cv_residual_ss(folds, alphas, self.fit_intercept, basis.Z)  # (n_alphas, n_folds, n_targets)
         scores = np.empty((len(alphas), len(splits)))
         for f, (_, test) in enumerate(splits):
-            Yt = Y[test]
+            Yt = np.asarray(Y[test], dtype=np.float64)
             scores[:, f] = fold_scores(ss[:, f], total_sum_of_squares(Yt), len(test), float(np.abs(Yt).max()))
         params = param_grid(alphas)
         self.cv_results_, self.best_index_ = build_cv_results(params, scores)
