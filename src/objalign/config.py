@@ -44,6 +44,9 @@ class DataConfig:
 class SampleConfig:
     n: int = 3000  #: instances to sample (all if the dataset has fewer)
     seed: int = 0
+    #: ``instances`` (uniform over objects) or ``images_first`` (draw images, take all their eligible objects:
+    #: fewer distinct images for the same n, so a per-image segmenter such as SAM is amortised).
+    strategy: str = "instances"
     min_area: float = 100.0  #: minimum annotation area in pixels
     exclude_crowd: bool = True  #: ``iscrowd=1`` regions are not single objects
     categories: tuple[str, ...] = ()  #: restrict to these category names (empty: all)
@@ -51,10 +54,18 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class CropConfig:
-    mode: str = "box"  #: ``box`` or ``gt-mask`` (see ``objalign models --crops``)
-    padding: float = 0.1  #: fraction of the box's longer side added on each side
+    mode: str = "box"  #: ``box``, ``gt-mask``, ``grabcut`` or ``sam`` (``objalign models``)
+    padding: float = 0.1  #: fraction of the box's longer side added on each side (0: tight)
     square: bool = True  #: expand the crop window to a square (keeps the object's aspect ratio)
-    fill: tuple[int, int, int] = (124, 116, 104)  #: background fill outside the image / mask (ImageNet mean)
+    #: what replaces pixels outside the object's mask: ``fill`` (the colour below), ``mean`` (the dataset's
+    #: mean colour), ``blur`` (the blurred image) or ``context`` (keep the pixels; the mask only sets nothing)
+    background: str = "fill"
+    fill: tuple[int, int, int] = (124, 116, 104)  #: fill colour (ImageNet mean); also outside the image
+    sam_model: str = "facebook/sam-vit-huge"  #: for ``mode: sam`` (also sam-vit-base|large, SlimSAM ids)
+    sam_model_path: str | None = None  #: local folder with the SAM weights (no network)
+    grabcut_iterations: int = 5
+    device: str = "cpu"  #: for model segmenters
+    dtype: str = "float32"
 
 
 @dataclass(frozen=True)

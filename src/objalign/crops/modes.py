@@ -20,6 +20,7 @@ class MaskDecision:
     source: str  #: "box", "gt-mask", "grabcut", "sam", ... (what was actually used)
     note: str = ""  #: why a fallback happened ("" when the requested mode was used)
     score: float = float("nan")  #: predicted IoU for model segmenters
+    gt_iou: float = float("nan")  #: IoU with the dataset's own mask, where it has one
 
 
 class BoxMode:
@@ -27,6 +28,9 @@ class BoxMode:
 
     name = "box"
     needs_pixels = False
+
+    def __init__(self, **_: object):
+        pass
 
     def decide(self, image: np.ndarray | None, annotations: list[dict], height: int, width: int) -> list[MaskDecision]:
         return [MaskDecision(None, "box") for _ in annotations]
@@ -38,6 +42,9 @@ class GtMaskMode:
     name = "gt-mask"
     needs_pixels = False
 
+    def __init__(self, **_: object):
+        pass
+
     def decide(self, image: np.ndarray | None, annotations: list[dict], height: int, width: int) -> list[MaskDecision]:
         out = []
         for a in annotations:
@@ -47,3 +54,57 @@ class GtMaskMode:
             else:
                 out.append(MaskDecision(rle, "gt-mask"))
         return out
+
+
+class SegmenterMode:
+    """Masks from a box-prompted segmenter (GrabCut, SAM), one ``segment`` call per image.
+
+    Each mask is compared with the dataset's own mask where there is one (``gt_iou``). A box the segmenter
+    cannot handle or a mask that comes back empty falls back to the box crop, with the reason recorded.
+    """
+
+    needs_pixels = True
+
+    def __init__(self, segmenter):
+        self.segmenter = segmenter
+        self.name = segmenter.name
+        self.images_seen = 0
+
+    def decide(self, image: np.ndarray, annotations: list[dict], height: int, width: int) -> list[MaskDecision]:
+        from .masks import mask_to_rle, rle_to_mask
+        from .segmenter import mask_iou
+
+        self.images_seen += 1
+        boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
+        out = []
+        for a, res in zip(annotations, self.segmenter.segment(image, boxes)):
+            if res.mask is None:
+                out.append(MaskDecision(None, "box", f"{self.name}: {res.reason or 'no mask'}: box crop used",
+                                        res.score))
+                continue
+            gt = segmentation_to_rle(a.get("segmentation"), height, width)
+            iou = mask_iou(res.mask, rle_to_mask(gt)) if gt else float("nan")
+            note = f"{self.name}: {res.reason}" if res.reason else ""
+            out.append(MaskDecision(mask_to_rle(res.mask), self.name, note, float(res.score), iou))
+        return out
+
+    def stats(self) -> dict:
+        return {"encoder_calls": int(self.segmenter.encoder_calls), "distinct_images": self.images_seen,
+                "segmenter": self.segmenter.params}
+
+
+def grabcut_mode(iterations: int = 5, **_: object) -> SegmenterMode:
+    """``grabcut``: OpenCV GrabCut initialised from the box (no weights, runs offline)."""
+    from .grabcut import GrabCutSegmenter
+
+    return SegmenterMode(GrabCutSegmenter(iterations=iterations))
+
+
+def sam_mode(sam_model: str = "facebook/sam-vit-huge", sam_model_path: str | None = None, device: str = "cpu",
+             dtype: str = "float32", segmenter=None, **_: object) -> SegmenterMode:
+    """``sam``: Segment Anything prompted with the box; one image encoding per image (transformers SamModel)."""
+    if segmenter is None:
+        from .sam import SamSegmenter
+
+        segmenter = SamSegmenter(sam_model, model_path=sam_model_path, device=device, dtype=dtype)
+    return SegmenterMode(segmenter)

@@ -21,9 +21,12 @@ def crop_window(x: float, y: float, w: float, h: float, padding: float = 0.1,
     return (int(np.floor(cx - hw)), int(np.floor(cy - hh)), int(np.ceil(cx + hw)), int(np.ceil(cy + hh)))
 
 
+BACKGROUNDS = ("fill", "mean", "blur", "context")
+
+
 def render_crop(image: np.ndarray, window: tuple[int, int, int, int], size: int | tuple[int, int],
                 mask: np.ndarray | None = None, fill: tuple[int, int, int] = (124, 116, 104),
-                resample: str = "bicubic") -> np.ndarray:
+                resample: str = "bicubic", background: str = "fill", blur_radius: float = 8.0) -> np.ndarray:
     """Cut ``window`` out of ``image`` and resize it.
 
     Parameters
@@ -34,7 +37,10 @@ def render_crop(image: np.ndarray, window: tuple[int, int, int, int], size: int 
     size : int or (height, width)
         Output size.
     mask : (H, W) bool, optional
-        Pixels outside the mask are replaced by ``fill`` (the object is cut out of its context).
+        Pixels outside the mask are replaced according to ``background``.
+    background : {"fill", "blur", "context"}
+        ``fill``: the ``fill`` colour (pass the dataset's mean colour for "mean"); ``blur``: the image blurred
+        with a Gaussian of ``blur_radius`` pixels; ``context``: keep the pixels (the mask is ignored).
 
     Returns
     -------
@@ -49,9 +55,15 @@ def render_crop(image: np.ndarray, window: tuple[int, int, int, int], size: int 
     ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
     if ix1 > ix0 and iy1 > iy0:
         region = image[iy0:iy1, ix0:ix1]
-        if mask is not None:
+        if mask is not None and background != "context":
             m = mask[iy0:iy1, ix0:ix1]
-            region = np.where(m[..., None], region, np.asarray(fill, dtype=np.uint8))
+            if background == "blur":
+                from PIL import ImageFilter
+
+                other = np.asarray(Image.fromarray(region).filter(ImageFilter.GaussianBlur(blur_radius)))
+            else:
+                other = np.asarray(fill, dtype=np.uint8)
+            region = np.where(m[..., None], region, other)
         canvas[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = region
     oh, ow = (size, size) if isinstance(size, int) else size
     method = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[resample]

@@ -22,24 +22,39 @@ from . import CROP_MODES
 from .render import crop_window
 
 
-def decide_crops(ds, inst: dict[str, np.ndarray], mode_name: str, padding: float, square: bool,
+#: Crop settings that change the crop table (the rest — background, fill — only change rendering).
+DECISION_KEYS = ("crop.mode", "crop.padding", "crop.square", "crop.sam_model", "crop.grabcut_iterations",
+                 "crop.dtype")
+
+
+def build_mode(cfg: RunConfig):
+    """The crop mode object a config asks for (segmenter models load here)."""
+    c = cfg.crop
+    return CROP_MODES.get(c.mode, sam_model=c.sam_model, sam_model_path=c.sam_model_path, device=c.device,
+                          dtype=c.dtype, iterations=c.grabcut_iterations)
+
+
+def decide_crops(ds, inst: dict[str, np.ndarray], mode, padding: float, square: bool,
                  progress: bool = False) -> tuple[dict[str, np.ndarray], dict]:
-    """Decide each instance's crop window and mask with crop mode ``mode_name``.
+    """Decide each instance's crop window and mask with ``mode`` (a crop-mode object or a registered name).
 
     Returns the crop table (instance columns plus ``x0 y0 x1 y1``, ``mask_rle`` (JSON or ""), ``mask_source``,
-    ``mask_score``, ``note``) and a summary that counts fallbacks by reason.
+    ``mask_score``, ``gt_iou``, ``note``) and a summary that counts fallbacks by reason.
     """
+    from tqdm.auto import tqdm
+
     from ..embed.engine import _groups_by_image
 
-    mode = CROP_MODES.get(mode_name)
+    mode = CROP_MODES.get(mode) if isinstance(mode, str) else mode
     source = ds.image_source()
     anns = {a["id"]: a for a in ds.annotations}
     n = len(inst["annotation_id"])
     windows = np.zeros((n, 4), np.int64)
-    rles, sources, notes, scores = [""] * n, [""] * n, [""] * n, np.full(n, np.nan)
+    rles, sources, notes, scores, gt_iou = [""] * n, [""] * n, [""] * n, np.full(n, np.nan), np.full(n, np.nan)
     for i in range(n):
         windows[i] = crop_window(inst["x"][i], inst["y"][i], inst["w"][i], inst["h"][i], padding, square)
-    for a, b in _groups_by_image(inst["image_id"]):
+    groups = _groups_by_image(inst["image_id"])
+    for a, b in tqdm(groups, unit="img", desc=f"crop {mode.name}", disable=not (progress and mode.needs_pixels)):
         image = None
         if mode.needs_pixels:
             try:
@@ -52,20 +67,22 @@ def decide_crops(ds, inst: dict[str, np.ndarray], mode_name: str, padding: float
                                 int(inst["height"][a]), int(inst["width"][a]))
         for i, d in zip(range(a, b), decisions):
             rles[i] = json.dumps(d.rle) if d.rle else ""
-            sources[i], notes[i], scores[i] = d.source, d.note, d.score
+            sources[i], notes[i], scores[i], gt_iou[i] = d.source, d.note, d.score, d.gt_iou
     table = dict(inst)
     table.update({"x0": windows[:, 0], "y0": windows[:, 1], "x1": windows[:, 2], "y1": windows[:, 3],
                   "mask_rle": np.asarray(rles, dtype=object), "mask_source": np.asarray(sources, dtype=object),
-                  "mask_score": scores, "note": np.asarray(notes, dtype=object)})
-    fallbacks = Counter(nt for nt in notes if nt)
-    summary = {"mode": mode_name, "sources": dict(Counter(sources)), "n_fallback": int(sum(fallbacks.values())),
+                  "mask_score": scores, "gt_iou": gt_iou, "note": np.asarray(notes, dtype=object)})
+    fallbacks = Counter(nt for nt, src in zip(notes, sources) if nt and src == "box" and mode.name != "box")
+    summary = {"mode": mode.name, "sources": dict(Counter(sources)), "n_fallback": int(sum(fallbacks.values())),
                "fallback_reasons": dict(fallbacks)}
+    if np.isfinite(gt_iou).any():
+        summary["mean_gt_iou"] = float(np.nanmean(gt_iou))
     if hasattr(mode, "stats"):
         summary.update(mode.stats())
     return table, summary
 
 
-def save_preview(ds, table: dict, path: Path, fill, n: int = 48, size: int = 96) -> None:
+def save_preview(ds, table: dict, path: Path, fill, background: str = "fill", n: int = 48, size: int = 96) -> None:
     """A contact sheet of the first ``n`` crops as the encoder will see them (for a quick visual check)."""
     from PIL import Image
 
@@ -78,7 +95,8 @@ def save_preview(ds, table: dict, path: Path, fill, n: int = 48, size: int = 96)
     for i in range(k):
         rle = json.loads(table["mask_rle"][i]) if table["mask_rle"][i] else None
         win = np.array([[table["x0"][i], table["y0"][i], table["x1"][i], table["y1"][i]]])
-        crops, _ = render_image_group(source, table["file_name"][i], win, [rle], size, fill, "bicubic")
+        crops, _ = render_image_group(source, table["file_name"][i], win, [rle], size, fill, "bicubic",
+                                      "fill" if background == "mean" else background)
         if crops is not None:
             sheet.paste(Image.fromarray(crops[0]), ((i % cols) * size, (i // cols) * size))
     sheet.save(path)
@@ -87,17 +105,16 @@ def save_preview(ds, table: dict, path: Path, fill, n: int = 48, size: int = 96)
 def run_crop(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = True) -> dict:
     out = ensure_out(out)
     started = time.time()
-    key = cfg.section_key("crop", extra={"sample": stage_key(out, "sample")})
+    key = cfg.section_key(*DECISION_KEYS, extra={"sample": stage_key(out, "sample")})
     if not force and is_current(out, "crop", key) and (out / "crop" / "crops.parquet").is_file():
         return {**stage_record(out, "crop"), "reused": True}
-    if cfg.crop.mode not in CROP_MODES:
-        CROP_MODES.entry(cfg.crop.mode)  # raises the "did you mean" error
+    CROP_MODES.entry(cfg.crop.mode)  # an unknown mode fails here, with "did you mean", before any work
     ds = open_dataset(cfg.data)
     inst = read_table(out / "sample" / "instances.parquet")
     if len(inst["annotation_id"]) == 0:
         raise ObjalignError(f"{out}/sample/instances.parquet is empty; check the sample settings")
-    table, summary = decide_crops(ds, inst, cfg.crop.mode, cfg.crop.padding, cfg.crop.square, progress=progress)
+    table, summary = decide_crops(ds, inst, build_mode(cfg), cfg.crop.padding, cfg.crop.square, progress=progress)
     (out / "crop").mkdir(exist_ok=True)
     write_table(out / "crop" / "crops.parquet", table)
-    save_preview(ds, table, out / "crop" / "preview.png", cfg.crop.fill)
+    save_preview(ds, table, out / "crop" / "preview.png", cfg.crop.fill, cfg.crop.background)
     return {**write_stage(out, "crop", key, summary, started), "reused": False}

@@ -13,8 +13,13 @@ INSTANCE_COLUMNS = ("annotation_id", "image_id", "category_id", "category", "fil
 
 
 def sample_instances(ds: CocoDataset, n: int = 3000, seed: int = 0, min_area: float = 100.0,
-                     exclude_crowd: bool = True, categories: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Draw up to ``n`` object instances uniformly without replacement.
+                     exclude_crowd: bool = True, categories: tuple[str, ...] = (),
+                     strategy: str = "instances") -> dict[str, np.ndarray]:
+    """Draw up to ``n`` object instances without replacement.
+
+    ``strategy="instances"`` draws objects uniformly; ``"images_first"`` draws images in random order and
+    takes all of each image's eligible objects until ``n`` are reached, so a per-image cost (decoding, a SAM
+    image encoding) is shared by several objects.
 
     Crowd regions (``iscrowd=1``) are excluded by default, as are objects whose ``area`` is below
     ``min_area`` pixels or whose box has no area. The result is sorted by ``(image_id, annotation_id)`` so
@@ -42,8 +47,21 @@ def sample_instances(ds: CocoDataset, n: int = 3000, seed: int = 0, min_area: fl
         raise ObjalignError(f"{ds.path}: no instance passes the filters (min_area={min_area}, "
                             f"exclude_crowd={exclude_crowd}); lower sample.min_area")
     rng = np.random.default_rng(seed)
-    take = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
-    chosen = sorted((pool[i] for i in take), key=lambda a: (a["image_id"], a["id"]))
+    if strategy == "instances":
+        take = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
+        chosen = [pool[i] for i in take]
+    elif strategy == "images_first":
+        by_image: dict[int, list] = {}
+        for a in pool:
+            by_image.setdefault(a["image_id"], []).append(a)
+        chosen = []
+        for image_id in rng.permutation(sorted(by_image)):
+            chosen.extend(by_image[int(image_id)][: n - len(chosen)])
+            if len(chosen) >= n:
+                break
+    else:
+        raise ObjalignError(f"sample.strategy = {strategy!r}: expected 'instances' or 'images_first'")
+    chosen = sorted(chosen, key=lambda a: (a["image_id"], a["id"]))
     cols: dict[str, list] = {c: [] for c in INSTANCE_COLUMNS}
     for a in chosen:
         im = ds.images[a["image_id"]]

@@ -21,7 +21,7 @@ def run_sample(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
         return {**stage_record(out, "sample"), "reused": True}
     s = cfg.sample
     table = sample_instances(ds, n=s.n, seed=s.seed, min_area=s.min_area, exclude_crowd=s.exclude_crowd,
-                             categories=s.categories)
+                             categories=s.categories, strategy=s.strategy)
     (out / "sample").mkdir(exist_ok=True)
     write_table(out / "sample" / "instances.parquet", table)
     summary = {"dataset": str(ds.path), "dataset_fingerprint": ds.fingerprint,

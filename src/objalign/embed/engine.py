@@ -71,7 +71,8 @@ class ZipImages:
             return np.asarray(im.convert("RGB"))
 
 
-def render_image_group(images, file_name: str, windows: np.ndarray, rles: list, size: int, fill, resample: str):
+def render_image_group(images, file_name: str, windows: np.ndarray, rles: list, size: int, fill, resample: str,
+                       background: str = "fill"):
     """Decode one image (``images.load(file_name)``) and render all of its crops.
 
     Returns ``(crops (k, size, size, 3) uint8 or None, reason or None)``.
@@ -88,12 +89,13 @@ def render_image_group(images, file_name: str, windows: np.ndarray, rles: list, 
         mask = rle_to_mask(rle) if rle else None
         if mask is not None and mask.shape != image.shape[:2]:
             return None, f"mask size {mask.shape} != image size {image.shape[:2]} for {where}"
-        out[j] = render_crop(image, tuple(int(v) for v in win), size, mask=mask, fill=fill, resample=resample)
+        out[j] = render_crop(image, tuple(int(v) for v in win), size, mask=mask, fill=fill, resample=resample,
+                             background=background)
     return out, None
 
 
 def extract_vision(table: dict[str, np.ndarray], images, encoder, store, shard_size: int,
-                   batch_size: int, fill, num_workers: int = 2, progress: bool = True,
+                   batch_size: int, fill, num_workers: int = 2, progress: bool = True, background: str = "fill",
                    on_batch: Callable[[int], None] | None = None) -> dict:
     """Embed every row of ``table`` (the crop table: one row per object, sorted by image) into ``store``.
 
@@ -122,7 +124,7 @@ def extract_vision(table: dict[str, np.ndarray], images, encoder, store, shard_s
             lo, hi = shard * shard_size, min(n, (shard + 1) * shard_size)
             groups = [(lo + a, lo + b) for a, b in _groups_by_image(table["image_id"][lo:hi])]
             futures = [pool.submit(render_image_group, images, table["file_name"][a], windows[a:b], rles[a:b],
-                                   pre.size, fill, pre.resample) for a, b in groups]
+                                   pre.size, fill, pre.resample, background) for a, b in groups]
             vecs, keep, skipped = [], [], []
             pending_rows: list[int] = []
             pending_crops: list[np.ndarray] = []

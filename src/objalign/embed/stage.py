@@ -72,11 +72,28 @@ def embed_texts(encoder, names: list[str], template: str, normalize: bool) -> np
     return e
 
 
+def resolve_background(cfg: RunConfig, ds, table: dict, max_images: int = 200) -> tuple[tuple[int, int, int], str]:
+    """``(fill colour, background mode for the renderer)``; ``mean`` becomes ``fill`` with the mean colour of
+    (up to ``max_images``) of the sampled images."""
+    from ..crops.render import BACKGROUNDS
+    from ..errors import ObjalignError
+
+    bg = cfg.crop.background
+    if bg not in BACKGROUNDS:
+        raise ObjalignError(f"crop.background = {bg!r}: expected one of {', '.join(BACKGROUNDS)}")
+    if bg != "mean":
+        return tuple(cfg.crop.fill), bg
+    source = ds.image_source()
+    names = sorted(set(table["file_name"].tolist()))[:max_images]
+    means = [source.load(n).reshape(-1, 3).mean(0) for n in names]
+    return tuple(int(round(v)) for v in np.mean(means, 0)), "fill"
+
+
 def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = True) -> dict:
     out = ensure_out(out)
     started = time.time()
     crop_key = stage_key(out, "crop")
-    key = cfg.section_key("embed", "crop.fill", extra={"crop": crop_key})
+    key = cfg.section_key("embed", "crop.fill", "crop.background", extra={"crop": crop_key})
     if not force and is_current(out, "embed", key):
         return {**stage_record(out, "embed"), "reused": True}
     check_encoder_names(cfg)
@@ -105,13 +122,14 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
     enc = build_vision_encoder(cfg)
     v = cfg.embed.vision
     table = read_table(out / "crop" / "crops.parquet")
-    vkey_fields = {"crop": crop_key, "fill": list(cfg.crop.fill), "encoder": enc.key(),
+    fill, background = resolve_background(cfg, ds, table)
+    vkey_fields = {"crop": crop_key, "fill": list(fill), "background": background, "encoder": enc.key(),
                    "shard_size": cfg.embed.shard_size}
     vname = f"vision-{store_key(vkey_fields)}"
     vstore = EmbeddingStore.open(emb_dir / vname, vkey_fields, cfg.embed.shard_size, len(table["annotation_id"]))
     t0 = time.time()
-    stats = extract_vision(table, ds.image_source(), enc, vstore, cfg.embed.shard_size, v.batch_size, cfg.crop.fill,
-                           num_workers=v.num_workers, progress=progress)
+    stats = extract_vision(table, ds.image_source(), enc, vstore, cfg.embed.shard_size, v.batch_size, fill,
+                           num_workers=v.num_workers, progress=progress, background=background)
     seconds = time.time() - t0
     vman = vstore.finalize(stats["n_shards"], enc.dim, {"seconds": round(seconds, 3)})
     atomic_write_json(emb_dir / "vision.json", {"store": vname})
