@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep image archives zipped (then set data.images_from_zip: true)")
     d.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("sweep", help="run every variant of a sweep file (e.g. crop modes) and compare them")
+    p.add_argument("config", help="sweep YAML: base config + variants, e.g. configs/demo_crop_ablation.yaml")
+    p.add_argument("--out", required=True, help="folder; each variant runs in <out>/<variant>")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override applied to every variant")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("compare", help="put several runs (model pairs, crop modes) side by side")
     p.add_argument("runs", nargs="+", help="run folders holding report.json")
     p.add_argument("--out", help="also write the comparison as JSON to this file")
@@ -157,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{split}: annotations {path}; images {got['images'].get(split, '(not requested)')}")
                 return 0
             raise ObjalignError("data: expected `objalign data demo --out DIR` or `objalign data coco2017 --root DIR`")
+        if args.command == "sweep":
+            from .pipeline import sweep
+
+            print(sweep(args.config, args.out, args.overrides, force=args.force,
+                        progress=not args.no_progress and sys.stderr.isatty()))
+            return 0
         if args.command == "compare":
             from .report.compare import compare_runs
 

@@ -47,6 +47,44 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = T
     return json.loads((out / "report.json").read_text())
 
 
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> dict[str, RunConfig]:
+    """Read a sweep file: ``base`` (a config, relative to the sweep file) and ``variants`` (name -> overrides).
+
+    ``overrides`` apply to every variant (before the variant's own).
+    """
+    import yaml
+
+    from .config import load_config
+    from .errors import ObjalignError
+
+    p = Path(path)
+    doc = yaml.safe_load(p.read_text()) if p.is_file() else None
+    if not isinstance(doc, dict) or not isinstance(doc.get("variants"), dict) or not doc["variants"]:
+        raise ObjalignError(f"{p}: a sweep file needs 'variants:' (name -> {{key: value}}) and optionally 'base:'")
+    base = doc.get("base")
+    base_path = (p.parent / base) if base else None
+    out = {}
+    for name, changes in doc["variants"].items():
+        if not isinstance(changes, dict):
+            raise ObjalignError(f"{p}: variant {name!r} must map config keys to values, e.g. crop.mode: gt-mask")
+        out[str(name)] = load_config(base_path, list(overrides or []) + [f"{k}={v}" for k, v in changes.items()])
+    return out
+
+
+def sweep(path: str | Path, out: str | Path, overrides: list[str] | None = None, force: bool = False,
+          progress: bool = True, log=print) -> str:
+    """Run every variant of a sweep file into ``out/<variant>`` and return the side-by-side comparison."""
+    from .report.compare import compare_runs
+
+    variants = load_sweep(path, overrides)
+    dirs = []
+    for name, cfg in variants.items():
+        log(f"== variant {name}")
+        run(cfg, Path(out) / name, force=force, progress=progress, log=log)
+        dirs.append(Path(out) / name)
+    return compare_runs(dirs, json_out=Path(out) / "compare.json")
+
+
 def plan(cfg: RunConfig, out: str | Path) -> str:
     """The resolved plan of ``run`` as text: data (and what would be downloaded), models, sizes, outputs.
 
