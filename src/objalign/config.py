@@ -104,11 +104,22 @@ class AlignConfig:
     alphas: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
     gammas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  #: RBF gammas, in units of 1 / (median squared distance)
     seed: int = 0
+    #: evaluation protocols (``heldout_images``, ``heldout_categories``; see objalign.evaluate.protocols)
+    protocols: tuple[str, ...] = ("heldout_images", "heldout_categories")
+    category_folds: int = 5  #: heldout_categories: K category folds, each category unseen in exactly one
+    baselines: tuple[str, ...] = ("mean", "shuffled")  #: floors: training-mean predictor, ridge on shuffled pairs
+    n_permutations: int = 1000  #: permutation-null size B (image-label pairings shuffled); 0 turns nulls off
+    n_bootstrap: int = 1000  #: bootstrap resamples of test images for confidence intervals; 0 turns CIs off
+    confidence: float = 0.95  #: coverage of the bootstrap intervals
+    null_max_train: int = 10000  #: skip (and record) a permutation null when a fit has more training objects
+    similarity_k: int = 10  #: k of mutual_knn and cknna on held-out features
+    svcca_dim: int = 10  #: SVCCA dimension (capped at the rank of the held-out text targets)
 
 
 @dataclass(frozen=True)
 class ReportConfig:
     title: str = "objalign report"
+    html: bool = True  #: also write a single self-contained report.html (figures embedded)
 
 
 @dataclass(frozen=True)
