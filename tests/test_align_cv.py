@@ -177,3 +177,19 @@ def test_elimination_plan_is_cheaper_than_separate_fits():
     split, cost = _plan((600,) * 5)
     assert set(split) == {(0, 5), (1, 5), (2, 5), (3, 5)}
     assert cost < 5 * _full_cost(2400, 0) < 5 * (2400**3 / 3 + 2 * 2400**2 * 80)
+
+
+@pytest.mark.parametrize("Est,ref,grid", [
+    (RidgeCV, SkRidge(), {"alpha": [0.1, 1.0]}),
+    (KernelRidgeCV, SkKernelRidge(kernel="rbf"), {"alpha": [0.1, 1.0], "gamma": [0.5]}),
+])
+def test_constant_outputs_score_like_sklearn(Est, ref, grid):
+    """A constant held-out output scores 1 if predicted exactly, else 0 (scikit-learn's force_finite)."""
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((60, 4)), rng.standard_normal((60, 3))
+    Y[:, 1] = 0.5  # constant everywhere: ridge with intercept predicts it exactly, kernel ridge does not
+    Y[:30, 2] = 1.0  # constant inside some test folds only
+    expected = GridSearchCV(ref, grid, cv=KFold(4), scoring="r2").fit(X, Y).cv_results_["mean_test_score"]
+    params = {k + "s": v for k, v in grid.items()}
+    got = Est(**params, cv=4).fit(X, Y).cv_results_["mean_test_score"]
+    np.testing.assert_allclose(got, expected, atol=1e-10)

@@ -4,7 +4,8 @@ For features ``F`` (n, p) and targets ``T`` (n, r), every ridge fit on a subset 
 sum of squares of its predictions on another subset, depend on the data only through
 ``F'F``, ``F'T``, ``F'1``, ``T'1``, ``T'T`` and the row count of each subset. With folds that partition the
 data, the statistics of all folds cost one pass over the data (training statistics are "total minus test"),
-and each grid point costs one (p, p) Cholesky per fold: no prediction is ever formed. This is the engine of
+and one (p, p) eigendecomposition per fold serves every grid point at O(p^2) each: no prediction is ever
+formed. This is the engine of
 :class:`~objalign.align.RidgeCV` (features = X, with intercept) and of the Nyström
 :class:`~objalign.align.KernelRidgeCV` (features = Nyström map, no intercept).
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg as sla
 
-__all__ = ["Moments", "moments", "ridge_from_moments", "cv_residual_ss", "small_blas"]
+__all__ = ["Moments", "moments", "ridge_from_moments", "cv_r2_scores", "small_blas"]
 
 
 @dataclass
@@ -125,8 +126,13 @@ def ridge_from_moments(train, alpha, fit_intercept):
     return W, mt - mx @ W
 
 
-def cv_residual_ss(folds, alphas, fit_intercept, Z=None):
-    """Held-out residual sums of squares of ridge fits for every fold and alpha.
+def cv_r2_scores(folds, alphas, fit_intercept, Z, ss_tot, y_absmax):
+    """Held-out R² (scikit-learn's ``"r2"`` scorer) of ridge fits for every fold and alpha.
+
+    Per fold, one eigendecomposition ``C = V diag(lam) V'`` of the centred training moments serves every
+    alpha: with ``f = 1 / (lam + alpha)``, the R²-weighted residual sum of squares
+    ``sum_j ss_j / ss_tot_j`` is ``t0 - 2 f.h + f' H f`` for a vector ``h`` and matrix ``H`` built once per
+    fold, so each alpha costs O(p^2) and no prediction is formed.
 
     Parameters
     ----------
@@ -135,15 +141,21 @@ def cv_residual_ss(folds, alphas, fit_intercept, Z=None):
     alphas : ndarray of shape (n_alphas,)
     fit_intercept : bool
         Centre features and targets on each training fold (scikit-learn's ``Ridge``) or not.
-    Z : ndarray of shape (r, n_targets), optional
+    Z : ndarray of shape (r, n_targets) or None
         Target basis: the real targets are ``T @ Z``. None means ``Z = I``.
+    ss_tot : list of ndarray of shape (n_targets,)
+        Total sum of squares of each fold's held-out targets (:func:`~objalign.align._scoring.total_sum_of_squares`).
+    y_absmax : list of float
+        Largest absolute held-out target per fold (scale of "exactly zero" residuals of constant outputs).
 
     Returns
     -------
-    ss_res : ndarray of shape (n_alphas, n_folds, n_targets)
+    scores : ndarray of shape (n_alphas, n_folds)
     """
-    with small_blas(folds[0][0].G.shape[0]):
-        return _cv_residual_ss(folds, alphas, fit_intercept, Z)
+    return _cv_r2_scores(folds, np.asarray(alphas, dtype=float), fit_intercept, Z, ss_tot, y_absmax)
+
+
+_CONTROLLER = None
 
 
 def small_blas(p, limit=1024):
@@ -154,34 +166,62 @@ def small_blas(p, limit=1024):
     """
     import contextlib
 
-    from threadpoolctl import threadpool_limits
+    global _CONTROLLER
+    if p > limit:
+        return contextlib.nullcontext()
+    if _CONTROLLER is None:  # finding the BLAS libraries costs milliseconds: do it once per process
+        from threadpoolctl import ThreadpoolController
 
-    return threadpool_limits(limits=1, user_api="blas") if p <= limit else contextlib.nullcontext()
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
 
 
-def _cv_residual_ss(folds, alphas, fit_intercept, Z):
+def _cv_r2_scores(folds, alphas, fit_intercept, Z, ss_tot, y_absmax):
     n_targets = folds[0][0].E.shape[1] if Z is None else Z.shape[1]
-    out = np.empty((len(alphas), len(folds), n_targets))
+    Z64 = None if Z is None else np.asarray(Z, dtype=np.float64)
+    scores = np.empty((len(alphas), len(folds)))
+    eps = np.finfo(np.float64).eps
     for f, (train, test) in enumerate(folds):
+        n = test.n
+        if n < 2:  # scikit-learn returns NaN (with a warning) for R² on fewer than two samples
+            scores[:, f] = np.nan
+            continue
         C, B, mx, mt = _centre(train, fit_intercept)
         # Test statistics centred on the *training* means: rows x - mx, targets t - mt.
-        n = test.n
         Gc = test.G - np.outer(test.s, mx) - np.outer(mx, test.s) + n * np.outer(mx, mx)
         Ec = test.E - np.outer(test.s, mt) - np.outer(mx, test.t) + n * np.outer(mx, mt)
-        if Z is not None:
+        if Z64 is not None:
             TTc = test.TT - np.outer(test.t, mt) - np.outer(mt, test.t) + n * np.outer(mt, mt)
         else:
             TTc = test.TT - 2 * test.t * mt + n * mt * mt
-        # One eigendecomposition of C would serve every alpha, but a (p, p) Cholesky per alpha is cheaper
-        # for grids of up to ~p/10 values and exactly what scikit-learn computes.
-        for a, alpha in enumerate(alphas):
-            W = _solve_spd(C, alpha, B)
-            GW = Gc @ W
-            if Z is not None:
-                WE = W.T @ Ec
-                Q = TTc - WE - WE.T + W.T @ GW
-                out[a, f] = np.einsum("aj,aj->j", Q @ Z, Z)
-            else:
-                out[a, f] = TTc - 2 * np.einsum("ij,ij->j", W, Ec) + np.einsum("ij,ij->j", W, GW)
-    np.maximum(out, 0.0, out=out)
-    return out
+        lam, V = sla.eigh(C, check_finite=False, driver="evd")
+        Bp, Ecp = V.T @ B, V.T @ Ec
+        Gcp = V.T @ Gc @ V
+        tot = np.asarray(ss_tot[f], dtype=np.float64)
+        nz = tot != 0
+        w = np.zeros(n_targets)
+        w[nz] = 1.0 / tot[nz]
+        if Z64 is not None:
+            M = (Z64 * w) @ Z64.T
+            t0 = float(np.sum(TTc * M))
+            BM = Bp @ M
+        else:
+            t0 = float(TTc @ w)
+            BM = Bp * w
+        h = np.einsum("ka,ka->k", Ecp, BM)
+        H = Gcp * (BM @ Bp.T)
+        F = 1.0 / (lam[None, :] + alphas[:, None])  # (n_alphas, p)
+        wss = t0 - 2 * F @ h + np.einsum("ak,kl,al->a", F, H, F)
+        total = nz.sum() - wss
+        zero = np.flatnonzero(~nz)
+        if zero.size:  # constant held-out outputs: scikit-learn scores 1 if predicted exactly, else 0
+            tiny = n * (64 * eps * (1.0 + y_absmax[f])) ** 2
+            for j in zero:
+                z = Z64[:, j] if Z64 is not None else np.eye(n_targets)[:, j]
+                b, e = Bp @ z, Ecp @ z
+                tt = float(z @ TTc @ z) if Z64 is not None else float(TTc[j])
+                Fb = F * b
+                ss_j = tt - 2 * Fb @ e + np.einsum("ak,kl,al->a", Fb, Gcp, Fb)
+                total = total + (ss_j <= tiny)
+        scores[:, f] = total / n_targets
+    return scores

@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from objalign.align import _nystroem as nys
 from objalign.align._kernels import GAMMA_KERNELS, KernelBase, check_kernel, kernel_matrix
 from objalign.align._logo import block_logo_residuals
-from objalign.align._ridge_stats import Moments, cv_residual_ss, ridge_from_moments
+from objalign.align._ridge_stats import Moments, cv_r2_scores, ridge_from_moments, small_blas
 from objalign.align._scoring import total_sum_of_squares
 from objalign.align._search import build_cv_results, fold_scores, param_grid
 from objalign.align._splits import find_partition, resolve_splits
@@ -306,17 +306,20 @@ class KernelRidgeCV(_KernelBaseEstimator):
         basis = factor_targets(Y)
         glist = list(gammas) if has_gamma else [None]
 
-        if _use_nystroem(self, n):
-            ss = self._cv_nystroem(X, basis, splits, alphas, glist)
-        else:
-            ss = self._cv_exact(X, basis, splits, alphas, glist)
-
-        # ss: (n_alphas, n_gammas, n_folds, n_targets) -> scores in GridSearchCV order (alpha outer)
-        scores = np.empty((len(alphas) * len(glist), len(splits)))
-        for f, (_, test) in enumerate(splits):
+        tots, absmax = [], []
+        for _, test in splits:
             Yt = np.asarray(Y[test], dtype=np.float64)
-            flat = ss[:, :, f].reshape(-1, ss.shape[-1])
-            scores[:, f] = fold_scores(flat, total_sum_of_squares(Yt), len(test), float(np.abs(Yt).max()))
+            tots.append(total_sum_of_squares(Yt))
+            absmax.append(float(np.abs(Yt).max()))
+        if _use_nystroem(self, n):
+            scores = self._cv_nystroem(X, basis, splits, alphas, glist, tots, absmax)
+        else:
+            ss = self._cv_exact(X, basis, splits, alphas, glist)  # (n_alphas, n_gammas, n_folds, n_targets)
+            scores = np.empty((len(alphas), len(glist), len(splits)))
+            for f, (_, test) in enumerate(splits):
+                flat = ss[:, :, f].reshape(-1, ss.shape[-1])
+                scores[:, :, f] = fold_scores(flat, tots[f], len(test), absmax[f]).reshape(len(alphas), len(glist))
+        scores = scores.reshape(len(alphas) * len(glist), len(splits))  # GridSearchCV order: alpha outer
         params = param_grid(alphas, gammas if has_gamma else None)
         self.cv_results_, self.best_index_ = build_cv_results(params, scores)
         self.best_params_ = params[self.best_index_]
@@ -392,12 +395,11 @@ class KernelRidgeCV(_KernelBaseEstimator):
         return ss
 
     # -- Nyström: one streaming pass of per-fold moments per data set ------------------------------------
-    def _cv_nystroem(self, X, basis, splits, alphas, glist):
+    def _cv_nystroem(self, X, basis, splits, alphas, glist, tots, absmax):
         n = X.shape[0]
         part = find_partition(splits, n)
         cidx = _pick_centres(n, self.n_components, self.random_state)
         centres = X[cidx]
-        factorised = basis.Z is not None
 
         def targets(rows):
             return lambda s, e: basis.T(rows[s:e])
@@ -416,8 +418,16 @@ class KernelRidgeCV(_KernelBaseEstimator):
         else:
             mom = None
             fold_rows = [test for _, test in splits]
-        ss = np.empty((len(alphas), len(glist), len(splits), basis.Y.shape[1]))
+        scores = np.empty((len(alphas), len(glist), len(splits)))
         in_test = np.zeros(n, dtype=bool)
+        with small_blas(cidx.size):
+            self._nystroem_scores(X, basis, splits, alphas, glist, tots, absmax, mom, offset if mom is not None else 0,
+                                  fold_rows, cidx, centres, in_test, targets, scores)
+        return scores
+
+    def _nystroem_scores(self, X, basis, splits, alphas, glist, tots, absmax, mom, offset, fold_rows, cidx, centres,
+                         in_test, targets, scores):
+        factorised = basis.Z is not None
         for f, (train, test) in enumerate(splits):
             in_test[:] = False
             in_test[fold_rows[f]] = True
@@ -450,5 +460,4 @@ class KernelRidgeCV(_KernelBaseEstimator):
                 if not factorised:
                     tr_p = Moments(tr_p.G, tr_p.E, tr_p.s, tr_p.t, np.diag(tr_p.TT).copy(), tr_p.n)
                     te_p = Moments(te_p.G, te_p.E, te_p.s, te_p.t, np.diag(te_p.TT).copy(), te_p.n)
-                ss[:, g, f] = cv_residual_ss([(tr_p, te_p)], alphas, False, basis.Z)[:, 0]
-        return ss
+                scores[:, g, f] = cv_r2_scores([(tr_p, te_p)], alphas, False, basis.Z, [tots[f]], [absmax[f]])[:, 0]

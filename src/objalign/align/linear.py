@@ -6,9 +6,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from objalign.align._ridge_stats import cv_residual_ss, moments, ridge_from_moments, small_blas
+from objalign.align._ridge_stats import cv_r2_scores, moments, ridge_from_moments, small_blas
 from objalign.align._scoring import total_sum_of_squares
-from objalign.align._search import build_cv_results, fold_scores, param_grid
+from objalign.align._search import build_cv_results, param_grid
 from objalign.align._splits import find_partition, resolve_splits
 from objalign.align._targets import factor_targets
 from objalign.align._validation import check_grid, check_positive, check_xy
@@ -169,8 +169,8 @@ class RidgeCV(_LinearPredictMixin, MultiOutputMixin, RegressorMixin, BaseEstimat
     scoring="r2")``'s (up to rounding), the same ``alpha`` is chosen, and the model is refitted on all data.
 
     Each fold costs one pass to accumulate second moments (for folds that partition the data, training
-    moments are "total minus test"); each alpha then costs one (p, p) Cholesky per fold and no predictions:
-    held-out residual sums of squares follow from the test-fold moments. Targets with few distinct rows
+    moments are "total minus test"); one (p, p) eigendecomposition per fold then serves every alpha at
+    O(p^2) each, and no prediction is formed: held-out R² follows from the test-fold moments. Targets with few distinct rows
     (one text embedding per category) are solved for the category indicator and mapped back exactly.
 
     Parameters
@@ -254,11 +254,12 @@ class RidgeCV(_LinearPredictMixin, MultiOutputMixin, RegressorMixin, BaseEstimat
                 folds.append((tr, te))
             total = _block_moments(X, basis, shift, [np.arange(n)], factorised)[0]
 
-        ss = cv_residual_ss(folds, alphas, self.fit_intercept, basis.Z)  # (n_alphas, n_folds, n_targets)
-        scores = np.empty((len(alphas), len(splits)))
-        for f, (_, test) in enumerate(splits):
+        tots, absmax = [], []
+        for _, test in splits:
             Yt = np.asarray(Y[test], dtype=np.float64)
-            scores[:, f] = fold_scores(ss[:, f], total_sum_of_squares(Yt), len(test), float(np.abs(Yt).max()))
+            tots.append(total_sum_of_squares(Yt))
+            absmax.append(float(np.abs(Yt).max()))
+        scores = cv_r2_scores(folds, alphas, self.fit_intercept, basis.Z, tots, absmax)
         params = param_grid(alphas)
         self.cv_results_, self.best_index_ = build_cv_results(params, scores)
         self.best_params_ = params[self.best_index_]
