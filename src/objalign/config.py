@@ -38,6 +38,9 @@ class DataConfig:
     mirror: str | None = None
     #: coco2017: read images straight from the downloaded zip instead of extracting 19 GB.
     images_from_zip: bool = False
+    #: coco2017: check archives against the official sizes/md5s (turn off for a mirror serving repacked zips;
+    #: the server's size and the zips' own CRCs are still checked).
+    official_checksums: bool = True
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,9 @@ class CropConfig:
     device: str = "cpu"  #: for model segmenters
     dtype: str = "float32"
 
+    def sam_path_or_model(self) -> str:
+        return f"{self.sam_model} (weights from {self.sam_model_path})" if self.sam_model_path else self.sam_model
+
 
 @dataclass(frozen=True)
 class VisionConfig:
@@ -76,7 +82,10 @@ class VisionConfig:
     batch_size: int = 32
     device: str = "cpu"  #: ``cpu``, ``cuda``, ``mps`` or ``auto``
     dtype: str = "float32"
-    num_workers: int = 2  #: background threads decoding and cropping images
+    num_workers: int = 2  #: background workers decoding and cropping images
+    #: ``thread`` (default: PIL and numpy release the GIL) or ``process`` (a process pool, for slow decoders)
+    executor: str = "thread"
+    image_size: int | None = None  #: input side override (default: the encoder's own)
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,10 @@ class TextConfig:
     model_path: str | None = None
     normalize: bool = True
     device: str = "cpu"
+    #: ``name`` (bare name), ``template`` (``template`` above), ``ensemble`` (CLIP's 80 ImageNet templates,
+    #: normalised embeddings averaged) or ``file`` (one template per line of ``template_file``)
+    prompts: str = "template"
+    template_file: str | None = None
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,8 @@ def plan(cfg: RunConfig, out: str | Path) -> str:
     else:
         lines.append(f"sample    up to {s.n} instances (seed {s.seed}); counts known once the annotations exist")
     lines.append(f"crop      {c.mode} ({CROP_MODES.entry(c.mode).description}), padding {c.padding}, "
-                 f"{'square' if c.square else 'aspect as is'}")
+                 f"{'square' if c.square else 'aspect as is'}, background {c.background}"
+                 + (f"; SAM {c.sam_path_or_model()} on {c.device}/{c.dtype}" if c.mode == "sam" else ""))
     ve, te = VISION_ENCODERS.entry(e.vision.name), TEXT_ENCODERS.entry(e.text.name)
     lines.append(f"vision    {e.vision.name}: {ve.description}; pooling {e.vision.pooling}, batch {e.vision.batch_size}, "
                  f"{e.vision.device}/{e.vision.dtype}" + (f", weights from {e.vision.model_path}" if e.vision.model_path else ""))

@@ -104,7 +104,8 @@ def sam_mode(sam_model: str = "facebook/sam-vit-huge", sam_model_path: str | Non
              dtype: str = "float32", segmenter=None, **_: object) -> SegmenterMode:
     """``sam``: Segment Anything prompted with the box; one image encoding per image (transformers SamModel)."""
     if segmenter is None:
+        from ..encoders.base import resolve_device
         from .sam import SamSegmenter
 
-        segmenter = SamSegmenter(sam_model, model_path=sam_model_path, device=device, dtype=dtype)
+        segmenter = SamSegmenter(sam_model, model_path=sam_model_path, device=resolve_device(device), dtype=dtype)
     return SegmenterMode(segmenter)
