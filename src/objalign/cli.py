@@ -25,6 +25,8 @@ def _add_config_args(p: argparse.ArgumentParser, out_required: bool = True) -> N
     p.add_argument("--text", help="text encoder name")
     p.add_argument("--crop-mode", help="crop mode: box, gt-mask, ...")
     p.add_argument("--device", help="cpu, cuda, mps or auto (vision and text encoders)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="vision encoder precision (autocast; bfloat16/float16 are for GPUs)")
     p.add_argument("--vision-model-path", help="local folder with the vision model's weights (no network)")
     p.add_argument("--text-model-path", help="local folder with the text model's weights (no network)")
     p.add_argument("--force", action="store_true", help="recompute even if a finished stage matches")
@@ -42,6 +44,8 @@ def _config_from_args(args):
             overrides.append(f"{key}={val}")
     if getattr(args, "device", None):
         overrides += [f"embed.vision.device={args.device}", f"embed.text.device={args.device}"]
+    if getattr(args, "dtype", None):
+        overrides.append(f"embed.vision.dtype={args.dtype}")
     return load_config(args.config, overrides)
 
 
@@ -126,9 +130,11 @@ def _cmd_cache(args) -> int:
         stores = find_stores(args.root)
         for s in stores:
             mf = json.loads((s / "manifest.json").read_text())
-            enc = mf.get("key_fields", {}).get("encoder", {}).get("name", "?")
-            print(f"{s}  key={mf['key']}  encoder={enc}  vectors={mf.get('n_vectors', '?')}  "
-                  f"complete={mf.get('complete')}")
+            enc = mf.get("key_fields", {}).get("encoder", {})
+            size = sum(f.stat().st_size for f in s.rglob("*") if f.is_file())
+            print(f"{s}  key={mf['key']}  encoder={enc.get('name', '?')}  dtype={enc.get('dtype', '-')}  "
+                  f"vectors={mf.get('n_vectors', '?')}  skipped={len(mf.get('skipped', []))}  "
+                  f"complete={mf.get('complete')}  {size / 2**20:.1f} MiB")
         if not stores:
             print(f"no embedding stores under {args.root}")
         return 0
