@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ObjalignError
+
 
 def segmentation_to_rle(segmentation, height: int, width: int) -> dict | None:
     """Merge a COCO ``segmentation`` (polygons, compressed or uncompressed RLE) into one compressed RLE.
@@ -34,17 +36,77 @@ def segmentation_to_rle(segmentation, height: int, width: int) -> dict | None:
 
 
 def mask_to_rle(mask: np.ndarray) -> dict:
-    """Encode an ``(H, W)`` boolean mask as compressed RLE with ``counts`` as a string."""
+    """Encode a binary mask as COCO compressed RLE with ``counts`` as ``str``.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray of shape (H, W)
+        Binary mask (bool or 0/1 integers).
+
+    Returns
+    -------
+    dict
+        ``{"size": [H, W], "counts": str}``, JSON/parquet friendly; pycocotools reads it back after
+        ``counts.encode()``, :func:`rle_to_mask` reads it directly.
+    """
     from pycocotools import mask as mask_utils
 
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": rle["counts"].decode("ascii")}
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ObjalignError(f"mask must have shape (H, W), got shape {mask.shape}; pass one mask at a time")
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(bool, copy=False).astype(np.uint8)))
+    counts = rle["counts"]
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts.decode("ascii")}
 
 
 def rle_to_mask(rle: dict) -> np.ndarray:
-    """Decode compressed RLE (``counts`` as str or bytes) to an ``(H, W)`` boolean mask."""
+    """Decode a COCO RLE (compressed with ``str`` or ``bytes`` counts, or uncompressed list counts).
+
+    Parameters
+    ----------
+    rle : dict
+        ``{"size": [H, W], "counts": str | bytes | list[int]}``.
+
+    Returns
+    -------
+    numpy.ndarray of shape (H, W), dtype bool
+    """
     from pycocotools import mask as mask_utils
 
+    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+        raise ObjalignError(
+            f"rle must be a dict with 'size' [H, W] and 'counts', got {type(rle).__name__} "
+            f"{sorted(rle) if isinstance(rle, dict) else ''}; make it with objalign.crops.segmenter.mask_to_rle"
+        )
+    h, w = (int(v) for v in rle["size"])
     counts = rle["counts"]
-    return mask_utils.decode({"size": list(rle["size"]),
-                              "counts": counts.encode("ascii") if isinstance(counts, str) else counts}).astype(bool)
+    if isinstance(counts, list):  # uncompressed RLE (COCO iscrowd annotations)
+        compressed = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    else:
+        if isinstance(counts, str):
+            counts = counts.encode("ascii")
+        compressed = {"size": [h, w], "counts": counts}
+    return mask_utils.decode(compressed).astype(bool)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two binary masks.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray of shape (H, W)
+        Binary masks of the same shape.
+
+    Returns
+    -------
+    float
+        ``|a & b| / |a | b|``; 0.0 when both masks are empty (the pycocotools convention).
+    """
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise ObjalignError(f"masks must have the same shape to compare them, got {a.shape} and {b.shape}")
+    union = int(np.logical_or(a, b).sum())
+    if union == 0:
+        return 0.0
+    return int(np.logical_and(a, b).sum()) / union
