@@ -4,14 +4,12 @@ the offline encoders."""
 
 import io
 import json
-import threading
 import zipfile
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from test_download import _Handler, _State  # the loopback server with Range support
+from test_download import serve  # the loopback server with Range support
 
 pytest.importorskip("torch")
 
@@ -37,14 +35,8 @@ def mirror(small_demo):
             "annotations/instances_val2017.json": json.dumps(doc).encode(),
             "annotations/instances_train2017.json": json.dumps({**doc, "images": [], "annotations": []}).encode()}),
     }
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.state = _State(files)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    httpd.state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield httpd.state
-    httpd.shutdown()
-    httpd.server_close()
+    with serve(files) as state:
+        yield state
 
 
 def test_val_quick_config_runs_on_a_downloaded_fixture(mirror, tmp_path, capsys):

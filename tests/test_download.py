@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -152,17 +153,26 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-@pytest.fixture
-def server(coco):
+@contextlib.contextmanager
+def serve(files: dict[str, bytes]):
+    """Serve ``files`` (URL path -> bytes) on 127.0.0.1; yields the server's :class:`_State` (``.url``)."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.daemon_threads = True
-    httpd.state = _State(coco["archives"])
+    httpd.state = _State(files)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     httpd.state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield httpd.state
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield httpd.state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def server(coco):
+    with serve(coco["archives"]) as state:
+        yield state
 
 
 @pytest.fixture(autouse=True)
