@@ -193,3 +193,26 @@ def test_constant_outputs_score_like_sklearn(Est, ref, grid):
     params = {k + "s": v for k, v in grid.items()}
     got = Est(**params, cv=4).fit(X, Y).cv_results_["mean_test_score"]
     np.testing.assert_allclose(got, expected, atol=1e-10)
+
+
+def test_eigendecomposition_engine_equals_grid_search(monkeypatch):
+    """The one-eigh-per-gamma engine (chosen for long alpha grids) gives GridSearchCV's scores too."""
+    import objalign.align.kernel as kernel_mod
+
+    monkeypatch.setattr(kernel_mod, "_exact_engine", lambda *a, **k: "eigh")
+    X, Y, groups = _problem(seed=6)
+    cv, splits = _splits("predefined", X, Y, groups)
+    grid = {"alpha": [1e-2, 0.3, 10.0], "gamma": [0.05, 0.5]}
+    ref = GridSearchCV(SkKernelRidge(kernel="rbf"), grid, cv=splits, scoring="r2").fit(X, Y)
+    ours = KernelRidgeCV(alphas=grid["alpha"], gammas=grid["gamma"], cv=cv, n_jobs=2).fit(X, Y)
+    np.testing.assert_allclose(ours.cv_results_["mean_test_score"], ref.cv_results_["mean_test_score"], atol=1e-9)
+
+
+def test_engine_choice_follows_grid_length():
+    from objalign.align._splits import Partition
+    from objalign.align.kernel import _exact_engine
+
+    part = Partition(order=np.arange(3000), bounds=np.arange(0, 3001, 600))
+    assert _exact_engine(part, 7, 80, np.float64) == "blocks"
+    assert _exact_engine(part, 40, 80, np.float64) == "eigh"
+    assert _exact_engine(part, 40, 80, np.float32) == "blocks"

@@ -64,6 +64,51 @@ def _n_workers(n_jobs, n_tasks):
     return max(1, min(k, n_tasks))
 
 
+# Time of a symmetric eigendecomposition, in flops of Cholesky-speed work per n^3 (measured on this
+# project's 2-core machines: dsyevd(3000) ~ 3.3 s vs dpotrf-class BLAS-3 at ~55 GFLOP/s -> ~6.7).
+_EIGH_COST = 6.7
+
+
+def _exact_engine(part, n_alphas, r, dtype):
+    """Pick the exact CV engine with the lower modelled cost for this grid.
+
+    ``"blocks"``: shared block elimination per (alpha, gamma) (:mod:`objalign.align._logo`).
+    ``"eigh"``: one eigendecomposition of the full kernel per gamma, then the exact leave-group-out formula
+    ``r_T = H_TT^-1 (H T)_T`` with ``H = (K + alpha I)^-1`` for each alpha at O(n^2 (b + r)) -- it wins for
+    long alpha grids. float32 always uses blocks (``H`` of a float32 eigendecomposition is too inexact for
+    small alphas).
+    """
+    from objalign.align._logo import _plan
+
+    sizes = np.diff(part.bounds)
+    if sizes.size < 2 or dtype != np.float64:
+        return "blocks"
+    n = float(part.bounds[-1])
+    _, plan = _plan(tuple(int(b) for b in sizes))
+    per_alpha_eig = float((sizes.astype(float) ** 2).sum() * n + 2 * n * n * r + (sizes.astype(float) ** 3).sum() / 3)
+    eig = _EIGH_COST * n**3 + n_alphas * per_alpha_eig
+    return "eigh" if eig < n_alphas * plan else "blocks"
+
+
+def _eig_prepare(K, T):
+    """Eigendecomposition of ``K`` (n, n) and the targets ``T`` (n, r) in its basis."""
+    lam, Q = sla.eigh(K, check_finite=False, driver="evd")
+    return lam, Q, Q.T @ T
+
+
+def _eig_logo_residuals(prep, bounds, alpha):
+    """Held-out residuals of every fold block from one eigendecomposition (see :func:`_exact_engine`)."""
+    lam, Q, QT = prep
+    d = 1.0 / (lam + alpha)
+    HT = Q @ (d[:, None] * QT)
+    out = []
+    for f in range(len(bounds) - 1):
+        Qb = Q[bounds[f] : bounds[f + 1]]
+        Hbb = (Qb * d) @ Qb.T
+        out.append(sla.solve(Hbb, HT[bounds[f] : bounds[f + 1]], assume_a="pos", check_finite=False))
+    return out
+
+
 def _pick_centres(n, m, random_state):
     rng = check_random_state(random_state)
     return np.sort(rng.choice(n, size=min(m, n), replace=False))
@@ -124,7 +169,7 @@ class _KernelBaseEstimator(MultiOutputMixin, RegressorMixin, BaseEstimator):
             idx = _pick_centres(X.shape[0], self.n_components, self.random_state)
             self.components_ = X[idx]
             self.component_indices_ = idx
-            proj = _fit_nystroem(X, Y, X[idx], alpha, self.kernel, gamma, self.degree, self.coef0)
+            proj = _fit_nystroem(X, Y, X[idx], alpha, self.kernel, gamma, self.degree, self.coef0).astype(X.dtype)
             self._nystroem_ = _NystroemModel(X[idx], proj, self.kernel, gamma, self.degree, self.coef0)
         else:
             self.approx_ = "exact"
@@ -222,8 +267,10 @@ class KernelRidgeCV(_KernelBaseEstimator):
     How: the kernel's distances (or Gram matrix) are computed once for all samples; per gamma one
     elementwise pass gives the kernel; per (alpha, gamma) the held-out residuals of *all* folds come from one
     shared block elimination of ``[K + alpha I | T]`` (:mod:`objalign.align._logo`), ``O(n^3 log k)`` instead
-    of ``k`` Cholesky fits, in the input's precision (float32 LAPACK for float32 input). Targets with few
-    distinct rows are solved for the category indicator. In Nyström mode the per-fold statistics of the
+    of ``k`` Cholesky fits, in the input's precision (float32 LAPACK for float32 input); for long alpha
+    grids (float64) one eigendecomposition of the kernel per gamma serves every alpha instead -- the engine
+    with the lower modelled cost is used. Targets with few distinct rows are solved for the category
+    indicator. In Nyström mode the per-fold statistics of the
     kernel features are accumulated in one streaming pass per data set (centres lying in a fold's test set
     are dropped for that fold, so no fold sees its test rows).
 
@@ -341,10 +388,14 @@ class KernelRidgeCV(_KernelBaseEstimator):
         Z = None if basis.Z is None else np.asarray(basis.Z, dtype=np.float64)
         ss = np.empty((len(alphas), len(glist), len(splits), basis.Y.shape[1]))
         workers = _n_workers(self.n_jobs, len(alphas))
+        engine = _exact_engine(part, len(alphas), T.shape[1], dtype) if part is not None else "perfold"
+        eig_cache = {}
 
         def point(K, alpha):
             res = None
-            if part is not None:
+            if engine == "eigh":
+                res = _eig_logo_residuals(eig_cache[id(K)], part.bounds, float(alpha))
+            elif engine == "blocks":
                 try:
                     res = block_logo_residuals(K, T, part.bounds, float(alpha))
                 except np.linalg.LinAlgError:
@@ -366,13 +417,19 @@ class KernelRidgeCV(_KernelBaseEstimator):
                     out[f] = np.einsum("aj,aj->j", (R64.T @ R64) @ Z, Z)
             return out
 
+        def prepare(K):
+            if engine == "eigh":
+                eig_cache[id(K)] = _eig_prepare(K, T)
+            return K
+
         buf = None
         if workers == 1:
             for g, gamma in enumerate(glist):
-                K = base.matrix(gamma, out=buf)
+                K = prepare(base.matrix(gamma, out=buf))
                 buf = K if K is not base.base else None
                 for a, alpha in enumerate(alphas):
                     ss[a, g] = point(K, alpha)
+                eig_cache.clear()
             return ss
         # Grid points run concurrently, one BLAS thread each: no OpenBLAS thread-team synchronisation, which
         # stalls badly on a shared machine, and near-perfect scaling (each point is O(n^3) of BLAS-3 work).
@@ -387,11 +444,12 @@ class KernelRidgeCV(_KernelBaseEstimator):
         with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
             for g0 in range(0, len(glist), group):
                 gs = list(range(g0, min(g0 + group, len(glist))))
-                Ks = {g: base.matrix(glist[g]) for g in gs}
+                Ks = {g: prepare(base.matrix(glist[g])) for g in gs}
                 tasks = [(g, a) for g in gs for a in range(len(alphas))]
                 for (g, a), out in zip(tasks, pool.map(lambda t: point(Ks[t[0]], alphas[t[1]]), tasks)):
                     ss[a, g] = out
                 del Ks
+                eig_cache.clear()
         return ss
 
     # -- Nyström: one streaming pass of per-fold moments per data set ------------------------------------
