@@ -1,14 +1,28 @@
-"""The ``align`` stage: embeddings -> fitted maps and held-out figures (``align/results.json``).
+"""The ``align`` stage: embeddings -> fitted maps, held-out figures, intervals and nulls (``align/``).
 
-Protocol (``heldout_images``): images are split into train and test (grouped, so no image is on both sides);
-PCA to the common dimension, hyperparameters (by grouped K-fold CV) and maps are fitted on the training
-split only; the test split is scored against the true category's text embedding and ranked against all
-category embeddings.
+For every protocol (:mod:`objalign.evaluate.protocols`) and every fold of it, PCA to the common dimension,
+the hyperparameter search (grouped K-fold CV over images) and the maps are fitted on the fold's training
+objects only, then the fold's test objects are scored (:mod:`objalign.evaluate.metrics`). Folds of one
+protocol are pooled: every test object is scored once. Then, per method and protocol:
+
+- ``ci``: percentile bootstrap intervals of every figure over test **images** (``align.n_bootstrap``
+  resamples, :mod:`objalign.evaluate.intervals`);
+- ``pvalue``: permutation p-values of every figure (``align.n_permutations`` shufflings of the training
+  image-label pairing, maps refitted with the chosen hyperparameters; :mod:`objalign.evaluate.nulls`), for
+  ridge and kernel ridge. The baselines get none: the mean predictor does not depend on the pairing, and the
+  shuffled map *is* a draw from the null;
+- per-category breakdowns; similarity measures (CKA, mutual k-NN, CKNNA, SVCCA) between the PCA'd held-out
+  vision features and their text targets (held-out-image split).
+
+Files written (read by the report stage, which never sees a model): ``results.json`` (rows),
+``per_category.json``, ``similarity.json``, ``pca.json``, ``per_instance.npz``, ``nulls.npz``,
+``projection.npz``.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +31,9 @@ from ..config import AlignConfig, RunConfig
 from ..errors import ObjalignError
 from ..runs import ensure_out, is_current, stage_key, stage_record, write_stage
 
-METHODS = ("ridge", "kernel_ridge", "mean")
+METHODS = ("ridge", "kernel_ridge")
+BASELINES = ("mean", "shuffled")
+_SHUFFLE_SEED = 7919  # offset of the seed of the shuffled-pairing baseline's permutation
 
 
 def median_sq_distance(Z: np.ndarray, max_n: int = 1000, seed: int = 0) -> float:
@@ -33,76 +49,278 @@ def median_sq_distance(Z: np.ndarray, max_n: int = 1000, seed: int = 0) -> float
 
 def heldout_image_split(groups: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(train, test)`` with whole images on one side (``GroupShuffleSplit``)."""
-    from sklearn.model_selection import GroupShuffleSplit
+    from ..evaluate.protocols import heldout_images
 
-    if not 0 < test_size < 1:
-        raise ObjalignError(f"align.test_size = {test_size}: expected a fraction between 0 and 1")
-    if len(np.unique(groups)) < 2:
-        raise ObjalignError("align: the embeddings come from a single image; a held-out-image split needs at least 2")
-    return next(GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed).split(groups, groups=groups))
+    fold = heldout_images(groups, test_size, seed)[0]
+    return fold.train, fold.test
 
 
-def fit_and_score(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.ndarray,
-                  class_emb: np.ndarray, cfg: AlignConfig) -> tuple[list[dict], dict]:
-    """Fit every method on a held-out-image split and score it.
+def _methods(cfg: AlignConfig) -> list[str]:
+    names = list(dict.fromkeys(list(cfg.methods) + list(cfg.baselines)))
+    known = METHODS + BASELINES
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        raise ObjalignError(f"align.methods/baselines: unknown {unknown}; expected any of {', '.join(known)}")
+    bad = [p for p in cfg.protocols if p not in ("heldout_images", "heldout_categories")]
+    if bad or not cfg.protocols:
+        raise ObjalignError(f"align.protocols = {list(cfg.protocols)}: expected one or both of "
+                            "heldout_images, heldout_categories")
+    for name in ("n_permutations", "n_bootstrap"):
+        if getattr(cfg, name) < 0:
+            raise ObjalignError(f"align.{name} = {getattr(cfg, name)}: expected 0 (off) or a positive count")
+    if 0 < cfg.n_permutations < 100:
+        raise ObjalignError(f"align.n_permutations = {cfg.n_permutations}: use at least 100 (or 0 to turn nulls off)")
+    if not 0 < cfg.confidence < 1:
+        raise ObjalignError(f"align.confidence = {cfg.confidence}: expected a coverage in (0, 1), e.g. 0.95")
+    return names
+
+
+def _folds(protocol: str, groups, label_index, cfg: AlignConfig):
+    from ..evaluate import protocols
+
+    if protocol == "heldout_images":
+        return protocols.heldout_images(groups, cfg.test_size, cfg.seed)
+    return protocols.heldout_categories(label_index, groups, cfg.category_folds, cfg.seed)
+
+
+def _fit_fold(X, Y, groups, label_index, fold, methods, cfg: AlignConfig, fold_no: int, protocol: str) -> dict:
+    """Fit every method on one fold; predictions on its test objects and the smoother of each fitted map."""
+    from sklearn.model_selection import GroupKFold
+
+    from ..evaluate.stats import group_permutations
+    from . import KernelRidge, KernelRidgeCV, PCAMatch, Ridge, RidgeCV
+
+    train, test = fold.train, fold.test
+    n_train_groups = len(np.unique(groups[train]))
+    if n_train_groups < cfg.cv_folds:
+        where = "the training split" if protocol == "heldout_images" else f"{protocol} fold {fold_no}'s training set"
+        raise ObjalignError(f"align.cv_folds = {cfg.cv_folds} but {where} has only {n_train_groups} images; "
+                            "lower align.cv_folds or sample more instances")
+    d = int(min(cfg.common_dim, X.shape[1], Y.shape[1], len(train) - 1))
+    pca = PCAMatch(n_components=d).fit(X[train])
+    Ztr, Zte = pca.transform(X[train]), pca.transform(X[test])
+    Ytr, gtr = Y[train], groups[train]
+    cv = GroupKFold(n_splits=cfg.cv_folds)
+    null_ok = cfg.n_permutations > 0 and len(train) <= cfg.null_max_train
+    out = {"pca": pca, "Ztr": Ztr, "Zte": Zte, "pca_dim": d, "n_train": int(len(train)), "methods": {}}
+    for method in methods:
+        t0 = time.time()
+        smoother = None
+        if method == "ridge":
+            model = RidgeCV(alphas=list(cfg.alphas), cv=cv).fit(Ztr, Ytr, groups=gtr)
+            pred, hp = model.predict(Zte), dict(model.best_params_)
+            if null_ok:
+                smoother = Ridge(alpha=model.alpha_)
+        elif method == "kernel_ridge":
+            scale = median_sq_distance(Ztr, seed=cfg.seed)
+            model = KernelRidgeCV(alphas=list(cfg.alphas), gammas=[g / scale for g in cfg.gammas], kernel="rbf", cv=cv)
+            model.fit(Ztr, Ytr, groups=gtr)
+            pred, hp = model.predict(Zte), dict(model.best_params_)
+            hp["gamma_times_median_sqdist"] = float(hp["gamma"] * scale)
+            if null_ok and model.approx_ == "exact":
+                smoother = KernelRidge(alpha=model.alpha_, kernel="rbf", gamma=model.gamma_, approx="exact")
+        elif method == "shuffled":  # ridge, CV and all, on an image-block shuffle of the training pairing
+            pi = group_permutations(gtr, 1, seed=cfg.seed + _SHUFFLE_SEED + fold_no)[0]
+            model = RidgeCV(alphas=list(cfg.alphas), cv=cv).fit(Ztr, Ytr[pi], groups=gtr)
+            pred, hp = model.predict(Zte), dict(model.best_params_)
+        else:  # mean: the training mean text embedding for every object
+            pred, hp = np.repeat(Ytr.mean(0, keepdims=True), len(test), 0), {}
+        S = None
+        if smoother is not None:
+            from ..evaluate.nulls import smoother_operator
+
+            S = smoother_operator(smoother, Ztr, Zte)
+        out["methods"][method] = {"pred": pred, "hp": {k: float(v) for k, v in hp.items()}, "S": S,
+                                  "seconds": time.time() - t0}
+    return out
+
+
+def _mode(values: list[float]) -> float:
+    counts = Counter(values)
+    top = max(counts.values())
+    return min(v for v, c in counts.items() if c == top)
+
+
+def _similarity(Z: np.ndarray, Y: np.ndarray, cfg: AlignConfig) -> dict:
+    """Similarity measures between held-out vision features ``Z`` (n, d) and text targets ``Y`` (n, q)."""
+    from ..evaluate import similarity as sim
+
+    n = len(Z)
+    out = {"n": int(n), "features": "PCA'd vision test features vs their categories' text embeddings",
+           "ties": "average (expected value under random tie-breaking; text targets repeat per category)"}
+    if n < 5:
+        return {**out, "skipped": f"only {n} test objects"}
+    k = int(min(cfg.similarity_k, n - 1))
+    # centred targets with u distinct rows (categories) have rank <= u - 1 (= u - 1 for affinely independent
+    # category embeddings); svcca raises, and the error is recorded, if it is lower still
+    n_distinct = len(np.unique(Y, axis=0))
+    dim = int(min(cfg.svcca_dim, n_distinct - 1, Z.shape[1], n - 1))
+    measures = {
+        "cka_linear": lambda: sim.cka(Z, Y, kernel="linear"),
+        "cka_linear_unbiased": lambda: sim.cka(Z, Y, kernel="linear", unbiased=True),
+        "cka_rbf": lambda: sim.cka(Z, Y, kernel="rbf"),
+        "mutual_knn": lambda: sim.mutual_knn(Z, Y, k=k),
+        "cknna": lambda: sim.cknna(Z, Y, k=max(k, 2)),
+        "svcca": lambda: sim.svcca(Z, Y, dim=dim) if dim >= 1 else float("nan"),
+    }
+    from ..evaluate.nulls import single_threaded_blas
+
+    values = {}
+    with single_threaded_blas():  # (n, n) products on a few hundred objects: threads only add overhead
+        for name, f in measures.items():
+            try:
+                values[name] = float(f())
+            except ObjalignError as exc:  # e.g. a degenerate tiny test set: record why, keep the report
+                values[name] = None
+                out.setdefault("errors", {})[name] = str(exc)
+    return {**out, "k": k, "svcca_dim": dim, "values": values,
+            "chance_mutual_knn": float(k / (n - 1))}
+
+
+def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.ndarray, class_emb: np.ndarray,
+             cfg: AlignConfig, category_names: list[str] | None = None,
+             category_ids: np.ndarray | None = None) -> dict:
+    """Run every protocol, method and statistic on one set of embeddings.
 
     Parameters
     ----------
     X : (n, d_vision) vision embeddings
-    Y : (n, d_text) text embedding of each instance's category
+    Y : (n, d_text) text embedding of each object's category (``class_emb[label_index]``)
     groups : (n,) image ids
-    label_index : (n,) row of ``class_emb`` holding each instance's category
+    label_index : (n,) row of ``class_emb`` holding each object's category
     class_emb : (c, d_text) all category embeddings (retrieval candidates)
+    cfg : AlignConfig
+    category_names, category_ids : length-c names and dataset ids (default: row numbers)
 
     Returns
     -------
-    rows : list of dict, one per method (``method``, ``split``, figures, ``hyperparameters``)
-    per_instance : dict method -> dict of per-instance arrays on the test split (plus ``test_index``)
+    dict with ``rows`` (list of result rows), ``per_category`` (list), ``similarity`` (dict), ``pca`` (dict),
+    ``per_instance`` (dict of arrays), ``nulls`` (dict of arrays), ``projection`` (dict of arrays)
     """
-    from sklearn.model_selection import GroupKFold
+    from ..evaluate.intervals import bootstrap_figures
+    from ..evaluate.metrics import per_category, per_instance, r2_uniform, r2_variance_weighted, \
+        figures_from_instances
+    from ..evaluate.nulls import pvalues, smoother_null
+    from . import PCAMatch, check_xy
 
-    from ..evaluate.metrics import summarize
-    from . import KernelRidgeCV, PCAMatch, RidgeCV, check_xy
-
-    unknown = [m for m in cfg.methods if m not in METHODS]
-    if unknown:
-        raise ObjalignError(f"align.methods: unknown {unknown}; expected any of {', '.join(METHODS)}")
+    methods = _methods(cfg)
     check_xy(X, Y, groups, name_x="vision embeddings", name_y="text targets")
-    train, test = heldout_image_split(groups, cfg.test_size, cfg.seed)
-    n_train_groups = len(np.unique(groups[train]))
-    if n_train_groups < cfg.cv_folds:
-        raise ObjalignError(f"align.cv_folds = {cfg.cv_folds} but the training split has only {n_train_groups} "
-                            "images; lower align.cv_folds or sample more instances")
-    d = int(min(cfg.common_dim, X.shape[1], Y.shape[1], len(train) - 1))
-    pca = PCAMatch(n_components=d).fit(X[train])
-    Ztr, Zte = pca.transform(X[train]), pca.transform(X[test])
-    cv = GroupKFold(n_splits=cfg.cv_folds)
-    rows, per = [], {"test_index": test}
-    for method in cfg.methods:
-        t0 = time.time()
-        if method == "ridge":
-            model = RidgeCV(alphas=list(cfg.alphas), cv=cv).fit(Ztr, Y[train], groups=groups[train])
-            pred, hp = model.predict(Zte), dict(model.best_params_)
-        elif method == "kernel_ridge":
-            scale = median_sq_distance(Ztr, seed=cfg.seed)
-            gammas = [g / scale for g in cfg.gammas]
-            model = KernelRidgeCV(alphas=list(cfg.alphas), gammas=gammas, kernel="rbf", cv=cv)
-            model.fit(Ztr, Y[train], groups=groups[train])
-            pred, hp = model.predict(Zte), dict(model.best_params_)
-            hp["gamma_times_median_sqdist"] = float(hp["gamma"] * scale)
-        else:  # mean: predicts the training mean text embedding for everything (a floor)
-            pred, hp = np.repeat(Y[train].mean(0, keepdims=True), len(test), 0), {}
-        agg, inst = summarize(pred, Y[test], label_index[test], class_emb)
-        rows.append({"method": method, "split": "heldout_images", **agg,
-                     "hyperparameters": {k: float(v) for k, v in hp.items()},
-                     "pca_dim": d, "n_train": int(len(train)), "fit_seconds": round(time.time() - t0, 3)})
-        per[method] = inst
-    return rows, per
+    label_index = np.asarray(label_index)
+    c = len(class_emb)
+    names = list(category_names) if category_names is not None else [str(i) for i in range(c)]
+    cids = np.asarray(category_ids) if category_ids is not None else np.arange(c)
+    res = {"rows": [], "per_category": [], "similarity": {}, "pca": {}, "per_instance": {}, "nulls": {},
+           "projection": {}}
+    for protocol in cfg.protocols:
+        folds = _folds(protocol, groups, label_index, cfg)
+        fits = [_fit_fold(X, Y, groups, label_index, f, methods, cfg, i, protocol) for i, f in enumerate(folds)]
+        test = np.concatenate([f.test for f in folds])
+        lab, g = label_index[test], groups[test]
+        unseen = protocol == "heldout_categories"
+        cand_mask = None
+        if unseen:
+            cand_mask = np.zeros((len(test), c), dtype=bool)
+            start = 0
+            for f in folds:
+                cand_mask[start:start + len(f.test), f.unseen] = True
+                start += len(f.test)
+        res["per_instance"][f"{protocol}__index"] = test
+        for method in methods:
+            pred = np.vstack([fit["methods"][method]["pred"] for fit in fits])
+            inst_parts = [per_instance(fit["methods"][method]["pred"], Y[f.test], label_index[f.test], class_emb,
+                                       f.unseen if unseen else None) for f, fit in zip(folds, fits)]
+            inst = {k: np.concatenate([p[k] for p in inst_parts]) for k in inst_parts[0]}
+            figs = {"r2": r2_uniform(Y[test], pred), "r2_variance_weighted": r2_variance_weighted(Y[test], pred),
+                    **figures_from_instances(inst)}
+            hps = [fit["methods"][method]["hp"] for fit in fits]
+            row = {"method": method, "split": protocol, **figs, "n_test": int(len(test)), "n_candidates": int(c),
+                   "chance_top1": 1.0 / c,
+                   "hyperparameters": {k: _mode([h[k] for h in hps]) for k in hps[0]},
+                   "pca_dim": int(fits[0]["pca_dim"]), "n_train": int(round(np.mean([f["n_train"] for f in fits]))),
+                   "n_images_test": int(len(np.unique(g))),
+                   "fit_seconds": round(sum(fit["methods"][method]["seconds"] for fit in fits), 3)}
+            if unseen:
+                row["n_candidates_unseen"] = float(np.mean([len(f.unseen) for f in folds]))
+                row["chance_top1_unseen"] = float(np.mean(1.0 / cand_mask.sum(1)))
+                row["folds"] = [{"unseen": [names[u] for u in f.unseen], "n_train": fit["n_train"],
+                                 "n_test": int(len(f.test)), "pca_dim": fit["pca_dim"],
+                                 "hyperparameters": fit["methods"][method]["hp"]} for f, fit in zip(folds, fits)]
+            if cfg.n_bootstrap > 0:
+                row["ci"] = bootstrap_figures(pred, Y[test], inst, g, cfg.n_bootstrap, cfg.confidence, cfg.seed)
+                row["ci_level"] = cfg.confidence
+            smoothers = [fit["methods"][method]["S"] for fit in fits]
+            if method in METHODS and cfg.n_permutations > 0:
+                if all(S is not None for S in smoothers):
+                    blocks = [{"S": S, "train_labels": label_index[f.train], "train_groups": groups[f.train],
+                               "test_labels": label_index[f.test]} for S, f in zip(smoothers, folds)]
+                    null = smoother_null(blocks, class_emb, cfg.n_permutations, cfg.seed, cand_mask)
+                    row["pvalue"] = pvalues(figs, null)
+                    row["null_mean"] = {k: float(v.mean()) for k, v in null.items()}
+                    row["null"] = {"n_permutations": int(cfg.n_permutations), "scheme": "image-blocks",
+                                   "hyperparameters": "fixed at the cross-validated choice"}
+                    for k, v in null.items():
+                        res["nulls"][f"{protocol}__{method}__{k}"] = v
+                else:
+                    row["pvalue"] = {}
+                    row["null"] = {"skipped": f"a fit has more than align.null_max_train = {cfg.null_max_train} "
+                                              "training objects (or kernel ridge ran in Nystroem mode)"}
+            res["rows"].append(row)
+            for r in per_category(inst, lab, names, cids):
+                res["per_category"].append({"split": protocol, "method": method, **r})
+            for k, v in inst.items():
+                res["per_instance"][f"{protocol}__{method}__{k}"] = v
+        if protocol == "heldout_images":
+            fit, fold = fits[0], folds[0]
+            res["similarity"] = _similarity(fit["Zte"], Y[fold.test], cfg)
+            res["pca"] = {"vision_explained_variance_ratio": fit["pca"].explained_variance_ratio_.tolist(),
+                          "pca_dim": fit["pca_dim"], "fitted_on": "heldout_images training objects"}
+            tp = PCAMatch(n_components=int(min(len(fold.train), Y.shape[1], c))).fit(Y[fold.train])
+            res["pca"]["text_explained_variance_ratio"] = tp.explained_variance_ratio_.tolist()
+            # 2-D views: vision test features on their top two principal axes; category embeddings and the
+            # ridge-mapped test objects on the top two axes of the category embeddings.
+            cp = PCAMatch(n_components=2).fit(class_emb)
+            proj = {"vision_2d": fit["Zte"][:, :2], "label": label_index[fold.test], "class_2d": cp.transform(class_emb)}
+            best = "ridge" if "ridge" in methods else methods[0]
+            proj["mapped_2d"] = cp.transform(fit["methods"][best]["pred"])
+            proj["mapped_method"] = np.asarray(best)
+            proj["class_name"] = np.asarray(names)
+            res["projection"] = proj
+    return res
+
+
+def fit_and_score(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.ndarray,
+                  class_emb: np.ndarray, cfg: AlignConfig) -> tuple[list[dict], dict]:
+    """Result rows and per-instance arrays (see :func:`evaluate`, which returns everything)."""
+    res = evaluate(X, Y, groups, label_index, class_emb, cfg)
+    return res["rows"], res["per_instance"]
+
+
+def write_results(d: Path, res: dict, meta: dict[str, np.ndarray] | None = None) -> None:
+    """Write :func:`evaluate`'s output into folder ``d`` (the files the report stage reads).
+
+    ``meta`` maps column names (e.g. ``annotation_id``, ``image_id``) to per-object arrays (n,); each is stored
+    for every protocol's test objects in ``per_instance.npz`` as ``{protocol}__{column}``.
+    """
+    from ..embed.store import atomic_write_json
+
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    arrays = dict(res["per_instance"])
+    for key in [k for k in arrays if k.endswith("__index")]:
+        protocol = key[: -len("__index")]
+        for col, values in (meta or {}).items():
+            arrays[f"{protocol}__{col}"] = np.asarray(values)[arrays[key]]
+    np.savez(d / "per_instance.npz", **arrays)
+    np.savez(d / "nulls.npz", **res["nulls"])
+    np.savez(d / "projection.npz", **res["projection"])
+    atomic_write_json(d / "per_category.json", res["per_category"])
+    atomic_write_json(d / "similarity.json", res["similarity"])
+    atomic_write_json(d / "pca.json", res["pca"])
+    atomic_write_json(d / "results.json", res["rows"])
 
 
 def run_align(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     from ..embed.stage import load_run_embeddings
-    from ..embed.store import atomic_write_json
 
     out = ensure_out(out)
     started = time.time()
@@ -113,15 +331,10 @@ def run_align(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     cat_row = {int(c): j for j, c in enumerate(tm["category_id"])}
     label_index = np.asarray([cat_row[int(c)] for c in vm["category_id"]])
     Y = T[label_index]
-    rows, per = fit_and_score(X.astype(np.float64), Y.astype(np.float64), vm["image_id"], label_index,
-                              T.astype(np.float64), cfg.align)
-    (out / "align").mkdir(exist_ok=True)
-    test = per.pop("test_index")
-    arrays = {"test_annotation_id": vm["annotation_id"][test], "test_category_id": vm["category_id"][test]}
-    for m, inst in per.items():
-        for k, v in inst.items():
-            arrays[f"{m}__{k}"] = v
-    np.savez(out / "align" / "per_instance.npz", **arrays)
-    atomic_write_json(out / "align" / "results.json", rows)
-    summary = {"n_instances": int(len(X)), "n_test": int(len(test)), "methods": list(cfg.align.methods)}
+    names = [str(x) for x in tm["category"]] if "category" in tm else None
+    res = evaluate(X.astype(np.float64), Y.astype(np.float64), vm["image_id"], label_index, T.astype(np.float64),
+                   cfg.align, names, np.asarray(tm["category_id"]))
+    write_results(out / "align", res, {k: vm[k] for k in ("annotation_id", "category_id", "image_id")})
+    summary = {"n_instances": int(len(X)), "protocols": list(cfg.align.protocols), "methods": _methods(cfg.align),
+               "n_test": {r["split"]: r["n_test"] for r in res["rows"]}}
     return {**write_stage(out, "align", key, summary, started), "reused": False}

@@ -1,16 +1,72 @@
-"""Per-instance and aggregate alignment metrics between predicted and true text embeddings."""
+"""Per-instance and aggregate alignment metrics between predicted and true text embeddings.
+
+Every figure objalign reports for a map comes from here, so the observed row, its bootstrap interval and
+its permutation null are computed by one definition:
+
+``r2``                    R² averaged uniformly over text dimensions (``sklearn.metrics.r2_score``'s default)
+``r2_variance_weighted``  R² with text dimensions weighted by their variance (``multioutput="variance_weighted"``)
+``cosine_mean``           mean cosine similarity between prediction and the true category's text embedding
+``residual_mean``         mean L2 residual ``||prediction - true||``
+``residual_median``       median L2 residual
+``top1`` / ``top5``       fraction of objects whose true category ranks first / in the first five among the
+                          candidate category embeddings, by cosine similarity to the prediction
+``mean_rank``             mean 1-based rank of the true category (ties counted against the truth)
+
+With a subset of candidates (``unseen``: the categories a held-out-category map never saw), ``top1_unseen``,
+``top5_unseen`` and ``mean_rank_unseen`` rank the true category among that subset only.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+
+from ..errors import ObjalignError
+
+#: Figures of a result row, in report order.
+FIGURES = ("r2", "r2_variance_weighted", "cosine_mean", "residual_mean", "residual_median", "top1", "top5",
+           "mean_rank")
+#: Retrieval figures among the unseen categories only (held-out-category protocol).
+UNSEEN_FIGURES = ("top1_unseen", "top5_unseen", "mean_rank_unseen")
+#: Figures where smaller is better (a permutation test asks for "less" there).
+SMALLER_IS_BETTER = frozenset({"residual_mean", "residual_median", "mean_rank", "mean_rank_unseen"})
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
 
 
-def per_instance(pred: np.ndarray, true: np.ndarray, label_index: np.ndarray,
-                 class_emb: np.ndarray) -> dict[str, np.ndarray]:
+def _ranks(sims: np.ndarray, label_col: np.ndarray) -> np.ndarray:
+    """1-based rank of column ``label_col[i]`` in row ``i`` of ``sims`` ``(n, c)``; ties count against it."""
+    own = sims[np.arange(len(sims)), label_col]
+    return 1 + np.sum(sims > own[:, None], axis=1)
+
+
+def _check_inputs(pred, true, label_index, class_emb, candidates=None):
+    pred = np.asarray(pred, dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    class_emb = np.asarray(class_emb, dtype=np.float64)
+    label_index = np.asarray(label_index)
+    if pred.ndim != 2 or pred.shape != true.shape:
+        raise ObjalignError(f"predictions have shape {pred.shape} but true targets {true.shape}; "
+                            "expected equal (n_objects, text_dim) arrays")
+    if class_emb.ndim != 2 or class_emb.shape[1] != pred.shape[1]:
+        raise ObjalignError(f"class_emb has shape {class_emb.shape}; expected (n_categories, {pred.shape[1]})")
+    if label_index.shape != (len(pred),) or label_index.dtype.kind not in "iu":
+        raise ObjalignError(f"label_index must be ({len(pred)},) integer rows of class_emb, got shape "
+                            f"{label_index.shape} and dtype {label_index.dtype}")
+    if len(label_index) and (label_index.min() < 0 or label_index.max() >= len(class_emb)):
+        raise ObjalignError(f"label_index holds rows outside 0..{len(class_emb) - 1}: pass rows of class_emb")
+    if candidates is not None:
+        candidates = np.asarray(candidates)
+        if candidates.ndim != 1 or candidates.size == 0 or candidates.dtype.kind not in "iu":
+            raise ObjalignError("unseen candidates must be a non-empty 1-D integer array of class_emb rows")
+        if not np.all(np.isin(label_index, candidates)):
+            raise ObjalignError("every object's true category must be among the unseen candidates it is ranked in")
+    return pred, true, label_index, class_emb, candidates
+
+
+def per_instance(pred: np.ndarray, true: np.ndarray, label_index: np.ndarray, class_emb: np.ndarray,
+                 candidates: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-instance residuals and retrieval ranks.
 
     Parameters
@@ -21,19 +77,25 @@ def per_instance(pred: np.ndarray, true: np.ndarray, label_index: np.ndarray,
         Row of ``class_emb`` that holds each instance's true category.
     class_emb : (c, d)
         One text embedding per candidate category.
+    candidates : (u,) int, optional
+        Rows of ``class_emb`` forming a second, smaller candidate set (the unseen categories); every
+        ``label_index`` must be among them.
 
     Returns
     -------
     dict with ``residual_l2`` (n,), ``cosine`` (n,) and ``rank`` (n,) — the 1-based rank of the true
     category among the candidates by cosine similarity to the prediction (ties counted against the truth:
-    rank = 1 + number of candidates scoring strictly higher).
+    rank = 1 + number of candidates scoring strictly higher) — and, with ``candidates``, ``rank_unseen`` (n,).
     """
+    pred, true, label_index, class_emb, candidates = _check_inputs(pred, true, label_index, class_emb, candidates)
     residual = np.linalg.norm(pred - true, axis=1)
     cosine = np.sum(_unit(pred) * _unit(true), axis=1)
     sims = _unit(pred) @ _unit(class_emb).T
-    own = sims[np.arange(len(pred)), label_index]
-    rank = 1 + np.sum(sims > own[:, None], axis=1)
-    return {"residual_l2": residual, "cosine": cosine, "rank": rank}
+    out = {"residual_l2": residual, "cosine": cosine, "rank": _ranks(sims, label_index)}
+    if candidates is not None:
+        col = np.searchsorted(np.sort(candidates), label_index)
+        out["rank_unseen"] = _ranks(sims[:, np.sort(candidates)], col)
+    return out
 
 
 def r2_uniform(true: np.ndarray, pred: np.ndarray) -> float:
@@ -50,20 +112,80 @@ def r2_variance_weighted(true: np.ndarray, pred: np.ndarray) -> float:
     return float(r2_score(true, pred, multioutput="variance_weighted"))
 
 
-def summarize(pred: np.ndarray, true: np.ndarray, label_index: np.ndarray, class_emb: np.ndarray) -> tuple[dict, dict]:
-    """Aggregate figures (``r2``, ``cosine_mean``, ``residual_mean``, ``residual_median``, ``top1``, ``top5``,
-    ``mean_rank``) and the per-instance arrays they come from."""
-    per = per_instance(pred, true, label_index, class_emb)
-    agg = {
-        "r2": r2_uniform(true, pred),
-        "r2_variance_weighted": r2_variance_weighted(true, pred),
-        "cosine_mean": float(per["cosine"].mean()),
-        "residual_mean": float(per["residual_l2"].mean()),
-        "residual_median": float(np.median(per["residual_l2"])),
-        "top1": float(np.mean(per["rank"] <= 1)),
-        "top5": float(np.mean(per["rank"] <= 5)),
-        "mean_rank": float(per["rank"].mean()),
-        "n_test": int(len(pred)),
-        "n_candidates": int(len(class_emb)),
+def figures_from_instances(inst: dict[str, np.ndarray]) -> dict[str, float]:
+    """The mean/median figures of a set of objects from their :func:`per_instance` arrays (no R²)."""
+    out = {
+        "cosine_mean": float(inst["cosine"].mean()),
+        "residual_mean": float(inst["residual_l2"].mean()),
+        "residual_median": float(np.median(inst["residual_l2"])),
+        "top1": float(np.mean(inst["rank"] <= 1)),
+        "top5": float(np.mean(inst["rank"] <= 5)),
+        "mean_rank": float(inst["rank"].mean()),
     }
+    if "rank_unseen" in inst:
+        out.update(top1_unseen=float(np.mean(inst["rank_unseen"] <= 1)),
+                   top5_unseen=float(np.mean(inst["rank_unseen"] <= 5)),
+                   mean_rank_unseen=float(inst["rank_unseen"].mean()))
+    return out
+
+
+def summarize(pred: np.ndarray, true: np.ndarray, label_index: np.ndarray, class_emb: np.ndarray,
+              candidates: np.ndarray | None = None) -> tuple[dict, dict]:
+    """Aggregate figures and the per-instance arrays they come from.
+
+    Parameters
+    ----------
+    pred, true : (n, d)
+        Predicted and true text embeddings.
+    label_index : (n,) int
+        Row of ``class_emb`` holding each instance's category.
+    class_emb : (c, d)
+        Candidate category embeddings.
+    candidates : (u,) int, optional
+        The unseen categories (rows of ``class_emb``), adding ``top1_unseen``, ``top5_unseen`` and
+        ``mean_rank_unseen``.
+
+    Returns
+    -------
+    figures : dict
+        :data:`FIGURES` (and :data:`UNSEEN_FIGURES`), ``n_test``, ``n_candidates`` (and ``n_candidates_unseen``).
+    per : dict
+        :func:`per_instance` arrays.
+    """
+    per = per_instance(pred, true, label_index, class_emb, candidates)
+    agg = {"r2": r2_uniform(true, pred), "r2_variance_weighted": r2_variance_weighted(true, pred),
+           **figures_from_instances(per), "n_test": int(len(pred)), "n_candidates": int(len(class_emb))}
+    if candidates is not None:
+        agg["n_candidates_unseen"] = int(len(candidates))
     return agg, per
+
+
+def per_category(inst: dict[str, np.ndarray], label_index: np.ndarray, names: list[str],
+                 category_ids: np.ndarray) -> list[dict]:
+    """Per-category breakdown of :func:`per_instance` arrays.
+
+    Parameters
+    ----------
+    inst : dict of (n,) arrays
+        From :func:`per_instance`.
+    label_index : (n,) int
+        Category row of each object.
+    names : list of str, length c
+        Category names, indexed by row.
+    category_ids : (c,)
+        Dataset category ids, indexed by row.
+
+    Returns
+    -------
+    list of dict
+        One entry per category present: ``category``, ``category_id``, ``n``, ``top1``, ``top5``, ``mean_rank``,
+        ``cosine_mean``, ``residual_mean`` (and the ``*_unseen`` figures when ``inst`` has them).
+    """
+    rows = []
+    for c in np.unique(label_index):
+        m = label_index == c
+        sub = {k: v[m] for k, v in inst.items()}
+        f = figures_from_instances(sub)
+        f.pop("residual_median")
+        rows.append({"category": str(names[c]), "category_id": int(category_ids[c]), "n": int(m.sum()), **f})
+    return rows

@@ -1,4 +1,18 @@
-"""The ``report`` stage: ``report.json``, ``report.txt``, ``alignment_hist.png`` and ``config.yaml``."""
+"""The ``report`` stage: ``report.json``, ``report.txt``, figures, ``report.html`` and ``config.yaml``.
+
+Reads only the stage records and the align stage's result tables (never a model).
+
+``report.json``'s ``results`` holds one row per (method, split) with the figures of
+:mod:`objalign.evaluate.metrics` and:
+
+``ci``        ``{figure: [low, high]}``: percentile bootstrap interval over test images (``ci_level`` coverage)
+``pvalue``    ``{figure: p}``: permutation p-value, training image-label pairings shuffled (ridge, kernel_ridge)
+``null_mean`` ``{figure: mean of the null}``: what a map that learned nothing scores
+``folds``     (``heldout_categories``) per category fold: unseen categories, ``n_train``, hyperparameters
+
+Beside them: ``per_category`` (one entry per split, method and category), ``similarity`` (CKA, mutual k-NN,
+CKNNA, SVCCA on held-out features), ``pca`` (explained variance), ``protocols`` (what each split means).
+"""
 
 from __future__ import annotations
 
@@ -14,13 +28,47 @@ from ..runs import ensure_out, stage_key, stage_record, write_stage
 
 COLUMNS = ("method", "split", "r2", "cosine_mean", "residual_mean", "residual_median", "top1", "top5", "mean_rank")
 
+PROTOCOLS = {
+    "heldout_images": "Train and test on disjoint images. Every test category was seen in training, so with one text "
+                      "embedding per category this is close to classification: it shows that categories can be told "
+                      "apart from vision features, not that the two spaces align.",
+    "heldout_categories": "Categories are dealt into folds; in each fold the map (PCA included) is fitted on images that "
+                          "hold no object of the fold's unseen categories and tested on the unseen categories' objects. "
+                          "top-1/top-5/rank rank the true category among ALL categories (the seen ones included, which "
+                          "the map was trained to produce); the *_unseen figures rank it among the fold's unseen "
+                          "categories only. Does the map generalise to names it never saw?",
+}
+
+NOTES = [
+    "R2: coefficient of determination averaged uniformly over text dimensions (R2 var.: weighted by their variance). "
+    "cosine / residual: cosine similarity and L2 distance between the predicted and the true category's text embedding. "
+    "top-1 / top-5 / mean rank: retrieval of the true category among the candidate category embeddings by cosine "
+    "similarity (ties count against the truth).",
+    "Intervals: percentile bootstrap over test images (objects of one image are resampled together). "
+    "p-values: permutation test; the pairing of training images with their labels is shuffled (whole images exchange "
+    "their label sets), the map is refitted with the hyperparameters chosen on the real pairing and scored on the real "
+    "test pairing; p = (1 + #null at least as good) / (1 + B), so the smallest possible p is 1/(B+1).",
+    "Baselines: 'mean' predicts the training mean text embedding for every object; 'shuffled' is ridge (with its own "
+    "cross-validation) fitted on one shuffle of the training pairing. A fitted map should beat both clearly.",
+    "Similarity measures are computed on held-out features with no fitting: CKA (Kornblith et al. 2019; unbiased HSIC "
+    "after Song et al. 2012), mutual k-NN and CKNNA (Huh et al. 2024), SVCCA (Raghu et al. 2017). Text targets repeat "
+    "(one per category), so nearest-neighbour ties are resolved by their expectation under random tie-breaking.",
+]
+
 
 def build_report(out: Path) -> dict:
     """Assemble ``report.json``'s content from the stage records and result tables of a run."""
     sample = stage_record(out, "sample")["summary"]
     crop = stage_record(out, "crop")["summary"]
     embed = stage_record(out, "embed")["summary"]
-    rows = json.loads((out / "align" / "results.json").read_text())
+    a = out / "align"
+    rows = json.loads((a / "results.json").read_text())
+
+    def opt(name, default):
+        f = a / name
+        return json.loads(f.read_text()) if f.is_file() else default
+
+    splits = list(dict.fromkeys(r["split"] for r in rows))
     return {
         "dataset": sample["dataset"],
         "dataset_fingerprint": sample["dataset_fingerprint"],
@@ -33,8 +81,25 @@ def build_report(out: Path) -> dict:
         "text_encoder": embed["text_encoder"],
         "n_skipped": embed["n_skipped"],
         "chance_top1": 1.0 / sample["n_categories"],
+        "protocols": {s: PROTOCOLS.get(s, "") for s in splits},
         "results": rows,
+        "per_category": opt("per_category.json", []),
+        "similarity": opt("similarity.json", {}),
+        "pca": opt("pca.json", {}),
     }
+
+
+def _fig(r: dict, k: str, digits: int = 3) -> str:
+    v = r.get(k)
+    if v is None:
+        return "-"
+    ci = r.get("ci", {}).get(k)
+    return f"{v:.{digits}f}" + (f" [{ci[0]:.{digits}f},{ci[1]:.{digits}f}]" if ci else "")
+
+
+def _pv(r: dict, k: str) -> str:
+    p = r.get("pvalue", {}).get(k)
+    return "-" if p is None else f"{p:.2g}"
 
 
 def format_text(report: dict, title: str) -> str:
@@ -50,20 +115,95 @@ def format_text(report: dict, title: str) -> str:
         f"text           {t['name']} ({t['dim']}-d, prompt {t.get('template', '{}')!r})",
         f"chance top-1   {report['chance_top1']:.3f}", "",
     ]
-    header = f"{'method':<14}{'split':<18}{'R2':>8}{'cos':>8}{'res.mean':>10}{'res.med':>9}{'top1':>7}{'top5':>7}{'rank':>7}"
-    lines += [header, "-" * len(header)]
-    for r in report["results"]:
-        lines.append(f"{r['method']:<14}{r['split']:<18}{r['r2']:>8.3f}{r['cosine_mean']:>8.3f}"
-                     f"{r['residual_mean']:>10.3f}{r['residual_median']:>9.3f}{r['top1']:>7.3f}{r['top5']:>7.3f}"
-                     f"{r['mean_rank']:>7.2f}")
-    lines.append("")
-    for r in report["results"]:
+    rows = report["results"]
+    for split in dict.fromkeys(r["split"] for r in rows):
+        rs = [r for r in rows if r["split"] == split]
+        unseen = any("top1_unseen" in r for r in rs)
+        level = next((r["ci_level"] for r in rs if "ci_level" in r), None)
+        lines.append(f"{split}: {rs[0]['n_test']} test objects from {rs[0].get('n_images_test', '?')} images"
+                     + (f"; [{level:.0%} CI over images]" if level else ""))
+        header = (f"{'method':<14}{'R2':<23}{'R2(var)':>8}{'cos':>8}{'res.mean':>9}{'res.med':>8}  {'top1':<21}"
+                  f"{'top5':>6}{'rank':>7}{'p(R2)':>9}{'p(top1)':>9}")
+        if unseen:
+            header += f"  {'top1 unseen':<21}{'p':>8}"
+        lines += [header, "-" * len(header)]
+        for r in rs:
+            line = (f"{r['method']:<14}{_fig(r, 'r2'):<23}{r['r2_variance_weighted']:>8.3f}{r['cosine_mean']:>8.3f}"
+                    f"{r['residual_mean']:>9.3f}{r['residual_median']:>8.3f}  {_fig(r, 'top1'):<21}{r['top5']:>6.3f}"
+                    f"{r['mean_rank']:>7.2f}{_pv(r, 'r2'):>9}{_pv(r, 'top1'):>9}")
+            if unseen:
+                line += f"  {_fig(r, 'top1_unseen'):<21}{_pv(r, 'top1_unseen'):>8}"
+            lines.append(line)
+        extra = [f"chance top-1 {rs[0].get('chance_top1', report['chance_top1']):.3f}"]
+        if unseen:
+            extra.append(f"among unseen ({rs[0].get('n_candidates_unseen', 0):.1f} per fold) "
+                         f"{rs[0].get('chance_top1_unseen', 0):.3f}")
+        nulls = [r for r in rs if r.get("null_mean")]
+        if nulls:
+            r = nulls[0]
+            extra.append(f"null mean top-1 ({r['method']}) {r['null_mean'].get('top1', float('nan')):.3f}, "
+                         f"B = {r['null']['n_permutations']}")
+        lines += ["  " + "; ".join(extra), ""]
+    for r in rows:
         if r["hyperparameters"]:
             hp = ", ".join(f"{k}={v:.4g}" for k, v in r["hyperparameters"].items())
-            lines.append(f"{r['method']}: {hp} (PCA to {r['pca_dim']}, {r['n_train']} training objects)")
-    lines += ["", "R2: uniform average over text dimensions; cos/res: cosine and L2 residual between predicted and",
-              "true text embeddings; top1/top5/rank: retrieval of the true category among all category embeddings."]
+            many = " (most frequent over folds)" if r.get("folds") else ""
+            lines.append(f"{r['method']:<13}{r['split']:<19}{hp}{many}; PCA to {r['pca_dim']}, "
+                         f"{r['n_train']} training objects" + (" per fold" if r.get("folds") else ""))
+    sim = report.get("similarity") or {}
+    if sim.get("values"):
+        lines += ["", f"similarity on held-out features (n = {sim['n']}, k = {sim.get('k')}, SVCCA dim = "
+                      f"{sim.get('svcca_dim')}; ties averaged):",
+                  "  " + "  ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in sim["values"].items()),
+                  f"  (mutual k-NN chance level ~ {sim.get('chance_mutual_knn', 0):.3f})"]
+    pc = [r for r in report.get("per_category", []) if r["method"] == "ridge"]
+    for split in dict.fromkeys(r["split"] for r in pc):
+        worst = sorted((r for r in pc if r["split"] == split), key=lambda r: r["top1"])[:5]
+        lines += ["", f"hardest categories, ridge, {split} (top-1, n):",
+                  "  " + ", ".join(f"{r['category']} {r['top1']:.2f} ({r['n']})" for r in worst)]
+    lines += [""] + [f"- {n}" for n in NOTES]
     return "\n".join(lines) + "\n"
+
+
+def _load_npz(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def write_figures(out: Path, report: dict) -> list[tuple[str, Path, str]]:
+    """Draw every figure of a run into ``out``; returns ``(heading, path, caption)`` for each one drawn."""
+    from . import figures as F
+
+    a = out / "align"
+    per = _load_npz(a / "per_instance.npz")
+    rows = report["results"]
+    per_split: dict = {}
+    for r in rows:
+        s, m = r["split"], r["method"]
+        if f"{s}__{m}__residual_l2" in per:
+            per_split.setdefault(s, {})[m] = {"residual_l2": per[f"{s}__{m}__residual_l2"], "cosine": per[f"{s}__{m}__cosine"]}
+    v, t = report["vision_encoder"]["name"], report["text_encoder"]["name"]
+    made = []
+    F.residual_histogram(per_split, out / "alignment_hist.png", f"held-out residuals: {v} -> {t}")
+    made.append(("residuals", out / "alignment_hist.png",
+                 "Per-object L2 residual and cosine between predicted and true text embeddings, per method and split."))
+    if report.get("per_category"):
+        F.per_category_errors(report["per_category"], out / "per_category.png")
+        made.append(("per-category retrieval", out / "per_category.png",
+                     "Top-1 retrieval per category (worst at the bottom), per split."))
+    if F.null_distributions(_load_npz(a / "nulls.npz"), rows, out / "null_distributions.png"):
+        made.append(("observed vs permutation null", out / "null_distributions.png",
+                     "Grey: the figure for maps fitted on shuffled image-label pairings; red: the real map."))
+    if F.pca_variance(report.get("pca") or {}, out / "pca_variance.png"):
+        made.append(("PCA explained variance", out / "pca_variance.png",
+                     "Cumulative explained variance of the vision PCA (training objects) and of the text targets."))
+    if F.projection(_load_npz(a / "projection.npz"), out / "projection.png"):
+        made.append(("2-D projection of both spaces", out / "projection.png",
+                     "Left: held-out objects in vision space. Right: category embeddings and mapped objects in "
+                     "language space; colours are categories."))
+    return made
 
 
 def run_report(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
@@ -71,15 +211,15 @@ def run_report(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     started = time.time()
     key = cfg.section_key("report", extra={"align": stage_key(out, "align")})
     report = build_report(out)
+    made = write_figures(out, report)
+    report["figures"] = [p.name for _, p, _ in made]
+    files = ["report.json", "report.txt", *report["figures"], "config.yaml"]
+    if cfg.report.html:
+        from .html import build_html
+
+        (out / "report.html").write_text(build_html(report, cfg.report.title, made, NOTES), encoding="utf-8")
+        files.append("report.html")
     atomic_write_json(out / "report.json", report)
     (out / "report.txt").write_text(format_text(report, cfg.report.title))
-    per = np.load(out / "align" / "per_instance.npz")
-    methods = [r["method"] for r in report["results"]]
-    per_method = {m: {"residual_l2": per[f"{m}__residual_l2"], "cosine": per[f"{m}__cosine"]} for m in methods}
-    from .figures import residual_histogram
-
-    residual_histogram(per_method, out / "alignment_hist.png",
-                       f"held-out images: {report['vision_encoder']['name']} -> {report['text_encoder']['name']}")
     dump_config(cfg, out / "config.yaml")
-    return {**write_stage(out, "report", key, {"files": ["report.json", "report.txt", "alignment_hist.png",
-                                                          "config.yaml"]}, started), "reused": False}
+    return {**write_stage(out, "report", key, {"files": files}, started), "reused": False}

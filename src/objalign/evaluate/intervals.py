@@ -1,0 +1,142 @@
+"""Bootstrap confidence intervals for every figure of a result row, resampling images.
+
+All figures of a row (R² included, which is not a mean over objects) are computed on the *same* resamples:
+each resample draws the test images with replacement (objects of one image stay together) and is
+represented by per-object weights ``w`` (how often the object's image was drawn). Each figure is then a
+weighted statistic:
+
+- means (cosine, residual, top-k indicators, ranks): ``sum(w v) / sum(w)``;
+- R²: per text dimension ``SS_res = sum(w (pred - true)^2)`` and ``SS_tot = sum(w (true - mean_w(true))^2)``
+  from weighted sums, then uniform or variance-weighted averaging as ``sklearn.metrics.r2_score``
+  (a dimension with zero ``SS_tot`` scores 1 if ``SS_res`` is 0 too, else 0, as scikit-learn does);
+- the median residual: the median of the resampled multiset (the mean of the two middle values for an
+  even count), from one sort and cumulative weights.
+
+The interval is the percentile interval (Efron & Tibshirani 1993, ch. 13). The resample-count matrix is
+drawn in chunks, so memory stays bounded for large test sets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ObjalignError
+from .metrics import FIGURES, UNSEEN_FIGURES
+
+_CHUNK_ELEMENTS = 2_000_000
+
+
+def resample_counts(n_groups: int, n_resamples: int, seed=0) -> np.ndarray:
+    """Group draw counts of ``n_resamples`` bootstrap resamples.
+
+    Returns
+    -------
+    ndarray of shape (n_resamples, n_groups), int
+        Row ``b``: how often each group is drawn when ``n_groups`` groups are drawn uniformly with
+        replacement (each row sums to ``n_groups``).
+    """
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+        raise ObjalignError(f"n_resamples must be a positive integer (e.g. 1000), got {n_resamples!r}")
+    if n_groups < 1:
+        raise ObjalignError("a bootstrap needs at least one group (image)")
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=int(n_resamples))
+
+
+def _weighted_median(values: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Median of each resampled multiset: ``values`` (n,), integer weights ``w`` (B, n) -> (B,)."""
+    order = np.argsort(values, kind="stable")
+    v = values[order]
+    cw = np.cumsum(w[:, order], axis=1)  # (B, n)
+    total = cw[:, -1]
+    lo_pos = (total - 1) // 2  # 0-based positions of the middle element(s) in the sorted multiset
+    hi_pos = total // 2
+    lo = np.sum(cw <= lo_pos[:, None], axis=1)  # index of the first sorted value whose run covers lo_pos
+    hi = np.sum(cw <= hi_pos[:, None], axis=1)
+    return 0.5 * (v[lo] + v[hi])
+
+
+def _r2_from_sums(ss_res: np.ndarray, ss_tot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform and variance-weighted R² from per-dimension sums ``(B, q)`` -> two ``(B,)`` arrays."""
+    scale = np.maximum(ss_tot.max(axis=1, keepdims=True), 1e-300)
+    const = ss_tot <= 1e-12 * scale
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_dim = np.where(const, np.where(ss_res <= 1e-12 * scale, 1.0, 0.0), 1.0 - ss_res / ss_tot)
+        tot, res = ss_tot.sum(axis=1), ss_res.sum(axis=1)
+        weighted = np.where(const.all(axis=1), np.where(res <= 1e-12 * scale[:, 0], 1.0, 0.0), 1.0 - res / tot)
+    return per_dim.mean(axis=1), weighted
+
+
+def figures_for_weights(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.ndarray],
+                        weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Every figure of a row on weighted resamples.
+
+    Parameters
+    ----------
+    pred, true : (n, q)
+        Predicted and true text embeddings of the test objects.
+    inst : dict of (n,) arrays
+        :func:`objalign.evaluate.metrics.per_instance` output for them.
+    weights : (B, n) non-negative integers
+        How often each object occurs in each resample.
+
+    Returns
+    -------
+    dict figure -> (B,) array
+        :data:`~objalign.evaluate.metrics.FIGURES` (and the ``*_unseen`` ones when ``inst`` has ``rank_unseen``).
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    W = w.sum(axis=1)
+    yc = true - true.mean(axis=0)  # shift-invariant; keeps the weighted sums well conditioned
+    s_y, s_y2 = w @ yc, w @ (yc ** 2)
+    ss_tot = s_y2 - s_y ** 2 / W[:, None]
+    ss_res = w @ ((pred - true) ** 2)
+    r2, r2w = _r2_from_sums(ss_res, ss_tot)
+    cols = [inst["cosine"], inst["residual_l2"], inst["rank"] <= 1, inst["rank"] <= 5, inst["rank"]]
+    names = ["cosine_mean", "residual_mean", "top1", "top5", "mean_rank"]
+    if "rank_unseen" in inst:
+        cols += [inst["rank_unseen"] <= 1, inst["rank_unseen"] <= 5, inst["rank_unseen"]]
+        names += ["top1_unseen", "top5_unseen", "mean_rank_unseen"]
+    means = (w @ np.column_stack(cols).astype(np.float64)) / W[:, None]
+    out = {"r2": r2, "r2_variance_weighted": r2w}
+    out.update({k: means[:, j] for j, k in enumerate(names)})
+    out["residual_median"] = _weighted_median(inst["residual_l2"], weights)
+    return out
+
+
+def bootstrap_figures(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.ndarray], groups: np.ndarray,
+                      n_resamples: int = 1000, confidence: float = 0.95, seed=0) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of every figure, resampling groups (images) with replacement.
+
+    Parameters
+    ----------
+    pred, true : (n, q)
+        Predicted and true text embeddings of the test objects.
+    inst : dict of (n,) arrays
+        :func:`objalign.evaluate.metrics.per_instance` output.
+    groups : (n,)
+        Image id of each object; an image's objects are drawn together.
+    n_resamples : int, default 1000
+    confidence : float, default 0.95
+    seed : int
+
+    Returns
+    -------
+    dict figure -> [low, high]
+    """
+    if not (isinstance(confidence, (int, float)) and 0 < confidence < 1):
+        raise ObjalignError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence!r}")
+    groups = np.asarray(groups)
+    if groups.shape != (len(pred),):
+        raise ObjalignError(f"groups has shape {groups.shape}; expected one image id per test object ({len(pred)},)")
+    _, codes = np.unique(groups, return_inverse=True)
+    codes = codes.ravel()
+    counts = resample_counts(int(codes.max()) + 1, n_resamples, seed)
+    chunk = max(1, _CHUNK_ELEMENTS // max(len(pred), 1))
+    parts: dict[str, list[np.ndarray]] = {}
+    for s in range(0, len(counts), chunk):
+        for k, v in figures_for_weights(pred, true, inst, counts[s:s + chunk][:, codes]).items():
+            parts.setdefault(k, []).append(v)
+    q = [(1 - confidence) / 2, (1 + confidence) / 2]
+    order = [f for f in FIGURES + UNSEEN_FIGURES if f in parts]
+    return {k: [float(x) for x in np.quantile(np.concatenate(parts[k]), q)] for k in order}

@@ -1,0 +1,122 @@
+"""``report.html``: one self-contained file (figures embedded as base64 PNG, inline CSS, no script, no URL).
+
+It opens offline in any browser and can be mailed to a colleague as is.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from ..evaluate.metrics import SMALLER_IS_BETTER
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:0.6em 0;font-size:0.85em}
+th,td{padding:3px 8px;border-bottom:1px solid #eee;text-align:right}th{background:#f5f5f5}
+td.l,th.l{text-align:left}.ci{color:#777;font-size:0.85em}.base{color:#777}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:0.85em;color:#555}
+.note{font-size:0.85em;color:#444;max-width:60em}dl{font-size:0.85em}dt{font-weight:bold}
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _num(v, digits=3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return _e(v)
+
+
+def _cell(row: dict, key: str, digits: int = 3) -> str:
+    v = row.get(key)
+    ci = row.get("ci", {}).get(key)
+    out = _num(v, digits)
+    if ci:
+        out += f'<br><span class="ci">[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]</span>'
+    return f"<td>{out}</td>"
+
+
+def _p(row: dict, key: str) -> str:
+    p = row.get("pvalue", {}).get(key)
+    return "<td>-</td>" if p is None else f"<td>{p:.3g}</td>"
+
+
+def results_table(rows: list[dict], split: str) -> str:
+    """An HTML table of one split's rows: figures with their CIs and p-values."""
+    rows = [r for r in rows if r["split"] == split]
+    if not rows:
+        return ""
+    unseen = any("top1_unseen" in r for r in rows)
+    cols = [("r2", "R²"), ("r2_variance_weighted", "R² (var.)"), ("cosine_mean", "cosine"),
+            ("residual_mean", "residual mean"), ("residual_median", "residual median"), ("top1", "top-1"),
+            ("top5", "top-5"), ("mean_rank", "mean rank")]
+    if unseen:
+        cols += [("top1_unseen", "top-1 unseen"), ("top5_unseen", "top-5 unseen"), ("mean_rank_unseen", "rank unseen")]
+    pcols = [("r2", "p(R²)"), ("top1", "p(top-1)")] + ([("top1_unseen", "p(top-1 unseen)")] if unseen else [])
+    head = "<tr><th class=l>method</th>" + "".join(f"<th>{_e(t)}</th>" for _, t in cols + pcols) + "</tr>"
+    body = []
+    for r in rows:
+        cls = ' class="base"' if r["method"] in ("mean", "shuffled") else ""
+        body.append(f"<tr{cls}><td class=l>{_e(r['method'])}</td>"
+                    + "".join(_cell(r, k, 2 if k.startswith("mean_rank") else 3) for k, _ in cols)
+                    + "".join(_p(r, k) for k, _ in pcols) + "</tr>")
+    return "<table>" + head + "".join(body) + "</table>"
+
+
+def _png(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def build_html(report: dict, title: str, figures: list[tuple[str, Path, str]], notes: list[str]) -> str:
+    """The whole page.
+
+    Parameters
+    ----------
+    report : report.json's content
+    title : page title
+    figures : list of (heading, PNG path, caption); each PNG is embedded
+    notes : paragraphs of plain text shown under "How to read this"
+    """
+    v, t = report["vision_encoder"], report["text_encoder"]
+    parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
+             f"<style>{_CSS}</style></head><body>", f"<h1>{_e(title)}</h1>"]
+    parts.append("<table>" + "".join(f"<tr><td class=l>{_e(k)}</td><td class=l>{_e(val)}</td></tr>" for k, val in [
+        ("dataset", f"{report['dataset']} (fingerprint {report['dataset_fingerprint']})"),
+        ("objects", f"{report['n_instances']} embedded, {report['n_images']} images, {report['n_categories']} categories"),
+        ("crops", report["crop"].get("mode", "?")),
+        ("vision", f"{v['name']} ({v['dim']}-d)"), ("text", f"{t['name']} ({t['dim']}-d, prompt {t.get('template', '{}')!r})"),
+    ]) + "</table>")
+    for split, desc in report.get("protocols", {}).items():
+        parts.append(f"<h2>{_e(split)}</h2><p class=note>{_e(desc)}</p>")
+        parts.append(results_table(report["results"], split))
+    sim = report.get("similarity") or {}
+    if sim.get("values"):
+        parts.append("<h2>similarity measures (no fitting)</h2>")
+        parts.append(f"<p class=note>{_e(sim.get('features', ''))}; n = {sim['n']}, k = {sim.get('k')}, "
+                     f"SVCCA dim = {sim.get('svcca_dim')}; ties: {_e(sim.get('ties', ''))}. "
+                     f"Chance level of mutual k-NN ≈ k/(n-1) = {sim.get('chance_mutual_knn', 0):.3f}.</p>")
+        parts.append("<table><tr>" + "".join(f"<th>{_e(k)}</th>" for k in sim["values"]) + "</tr><tr>"
+                     + "".join(f"<td>{_num(x)}</td>" for x in sim["values"].values()) + "</tr></table>")
+    for heading, path, caption in figures:
+        parts.append(f"<h2>{_e(heading)}</h2><figure><img src=\"{_png(path)}\" alt=\"{_e(heading)}\">"
+                     f"<figcaption>{_e(caption)}</figcaption></figure>")
+    worst = [r for r in report.get("per_category", []) if r["method"] == "ridge"]
+    if worst:
+        parts.append("<h2>per-category figures (ridge)</h2><table><tr><th class=l>split</th><th class=l>category</th>"
+                     "<th>n</th><th>top-1</th><th>top-5</th><th>mean rank</th><th>cosine</th><th>top-1 unseen</th></tr>")
+        for r in sorted(worst, key=lambda r: (r["split"], r["top1"])):
+            parts.append(f"<tr><td class=l>{_e(r['split'])}</td><td class=l>{_e(r['category'])}</td><td>{r['n']}</td>"
+                         f"<td>{r['top1']:.2f}</td><td>{r['top5']:.2f}</td><td>{r['mean_rank']:.2f}</td>"
+                         f"<td>{r['cosine_mean']:.3f}</td><td>{_num(r.get('top1_unseen'), 2)}</td></tr>")
+        parts.append("</table>")
+    parts.append("<h2>how to read this</h2>" + "".join(f"<p class=note>{_e(n)}</p>" for n in notes))
+    parts.append(f"<p class=note>Smaller is better for: {_e(', '.join(sorted(SMALLER_IS_BETTER)))}.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
