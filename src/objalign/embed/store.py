@@ -57,23 +57,43 @@ class EmbeddingStore:
     def open(cls, path: str | Path, key_fields: dict, shard_size: int, n_rows: int) -> "EmbeddingStore":
         """Open (or create) the store at ``path`` for the request described by ``key_fields``.
 
-        Raises :class:`ObjalignError` if a store already sits there with a different key.
+        Raises :class:`ObjalignError` if a store already sits there with a different key (naming the fields
+        that differ). Temporary files left by a killed writer are removed.
         """
         store = cls(path)
         key = store_key(key_fields)
         mf = store.path / MANIFEST
         if mf.is_file():
-            old = json.loads(mf.read_text())
+            try:
+                old = json.loads(mf.read_text())
+            except json.JSONDecodeError:
+                raise ObjalignError(f"{mf} is not valid JSON; remove the store with `objalign cache rm "
+                                    f"{store.path}`") from None
             if old.get("key") != key:
+                diff = _differences(old.get("key_fields", {}), json.loads(json.dumps(key_fields, default=str)))
                 raise ObjalignError(
                     f"{store.path}: an embedding store made for a different request is here (key {old.get('key')} "
-                    f"!= {key}); remove it with `objalign cache rm {store.path}` or choose another path")
+                    f"!= {key}; differs in {', '.join(diff[:4]) or 'its key'}); remove it with "
+                    f"`objalign cache rm {store.path}` or choose another path")
+            store.remove_temporaries()
         else:
             for sub in ("emb", "metadata", "skipped"):
                 (store.path / sub).mkdir(parents=True, exist_ok=True)
-            atomic_write_json(mf, {"key": key, "key_fields": key_fields, "shard_size": shard_size,
-                                   "n_requested": n_rows, "complete": False})
+            atomic_write_json(mf, {"key": key, "key_fields": key_fields, "shard_size": int(shard_size),
+                                   "n_requested": int(n_rows), "complete": False,
+                                   "layout": "clip-retrieval: emb/emb_NNNNN.npy + metadata/metadata_NNNNN.parquet"})
         return store
+
+    def remove_temporaries(self) -> int:
+        """Delete ``.<name>.tmp-<pid>`` files a killed writer left behind; returns how many."""
+        n = 0
+        for sub in ("", "emb", "metadata", "skipped"):
+            d = self.path / sub
+            if d.is_dir():
+                for f in d.glob(".*.tmp-*"):
+                    f.unlink(missing_ok=True)
+                    n += 1
+        return n
 
     def manifest(self) -> dict:
         mf = self.path / MANIFEST
@@ -85,8 +105,23 @@ class EmbeddingStore:
         return (self.path / "emb" / f"emb_{i:05d}.npy", self.path / "metadata" / f"metadata_{i:05d}.parquet",
                 self.path / "skipped" / f"skipped_{i:05d}.json")
 
+    def expected_rows(self, i: int) -> int | None:
+        """Instances shard ``i`` covers (embedded + skipped), from the manifest; ``None`` if unknown."""
+        if not hasattr(self, "_layout"):
+            try:
+                mf = self.manifest()
+                self._layout = (int(mf["shard_size"]), int(mf["n_requested"]))
+            except (ObjalignError, KeyError, TypeError, ValueError):
+                self._layout = None
+        if self._layout is None:
+            return None
+        size, n = self._layout
+        return max(0, min(size, n - i * size))
+
     def shard_done(self, i: int) -> bool:
-        emb, meta, _ = self.shard_paths(i)
+        """A shard is done when its metadata (written last) exists with as many rows as its array, and those
+        rows plus its skipped instances account for every instance of the shard."""
+        emb, meta, skip = self.shard_paths(i)
         if not (emb.is_file() and meta.is_file()):
             return False
         import pyarrow.parquet as pq
@@ -94,9 +129,11 @@ class EmbeddingStore:
         try:
             rows = pq.read_metadata(meta).num_rows
             arr = np.load(emb, mmap_mode="r")
+            n_skipped = len(json.loads(skip.read_text())) if skip.is_file() else 0
         except Exception:
             return False
-        return arr.shape[0] == rows
+        want = self.expected_rows(i)
+        return arr.shape[0] == rows and (want is None or rows + n_skipped == want)
 
     def write_shard(self, i: int, vectors: np.ndarray, metadata: dict[str, np.ndarray], skipped: list[dict]) -> None:
         """Write shard ``i``: skipped list, then vectors, then metadata (the completion mark)."""
@@ -115,7 +152,13 @@ class EmbeddingStore:
         atomic_write_bytes(meta, sink.getvalue().to_pybytes())
 
     def finalize(self, n_shards: int, dim: int, extra: dict | None = None) -> dict:
+        """Mark the store complete (every shard must be done) and gather the skipped instances into the
+        manifest; returns the manifest."""
         mf = self.manifest()
+        missing = [i for i in range(n_shards) if not self.shard_done(i)]
+        if missing:
+            raise ObjalignError(f"{self.path}: shards {missing[:5]} are not finished; run the embed stage again "
+                                "to complete the store")
         skipped = []
         for i in range(n_shards):
             p = self.shard_paths(i)[2]
@@ -147,6 +190,16 @@ class EmbeddingStore:
         cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
         array = np.concatenate(arrays) if arrays else np.zeros((0, mf.get("dim", 0)), np.float32)
         return cols, array
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two nested dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".") or "(root)"]
 
 
 def remove_store(path: str | Path) -> None:

