@@ -387,19 +387,19 @@ class KernelRidgeCV(_KernelBaseEstimator):
         T = basis.T(order, dtype=dtype)
         Z = None if basis.Z is None else np.asarray(basis.Z, dtype=np.float64)
         ss = np.empty((len(alphas), len(glist), len(splits), basis.Y.shape[1]))
-        workers = _n_workers(self.n_jobs, len(alphas))
+        workers = _n_workers(self.n_jobs, len(alphas) * len(glist))
         engine = _exact_engine(part, len(alphas), T.shape[1], dtype) if part is not None else "perfold"
         eig_cache = {}
 
         def point(K, alpha):
             res = None
-            if engine == "eigh":
-                res = _eig_logo_residuals(eig_cache[id(K)], part.bounds, float(alpha))
-            elif engine == "blocks":
-                try:
+            try:
+                if engine == "eigh":
+                    res = _eig_logo_residuals(eig_cache[id(K)], part.bounds, float(alpha))
+                elif engine == "blocks":
                     res = block_logo_residuals(K, T, part.bounds, float(alpha))
-                except np.linalg.LinAlgError:
-                    res = None
+            except np.linalg.LinAlgError:
+                res = None
             if res is None:  # folds that do not partition the data, or a numerically singular block
                 pos = np.empty(n, dtype=np.intp)
                 pos[order] = np.arange(n)
@@ -444,7 +444,7 @@ class KernelRidgeCV(_KernelBaseEstimator):
         with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
             for g0 in range(0, len(glist), group):
                 gs = list(range(g0, min(g0 + group, len(glist))))
-                Ks = {g: prepare(base.matrix(glist[g])) for g in gs}
+                Ks = dict(zip(gs, pool.map(lambda g: prepare(base.matrix(glist[g])), gs)))
                 tasks = [(g, a) for g in gs for a in range(len(alphas))]
                 for (g, a), out in zip(tasks, pool.map(lambda t: point(Ks[t[0]], alphas[t[1]]), tasks)):
                     ss[a, g] = out
