@@ -23,7 +23,8 @@ def preprocess_from_processor(proc, image_size: int | None = None) -> Preprocess
 
     size = side(getattr(proc, "size", None)) or 224
     crop = side(getattr(proc, "crop_size", None)) if getattr(proc, "do_center_crop", False) else None
-    shortest = isinstance(getattr(proc, "size", None), dict) and "shortest_edge" in proc.size
+    sz = getattr(proc, "size", None)
+    shortest = (sz.get("shortest_edge") if isinstance(sz, dict) else getattr(sz, "shortest_edge", None)) is not None
     mean = tuple(float(v) for v in (getattr(proc, "image_mean", None) or IMAGENET_MEAN))
     std = tuple(float(v) for v in (getattr(proc, "image_std", None) or IMAGENET_STD))
     resample = resample_name(getattr(proc, "resample", "bicubic"))
