@@ -162,3 +162,25 @@ def test_bootstrap_bad_input():
         bootstrap_figures(P, T, inst, groups, confidence=95)
     with pytest.raises(ObjalignError, match="n_resamples"):
         bootstrap_figures(P, T, inst, groups, n_resamples=0)
+
+
+def test_constant_text_dimensions_are_left_out_of_uniform_r2():
+    # some text encoders have dimensions that are constant over all categories; float rounding of their mean
+    # leaves a variance of ~1e-60 that would make scikit-learn's per-dimension score arbitrary
+    from objalign.evaluate.metrics import r2_uniform
+    from objalign.evaluate.nulls import CategoryScorer
+
+    P, T, lab, E, groups = _data(n=80)
+    E = E.copy()
+    E[:, 0] = np.float32(0.1)  # exactly constant
+    T = E[lab]
+    C = np.eye(len(E))[lab] * 0.7 + 0.3 / len(E)
+    P = C @ E
+    assert r2_uniform(T, P) == pytest.approx(r2_score(T[:, 1:], P[:, 1:]))
+    agg, inst = summarize(P, T, lab, E)
+    assert CategoryScorer(E, lab).figures(C)["r2"] == pytest.approx(agg["r2"])
+    w = resample_counts(20, 5, seed=0)[:, np.unique(groups, return_inverse=True)[1] % 20]
+    got = figures_for_weights(P, T, inst, w)["r2"]
+    for b in range(5):
+        idx = np.repeat(np.arange(len(P)), w[b])
+        assert got[b] == pytest.approx(r2_score(T[idx][:, 1:], P[idx][:, 1:]))

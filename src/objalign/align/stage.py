@@ -161,7 +161,7 @@ def _similarity(Z: np.ndarray, Y: np.ndarray, cfg: AlignConfig) -> dict:
         "cka_rbf": lambda: sim.cka(Z, Y, kernel="rbf"),
         "mutual_knn": lambda: sim.mutual_knn(Z, Y, k=k),
         "cknna": lambda: sim.cknna(Z, Y, k=max(k, 2)),
-        "svcca": lambda: sim.svcca(Z, Y, dim=dim) if dim >= 1 else float("nan"),
+        "svcca": lambda: sim.svcca(Z, Y, dim=dim) if dim >= 1 else None,
     }
     from ..evaluate.nulls import single_threaded_blas
 
@@ -169,7 +169,8 @@ def _similarity(Z: np.ndarray, Y: np.ndarray, cfg: AlignConfig) -> dict:
     with single_threaded_blas():  # (n, n) products on a few hundred objects: threads only add overhead
         for name, f in measures.items():
             try:
-                values[name] = float(f())
+                v = f()
+                values[name] = None if v is None else float(v)
             except ObjalignError as exc:  # e.g. a degenerate tiny test set: record why, keep the report
                 values[name] = None
                 out.setdefault("errors", {})[name] = str(exc)
@@ -195,7 +196,8 @@ def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.n
     Returns
     -------
     dict with ``rows`` (list of result rows), ``per_category`` (list), ``similarity`` (dict), ``pca`` (dict),
-    ``per_instance`` (dict of arrays), ``nulls`` (dict of arrays), ``projection`` (dict of arrays)
+    ``per_instance`` (dict of arrays), ``nulls`` (dict of arrays), ``projection`` (dict of arrays), ``skipped``
+    (protocol -> reason, for ``heldout_categories`` when the data are too few for its folds)
     """
     from ..evaluate.intervals import bootstrap_figures
     from ..evaluate.metrics import per_category, per_instance, r2_uniform, r2_variance_weighted, \
@@ -210,10 +212,18 @@ def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.n
     names = list(category_names) if category_names is not None else [str(i) for i in range(c)]
     cids = np.asarray(category_ids) if category_ids is not None else np.arange(c)
     res = {"rows": [], "per_category": [], "similarity": {}, "pca": {}, "per_instance": {}, "nulls": {},
-           "projection": {}}
+           "projection": {}, "skipped": {}}
     for protocol in cfg.protocols:
-        folds = _folds(protocol, groups, label_index, cfg)
-        fits = [_fit_fold(X, Y, groups, label_index, f, methods, cfg, i, protocol) for i, f in enumerate(folds)]
+        try:
+            folds = _folds(protocol, groups, label_index, cfg)
+            fits = [_fit_fold(X, Y, groups, label_index, f, methods, cfg, i, protocol) for i, f in enumerate(folds)]
+        except ObjalignError as exc:
+            # Too little data for held-out categories (e.g. a 40-object smoke run) must not hide the other
+            # protocol's results: record why it was skipped (report.json "skipped", report.txt), fail otherwise.
+            if protocol == "heldout_categories" and len(cfg.protocols) > 1:
+                res["skipped"][protocol] = str(exc)
+                continue
+            raise
         test = np.concatenate([f.test for f in folds])
         lab, g = label_index[test], groups[test]
         unseen = protocol == "heldout_categories"
@@ -316,6 +326,7 @@ def write_results(d: Path, res: dict, meta: dict[str, np.ndarray] | None = None)
     atomic_write_json(d / "per_category.json", res["per_category"])
     atomic_write_json(d / "similarity.json", res["similarity"])
     atomic_write_json(d / "pca.json", res["pca"])
+    atomic_write_json(d / "skipped.json", res.get("skipped", {}))
     atomic_write_json(d / "results.json", res["rows"])
 
 

@@ -7,8 +7,8 @@ weighted statistic:
 
 - means (cosine, residual, top-k indicators, ranks): ``sum(w v) / sum(w)``;
 - R²: per text dimension ``SS_res = sum(w (pred - true)^2)`` and ``SS_tot = sum(w (true - mean_w(true))^2)``
-  from weighted sums, then uniform or variance-weighted averaging as ``sklearn.metrics.r2_score``
-  (a dimension with zero ``SS_tot`` scores 1 if ``SS_res`` is 0 too, else 0, as scikit-learn does);
+  from weighted sums, then uniform (over the dimensions that vary, see
+  :func:`objalign.evaluate.metrics.r2_uniform`) or variance-weighted averaging;
 - the median residual: the median of the resampled multiset (the mean of the two middle values for an
   even count), from one sort and cumulative weights.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ObjalignError
-from .metrics import FIGURES, UNSEEN_FIGURES
+from .metrics import CONSTANT_DIM_RTOL, FIGURES, UNSEEN_FIGURES
 
 _CHUNK_ELEMENTS = 2_000_000
 
@@ -57,14 +57,20 @@ def _weighted_median(values: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def _r2_from_sums(ss_res: np.ndarray, ss_tot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Uniform and variance-weighted R² from per-dimension sums ``(B, q)`` -> two ``(B,)`` arrays."""
+    """Uniform and variance-weighted R² from per-dimension sums ``(B, q)`` -> two ``(B,)`` arrays.
+
+    Constant dimensions are left out of the uniform average as in
+    :func:`objalign.evaluate.metrics.r2_uniform`.
+    """
     scale = np.maximum(ss_tot.max(axis=1, keepdims=True), 1e-300)
-    const = ss_tot <= 1e-12 * scale
+    live = ss_tot > CONSTANT_DIM_RTOL * scale
+    n_live = live.sum(axis=1)
+    tot, res = ss_tot.sum(axis=1), ss_res.sum(axis=1)
+    exact = np.where(res <= 0, 1.0, 0.0)  # all dimensions constant: 1 for an exact prediction, else 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        per_dim = np.where(const, np.where(ss_res <= 1e-12 * scale, 1.0, 0.0), 1.0 - ss_res / ss_tot)
-        tot, res = ss_tot.sum(axis=1), ss_res.sum(axis=1)
-        weighted = np.where(const.all(axis=1), np.where(res <= 1e-12 * scale[:, 0], 1.0, 0.0), 1.0 - res / tot)
-    return per_dim.mean(axis=1), weighted
+        uniform = np.where(n_live > 0, np.sum(np.where(live, 1.0 - ss_res / ss_tot, 0.0), axis=1) / n_live, exact)
+        weighted = np.where(n_live > 0, 1.0 - res / tot, exact)
+    return uniform, weighted
 
 
 def figures_for_weights(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.ndarray],

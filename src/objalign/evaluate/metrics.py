@@ -3,7 +3,7 @@
 Every figure objalign reports for a map comes from here, so the observed row, its bootstrap interval and
 its permutation null are computed by one definition:
 
-``r2``                    R² averaged uniformly over text dimensions (``sklearn.metrics.r2_score``'s default)
+``r2``                    R² averaged uniformly over the text dimensions that vary (see :func:`r2_uniform`)
 ``r2_variance_weighted``  R² with text dimensions weighted by their variance (``multioutput="variance_weighted"``)
 ``cosine_mean``           mean cosine similarity between prediction and the true category's text embedding
 ``residual_mean``         mean L2 residual ``||prediction - true||``
@@ -98,11 +98,36 @@ def per_instance(pred: np.ndarray, true: np.ndarray, label_index: np.ndarray, cl
     return out
 
 
-def r2_uniform(true: np.ndarray, pred: np.ndarray) -> float:
-    """R² averaged uniformly over output dimensions (scikit-learn's ``r2_score`` default)."""
-    from sklearn.metrics import r2_score
+#: A text dimension whose variance over the test objects is at most this fraction of the largest one is constant.
+CONSTANT_DIM_RTOL = 1e-12
 
-    return float(r2_score(true, pred, multioutput="uniform_average"))
+
+def r2_uniform(true: np.ndarray, pred: np.ndarray) -> float:
+    """R² averaged uniformly over the text dimensions that vary over the test objects.
+
+    ``mean_j (1 - SS_res_j / SS_tot_j)`` over dimensions with ``SS_tot_j > CONSTANT_DIM_RTOL * max_j SS_tot_j``;
+    it equals ``sklearn.metrics.r2_score(true, pred)`` when no dimension is constant. Text encoders can have
+    dimensions that are constant over all category embeddings (all-MiniLM-L6-v2 has some); scikit-learn scores
+    those 1 or 0 when their variance is exactly 0 and an arbitrary number when float rounding of the mean leaves
+    a variance of ~1e-60, so they are left out here. If every dimension is constant the score is 1 for an exact
+    prediction and 0 otherwise.
+
+    Parameters
+    ----------
+    true, pred : (n, q)
+
+    Returns
+    -------
+    float
+    """
+    true = np.asarray(true, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+    ss_tot = np.sum((true - true.mean(axis=0)) ** 2, axis=0)
+    ss_res = np.sum((true - pred) ** 2, axis=0)
+    live = ss_tot > CONSTANT_DIM_RTOL * max(float(ss_tot.max()), 1e-300)
+    if not live.any():
+        return 1.0 if not np.any(ss_res) else 0.0
+    return float(np.mean(1.0 - ss_res[live] / ss_tot[live]))
 
 
 def r2_variance_weighted(true: np.ndarray, pred: np.ndarray) -> float:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ObjalignError
-from .metrics import FIGURES, SMALLER_IS_BETTER, UNSEEN_FIGURES
+from .metrics import CONSTANT_DIM_RTOL, FIGURES, SMALLER_IS_BETTER, UNSEEN_FIGURES
 
 
 def smoother_operator(estimator, X_train: np.ndarray, X_test: np.ndarray) -> np.ndarray:
@@ -63,8 +63,8 @@ class CategoryScorer:
     -----
     Predictions are ``P = C E``; with ``G = E E^T``: ``P E^T = C G``, ``||P_i||^2 = (C G C^T)_ii`` and
     ``||P_i - E_l||^2 = ||P_i||^2 - 2 (C G)_{il} + G_ll``. The uniform R² uses the same identities with
-    ``E D`` for ``D = diag(SS_tot)^{-1/2}``; a text dimension that is constant over the test objects scores 0
-    there (scikit-learn scores it 1 only if it is predicted exactly, which a permuted map never does).
+    ``E D`` for ``D = diag(SS_tot)^{-1/2}`` over the text dimensions that vary over the test objects (constant
+    ones are left out, as in :func:`objalign.evaluate.metrics.r2_uniform`).
     """
 
     def __init__(self, class_emb: np.ndarray, label_index: np.ndarray, candidates: np.ndarray | None = None):
@@ -73,8 +73,8 @@ class CategoryScorer:
         self.G = E @ E.T
         T = E[self.labels]
         ss_tot = np.sum((T - T.mean(axis=0)) ** 2, axis=0)
-        self.q = E.shape[1]
-        live = ss_tot > 1e-12 * max(float(ss_tot.max()), 1e-300)
+        live = ss_tot > CONSTANT_DIM_RTOL * max(float(ss_tot.max()), 1e-300)
+        self.q = max(int(live.sum()), 1)
         Ed = np.where(live, E / np.sqrt(np.where(live, ss_tot, 1.0)), 0.0)
         self.Gd = Ed @ Ed.T
         self.ss_tot = float(ss_tot.sum())

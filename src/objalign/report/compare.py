@@ -1,4 +1,9 @@
-"""``objalign compare``: several runs side by side (model pairs, crop modes, ...)."""
+"""``objalign compare``: several runs (model pairs, crop modes, ...) side by side, per split and method.
+
+Each run folder must hold a ``report.json``. The table has one row per (run, split, method), grouped by
+split so held-out-image and held-out-category figures are never mixed up; each figure shows its bootstrap
+interval when the run has one, and the permutation p-value of top-1 when there is one.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +12,63 @@ from pathlib import Path
 
 from ..errors import ObjalignError
 
-FIGURES = ("r2", "cosine_mean", "residual_median", "top1", "top5")
+FIGURES = ("r2", "cosine_mean", "residual_median", "top1", "top5", "mean_rank", "top1_unseen")
 
 
 def load_reports(run_dirs: list[str | Path]) -> list[tuple[str, dict]]:
+    """``(run folder, report.json content)`` for each folder; one clear error for a folder without a report."""
     out = []
     for d in run_dirs:
         f = Path(d) / "report.json"
         if not f.is_file():
             raise ObjalignError(f"{d}: no report.json; run `objalign run CONFIG --out {d}` first")
-        out.append((str(d), json.loads(f.read_text())))
+        try:
+            out.append((str(d), json.loads(f.read_text())))
+        except json.JSONDecodeError:
+            raise ObjalignError(f"{f}: not valid JSON; rerun `objalign report CONFIG --out {d}`") from None
     return out
 
 
-def compare_runs(run_dirs: list[str | Path], json_out: str | Path | None = None) -> str:
-    """A text table with one row per (run, method, split); optionally the same rows as JSON."""
-    reports = load_reports(run_dirs)
+def compare_rows(run_dirs: list[str | Path]) -> list[dict]:
+    """One dict per (run, split, method): run, encoders, crop mode, figures, ``ci`` and ``pvalue``."""
     rows = []
-    for d, rep in reports:
-        for r in rep["results"]:
+    for d, rep in load_reports(run_dirs):
+        for r in rep.get("results", []):
             rows.append({"run": d, "vision": rep["vision_encoder"]["name"], "text": rep["text_encoder"]["name"],
                          "crop": rep.get("crop", {}).get("mode", "?"), "method": r["method"], "split": r["split"],
-                         **{k: r.get(k) for k in FIGURES}})
+                         "n_test": r.get("n_test"), **{k: r.get(k) for k in FIGURES},
+                         "ci": {k: v for k, v in r.get("ci", {}).items() if k in FIGURES},
+                         "pvalue": {k: v for k, v in r.get("pvalue", {}).items() if k in FIGURES}})
+    return rows
+
+
+def _cell(r: dict, k: str) -> str:
+    v = r.get(k)
+    if not isinstance(v, (int, float)):
+        return "-"
+    digits = 2 if k == "mean_rank" else 3
+    ci = r["ci"].get(k)
+    return f"{v:.{digits}f}" + (f" [{ci[0]:.{digits}f},{ci[1]:.{digits}f}]" if ci else "")
+
+
+def compare_runs(run_dirs: list[str | Path], json_out: str | Path | None = None) -> str:
+    """A text table of several runs, grouped by split; optionally the same rows as JSON in ``json_out``."""
+    rows = compare_rows(run_dirs)
     if json_out:
         Path(json_out).write_text(json.dumps(rows, indent=1))
-    head = f"{'run':<28}{'crop':<9}{'vision':<22}{'text':<16}{'method':<14}{'split':<20}" + "".join(
-        f"{k:>16}" for k in FIGURES)
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['run'][-27:]:<28}{r['crop']:<9}{r['vision'][-21:]:<22}{r['text'][-15:]:<16}"
-                     f"{r['method']:<14}{r['split']:<20}"
-                     + "".join(f"{r[k]:>16.3f}" if isinstance(r[k], (int, float)) else f"{'-':>16}" for k in FIGURES))
-    return "\n".join(lines)
+    widths = {k: (22 if k in ("r2", "top1", "top1_unseen", "cosine_mean", "top5", "residual_median") else 19)
+              for k in FIGURES}
+    lines = []
+    for split in dict.fromkeys(r["split"] for r in rows):
+        rs = [r for r in rows if r["split"] == split]
+        figs = [k for k in FIGURES if any(isinstance(r.get(k), (int, float)) for r in rs)]
+        head = (f"{'run':<28}{'crop':<9}{'vision':<22}{'text':<16}{'method':<14}" + "".join(f"{k:<{widths[k]}}" for k in figs)
+                + f"{'p(top1)':>8}")
+        lines += [f"{split}", head, "-" * len(head)]
+        for r in rs:
+            p = r["pvalue"].get("top1")
+            lines.append(f"{r['run'][-27:]:<28}{r['crop']:<9}{r['vision'][-21:]:<22}{r['text'][-15:]:<16}"
+                         f"{r['method']:<14}" + "".join(f"{_cell(r, k):<{widths[k]}}" for k in figs)
+                         + f"{'-' if p is None else f'{p:.2g}':>8}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -40,10 +40,13 @@ def residual_histogram(per_split: dict[str, dict[str, dict[str, np.ndarray]]], p
     for r, (split, per_method) in enumerate(per_split.items()):
         all_res = np.concatenate([v["residual_l2"] for v in per_method.values()]) if per_method else np.zeros(1)
         bins = np.linspace(0, max(float(all_res.max()), 1e-6), 40)
+        all_cos = np.concatenate([v["cosine"] for v in per_method.values()]) if per_method else np.zeros(1)
+        lo = max(-1.0, np.floor(float(all_cos.min()) * 10) / 10)
+        cos_bins = np.linspace(lo, 1.0, 41)
         for name, v in per_method.items():
             axes[r, 0].hist(v["residual_l2"], bins=bins, alpha=0.5,
                             label=f"{name} (median {np.median(v['residual_l2']):.3f})")
-            axes[r, 1].hist(v["cosine"], bins=np.linspace(-1, 1, 81), alpha=0.5,
+            axes[r, 1].hist(v["cosine"], bins=cos_bins, alpha=0.5,
                             label=f"{name} (mean {v['cosine'].mean():.3f})")
         label = SPLIT_TITLES.get(split, split)
         axes[r, 0].set_xlabel("L2 residual ||predicted - true text embedding||" + (f"  [{label}]" if label else ""))

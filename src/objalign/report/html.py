@@ -96,6 +96,8 @@ def build_html(report: dict, title: str, figures: list[tuple[str, Path, str]], n
     for split, desc in report.get("protocols", {}).items():
         parts.append(f"<h2>{_e(split)}</h2><p class=note>{_e(desc)}</p>")
         parts.append(results_table(report["results"], split))
+    for split, why in (report.get("skipped_protocols") or {}).items():
+        parts.append(f"<h2>{_e(split)}</h2><p class=note>skipped: {_e(why)}</p>")
     sim = report.get("similarity") or {}
     if sim.get("values"):
         parts.append("<h2>similarity measures (no fitting)</h2>")

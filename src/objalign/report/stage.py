@@ -86,6 +86,7 @@ def build_report(out: Path) -> dict:
         "per_category": opt("per_category.json", []),
         "similarity": opt("similarity.json", {}),
         "pca": opt("pca.json", {}),
+        "skipped_protocols": opt("skipped.json", {}),
     }
 
 
@@ -144,6 +145,8 @@ def format_text(report: dict, title: str) -> str:
             extra.append(f"null mean top-1 ({r['method']}) {r['null_mean'].get('top1', float('nan')):.3f}, "
                          f"B = {r['null']['n_permutations']}")
         lines += ["  " + "; ".join(extra), ""]
+    for split, why in (report.get("skipped_protocols") or {}).items():
+        lines += [f"{split}: skipped ({why})", ""]
     for r in rows:
         if r["hyperparameters"]:
             hp = ", ".join(f"{k}={v:.4g}" for k, v in r["hyperparameters"].items())
@@ -192,7 +195,7 @@ def write_figures(out: Path, report: dict) -> list[tuple[str, Path, str]]:
     if report.get("per_category"):
         F.per_category_errors(report["per_category"], out / "per_category.png")
         made.append(("per-category retrieval", out / "per_category.png",
-                     "Top-1 retrieval per category (worst at the bottom), per split."))
+                     "Top-1 retrieval per category (worst at the top), per split and fitted method."))
     if F.null_distributions(_load_npz(a / "nulls.npz"), rows, out / "null_distributions.png"):
         made.append(("observed vs permutation null", out / "null_distributions.png",
                      "Grey: the figure for maps fitted on shuffled image-label pairings; red: the real map."))

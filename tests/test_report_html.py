@@ -1,0 +1,153 @@
+"""The report stage on a made-up run folder: report.json schema, report.txt, figures, a self-contained
+report.html that headless Chromium renders with every figure decoded, and ``objalign compare``."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from objalign.align.stage import evaluate, write_results
+from objalign.config import AlignConfig, RunConfig
+from objalign.runs import write_stage
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_evaluate_protocols import _embeddings  # noqa: E402
+
+CFG = AlignConfig(methods=("ridge", "kernel_ridge"), alphas=(0.1, 1.0, 10.0), gammas=(1.0,), cv_folds=3,
+                  category_folds=3, n_permutations=100, n_bootstrap=200, common_dim=16, similarity_k=5, svcca_dim=4)
+
+
+def _fake_run(out: Path, seed: int = 0, crop: str = "box", align: AlignConfig = CFG) -> Path:
+    """A run folder holding what the report stage reads: stage records and the align stage's tables."""
+    X, Y, groups, lab, E = _embeddings(True, seed=seed)
+    names = [f"colour{j % 4} shape{j // 4}" for j in range(len(E))]
+    t = time.time()
+    write_stage(out, "sample", "k", {"dataset": "made-up", "dataset_fingerprint": "f00", "n_instances": len(X),
+                                     "n_images": len(np.unique(groups)), "n_categories": len(E)}, t)
+    write_stage(out, "crop", "k", {"mode": crop, "sources": {crop: len(X)}, "n_fallback": 0}, t)
+    write_stage(out, "embed", "k", {"n_vision": len(X), "n_skipped": 0,
+                                    "vision_encoder": {"name": "made-up-vision", "dim": X.shape[1], "pooling": "cls"},
+                                    "text_encoder": {"name": "made-up-text", "dim": E.shape[1], "template": "{}"}}, t)
+    res = evaluate(X, Y, groups, lab, E, align, names, np.arange(len(E)) + 1)
+    write_results(out / "align", res, {"image_id": groups})
+    write_stage(out, "align", "k", {}, t)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from objalign.report.stage import run_report
+
+    out = _fake_run(tmp_path_factory.mktemp("run"))
+    run_report(RunConfig(), out)
+    return out
+
+
+FIGURE_FILES = ("alignment_hist.png", "per_category.png", "null_distributions.png", "pca_variance.png", "projection.png")
+
+
+def test_report_json_rows_have_intervals_pvalues_and_breakdowns(run):
+    rep = json.loads((run / "report.json").read_text())
+    assert {(r["split"], r["method"]) for r in rep["results"]} == {
+        (s, m) for s in ("heldout_images", "heldout_categories") for m in ("ridge", "kernel_ridge", "mean", "shuffled")}
+    for r in rep["results"]:
+        for k in ("method", "split", "r2", "r2_variance_weighted", "cosine_mean", "residual_mean", "residual_median",
+                  "top1", "top5", "mean_rank", "hyperparameters", "ci"):
+            assert k in r, k
+        assert all(len(v) == 2 and v[0] <= v[1] for v in r["ci"].values())
+        if r["method"] in ("ridge", "kernel_ridge"):
+            assert {"r2", "top1"} <= set(r["pvalue"]) and r["null"]["n_permutations"] == 100
+    assert {p["split"] for p in rep["per_category"]} == {"heldout_images", "heldout_categories"}
+    assert set(rep["similarity"]["values"]) >= {"cka_linear", "mutual_knn", "cknna", "svcca"}
+    assert set(rep["protocols"]) == {"heldout_images", "heldout_categories"}
+    assert rep["figures"] == list(FIGURE_FILES)
+    for f in FIGURE_FILES:
+        assert (run / f).stat().st_size > 5000, f
+    text = (run / "report.txt").read_text()
+    assert "heldout_categories" in text and "top1 unseen" in text and "cka_linear" in text
+    ridge = next(r for r in rep["results"] if r["method"] == "ridge" and r["split"] == "heldout_images")
+    lo, hi = ridge["ci"]["top1"]
+    assert f"{ridge['top1']:.3f} [{lo:.3f},{hi:.3f}]" in text
+
+
+def test_report_html_is_self_contained(run):
+    html = (run / "report.html").read_text()
+    assert html.count('<img src="data:image/png;base64,') == len(FIGURE_FILES)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html, re.I)  # nothing fetched from outside
+    assert "<script" not in html and "@import" not in html and "url(" not in html
+    assert "heldout_categories" in html and "top-1 unseen" in html
+
+
+_CHECK = """<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0 && i.naturalHeight > 0; });
+  var d = document.createElement('div');
+  d.id = 'objalign-check';
+  d.textContent = 'IMAGES-DECODED ' + ok.length + '/' + imgs.length;
+  document.body.appendChild(d);
+});
+</script></body>"""
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _render(browser: str, page: Path, profile: Path) -> str:
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+           "--disable-extensions", f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom",
+           page.as_uri()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return res.stdout
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (CI installs it: apt-get install -y chromium)")
+def test_report_html_renders_every_figure_in_headless_chromium(run, tmp_path):
+    browser = _chromium()
+    page = tmp_path / "page.html"
+    page.write_text((run / "report.html").read_text().replace("</body>", _CHECK))
+    dom = _render(browser, page, tmp_path / "profile")
+    n = len(FIGURE_FILES)
+    assert f"IMAGES-DECODED {n}/{n}" in dom, dom[-500:]
+    # the check can fail: a page whose first figure is corrupt decodes one image fewer
+    broken = tmp_path / "broken.html"
+    broken.write_text(page.read_text().replace("data:image/png;base64,iVBOR", "data:image/png;base64,AAAA", 1))
+    assert f"IMAGES-DECODED {n - 1}/{n}" in _render(browser, broken, tmp_path / "profile2")
+
+
+def test_compare_puts_runs_side_by_side(run, tmp_path, capsys):
+    from objalign.cli import main
+    from objalign.report.stage import run_report
+
+    other = _fake_run(tmp_path / "other", seed=1, crop="gt-mask", align=replace(CFG, protocols=("heldout_images",)))
+    run_report(RunConfig(), other)
+    out_json = tmp_path / "cmp.json"
+    assert main(["compare", str(run), str(other), "--out", str(out_json)]) == 0
+    table = capsys.readouterr().out
+    assert table.index("heldout_images") < table.index("heldout_categories")
+    assert " gt-mask " in table and " box " in table
+    rows = json.loads(out_json.read_text())
+    assert len(rows) == 8 + 4
+    r = next(r for r in rows if r["crop"] == "gt-mask" and r["method"] == "ridge")
+    assert r["split"] == "heldout_images" and len(r["ci"]["top1"]) == 2 and "top1" in r["pvalue"]
+    assert f"{r['top1']:.3f} [{r['ci']['top1'][0]:.3f},{r['ci']['top1'][1]:.3f}]" in table
+
+
+def test_compare_without_a_report_is_one_line(tmp_path, capsys):
+    from objalign.cli import main
+
+    assert main(["compare", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no report.json" in err and err.count("\n") == 1
