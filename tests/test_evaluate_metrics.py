@@ -176,11 +176,17 @@ def test_constant_text_dimensions_are_left_out_of_uniform_r2():
     T = E[lab]
     C = np.eye(len(E))[lab] * 0.7 + 0.3 / len(E)
     P = C @ E
+    C = C * 1.1  # rows not summing to 1 (kernel ridge has no intercept): the constant dimension is mispredicted
+    P = C @ E
     assert r2_uniform(T, P) == pytest.approx(r2_score(T[:, 1:], P[:, 1:]))
     agg, inst = summarize(P, T, lab, E)
-    assert CategoryScorer(E, lab).figures(C)["r2"] == pytest.approx(agg["r2"])
+    assert agg["r2_variance_weighted"] == pytest.approx(r2_score(T, P, multioutput="variance_weighted"))
+    for k in ("r2", "r2_variance_weighted"):
+        assert CategoryScorer(E, lab).figures(C)[k] == pytest.approx(agg[k])
     w = resample_counts(20, 5, seed=0)[:, np.unique(groups, return_inverse=True)[1] % 20]
-    got = figures_for_weights(P, T, inst, w)["r2"]
+    got = figures_for_weights(P, T, inst, w)
     for b in range(5):
         idx = np.repeat(np.arange(len(P)), w[b])
-        assert got[b] == pytest.approx(r2_score(T[idx][:, 1:], P[idx][:, 1:]))
+        assert got["r2"][b] == pytest.approx(r2_score(T[idx][:, 1:], P[idx][:, 1:]))
+        assert got["r2_variance_weighted"][b] == pytest.approx(
+            r2_score(T[idx][:, 1:], P[idx][:, 1:], multioutput="variance_weighted"))

@@ -65,8 +65,8 @@ def _r2_from_sums(ss_res: np.ndarray, ss_tot: np.ndarray) -> tuple[np.ndarray, n
     scale = np.maximum(ss_tot.max(axis=1, keepdims=True), 1e-300)
     live = ss_tot > CONSTANT_DIM_RTOL * scale
     n_live = live.sum(axis=1)
-    tot, res = ss_tot.sum(axis=1), ss_res.sum(axis=1)
-    exact = np.where(res <= 0, 1.0, 0.0)  # all dimensions constant: 1 for an exact prediction, else 0
+    tot, res = np.sum(np.where(live, ss_tot, 0.0), axis=1), np.sum(np.where(live, ss_res, 0.0), axis=1)
+    exact = np.where(ss_res.sum(axis=1) <= 0, 1.0, 0.0)  # all dimensions constant: 1 for an exact prediction, else 0
     with np.errstate(divide="ignore", invalid="ignore"):
         uniform = np.where(n_live > 0, np.sum(np.where(live, 1.0 - ss_res / ss_tot, 0.0), axis=1) / n_live, exact)
         weighted = np.where(n_live > 0, 1.0 - res / tot, exact)

@@ -4,7 +4,7 @@ Every figure objalign reports for a map comes from here, so the observed row, it
 its permutation null are computed by one definition:
 
 ``r2``                    R² averaged uniformly over the text dimensions that vary (see :func:`r2_uniform`)
-``r2_variance_weighted``  R² with text dimensions weighted by their variance (``multioutput="variance_weighted"``)
+``r2_variance_weighted``  R² with text dimensions weighted by their variance (see :func:`r2_variance_weighted`)
 ``cosine_mean``           mean cosine similarity between prediction and the true category's text embedding
 ``residual_mean``         mean L2 residual ``||prediction - true||``
 ``residual_median``       median L2 residual
@@ -131,10 +131,26 @@ def r2_uniform(true: np.ndarray, pred: np.ndarray) -> float:
 
 
 def r2_variance_weighted(true: np.ndarray, pred: np.ndarray) -> float:
-    """R² with outputs weighted by their variance (scikit-learn's ``multioutput="variance_weighted"``)."""
-    from sklearn.metrics import r2_score
+    """R² with text dimensions weighted by their variance: ``1 - sum_j SS_res_j / sum_j SS_tot_j`` over the
+    dimensions that vary (as :func:`r2_uniform`); scikit-learn's ``multioutput="variance_weighted"`` gives
+    constant dimensions a weight of ~0 too, so the two agree.
 
-    return float(r2_score(true, pred, multioutput="variance_weighted"))
+    Parameters
+    ----------
+    true, pred : (n, q)
+
+    Returns
+    -------
+    float
+    """
+    true = np.asarray(true, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+    ss_tot = np.sum((true - true.mean(axis=0)) ** 2, axis=0)
+    ss_res = np.sum((true - pred) ** 2, axis=0)
+    live = ss_tot > CONSTANT_DIM_RTOL * max(float(ss_tot.max()), 1e-300)
+    if not live.any():
+        return 1.0 if not np.any(ss_res) else 0.0
+    return float(1.0 - ss_res[live].sum() / ss_tot[live].sum())
 
 
 def figures_from_instances(inst: dict[str, np.ndarray]) -> dict[str, float]:

@@ -77,7 +77,9 @@ class CategoryScorer:
         self.q = max(int(live.sum()), 1)
         Ed = np.where(live, E / np.sqrt(np.where(live, ss_tot, 1.0)), 0.0)
         self.Gd = Ed @ Ed.T
-        self.ss_tot = float(ss_tot.sum())
+        El = np.where(live, E, 0.0)
+        self.Gl = El @ El.T  # residuals over the varying dimensions (variance-weighted R²)
+        self.ss_tot = float(ss_tot[live].sum()) if live.any() else 1.0
         self.e_norm = np.sqrt(np.maximum(np.diag(self.G), 1e-300))
         self.candidates = candidates
         self.rows = np.arange(len(self.labels))
@@ -89,6 +91,8 @@ class CategoryScorer:
         p2 = np.maximum(np.sum(CG * C, axis=1), 0.0)
         own = CG[i, lab]
         res2 = np.maximum(p2 - 2 * own + self.G[lab, lab], 0.0)
+        CGl = C @ self.Gl
+        res2_live = np.sum(CGl * C, axis=1) - 2 * CGl[i, lab] + self.Gl[lab, lab]
         CGd = C @ self.Gd
         wres = np.sum(CGd * C, axis=1) - 2 * CGd[i, lab] + self.Gd[lab, lab]
         pn = np.sqrt(np.maximum(p2, 1e-24))
@@ -98,7 +102,7 @@ class CategoryScorer:
         res = np.sqrt(res2)
         out = {
             "r2": float(1.0 - wres.sum() / self.q),
-            "r2_variance_weighted": float(1.0 - res2.sum() / self.ss_tot),
+            "r2_variance_weighted": float(1.0 - res2_live.sum() / self.ss_tot),
             "cosine_mean": float(np.mean(own / (pn * self.e_norm[lab]))),
             "residual_mean": float(res.mean()),
             "residual_median": float(np.median(res)),
