@@ -127,6 +127,7 @@ class AlignConfig:
     null_max_train: int = 10000  #: skip (and record) a permutation null when a fit has more training objects
     similarity_k: int = 10  #: k of mutual_knn and cknna on held-out features
     svcca_dim: int = 10  #: SVCCA dimension (capped at the rank of the held-out text targets)
+    similarity_max_n: int = 2000  #: similarity measures use (n, n) matrices: at most this many test objects (seeded)
 
 
 @dataclass(frozen=True)
