@@ -121,9 +121,15 @@ def test_resample_counts_draw_groups_with_replacement():
     assert counts.shape == (400, 50) and np.all(counts.sum(1) == 50)
     assert counts.mean() == pytest.approx(1.0) and np.all(counts >= 0)
     assert np.array_equal(counts, resample_counts(50, 400, seed=1))
+    from objalign.evaluate.intervals import _iter_counts
+
+    assert np.array_equal(counts, np.concatenate(list(_iter_counts(50, 400, 1, 7))))  # chunking draws the same
 
 
-def test_bootstrap_intervals_are_quantiles_of_grouped_resamples():
+def test_bootstrap_intervals_are_quantiles_of_grouped_resamples(monkeypatch):
+    import objalign.evaluate.intervals as intervals
+
+    monkeypatch.setattr(intervals, "_CHUNK_ELEMENTS", 150 * 37)  # several chunks of resamples
     P, T, lab, E, groups = _data(n=150)
     inst = per_instance(P, T, lab, E)
     ci = bootstrap_figures(P, T, inst, groups, n_resamples=300, confidence=0.9, seed=4)

@@ -147,3 +147,28 @@ def test_nulls_off_and_bad_settings():
                        (dict(baselines=("median",)), "unknown"), (dict(confidence=1.5), "confidence")]:
         with pytest.raises(ObjalignError, match=match):
             evaluate(X, Y, groups, lab, E, replace(CFG, **bad))
+
+
+def test_similarity_section_is_computed_on_the_heldout_pca_features(compositional):
+    from objalign.align import PCAMatch
+    from objalign.evaluate import cka, mutual_knn
+
+    X, Y, groups, lab, E = _embeddings(True)
+    (fold,) = heldout_images(groups, CFG.test_size, CFG.seed)
+    Z = PCAMatch(n_components=16).fit(X[fold.train]).transform(X[fold.test])
+    sim = compositional["similarity"]
+    assert sim["n"] == len(fold.test)
+    assert sim["values"]["cka_linear"] == pytest.approx(cka(Z, Y[fold.test]))
+    assert sim["values"]["mutual_knn"] == pytest.approx(mutual_knn(Z, Y[fold.test], k=5))
+    for k in ("cka_linear", "mutual_knn", "cknna"):  # the real pairing beats a shuffled one clearly
+        assert sim["values"][k] > sim["values_shuffled"][k] + 0.2
+
+
+def test_similarity_subsample_cap():
+    from dataclasses import replace
+
+    X, Y, groups, lab, E = _embeddings(True, n_img=100)
+    cfg = replace(CFG, protocols=("heldout_images",), methods=("ridge",), baselines=(), n_permutations=0,
+                  n_bootstrap=0, similarity_max_n=20)
+    sim = evaluate(X, Y, groups, lab, E, cfg)["similarity"]
+    assert sim["n"] == 20 and sim["n_test"] > 20 and all(v is not None for v in sim["values"].values())

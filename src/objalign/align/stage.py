@@ -141,12 +141,33 @@ def _mode(values: list[float]) -> float:
     return min(v for v, c in counts.items() if c == top)
 
 
-def _similarity(Z: np.ndarray, Y: np.ndarray, cfg: AlignConfig) -> dict:
-    """Similarity measures between held-out vision features ``Z`` (n, d) and text targets ``Y`` (n, q)."""
-    from ..evaluate import similarity as sim
+def _similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConfig) -> dict:
+    """Similarity measures between held-out vision features and their text targets, and a shuffled floor.
 
+    Parameters
+    ----------
+    Z : (n, d) PCA'd vision features of the test objects
+    Y : (n, q) their categories' text embeddings
+    groups : (n,) image ids
+    cfg : AlignConfig (``similarity_k``, ``svcca_dim``, ``similarity_max_n``, ``seed``)
+
+    Returns
+    -------
+    dict with ``values`` (measure -> float or None), ``values_shuffled`` (the same measures after one
+    image-block shuffle of the pairing: what unrelated spaces with these marginals score), ``n``, ``k``,
+    ``svcca_dim``, ``chance_mutual_knn`` and, for measures that could not be computed, ``errors``.
+    """
+    from ..evaluate import similarity as sim
+    from ..evaluate.nulls import single_threaded_blas
+    from ..evaluate.stats import group_permutations
+
+    n_all = len(Z)
+    if n_all > cfg.similarity_max_n:  # the measures build (n, n) matrices: a seeded subsample of objects
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(n_all, cfg.similarity_max_n, replace=False))
+        Z, Y, groups = Z[keep], Y[keep], groups[keep]
     n = len(Z)
-    out = {"n": int(n), "features": "PCA'd vision test features vs their categories' text embeddings",
+    out = {"n": int(n), "n_test": int(n_all),
+           "features": "PCA'd vision test features vs their categories' text embeddings (held-out images)",
            "ties": "average (expected value under random tie-breaking; text targets repeat per category)"}
     if n < 5:
         return {**out, "skipped": f"only {n} test objects"}
@@ -155,27 +176,31 @@ def _similarity(Z: np.ndarray, Y: np.ndarray, cfg: AlignConfig) -> dict:
     # category embeddings); svcca raises, and the error is recorded, if it is lower still
     n_distinct = len(np.unique(Y, axis=0))
     dim = int(min(cfg.svcca_dim, n_distinct - 1, Z.shape[1], n - 1))
-    measures = {
-        "cka_linear": lambda: sim.cka(Z, Y, kernel="linear"),
-        "cka_linear_unbiased": lambda: sim.cka(Z, Y, kernel="linear", unbiased=True),
-        "cka_rbf": lambda: sim.cka(Z, Y, kernel="rbf"),
-        "mutual_knn": lambda: sim.mutual_knn(Z, Y, k=k),
-        "cknna": lambda: sim.cknna(Z, Y, k=max(k, 2)),
-        "svcca": lambda: sim.svcca(Z, Y, dim=dim) if dim >= 1 else None,
-    }
-    from ..evaluate.nulls import single_threaded_blas
 
-    values = {}
+    def measures(Yp):
+        return {
+            "cka_linear": lambda: sim.cka(Z, Yp, kernel="linear"),
+            "cka_linear_unbiased": lambda: sim.cka(Z, Yp, kernel="linear", unbiased=True),
+            "cka_rbf": lambda: sim.cka(Z, Yp, kernel="rbf"),
+            "mutual_knn": lambda: sim.mutual_knn(Z, Yp, k=k),
+            "cknna": lambda: sim.cknna(Z, Yp, k=max(k, 2)),
+            "svcca": lambda: sim.svcca(Z, Yp, dim=dim) if dim >= 1 else None,
+        }
+
+    pi = group_permutations(groups, 1, seed=cfg.seed + _SHUFFLE_SEED)[0]
+    result = {}
     with single_threaded_blas():  # (n, n) products on a few hundred objects: threads only add overhead
-        for name, f in measures.items():
-            try:
-                v = f()
-                values[name] = None if v is None else float(v)
-            except ObjalignError as exc:  # e.g. a degenerate tiny test set: record why, keep the report
-                values[name] = None
-                out.setdefault("errors", {})[name] = str(exc)
-    return {**out, "k": k, "svcca_dim": dim, "values": values,
-            "chance_mutual_knn": float(k / (n - 1))}
+        for key, Yp in (("values", Y), ("values_shuffled", Y[pi])):
+            values = {}
+            for name, f in measures(Yp).items():
+                try:
+                    v = f()
+                    values[name] = None if v is None else float(v)
+                except ObjalignError as exc:  # e.g. a degenerate tiny test set: record why, keep the report
+                    values[name] = None
+                    out.setdefault("errors", {})[name] = str(exc)
+            result[key] = values
+    return {**out, "k": k, "svcca_dim": dim, **result, "chance_mutual_knn": float(k / (n - 1))}
 
 
 def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.ndarray, class_emb: np.ndarray,
@@ -281,7 +306,7 @@ def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.n
                 res["per_instance"][f"{protocol}__{method}__{k}"] = v
         if protocol == "heldout_images":
             fit, fold = fits[0], folds[0]
-            res["similarity"] = _similarity(fit["Zte"], Y[fold.test], cfg)
+            res["similarity"] = _similarity(fit["Zte"], Y[fold.test], groups[fold.test], cfg)
             res["pca"] = {"vision_explained_variance_ratio": fit["pca"].explained_variance_ratio_.tolist(),
                           "pca_dim": fit["pca_dim"], "fitted_on": "heldout_images training objects"}
             tp = PCAMatch(n_components=int(min(len(fold.train), Y.shape[1], c))).fit(Y[fold.train])

@@ -39,8 +39,15 @@ def resample_counts(n_groups: int, n_resamples: int, seed=0) -> np.ndarray:
         raise ObjalignError(f"n_resamples must be a positive integer (e.g. 1000), got {n_resamples!r}")
     if n_groups < 1:
         raise ObjalignError("a bootstrap needs at least one group (image)")
+    return np.concatenate(list(_iter_counts(n_groups, int(n_resamples), seed, int(n_resamples))))
+
+
+def _iter_counts(n_groups: int, n_resamples: int, seed, chunk: int):
+    """:func:`resample_counts` in consecutive blocks of at most ``chunk`` rows (the same numbers)."""
     rng = np.random.default_rng(seed)
-    return rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=int(n_resamples))
+    p = np.full(n_groups, 1.0 / n_groups)
+    for start in range(0, n_resamples, chunk):
+        yield rng.multinomial(n_groups, p, size=min(chunk, n_resamples - start))
 
 
 def _weighted_median(values: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -135,13 +142,15 @@ def bootstrap_figures(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.nda
     groups = np.asarray(groups)
     if groups.shape != (len(pred),):
         raise ObjalignError(f"groups has shape {groups.shape}; expected one image id per test object ({len(pred)},)")
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+        raise ObjalignError(f"n_resamples must be a positive integer (e.g. 1000), got {n_resamples!r}")
     _, codes = np.unique(groups, return_inverse=True)
     codes = codes.ravel()
-    counts = resample_counts(int(codes.max()) + 1, n_resamples, seed)
-    chunk = max(1, _CHUNK_ELEMENTS // max(len(pred), 1))
+    n_groups = int(codes.max()) + 1
+    chunk = max(1, _CHUNK_ELEMENTS // max(len(pred), n_groups, 1))  # bounds the (chunk, n) weight matrix
     parts: dict[str, list[np.ndarray]] = {}
-    for s in range(0, len(counts), chunk):
-        for k, v in figures_for_weights(pred, true, inst, counts[s:s + chunk][:, codes]).items():
+    for counts in _iter_counts(n_groups, int(n_resamples), seed, chunk):
+        for k, v in figures_for_weights(pred, true, inst, counts[:, codes]).items():
             parts.setdefault(k, []).append(v)
     q = [(1 - confidence) / 2, (1 + confidence) / 2]
     order = [f for f in FIGURES + UNSEEN_FIGURES if f in parts]

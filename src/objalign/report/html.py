@@ -104,8 +104,12 @@ def build_html(report: dict, title: str, figures: list[tuple[str, Path, str]], n
         parts.append(f"<p class=note>{_e(sim.get('features', ''))}; n = {sim['n']}, k = {sim.get('k')}, "
                      f"SVCCA dim = {sim.get('svcca_dim')}; ties: {_e(sim.get('ties', ''))}. "
                      f"Chance level of mutual k-NN ≈ k/(n-1) = {sim.get('chance_mutual_knn', 0):.3f}.</p>")
-        parts.append("<table><tr>" + "".join(f"<th>{_e(k)}</th>" for k in sim["values"]) + "</tr><tr>"
-                     + "".join(f"<td>{_num(x)}</td>" for x in sim["values"].values()) + "</tr></table>")
+        head = "<tr><th class=l>pairing</th>" + "".join(f"<th>{_e(k)}</th>" for k in sim["values"]) + "</tr>"
+        body = "<tr><td class=l>real</td>" + "".join(f"<td>{_num(x)}</td>" for x in sim["values"].values()) + "</tr>"
+        if sim.get("values_shuffled"):
+            body += ("<tr class=base><td class=l>shuffled images</td>"
+                     + "".join(f"<td>{_num(sim['values_shuffled'].get(k))}</td>" for k in sim["values"]) + "</tr>")
+        parts.append("<table>" + head + body + "</table>")
     for heading, path, caption in figures:
         parts.append(f"<h2>{_e(heading)}</h2><figure><img src=\"{_png(path)}\" alt=\"{_e(heading)}\">"
                      f"<figcaption>{_e(caption)}</figcaption></figure>")

@@ -157,8 +157,11 @@ def format_text(report: dict, title: str) -> str:
     if sim.get("values"):
         lines += ["", f"similarity on held-out features (n = {sim['n']}, k = {sim.get('k')}, SVCCA dim = "
                       f"{sim.get('svcca_dim')}; ties averaged):",
-                  "  " + "  ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in sim["values"].items()),
-                  f"  (mutual k-NN chance level ~ {sim.get('chance_mutual_knn', 0):.3f})"]
+                  "  " + "  ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in sim["values"].items())]
+        if sim.get("values_shuffled"):
+            lines.append("  shuffled pairing: " + "  ".join(f"{k} {'-' if v is None else f'{v:.3f}'}"
+                                                          for k, v in sim["values_shuffled"].items()))
+        lines.append(f"  (mutual k-NN chance level ~ {sim.get('chance_mutual_knn', 0):.3f})")
     pc = [r for r in report.get("per_category", []) if r["method"] == "ridge"]
     for split in dict.fromkeys(r["split"] for r in pc):
         worst = sorted((r for r in pc if r["split"] == split), key=lambda r: r["top1"])[:5]
