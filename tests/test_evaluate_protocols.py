@@ -172,3 +172,12 @@ def test_similarity_subsample_cap():
                   n_bootstrap=0, similarity_max_n=20)
     sim = evaluate(X, Y, groups, lab, E, cfg)["similarity"]
     assert sim["n"] == 20 and sim["n_test"] > 20 and all(v is not None for v in sim["values"].values())
+
+
+def test_null_skipped_and_recorded_above_null_max_train():
+    from dataclasses import replace
+
+    X, Y, groups, lab, E = _embeddings(True, n_img=80)
+    cfg = replace(CFG, protocols=("heldout_images",), baselines=(), n_bootstrap=0, null_max_train=10)
+    rows = evaluate(X, Y, groups, lab, E, cfg)["rows"]
+    assert all(r["pvalue"] == {} and "null_max_train" in r["null"]["skipped"] for r in rows)

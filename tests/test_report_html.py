@@ -50,7 +50,7 @@ def run(tmp_path_factory):
     return out
 
 
-FIGURE_FILES = ("alignment_hist.png", "per_category.png", "null_distributions.png", "pca_variance.png", "projection.png")
+FIGURE_FILES = ("intervals.png", "alignment_hist.png", "per_category.png", "null_distributions.png", "pca_variance.png", "projection.png")
 
 
 def test_report_json_rows_have_intervals_pvalues_and_breakdowns(run):

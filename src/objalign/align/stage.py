@@ -14,6 +14,10 @@ protocol are pooled: every test object is scored once. Then, per method and prot
 - per-category breakdowns; similarity measures (CKA, mutual k-NN, CKNNA, SVCCA) between the PCA'd held-out
   vision features and their text targets (held-out-image split).
 
+A protocol with several folds (``heldout_categories``) reports, at the top of its row, the most frequent
+hyperparameters and PCA dimension over folds and the mean number of training objects per fold; each fold's
+own values are in the row's ``folds`` list.
+
 Files written (read by the report stage, which never sees a model): ``results.json`` (rows),
 ``per_category.json``, ``similarity.json``, ``pca.json``, ``per_instance.npz``, ``nulls.npz``,
 ``projection.npz``.
@@ -271,7 +275,8 @@ def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.n
             row = {"method": method, "split": protocol, **figs, "n_test": int(len(test)), "n_candidates": int(c),
                    "chance_top1": 1.0 / c,
                    "hyperparameters": {k: _mode([h[k] for h in hps]) for k in hps[0]},
-                   "pca_dim": int(fits[0]["pca_dim"]), "n_train": int(round(np.mean([f["n_train"] for f in fits]))),
+                   "pca_dim": int(_mode([fit["pca_dim"] for fit in fits])),
+                   "n_train": int(round(np.mean([fit["n_train"] for fit in fits]))),
                    "n_images_test": int(len(np.unique(g))),
                    "fit_seconds": round(sum(fit["methods"][method]["seconds"] for fit in fits), 3)}
             if unseen:

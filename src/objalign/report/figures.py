@@ -226,3 +226,58 @@ def projection(proj: dict[str, np.ndarray], path: str | Path) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def intervals(rows: list[dict], path: str | Path,
+              figures: tuple[str, ...] = ("top1", "top1_unseen", "r2", "cosine_mean")) -> bool:
+    """Headline figures with their bootstrap intervals, one row per (split, method), chance levels dashed.
+
+    Parameters
+    ----------
+    rows : result rows (``split``, ``method``, figures, ``ci``, ``pvalue``, ``chance_top1``,
+        ``chance_top1_unseen``)
+    path : output PNG
+    figures : figures drawn, one panel each (those no row has are left out)
+
+    Returns
+    -------
+    bool
+        False (nothing written) when no row has an interval.
+    """
+    figs = [f for f in figures if any(f in r.get("ci", {}) for r in rows)]
+    if not figs:
+        return False
+    plt = _plt()
+    labels = [f"{r['method']} | {SPLIT_TITLES.get(r['split'], r['split'])}" for r in rows]
+    y = np.arange(len(rows))[::-1]
+    fig, axes = plt.subplots(1, len(figs), figsize=(3.4 * len(figs) + 2.2, 0.42 * len(rows) + 1.4), squeeze=False,
+                             sharey=True)
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    for a, f in enumerate(figs):
+        ax = axes[0, a]
+        for i, r in enumerate(rows):
+            if f not in r.get("ci", {}):
+                continue
+            lo, hi = r["ci"][f]
+            colour = f"C{splits.index(r['split'])}"
+            base = r["method"] in ("mean", "shuffled")
+            ax.errorbar(r[f], y[i], xerr=[[r[f] - lo], [hi - r[f]]], fmt="o", color=colour, capsize=3,
+                        mfc="white" if base else colour)
+            p = r.get("pvalue", {}).get(f)
+            if p is not None:
+                ax.annotate(f"p={p:.2g}", (hi, y[i]), xytext=(4, -3), textcoords="offset points", fontsize=6)
+        chance = {"top1": "chance_top1", "top1_unseen": "chance_top1_unseen"}.get(f)
+        if chance:
+            for s in splits:
+                c = next((r.get(chance) for r in rows if r["split"] == s and r.get(chance) is not None), None)
+                if c is not None:
+                    ax.axvline(c, ls="--", lw=0.8, color=f"C{splits.index(s)}")
+        ax.set_title(f, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_yticks(y)
+    axes[0, 0].set_yticklabels(labels, fontsize=8)
+    fig.suptitle("figures with bootstrap intervals (open markers: baselines; dashed: chance)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

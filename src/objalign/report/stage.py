@@ -5,10 +5,17 @@ Reads only the stage records and the align stage's result tables (never a model)
 ``report.json``'s ``results`` holds one row per (method, split) with the figures of
 :mod:`objalign.evaluate.metrics` and:
 
-``ci``        ``{figure: [low, high]}``: percentile bootstrap interval over test images (``ci_level`` coverage)
-``pvalue``    ``{figure: p}``: permutation p-value, training image-label pairings shuffled (ridge, kernel_ridge)
-``null_mean`` ``{figure: mean of the null}``: what a map that learned nothing scores
-``folds``     (``heldout_categories``) per category fold: unseen categories, ``n_train``, hyperparameters
+``ci``          ``{figure: [low, high]}``: percentile bootstrap interval over test images (``ci_level`` coverage)
+``pvalue``      ``{figure: p}``: permutation p-value, training image-label pairings shuffled (ridge, kernel_ridge;
+                ``{}`` with a reason in ``null.skipped`` when a fit is too large for the null)
+``null``        ``n_permutations``, ``scheme`` and how hyperparameters were held
+``null_mean``   ``{figure: mean of the null}``: what a map that learned nothing scores
+``chance_top1`` ``1 / n_candidates``; ``heldout_categories`` adds ``top1_unseen``, ``top5_unseen``,
+                ``mean_rank_unseen`` (ranked among the fold's unseen categories only), ``chance_top1_unseen``
+                and ``n_candidates_unseen``
+``folds``       (``heldout_categories``) per category fold: unseen categories, ``n_train``, ``n_test``,
+                ``pca_dim``, hyperparameters
+``n_test``, ``n_images_test``, ``n_train``, ``pca_dim``, ``hyperparameters``, ``fit_seconds``
 
 Beside them: ``per_category`` (one entry per split, method and category), ``similarity`` (CKA, mutual k-NN,
 CKNNA, SVCCA on held-out features), ``pca`` (explained variance), ``protocols`` (what each split means).
@@ -192,6 +199,10 @@ def write_figures(out: Path, report: dict) -> list[tuple[str, Path, str]]:
             per_split.setdefault(s, {})[m] = {"residual_l2": per[f"{s}__{m}__residual_l2"], "cosine": per[f"{s}__{m}__cosine"]}
     v, t = report["vision_encoder"]["name"], report["text_encoder"]["name"]
     made = []
+    if F.intervals(rows, out / "intervals.png"):
+        made.append(("headline figures", out / "intervals.png",
+                     "Each figure with its bootstrap interval over test images, per method and split; the "
+                     "permutation p-value beside fitted maps; dashed lines mark chance top-1."))
     F.residual_histogram(per_split, out / "alignment_hist.png", f"held-out residuals: {v} -> {t}")
     made.append(("residuals", out / "alignment_hist.png",
                  "Per-object L2 residual and cosine between predicted and true text embeddings, per method and split."))
