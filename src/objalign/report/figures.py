@@ -261,8 +261,10 @@ def intervals(rows: list[dict], path: str | Path,
             lo, hi = r["ci"][f]
             colour = f"C{splits.index(r['split'])}"
             base = r["method"] in ("mean", "shuffled")
-            ax.errorbar(r[f], y[i], xerr=[[r[f] - lo], [hi - r[f]]], fmt="o", color=colour, capsize=3,
-                        mfc="white" if base else colour)
+            # a percentile interval need not contain the estimate (e.g. R² on few test images): draw both as they are
+            ax.hlines(y[i], lo, hi, color=colour, lw=1.5)
+            ax.plot([lo, hi], [y[i], y[i]], "|", color=colour, ms=8)
+            ax.plot(r[f], y[i], "o", color=colour, mfc="white" if base else colour)
             p = r.get("pvalue", {}).get(f)
             if p is not None:
                 ax.annotate(f"p={p:.2g}", (hi, y[i]), xytext=(4, -3), textcoords="offset points", fontsize=6)
