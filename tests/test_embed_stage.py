@@ -100,3 +100,22 @@ def test_embed_stage_keys_prompts_dtype_and_records_skips(small_demo, tmp_path, 
     assert main(["cache", "rm", str(victim)]) == 0 and not victim.exists()
     assert main(["cache", "rm", str(out / "crop")]) == 2  # not a store: refused, nothing removed
     assert (out / "crop" / "crops.parquet").is_file()
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("embed.text.template=a photo", "has no '{}'"),
+    ("embed.text.prompts=templates", "expected one of name, template, ensemble, file"),
+    ("embed.vision.executor=gpu", "executor = 'gpu'"),
+    ("embed.vision.batch_size=0", "must be at least 1"),
+])
+def test_bad_embed_settings_fail_before_any_model_loads(small_demo, tmp_path, tiny_registered, capsys, setting,
+                                                        message):
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--set", "data.kind=coco", "--set", f"data.root={small_demo}", "--set", "sample.n=8",
+              "--vision", tiny_registered, "--no-progress"]
+    assert main(["sample"] + common) == 0 and main(["crop"] + common) == 0
+    capsys.readouterr()
+    assert main(["embed"] + common + ["--set", setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (out / "embeddings").exists() or not list((out / "embeddings").iterdir())

@@ -37,6 +37,16 @@ def check_encoder_names(cfg: RunConfig) -> None:
 
     VISION_ENCODERS.entry(cfg.embed.vision.name)
     TEXT_ENCODERS.entry(cfg.embed.text.name)
+    text_templates(cfg)  # a bad template or template file fails before any model loads
+    if cfg.embed.vision.executor not in ("thread", "process"):
+        from ..errors import ObjalignError
+
+        raise ObjalignError(f"embed.vision.executor = {cfg.embed.vision.executor!r}: expected 'thread' or 'process'")
+    if cfg.embed.vision.batch_size < 1 or cfg.embed.shard_size < 1:
+        from ..errors import ObjalignError
+
+        raise ObjalignError(f"embed.vision.batch_size = {cfg.embed.vision.batch_size}, embed.shard_size = "
+                            f"{cfg.embed.shard_size}: both must be at least 1")
 
 
 def build_vision_encoder(cfg: RunConfig):

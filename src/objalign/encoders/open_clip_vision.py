@@ -46,7 +46,9 @@ def load_open_clip(name: str, model_path: str | None, device: str):
     arch, pretrained = split_open_clip_name(name)
     try:
         model = open_clip.create_model(arch, pretrained=model_path or pretrained, device=device)
-    except RuntimeError as exc:  # unknown arch/tag or no network
+    except ObjalignError:
+        raise
+    except Exception as exc:  # unknown arch/tag (RuntimeError), no network (OSError and hub errors)
         raise ObjalignError(f"open_clip cannot build {name!r} ({str(exc).splitlines()[0]}); check "
                             "open_clip.list_pretrained(), or download the checkpoint on a machine with network "
                             "and pass its file as model_path") from None

@@ -58,7 +58,9 @@ class TimmVision(VisionEncoder):
                 kwargs["pretrained_cfg_overlay"] = {"file": str(model_path)}
             try:
                 model = timm.create_model(name, pretrained=pretrained, **kwargs)
-            except RuntimeError as exc:
+            except ObjalignError:
+                raise
+            except Exception as exc:  # unknown name (RuntimeError), no network (OSError and hub errors)
                 raise ObjalignError(f"timm cannot build {name!r} ({str(exc).splitlines()[0]}); check "
                                     "timm.list_models(), or pass a local weights file as model_path") from None
         self.model = model.eval().to(self.device)
