@@ -12,8 +12,10 @@ weighted statistic:
 - the median residual: the median of the resampled multiset (the mean of the two middle values for an
   even count), from one sort and cumulative weights.
 
-The interval is the percentile interval (Efron & Tibshirani 1993, ch. 13). The resample-count matrix is
-drawn in chunks, so memory stays bounded for large test sets.
+The interval is the percentile interval (Efron & Tibshirani 1993, ch. 13). It need not contain the estimate
+when the statistic is biased under resampling: the mean predictor's R² is ``-n (mean(true) - c)^2 / SS_tot``
+per dimension, and a resample's mean moves away from ``c`` on average, so its interval lies below the estimate.
+The resample-count matrix is drawn in chunks, so memory stays bounded for large test sets.
 """
 
 from __future__ import annotations
