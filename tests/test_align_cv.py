@@ -168,7 +168,7 @@ def test_parallel_grid_equals_sequential():
     kw = dict(alphas=[0.05, 0.5, 5.0], gammas=[0.1, 0.4], cv=3)
     seq = KernelRidgeCV(**kw).fit(X, Y).cv_results_["split1_test_score"]
     par = KernelRidgeCV(**kw, n_jobs=2).fit(X, Y).cv_results_["split1_test_score"]
-    np.testing.assert_array_equal(seq, par)
+    np.testing.assert_allclose(seq, par, atol=1e-12)  # BLAS thread counts differ: rounding may too
 
 
 def test_elimination_plan_is_cheaper_than_separate_fits():
