@@ -196,7 +196,8 @@ def _make_pool(executor: str, num_workers: int):
         import multiprocessing as mp
 
         # forkserver: no fork of a process that holds torch's thread pools
-        return ProcessPoolExecutor(max(1, num_workers), mp_context=mp.get_context("forkserver"))
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        return ProcessPoolExecutor(max(1, num_workers), mp_context=mp.get_context(method))
     raise ObjalignError(f"embed.vision.executor = {executor!r}: expected 'thread' or 'process'")
 
 

@@ -8,9 +8,12 @@ Layout (clip-retrieval's convention, readable by embedding-reader)::
     <store>/skipped/skipped_00000.json        instances of that shard that could not be embedded, with reasons
 
 Every file is written to a temporary name and moved into place (``os.replace``), and a shard counts as done
-only when its metadata file — written last — exists with as many rows as its array. A run killed at any
-moment and started again recomputes only the shards that are not done, and ends with exactly the vectors an
-uninterrupted run gives. A store whose key does not match the request is never reused.
+only when its metadata file — written last — exists with as many rows as its array, and those rows plus the
+shard's skipped instances account for every instance of the shard. A run killed at any moment (``kill -9``)
+and started again removes the temporaries it left, recomputes only the shards that are not done (the engine
+cuts batches at shard boundaries, so a recomputed shard sees the same batches), and ends with exactly the
+bytes an uninterrupted run gives. A store whose key does not match the request is never reused: the error
+names the key fields that differ. One writer per store at a time.
 """
 
 from __future__ import annotations
