@@ -67,7 +67,8 @@ def zoo(tmp_path_factory):
             ("rgb.png", (70, 10, 5, 5), "outside the 64x48 image"), ("rgb.png", (40, 20, 30, 30), None),
             ("gray.png", (4, 4, 20, 20), None), ("cmyk.tif", (2, 2, 20, 20), None),
             ("sixteen.png", (0, 0, 36, 36), None), ("rgba.png", (5, 5, 10, 10), None),
-            ("truncated.jpg", (1, 1, 10, 10), "unreadable image"), ("truncated.jpg", (3, 3, 10, 10), "unreadable image"),
+            ("truncated.jpg", (1, 1, 10, 10), "unreadable image"),
+            ("truncated.jpg", (3, 3, 10, 10), "unreadable image"),
             ("corrupt.jpg", (1, 1, 5, 5), "unreadable image"), ("missing.png", (1, 1, 5, 5), "not found"),
             ("rgb.png", (float("nan"), 1, 5, 5), "non-finite box")]
     # keep rows grouped by image, as the crop table is

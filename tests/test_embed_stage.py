@@ -56,7 +56,8 @@ def test_embed_stage_keys_prompts_dtype_and_records_skips(small_demo, tmp_path, 
                                       f"embed.text.template_file={tfile}"]) == 0
     rec = json.loads((out / "embed" / "stage.json").read_text())["summary"]
     assert rec["n_vision"] == 24 - n_bad and rec["n_skipped"] == n_bad
-    assert {s["annotation_id"] for s in rec["skipped"]} == set(crops["annotation_id"][crops["file_name"] == bad_file].tolist())
+    bad_ids = set(crops["annotation_id"][crops["file_name"] == bad_file].tolist())
+    assert {s["annotation_id"] for s in rec["skipped"]} == bad_ids
     assert all("unreadable image" in s["reason"] for s in rec["skipped"])
     assert rec["text_encoder"]["n_templates"] == 2
 

@@ -193,7 +193,8 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
                                 "template": t.template if t.prompts == "template" else t.prompts,
                                 "prompts": t.prompts, "n_templates": len(templates)},
                "n_vision": vman["n_vectors"], "n_skipped": len(vman["skipped"]), "skipped": vman["skipped"],
-               "objects_per_s": round(stats["n_embedded"] / seconds, 2) if seconds > 0 and stats["n_embedded"] else None,
+               "objects_per_s": (round(stats["n_embedded"] / seconds, 2)
+                                 if seconds > 0 and stats["n_embedded"] else None),
                **{k: stats[k] for k in ("n_shards", "shards_reused")}}
     return {**write_stage(out, "embed", key, summary, started), "reused": False}
 

@@ -35,8 +35,9 @@ def preprocess_from_open_clip(cfg: dict, image_size: int | None = None) -> Prepr
     size = size[0] if isinstance(size, (list, tuple)) else size
     mode = {"shortest": "center-crop", "squash": "squash", "longest": "letterbox"}.get(
         str(cfg.get("resize_mode", "shortest")), "center-crop")
-    return Preprocess(size=int(image_size or size), mean=tuple(float(v) for v in cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),
-                      std=tuple(float(v) for v in cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),
+    mean = tuple(float(v) for v in cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)))
+    std = tuple(float(v) for v in cfg.get("std", (0.26862954, 0.26130258, 0.27577711)))
+    return Preprocess(size=int(image_size or size), mean=mean, std=std,
                       resample=resample_name(cfg.get("interpolation", "bicubic")), resize=mode)
 
 

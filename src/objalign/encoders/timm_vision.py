@@ -20,8 +20,9 @@ def preprocess_from_timm(data_cfg: dict, image_size: int | None = None) -> Prepr
     size = data_cfg.get("input_size", (3, 224, 224))[-1]
     mode = {"center": "center-crop", "squash": "squash", "border": "letterbox"}.get(
         str(data_cfg.get("crop_mode", "center")), "center-crop")
-    return Preprocess(size=int(image_size or size), mean=tuple(float(v) for v in data_cfg.get("mean", (0.485, 0.456, 0.406))),
-                      std=tuple(float(v) for v in data_cfg.get("std", (0.229, 0.224, 0.225))),
+    mean = tuple(float(v) for v in data_cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(float(v) for v in data_cfg.get("std", (0.229, 0.224, 0.225)))
+    return Preprocess(size=int(image_size or size), mean=mean, std=std,
                       resample=resample_name(data_cfg.get("interpolation", "bicubic")), resize=mode,
                       crop_pct=min(1.0, float(data_cfg.get("crop_pct", 1.0) or 1.0)))
 
