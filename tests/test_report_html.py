@@ -50,7 +50,8 @@ def run(tmp_path_factory):
     return out
 
 
-FIGURE_FILES = ("intervals.png", "alignment_hist.png", "per_category.png", "null_distributions.png", "pca_variance.png", "projection.png")
+FIGURE_FILES = ("intervals.png", "alignment_hist.png", "per_category.png", "null_distributions.png",
+                "pca_variance.png", "projection.png")
 
 
 def test_report_json_rows_have_intervals_pvalues_and_breakdowns(run):
@@ -113,7 +114,8 @@ def _render(browser: str, page: Path, profile: Path) -> str:
     return res.stdout
 
 
-@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (CI installs it: apt-get install -y chromium)")
+@pytest.mark.skipif(_chromium() is None,
+                    reason="chromium is not installed (CI installs it: apt-get install -y chromium)")
 def test_report_html_renders_every_figure_in_headless_chromium(run, tmp_path):
     browser = _chromium()
     page = tmp_path / "page.html"

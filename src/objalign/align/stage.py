@@ -319,7 +319,8 @@ def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.n
             # 2-D views: vision test features on their top two principal axes; category embeddings and the
             # ridge-mapped test objects on the top two axes of the category embeddings.
             cp = PCAMatch(n_components=2).fit(class_emb)
-            proj = {"vision_2d": fit["Zte"][:, :2], "label": label_index[fold.test], "class_2d": cp.transform(class_emb)}
+            proj = {"vision_2d": fit["Zte"][:, :2], "label": label_index[fold.test],
+                    "class_2d": cp.transform(class_emb)}
             best = "ridge" if "ridge" in methods else methods[0]
             proj["mapped_2d"] = cp.transform(fit["methods"][best]["pred"])
             proj["mapped_method"] = np.asarray(best)

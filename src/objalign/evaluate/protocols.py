@@ -64,7 +64,8 @@ def heldout_images(groups: np.ndarray, test_size: float, seed: int) -> list[Fold
         raise ObjalignError(f"align.test_size = {test_size}: expected a fraction between 0 and 1, e.g. 0.2")
     if len(np.unique(groups)) < 2:
         raise ObjalignError("align: the embeddings come from a single image; a held-out-image split needs at least 2")
-    train, test = next(GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed).split(groups, groups=groups))
+    splitter = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+    train, test = next(splitter.split(groups, groups=groups))
     return [Fold(np.sort(train), np.sort(test))]
 
 

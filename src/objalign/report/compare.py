@@ -62,8 +62,8 @@ def compare_runs(run_dirs: list[str | Path], json_out: str | Path | None = None)
     for split in dict.fromkeys(r["split"] for r in rows):
         rs = [r for r in rows if r["split"] == split]
         figs = [k for k in FIGURES if any(isinstance(r.get(k), (int, float)) for r in rs)]
-        head = (f"{'run':<28}{'crop':<9}{'vision':<22}{'text':<16}{'method':<14}" + "".join(f"{k:<{widths[k]}}" for k in figs)
-                + f"{'p(top1)':>8}")
+        head = (f"{'run':<28}{'crop':<9}{'vision':<22}{'text':<16}{'method':<14}"
+                + "".join(f"{k:<{widths[k]}}" for k in figs) + f"{'p(top1)':>8}")
         lines += [f"{split}", head, "-" * len(head)]
         for r in rs:
             p = r["pvalue"].get("top1")

@@ -60,7 +60,8 @@ def residual_histogram(per_split: dict[str, dict[str, dict[str, np.ndarray]]], p
     plt.close(fig)
 
 
-def per_category_errors(per_category: list[dict], path: str | Path, methods: tuple[str, ...] = ("ridge", "kernel_ridge")) -> None:
+def per_category_errors(per_category: list[dict], path: str | Path,
+                        methods: tuple[str, ...] = ("ridge", "kernel_ridge")) -> None:
     """Top-1 accuracy per category for each split (bars per fitted method), worst categories at the top.
 
     Parameters

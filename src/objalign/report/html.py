@@ -12,7 +12,8 @@ from pathlib import Path
 from ..evaluate.metrics import SMALLER_IS_BETTER
 
 _CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222;
+padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:0.6em 0;font-size:0.85em}
 th,td{padding:3px 8px;border-bottom:1px solid #eee;text-align:right}th{background:#f5f5f5}
@@ -89,9 +90,11 @@ def build_html(report: dict, title: str, figures: list[tuple[str, Path, str]], n
              f"<style>{_CSS}</style></head><body>", f"<h1>{_e(title)}</h1>"]
     parts.append("<table>" + "".join(f"<tr><td class=l>{_e(k)}</td><td class=l>{_e(val)}</td></tr>" for k, val in [
         ("dataset", f"{report['dataset']} (fingerprint {report['dataset_fingerprint']})"),
-        ("objects", f"{report['n_instances']} embedded, {report['n_images']} images, {report['n_categories']} categories"),
+        ("objects",
+         f"{report['n_instances']} embedded, {report['n_images']} images, {report['n_categories']} categories"),
         ("crops", report["crop"].get("mode", "?")),
-        ("vision", f"{v['name']} ({v['dim']}-d)"), ("text", f"{t['name']} ({t['dim']}-d, prompt {t.get('template', '{}')!r})"),
+        ("vision", f"{v['name']} ({v['dim']}-d)"),
+        ("text", f"{t['name']} ({t['dim']}-d, prompt {t.get('template', '{}')!r})"),
     ]) + "</table>")
     for split, desc in report.get("protocols", {}).items():
         parts.append(f"<h2>{_e(split)}</h2><p class=note>{_e(desc)}</p>")
@@ -116,7 +119,8 @@ def build_html(report: dict, title: str, figures: list[tuple[str, Path, str]], n
     worst = [r for r in report.get("per_category", []) if r["method"] == "ridge"]
     if worst:
         parts.append("<h2>per-category figures (ridge)</h2><table><tr><th class=l>split</th><th class=l>category</th>"
-                     "<th>n</th><th>top-1</th><th>top-5</th><th>mean rank</th><th>cosine</th><th>top-1 unseen</th></tr>")
+                     "<th>n</th><th>top-1</th><th>top-5</th><th>mean rank</th><th>cosine</th>"
+                     "<th>top-1 unseen</th></tr>")
         for r in sorted(worst, key=lambda r: (r["split"], r["top1"])):
             parts.append(f"<tr><td class=l>{_e(r['split'])}</td><td class=l>{_e(r['category'])}</td><td>{r['n']}</td>"
                          f"<td>{r['top1']:.2f}</td><td>{r['top5']:.2f}</td><td>{r['mean_rank']:.2f}</td>"

@@ -39,8 +39,9 @@ PROTOCOLS = {
     "heldout_images": "Train and test on disjoint images. Every test category was seen in training, so with one text "
                       "embedding per category this is close to classification: it shows that categories can be told "
                       "apart from vision features, not that the two spaces align.",
-    "heldout_categories": "Categories are dealt into folds; in each fold the map (PCA included) is fitted on images that "
-                          "hold no object of the fold's unseen categories and tested on the unseen categories' objects. "
+    "heldout_categories": "Categories are dealt into folds; in each fold the map (PCA included) is fitted on images "
+                          "that hold no object of the fold's unseen categories and tested on the unseen categories' "
+                          "objects. "
                           "top-1/top-5/rank rank the true category among ALL categories (the seen ones included, which "
                           "the map was trained to produce); the *_unseen figures rank it among the fold's unseen "
                           "categories only. Does the map generalise to names it never saw?",
@@ -48,7 +49,8 @@ PROTOCOLS = {
 
 NOTES = [
     "R2: coefficient of determination averaged uniformly over text dimensions (R2 var.: weighted by their variance). "
-    "cosine / residual: cosine similarity and L2 distance between the predicted and the true category's text embedding. "
+    "cosine / residual: cosine similarity and L2 distance between the predicted and the true category's text "
+    "embedding. "
     "top-1 / top-5 / mean rank: retrieval of the true category among the candidate category embeddings by cosine "
     "similarity (ties count against the truth).",
     "Intervals: percentile bootstrap over test images (objects of one image are resampled together). "
@@ -196,7 +198,8 @@ def write_figures(out: Path, report: dict) -> list[tuple[str, Path, str]]:
     for r in rows:
         s, m = r["split"], r["method"]
         if f"{s}__{m}__residual_l2" in per:
-            per_split.setdefault(s, {})[m] = {"residual_l2": per[f"{s}__{m}__residual_l2"], "cosine": per[f"{s}__{m}__cosine"]}
+            per_split.setdefault(s, {})[m] = {"residual_l2": per[f"{s}__{m}__residual_l2"],
+                                              "cosine": per[f"{s}__{m}__cosine"]}
     v, t = report["vision_encoder"]["name"], report["text_encoder"]["name"]
     made = []
     if F.intervals(rows, out / "intervals.png"):
