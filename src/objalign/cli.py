@@ -11,8 +11,8 @@ STAGE_HELP = {
     "sample": "sample object instances from the dataset -> sample/instances.parquet",
     "crop": "decide crop windows and masks -> crop/crops.parquet",
     "embed": "embed crops and category names -> embeddings/",
-    "align": "fit PCA / ridge / kernel ridge maps, score held-out images -> align/results.json",
-    "report": "write report.txt, report.json, alignment_hist.png, config.yaml",
+    "align": "fit PCA / ridge / kernel ridge maps; held-out images and categories, CIs, nulls -> align/",
+    "report": "write report.txt, report.json, report.html, figures, config.yaml",
 }
 
 
@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
 
             report = run(cfg, args.out, force=args.force, progress=progress)
             print((__import__("pathlib").Path(args.out) / "report.txt").read_text())
-            print(f"report written to {args.out}/report.txt, report.json, alignment_hist.png")
+            print(f"report written to {args.out}/: report.html (open in a browser), report.txt, report.json, "
+                  "figures (*.png), config.yaml")
             return 0 if report else 1
         from .pipeline import stage_function
 

@@ -137,9 +137,11 @@ def plan(cfg: RunConfig, out: str | Path) -> str:
                  f"{e.vision.device}/{e.vision.dtype}" + (f", weights from {e.vision.model_path}" if e.vision.model_path else ""))
     lines.append(f"text      {e.text.name}: {te.description}; prompt {e.text.template!r}"
                  + (f", weights from {e.text.model_path}" if e.text.model_path else ""))
-    lines.append(f"align     {', '.join(a.methods)}; PCA to <= {a.common_dim}; {a.cv_folds}-fold grouped CV over "
-                 f"{len(a.alphas)} alphas x {len(a.gammas)} gammas; {a.test_size:.0%} of images held out")
+    lines.append(f"align     {', '.join(a.methods)} (+ baselines {', '.join(a.baselines) or 'none'}); PCA to <= "
+                 f"{a.common_dim}; {a.cv_folds}-fold grouped CV over {len(a.alphas)} alphas x {len(a.gammas)} gammas; "
+                 f"protocols {', '.join(a.protocols)}; {a.n_permutations} permutations, {a.n_bootstrap} bootstrap "
+                 "resamples")
     done = [st for st in STAGES if stage_record(Path(out), st)]
-    lines.append(f"outputs   {out}/ (report.txt, report.json, alignment_hist.png, config.yaml)"
+    lines.append(f"outputs   {out}/ (report.html, report.txt, report.json, figures, config.yaml)"
                  + (f"; stages already there: {', '.join(done)}" if done else ""))
     return "\n".join(lines)
