@@ -120,14 +120,19 @@ def r2_uniform(true: np.ndarray, pred: np.ndarray) -> float:
     -------
     float
     """
+    ss_tot, ss_res, live = _sums_of_squares(true, pred)
+    if not live.any():
+        return 1.0 if not np.any(ss_res) else 0.0
+    return float(np.mean(1.0 - ss_res[live] / ss_tot[live]))
+
+
+def _sums_of_squares(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per text dimension: total and residual sums of squares ``(q,)`` and the mask of dimensions that vary."""
     true = np.asarray(true, dtype=np.float64)
     pred = np.asarray(pred, dtype=np.float64)
     ss_tot = np.sum((true - true.mean(axis=0)) ** 2, axis=0)
     ss_res = np.sum((true - pred) ** 2, axis=0)
-    live = ss_tot > CONSTANT_DIM_RTOL * max(float(ss_tot.max()), 1e-300)
-    if not live.any():
-        return 1.0 if not np.any(ss_res) else 0.0
-    return float(np.mean(1.0 - ss_res[live] / ss_tot[live]))
+    return ss_tot, ss_res, ss_tot > CONSTANT_DIM_RTOL * max(float(ss_tot.max()), 1e-300)
 
 
 def r2_variance_weighted(true: np.ndarray, pred: np.ndarray) -> float:
@@ -143,11 +148,7 @@ def r2_variance_weighted(true: np.ndarray, pred: np.ndarray) -> float:
     -------
     float
     """
-    true = np.asarray(true, dtype=np.float64)
-    pred = np.asarray(pred, dtype=np.float64)
-    ss_tot = np.sum((true - true.mean(axis=0)) ** 2, axis=0)
-    ss_res = np.sum((true - pred) ** 2, axis=0)
-    live = ss_tot > CONSTANT_DIM_RTOL * max(float(ss_tot.max()), 1e-300)
+    ss_tot, ss_res, live = _sums_of_squares(true, pred)
     if not live.any():
         return 1.0 if not np.any(ss_res) else 0.0
     return float(1.0 - ss_res[live].sum() / ss_tot[live].sum())
