@@ -216,6 +216,31 @@ class TextEncoder:
         raise NotImplementedError
 
 
+class TokenizedTextEncoder(TextEncoder):
+    """A transformers tokenizer + model: texts are tokenised and run in batches; subclasses set ``_embed``."""
+
+    tokenizer = None
+    model = None
+    device: str = "cpu"
+    batch_size: int = 256
+    max_length: int = 77
+
+    def _embed(self, tok):  # pragma: no cover - abstract
+        """``tok`` (BatchEncoding on the device) -> ``(B, dim)`` tensor."""
+        raise NotImplementedError
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                tok = self.tokenizer(list(texts[i:i + self.batch_size]), padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt").to(self.device)
+                out.append(self._embed(tok).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
 POOLINGS = ("cls", "mean", "cls+mean")
 
 

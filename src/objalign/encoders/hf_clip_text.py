@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from .base import TextEncoder, hub_load, resolve_device
+from .base import TokenizedTextEncoder, hub_load, resolve_device
 
 
-class HFClipText(TextEncoder):
+class HFClipText(TokenizedTextEncoder):
     """``CLIPTextModelWithProjection``: the ``text_embeds`` output (512-d for ViT-B/32), context 77 tokens.
 
     Parameters
@@ -34,14 +32,5 @@ class HFClipText(TextEncoder):
         self.revision = str(getattr(model.config, "_commit_hash", "") or "")
         self.batch_size = batch_size
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
-                tok = self.tokenizer(list(texts[i:i + self.batch_size]), padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt").to(self.device)
-                out.append(self.model(input_ids=tok["input_ids"],
-                                      attention_mask=tok["attention_mask"]).text_embeds.float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+    def _embed(self, tok):
+        return self.model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).text_embeds

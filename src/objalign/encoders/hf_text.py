@@ -5,10 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import ObjalignError
-from .base import TextEncoder, hub_load, resolve_device
+from .base import TokenizedTextEncoder, hub_load, resolve_device
 
 
 def mean_pool(last_hidden_state, attention_mask):
@@ -17,7 +15,7 @@ def mean_pool(last_hidden_state, attention_mask):
     return (last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
-class HFMeanPoolText(TextEncoder):
+class HFMeanPoolText(TokenizedTextEncoder):
     """Any transformers encoder (``AutoModel``) with mean pooling over its tokens.
 
     Parameters
@@ -44,17 +42,8 @@ class HFMeanPoolText(TextEncoder):
         self.batch_size = batch_size
         self.max_length = max_length
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
-                tok = self.tokenizer(list(texts[i:i + self.batch_size]), padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt").to(self.device)
-                hidden = self.model(**tok).last_hidden_state
-                out.append(mean_pool(hidden, tok["attention_mask"]).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+    def _embed(self, tok):
+        return mean_pool(self.model(**tok).last_hidden_state, tok["attention_mask"])
 
 
 def minilm_path() -> Path:
