@@ -128,6 +128,15 @@ class AlignConfig:
     similarity_k: int = 10  #: k of mutual_knn and cknna on held-out features
     svcca_dim: int = 10  #: SVCCA dimension (capped at the rank of the held-out text targets)
     similarity_max_n: int = 2000  #: similarity measures use (n, n) matrices: at most this many test objects (seeded)
+    #: kernel ridge: ``auto`` (exact up to ``max_exact_samples`` training objects, then Nystroem), ``exact``
+    #: or ``nystroem`` (with ``nystroem_components`` centres)
+    kernel_approx: str = "auto"
+    max_exact_samples: int = 10000
+    nystroem_components: int = 1000
+    n_jobs: int = 2  #: kernel-ridge grid points fitted in parallel (each with one BLAS thread)
+    #: arithmetic of the align stage: ``auto`` = float64 up to ``float64_max_n`` objects, float32 above
+    dtype: str = "auto"
+    float64_max_n: int = 200000
 
 
 @dataclass(frozen=True)

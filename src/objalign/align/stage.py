@@ -117,7 +117,9 @@ def _fit_fold(X, Y, groups, label_index, fold, methods, cfg: AlignConfig, fold_n
                 smoother = Ridge(alpha=model.alpha_)
         elif method == "kernel_ridge":
             scale = median_sq_distance(Ztr, seed=cfg.seed)
-            model = KernelRidgeCV(alphas=list(cfg.alphas), gammas=[g / scale for g in cfg.gammas], kernel="rbf", cv=cv)
+            model = KernelRidgeCV(alphas=list(cfg.alphas), gammas=[g / scale for g in cfg.gammas], kernel="rbf", cv=cv,
+                                  approx=cfg.kernel_approx, n_components=cfg.nystroem_components,
+                                  max_exact_samples=cfg.max_exact_samples, random_state=cfg.seed, n_jobs=cfg.n_jobs)
             model.fit(Ztr, Ytr, groups=gtr)
             pred, hp = model.predict(Zte), dict(model.best_params_)
             hp["gamma_times_median_sqdist"] = float(hp["gamma"] * scale)
@@ -361,6 +363,18 @@ def write_results(d: Path, res: dict, meta: dict[str, np.ndarray] | None = None)
     atomic_write_json(d / "results.json", res["rows"])
 
 
+def compute_dtype(cfg: AlignConfig, n: int):
+    """float64 (exact agreement with scikit-learn) unless asked otherwise or ``n`` exceeds
+    ``cfg.float64_max_n``; float32 halves memory at full-COCO scale and runs float32 LAPACK."""
+    if cfg.dtype == "float64":
+        return np.float64
+    if cfg.dtype == "float32":
+        return np.float32
+    if cfg.dtype != "auto":
+        raise ObjalignError(f"align.dtype = {cfg.dtype!r}: expected auto, float64 or float32")
+    return np.float64 if n <= cfg.float64_max_n else np.float32
+
+
 def run_align(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     from ..embed.stage import load_run_embeddings
 
@@ -374,8 +388,9 @@ def run_align(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     label_index = np.asarray([cat_row[int(c)] for c in vm["category_id"]])
     Y = T[label_index]
     names = [str(x) for x in tm["category"]] if "category" in tm else None
-    res = evaluate(X.astype(np.float64), Y.astype(np.float64), vm["image_id"], label_index, T.astype(np.float64),
-                   cfg.align, names, np.asarray(tm["category_id"]))
+    dtype = compute_dtype(cfg.align, len(X))
+    res = evaluate(X.astype(dtype, copy=False), Y.astype(dtype, copy=False), vm["image_id"], label_index,
+                   T.astype(dtype), cfg.align, names, np.asarray(tm["category_id"]))
     write_results(out / "align", res, {k: vm[k] for k in ("annotation_id", "category_id", "image_id")})
     summary = {"n_instances": int(len(X)), "protocols": list(cfg.align.protocols), "methods": _methods(cfg.align),
                "n_test": {r["split"]: r["n_test"] for r in res["rows"]}}
