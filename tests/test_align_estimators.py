@@ -141,3 +141,19 @@ def test_composes_with_pipeline():
     alpha = pipe[-1].alpha_
     ref = make_pipeline(PCA(n_components=5, svd_solver="full"), SkRidge(alpha=alpha)).fit(X, Y)
     np.testing.assert_allclose(pipe.predict(X), ref.predict(X), rtol=1e-8, atol=1e-9)
+
+
+def test_pcamatch_streams_the_scatter_in_chunks(monkeypatch):
+    """Many chunks (as at full-COCO scale) give the same axes and variances as scikit-learn's PCA."""
+    from sklearn.decomposition import PCA
+
+    import objalign.align.pca as pca_mod
+    from objalign.align import PCAMatch
+
+    monkeypatch.setattr(pca_mod, "_CHUNK_ROWS", 7)
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((200, 12)) @ rng.standard_normal((12, 12)) + 5.0
+    ours, ref = PCAMatch(n_components=6).fit(X), PCA(n_components=6).fit(X)
+    np.testing.assert_allclose(ours.explained_variance_, ref.explained_variance_, rtol=1e-10)
+    np.testing.assert_allclose(ours.explained_variance_ratio_, ref.explained_variance_ratio_, rtol=1e-10)
+    np.testing.assert_allclose(np.abs(ours.transform(X)), np.abs(ref.transform(X)), atol=1e-9)

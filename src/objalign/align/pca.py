@@ -12,6 +12,9 @@ from objalign.errors import ObjalignError
 __all__ = ["PCAMatch", "pca_fit"]
 
 
+_CHUNK_ROWS = 65536
+
+
 def pca_fit(X, n_components):
     """Principal axes of ``X`` (exact, via the smaller of the covariance and Gram eigenproblems).
 
@@ -30,23 +33,32 @@ def pca_fit(X, n_components):
         Variance along each axis (``ddof=1``, as scikit-learn).
     total_variance : float
     """
-    X64 = np.asarray(X, dtype=np.float64)
-    n, p = X64.shape
-    mean = X64.mean(axis=0)
-    Xc = X64 - mean
+    n, p = X.shape
     if p <= n:
-        evals, evecs = np.linalg.eigh(Xc.T @ Xc)
+        # the (p, p) scatter matrix in float64, accumulated over row chunks: no (n, p) float64 or centred copy
+        # of X, which at full-COCO scale (860k x 256) would cost 3.5 GB
+        mean = np.asarray(X).mean(axis=0, dtype=np.float64)
+        scatter = np.zeros((p, p))
+        for lo in range(0, n, _CHUNK_ROWS):
+            Xc = np.asarray(X[lo:lo + _CHUNK_ROWS], dtype=np.float64) - mean
+            scatter += Xc.T @ Xc
+        total_ss = float(np.trace(scatter))
+        evals, evecs = np.linalg.eigh(scatter)
         evals, evecs = evals[::-1][:n_components], evecs[:, ::-1][:, :n_components]
         comps = evecs.T
     else:
+        X64 = np.asarray(X, dtype=np.float64)
+        mean = X64.mean(axis=0)
+        Xc = X64 - mean
         evals, U = np.linalg.eigh(Xc @ Xc.T)
         evals, U = evals[::-1][:n_components], U[:, ::-1][:, :n_components]
         comps = (Xc.T @ U / np.sqrt(np.maximum(evals, np.finfo(float).tiny))).T
+        total_ss = float((Xc * Xc).sum())
     evals = np.maximum(evals, 0.0)
     big = np.argmax(np.abs(comps), axis=1)
     comps *= np.sign(comps[np.arange(comps.shape[0]), big])[:, None]
     denom = max(n - 1, 1)
-    total = float((Xc * Xc).sum() / denom)
+    total = total_ss / denom
     return mean, comps, evals / denom, total
 
 
@@ -101,7 +113,9 @@ class PCAMatch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         """Project ``X`` (n_samples, n_features) to shape (n_samples, n_components_)."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        Z = (X - self.mean_) @ self.components_.T
+        # X @ C.T - mean @ C.T: the same projection without an (n, d) centred copy of X (memory at full-COCO scale)
+        Z = X @ self.components_.T.astype(X.dtype, copy=False)
+        Z -= (self.mean_ @ self.components_.T).astype(X.dtype, copy=False)
         if self.whiten:
             Z /= np.sqrt(np.maximum(self.explained_variance_, np.finfo(X.dtype).tiny))
         return Z

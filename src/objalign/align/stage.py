@@ -101,12 +101,14 @@ def _fit_fold(X, Y, groups, label_index, fold, methods, cfg: AlignConfig, fold_n
         raise ObjalignError(f"align.cv_folds = {cfg.cv_folds} but {where} has only {n_train_groups} images; "
                             "lower align.cv_folds or sample more instances")
     d = int(min(cfg.common_dim, X.shape[1], Y.shape[1], len(train) - 1))
-    pca = PCAMatch(n_components=d).fit(X[train])
-    Ztr, Zte = pca.transform(X[train]), pca.transform(X[test])
+    Xtr = X[train]  # one copy of the training rows, dropped once projected
+    pca = PCAMatch(n_components=d).fit(Xtr)
+    Ztr, Zte = pca.transform(Xtr), pca.transform(X[test])
+    del Xtr
     Ytr, gtr = Y[train], groups[train]
     cv = GroupKFold(n_splits=cfg.cv_folds)
     null_ok = cfg.n_permutations > 0 and len(train) <= cfg.null_max_train
-    out = {"pca": pca, "Ztr": Ztr, "Zte": Zte, "pca_dim": d, "n_train": int(len(train)), "methods": {}}
+    out = {"pca": pca, "Zte": Zte, "pca_dim": d, "n_train": int(len(train)), "methods": {}}
     for method in methods:
         t0 = time.time()
         smoother = None
