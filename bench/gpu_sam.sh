@@ -5,13 +5,5 @@
 # Needs a CUDA build of torch plus transformers and pillow (pip install -e '.[models]').
 # Usage: bench/gpu_sam.sh [--batches 1,4,8,16,32] [--peak-tflops N]   (python bench/gpu_sam.py --tiny: CPU smoke test)
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(dirname "$here")"
-export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-py="${PYTHON:-python3}"
-if command -v nvidia-smi >/dev/null 2>&1; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
-fi
-"$py" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu available', torch.cuda.is_available(), '| transformers', transformers.__version__)"
+. "$(dirname "${BASH_SOURCE[0]}")/_gpu_env.sh"
 exec timeout 290 "$py" "$here/gpu_sam.py" "$@"
