@@ -41,10 +41,19 @@ def _splits(kind, X, Y, groups):
     raise AssertionError(kind)
 
 
+@pytest.fixture(params=["eig", "chol"])
+def ridge_engine(request, monkeypatch):
+    """Run a RidgeCV test once with each exact engine (per-fold eigendecomposition, per-alpha Cholesky)."""
+    import objalign.align._ridge_stats as rs
+
+    monkeypatch.setattr(rs, "_use_cholesky", lambda p, r, n_alphas: request.param == "chol")
+    return request.param
+
+
 @pytest.mark.parametrize("kind", ["kfold", "group", "shuffle", "predefined"])
 @pytest.mark.parametrize("repeated", [True, False])
 @pytest.mark.parametrize("one_d", [False, True])
-def test_ridge_cv_equals_grid_search(kind, repeated, one_d):
+def test_ridge_cv_equals_grid_search(kind, repeated, one_d, ridge_engine):
     X, Y, groups = _problem(repeated=repeated)
     if one_d:
         Y = Y[:, 0]
@@ -117,6 +126,28 @@ def test_factor_targets_is_exact_and_declines_unique_rows():
     assert factor_targets(rng.standard_normal((200, 16))).Z is None  # all rows distinct: not worth it
 
 
+def test_held_out_totals_match_direct_computation():
+    """Fold totals from category counts agree with scikit-learn's arithmetic; the direct path is bit-exact."""
+    from objalign.align._scoring import held_out_totals
+
+    X, Y, groups = _problem(n=300, dy=40, n_cat=9, seed=4)
+    splits = list(GroupKFold(4).split(X, Y, groups))
+    basis = factor_targets(Y)
+    assert basis.Z is not None
+    fast, fast_max = held_out_totals(Y, splits, basis)
+    direct, direct_max = held_out_totals(Y, splits)
+    for f, (_, test) in enumerate(splits):
+        exact = total_sum_of_squares(Y[test])
+        np.testing.assert_array_equal(direct[f], exact)
+        np.testing.assert_allclose(fast[f], exact, rtol=1e-12)
+        assert fast_max[f] == direct_max[f] == np.abs(Y[test]).max()
+    Y[:, 3] = 0.1  # a constant output: the fast path must hand this fold to scikit-learn's arithmetic
+    basis = factor_targets(Y)
+    const, _ = held_out_totals(Y, splits, basis)
+    for f, (_, test) in enumerate(splits):
+        np.testing.assert_array_equal(const[f], total_sum_of_squares(Y[test]))
+
+
 def test_r2_from_ss_matches_sklearn_including_constant_outputs():
     rng = np.random.default_rng(0)
     y = rng.standard_normal((10, 4))
@@ -179,11 +210,22 @@ def test_elimination_plan_is_cheaper_than_separate_fits():
     assert cost < 5 * _full_cost(2400, 0) < 5 * (2400**3 / 3 + 2 * 2400**2 * 80)
 
 
+@pytest.mark.parametrize("repeated", [True, False])
+def test_ridge_cv_with_more_features_than_test_rows(repeated, ridge_engine):
+    """Test folds smaller than the feature count: the test-fold Gram is singular (no Cholesky of it)."""
+    X, Y, _ = _problem(n=60, d=30, repeated=repeated, seed=3)
+    alphas = [1e-2, 1.0, 30.0]
+    ref = GridSearchCV(SkRidge(), {"alpha": alphas}, cv=KFold(4), scoring="r2").fit(X, Y)
+    ours = RidgeCV(alphas=alphas, cv=4).fit(X, Y)
+    np.testing.assert_allclose(ours.cv_results_["mean_test_score"], ref.cv_results_["mean_test_score"], atol=1e-10)
+    assert ours.best_params_ == ref.best_params_
+
+
 @pytest.mark.parametrize("Est,ref,grid", [
     (RidgeCV, SkRidge(), {"alpha": [0.1, 1.0]}),
     (KernelRidgeCV, SkKernelRidge(kernel="rbf"), {"alpha": [0.1, 1.0], "gamma": [0.5]}),
 ])
-def test_constant_outputs_score_like_sklearn(Est, ref, grid):
+def test_constant_outputs_score_like_sklearn(Est, ref, grid, ridge_engine):
     """A constant held-out output scores 1 if predicted exactly, else 0 (scikit-learn's force_finite)."""
     rng = np.random.default_rng(0)
     X, Y = rng.standard_normal((60, 4)), rng.standard_normal((60, 3))

@@ -15,26 +15,23 @@ are chosen by dynamic programming on the flop count (:func:`_plan`); for 5 folds
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import get_blas_funcs, get_lapack_funcs
+
+from objalign.align._blas import Blas
 
 __all__ = ["block_logo_residuals"]
 
 
 class _Ops:
     def __init__(self, dtype):
-        probe = np.empty((1, 1), dtype=dtype)
-        self.potrf = get_lapack_funcs("potrf", (probe,))
-        self.trsm = get_blas_funcs("trsm", (probe,))
-        self.syrk = get_blas_funcs("syrk", (probe,))
-        self.gemm = get_blas_funcs("gemm", (probe,))
+        self.blas = Blas(dtype)
         self.dtype = dtype
 
     def chol(self, S):
         """Lower Cholesky factor of a Fortran-ordered block (overwritten)."""
-        L, info = self.potrf(S, lower=1, clean=0, overwrite_a=1)
+        info = self.blas.potrf(S)
         if info != 0:
             raise np.linalg.LinAlgError(f"kernel block is not positive definite (potrf info={info})")
-        return L
+        return S
 
 
 def _block(S, r0, r1, c0, c1, diag_add=0.0):
@@ -52,21 +49,22 @@ def _eliminate(ops, S, C, a, first, diag_add):
     otherwise eliminates ``[a, m)`` and returns the complement on ``[0, a)``.
     """
     m = S.shape[0]
+    b = ops.blas
     SBA = _block(S, a, m, 0, a)  # rows B, cols A (lower part)
     if first:
         L = ops.chol(_block(S, 0, a, 0, a, diag_add))
         # Wt = S_BA L^-T  (b, a);  S_B' = S_BB - Wt Wt'
-        Wt = ops.trsm(1.0, L, SBA, side=1, lower=1, trans_a=1, overwrite_b=1)
-        Snew = ops.syrk(-1.0, Wt, beta=1.0, c=_block(S, a, m, a, m, diag_add), trans=0, lower=1, overwrite_c=1)
-        cA = ops.trsm(1.0, L, np.array(C[:a], order="F"), side=0, lower=1, overwrite_b=1)
-        Cnew = ops.gemm(-1.0, Wt, cA, beta=1.0, c=np.array(C[a:], order="F"), overwrite_c=1)
+        Wt = b.trsm(L, SBA, right=True, trans=True)
+        Snew = b.syrk(Wt, _block(S, a, m, a, m, diag_add), alpha=-1.0)
+        cA = b.trsm(L, np.array(C[:a], order="F"))
+        Cnew = b.gemm(Wt, cA, np.array(C[a:], order="F"), alpha=-1.0)
     else:
         L = ops.chol(_block(S, a, m, a, m, diag_add))
         # V = L^-1 S_BA  (b, a);  S_A' = S_AA - V'V
-        V = ops.trsm(1.0, L, SBA, side=0, lower=1, overwrite_b=1)
-        Snew = ops.syrk(-1.0, V, beta=1.0, c=_block(S, 0, a, 0, a, diag_add), trans=1, lower=1, overwrite_c=1)
-        cB = ops.trsm(1.0, L, np.array(C[a:], order="F"), side=0, lower=1, overwrite_b=1)
-        Cnew = ops.gemm(-1.0, V, cB, beta=1.0, c=np.array(C[:a], order="F"), trans_a=1, overwrite_c=1)
+        V = b.trsm(L, SBA)
+        Snew = b.syrk(V, _block(S, 0, a, 0, a, diag_add), trans=True, alpha=-1.0)
+        cB = b.trsm(L, np.array(C[a:], order="F"))
+        Cnew = b.gemm(V, cB, np.array(C[:a], order="F"), trans_a=True, alpha=-1.0)
     return Snew, Cnew
 
 
@@ -83,10 +81,9 @@ def _leaf(ops, S, C, a, first, diag_add):
     else:
         L = ops.chol(_block(S, a, m, a, m, diag_add))
         rhs, keep, off, trans = C[a:], C[:a], S[a:m, 0:a], 1
-    z = ops.trsm(1.0, L, np.array(rhs, order="F"), side=0, lower=1, overwrite_b=1)
-    z = ops.trsm(1.0, L, z, side=0, lower=1, trans_a=1, overwrite_b=1)
-    return ops.gemm(-1.0, np.asfortranarray(off), z, beta=1.0, c=np.array(keep, order="F"), trans_a=trans,
-                    overwrite_c=1)
+    z = ops.blas.trsm(L, np.array(rhs, order="F"))
+    z = ops.blas.trsm(L, z, trans=True)
+    return ops.blas.gemm(np.asfortranarray(off), z, np.array(keep, order="F"), trans_a=bool(trans), alpha=-1.0)
 
 
 def _full_cost(a, b):

@@ -176,7 +176,115 @@ def small_blas(p, limit=1024):
     return _CONTROLLER.limit(limits=1, user_api="blas")
 
 
+def _use_cholesky(p, r, n_alphas):
+    """Per-alpha Cholesky fits beat one eigendecomposition per fold for short alpha grids.
+
+    Cost model fitted to single-core timings of both engines (``bench/ridge_engines.py``): per fold, a
+    (p, p) ``dsyevd`` plus the eigenbasis products costs about ``14 p^3 + 2 p^2 r`` flop-equivalents; a
+    Cholesky fit plus its scoring products about ``p^3 / 3 + 4 p^2 r`` per alpha.
+    """
+    return n_alphas * (p**3 / 3 + 4 * p * p * r) < 14 * p**3 + 2 * p * p * r
+
+
 def _cv_r2_scores(folds, alphas, fit_intercept, Z, ss_tot, y_absmax):
+    p, r = folds[0][0].E.shape
+    if _use_cholesky(p, r, len(alphas)):
+        return _cv_r2_scores_chol(folds, alphas, fit_intercept, Z, ss_tot, y_absmax)
+    return _cv_r2_scores_eig(folds, alphas, fit_intercept, Z, ss_tot, y_absmax)
+
+
+def _fold_setup(train, test, fit_intercept, Z64, ss_tot):
+    """Centred training moments, test moments centred on the training means, and the R² weights."""
+    n = test.n
+    C, B, mx, mt = _centre(train, fit_intercept)
+    # Test statistics centred on the *training* means: rows x - mx, targets t - mt, as two rank-one updates
+    # each (G - s mx' - mx s' + n mx mx' = G - (s - n mx) mx' - mx s').
+    u, v = test.s - n * mx, test.t - n * mt
+    Gc = test.G - np.outer(u, mx) - np.outer(mx, test.s)
+    Ec = test.E - np.outer(u, mt) - np.outer(mx, test.t)
+    if Z64 is not None:
+        TTc = test.TT - np.outer(v, mt) - np.outer(mt, test.t)
+    else:
+        TTc = test.TT - v * mt - mt * test.t
+    tot = np.asarray(ss_tot, dtype=np.float64)
+    nz = tot != 0
+    w = np.zeros(tot.shape[0])
+    w[nz] = 1.0 / tot[nz]
+    return C, B, Gc, Ec, TTc, w, nz
+
+
+def _gram_factor(blas, G):
+    """Lower ``R`` with ``R R' = G`` for a positive semi-definite ``G``: Cholesky, or ``Q sqrt(lam)`` if singular."""
+    R = np.asfortranarray(G).copy(order="F")
+    if blas.potrf(R) == 0:
+        return R, True  # lower triangle (trmm reads only that)
+    lam, Q = sla.eigh(G, check_finite=False)
+    return np.asfortranarray(Q * np.sqrt(np.clip(lam, 0.0, None))), False
+
+
+def _cv_r2_scores_chol(folds, alphas, fit_intercept, Z, ss_tot, y_absmax):
+    """Per (fold, alpha): Cholesky of ``C + alpha I`` and coefficients ``W``. The held-out weighted residual
+    sum of squares is ``tr((T'T - 2 W'E + W'GW) M)`` with test moments centred on the training means and
+    ``M = Z diag(1/ss_tot) Z'`` (diagonal without a target basis); with ``G = R R'`` (one factorisation per
+    fold) ``tr(W'GW M) = sum((P M) * P)`` for ``P = R'W``, one triangular product for all alphas, and
+    ``tr(W'E M) = sum(W * (E M))``: no (p, p) x (p, r) product per alpha."""
+    from objalign.align._blas import Blas
+
+    blas = Blas(np.float64)
+    Z64 = None if Z is None else np.asarray(Z, dtype=np.float64)
+    n_targets = folds[0][0].E.shape[1] if Z is None else Z.shape[1]
+    scores = np.empty((len(alphas), len(folds)))
+    eps = np.finfo(np.float64).eps
+    for f, (train, test) in enumerate(folds):
+        n = test.n
+        if n < 2:  # scikit-learn returns NaN (with a warning) for R² on fewer than two samples
+            scores[:, f] = np.nan
+            continue
+        C, B, Gc, Ec, TTc, w, nz = _fold_setup(train, test, fit_intercept, Z64, ss_tot[f])
+        zero = np.flatnonzero(~nz)
+        tiny = n * (64 * eps * (1.0 + y_absmax[f])) ** 2
+        p, r = B.shape
+        if Z64 is not None:
+            M = (Z64 * w) @ Z64.T
+            EM = Ec @ M
+            t0 = float(np.sum(TTc * M))
+        else:
+            EM = Ec * w
+            t0 = float(TTc @ w)
+        Cf = np.asfortranarray(C)
+        Ws = np.empty((p, len(alphas) * r), order="F")
+        for a, alpha in enumerate(alphas):
+            W = Ws[:, a * r : (a + 1) * r]  # a Fortran-contiguous column block
+            A = Cf.copy(order="F")
+            A.flat[:: p + 1] += alpha
+            if blas.potrf(A) != 0:
+                W[...] = _solve_spd(C, alpha, B)
+                continue
+            W[...] = B
+            blas.trsm(A, W)
+            blas.trsm(A, W, trans=True)
+        R, triangular = _gram_factor(blas, Gc)
+        if triangular:
+            Ps = blas.trmm(R, Ws.copy(order="F"), trans=True)
+        else:
+            Ps = R.T @ Ws
+        for a in range(len(alphas)):
+            W, P = Ws[:, a * r : (a + 1) * r], Ps[:, a * r : (a + 1) * r]
+            quad = float(np.sum((P @ M) * P)) if Z64 is not None else float(np.einsum("ij,ij->j", P, P) @ w)
+            wss = t0 - 2 * float(np.sum(W * EM)) + quad
+            total = nz.sum() - wss
+            for j in zero:  # constant held-out outputs: scikit-learn scores 1 if predicted exactly, else 0
+                if Z64 is not None:
+                    z = Z64[:, j]
+                    ss = float(z @ TTc @ z) - 2 * float((W @ z) @ (Ec @ z)) + float(np.sum((P @ z) ** 2))
+                else:
+                    ss = float(TTc[j]) - 2 * float(W[:, j] @ Ec[:, j]) + float(P[:, j] @ P[:, j])
+                total += ss <= tiny
+            scores[a, f] = total / n_targets
+    return scores
+
+
+def _cv_r2_scores_eig(folds, alphas, fit_intercept, Z, ss_tot, y_absmax):
     n_targets = folds[0][0].E.shape[1] if Z is None else Z.shape[1]
     Z64 = None if Z is None else np.asarray(Z, dtype=np.float64)
     scores = np.empty((len(alphas), len(folds)))
@@ -186,21 +294,10 @@ def _cv_r2_scores(folds, alphas, fit_intercept, Z, ss_tot, y_absmax):
         if n < 2:  # scikit-learn returns NaN (with a warning) for R² on fewer than two samples
             scores[:, f] = np.nan
             continue
-        C, B, mx, mt = _centre(train, fit_intercept)
-        # Test statistics centred on the *training* means: rows x - mx, targets t - mt.
-        Gc = test.G - np.outer(test.s, mx) - np.outer(mx, test.s) + n * np.outer(mx, mx)
-        Ec = test.E - np.outer(test.s, mt) - np.outer(mx, test.t) + n * np.outer(mx, mt)
-        if Z64 is not None:
-            TTc = test.TT - np.outer(test.t, mt) - np.outer(mt, test.t) + n * np.outer(mt, mt)
-        else:
-            TTc = test.TT - 2 * test.t * mt + n * mt * mt
+        C, B, Gc, Ec, TTc, w, nz = _fold_setup(train, test, fit_intercept, Z64, ss_tot[f])
         lam, V = sla.eigh(C, check_finite=False, driver="evd")
         Bp, Ecp = V.T @ B, V.T @ Ec
         Gcp = V.T @ Gc @ V
-        tot = np.asarray(ss_tot[f], dtype=np.float64)
-        nz = tot != 0
-        w = np.zeros(n_targets)
-        w[nz] = 1.0 / tot[nz]
         if Z64 is not None:
             M = (Z64 * w) @ Z64.T
             t0 = float(np.sum(TTc * M))
@@ -211,7 +308,7 @@ def _cv_r2_scores(folds, alphas, fit_intercept, Z, ss_tot, y_absmax):
         h = np.einsum("ka,ka->k", Ecp, BM)
         H = Gcp * (BM @ Bp.T)
         F = 1.0 / (lam[None, :] + alphas[:, None])  # (n_alphas, p)
-        wss = t0 - 2 * F @ h + np.einsum("ak,kl,al->a", F, H, F)
+        wss = t0 - 2 * F @ h + ((F @ H) * F).sum(axis=1)
         total = nz.sum() - wss
         zero = np.flatnonzero(~nz)
         if zero.size:  # constant held-out outputs: scikit-learn scores 1 if predicted exactly, else 0
@@ -221,7 +318,7 @@ def _cv_r2_scores(folds, alphas, fit_intercept, Z, ss_tot, y_absmax):
                 b, e = Bp @ z, Ecp @ z
                 tt = float(z @ TTc @ z) if Z64 is not None else float(TTc[j])
                 Fb = F * b
-                ss_j = tt - 2 * Fb @ e + np.einsum("ak,kl,al->a", Fb, Gcp, Fb)
+                ss_j = tt - 2 * Fb @ e + ((Fb @ Gcp) * Fb).sum(axis=1)
                 total = total + (ss_j <= tiny)
         scores[:, f] = total / n_targets
     return scores

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["total_sum_of_squares", "r2_from_ss"]
+__all__ = ["total_sum_of_squares", "held_out_totals", "r2_from_ss"]
 
 
 def total_sum_of_squares(Y_test):
@@ -25,6 +25,54 @@ def total_sum_of_squares(Y_test):
     """
     Y = np.asarray(Y_test, dtype=np.float64)
     return ((Y - np.average(Y, axis=0)) ** 2).sum(axis=0)
+
+
+def held_out_totals(Y, splits, basis=None):
+    """:func:`total_sum_of_squares` and the largest absolute value of every fold's held-out targets.
+
+    With ``basis`` factorised (``Y = Z[codes]``, :mod:`objalign.align._targets`) both come from the category
+    counts of each fold and the distinct rows ``Z``, without touching the (n_test, n_targets) rows; a fold
+    with a (nearly) constant output, where scikit-learn's exact arithmetic decides whether R² is 0, 1 or
+    huge, takes the direct path. The direct path does ``total_sum_of_squares(Y[test])``'s arithmetic bit for
+    bit, in one reused float64 buffer.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (n_samples, n_targets)
+    splits : list of (train, test) index arrays
+    basis : TargetBasis, optional
+
+    Returns
+    -------
+    ss_tot : list of ndarray of shape (n_targets,)
+    absmax : list of float
+    """
+    tots, absmax = [], []
+    buf = None
+    Z = None if basis is None or basis.Z is None else np.asarray(basis.Z, dtype=np.float64)
+    for _, test in splits:
+        if Z is not None and len(test):
+            counts = np.bincount(basis.codes[test], minlength=Z.shape[0])
+            present = counts > 0
+            c, Zp = counts[present].astype(np.float64), Z[present]
+            D = Zp - (c @ Zp) / len(test)
+            tot = c @ (D * D)
+            if (tot > 1e-9 * (c @ (Zp * Zp))).all():
+                tots.append(tot)
+                absmax.append(float(np.abs(Zp).max()))
+                continue
+        if buf is None:
+            buf = np.empty((max(len(t) for _, t in splits), Y.shape[1]))
+        Yt = buf[: len(test)]
+        if Y.dtype == np.float64:
+            np.take(Y, test, axis=0, out=Yt)
+        else:
+            Yt[...] = Y[test]
+        absmax.append(max(float(Yt.max()), -float(Yt.min())) if Yt.size else 0.0)
+        Yt -= np.average(Yt, axis=0)
+        np.square(Yt, out=Yt)
+        tots.append(Yt.sum(axis=0))
+    return tots, absmax
 
 
 def r2_from_ss(ss_res, ss_tot, exact_zero=None):

@@ -81,9 +81,8 @@ def find_partition(splits, n_samples):
     for train, test in splits:
         if train.size + test.size != n_samples:
             return None
-        mark = np.zeros(n_samples, dtype=bool)
-        mark[train] = True
-        if mark[test].any() or np.unique(test).size != test.size or np.unique(train).size != train.size:
+        # Train and test together cover every sample exactly once (no repeats, no overlap, no gap).
+        if (np.bincount(train, minlength=n_samples) + np.bincount(test, minlength=n_samples) != 1).any():
             return None
         seen[test] += 1
     if (seen > 1).any():

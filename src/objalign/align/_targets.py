@@ -49,6 +49,9 @@ class TargetBasis:
         return out
 
 
+_VERIFY = 1024  # rows compared per step: the comparison stays in cache
+
+
 def factor_targets(Y, max_ratio=0.5, chunk=65536):
     """Find the distinct rows of ``Y`` exactly, if there are few of them.
 
@@ -68,19 +71,18 @@ def factor_targets(Y, max_ratio=0.5, chunk=65536):
     limit = int(max_ratio * dy)
     if limit < 1 or n <= limit:
         return TargetBasis(None, None, Y)
-    # Hash each row to a float with a random projection, then verify exactly: collisions only cost speed.
+    # Hash each row to a float with a random projection, then verify exactly: collisions, or equal rows that
+    # happen to get different keys, only cost speed (the verification below is what makes the result exact).
     rng = np.random.default_rng(12345)
-    w = rng.standard_normal(dy)
-    # (row * w).sum(1) reduces every row the same way, so equal rows get bit-equal keys (a BLAS gemv may not).
-    w = w.astype(Y.dtype)
+    w = rng.standard_normal(dy).astype(Y.dtype)
     keys = np.empty(n, dtype=Y.dtype)
     for s in range(0, n, chunk):
-        keys[s : s + chunk] = (Y[s : s + chunk] * w).sum(axis=1)
+        np.matmul(Y[s : s + chunk], w, out=keys[s : s + chunk])
     _, first, codes = np.unique(keys, return_index=True, return_inverse=True)
     if first.shape[0] > limit:
         return TargetBasis(None, None, Y)
     Z = Y[first]
-    for s in range(0, n, chunk):
-        if not np.array_equal(Y[s : s + chunk], Z[codes[s : s + chunk]]):
+    for s in range(0, n, _VERIFY):
+        if not np.array_equal(Y[s : s + _VERIFY], Z[codes[s : s + _VERIFY]]):
             return TargetBasis(None, None, Y)
     return TargetBasis(codes.astype(np.intp, copy=False), Z, Y)

@@ -14,7 +14,7 @@ from objalign.align import _nystroem as nys
 from objalign.align._kernels import GAMMA_KERNELS, KernelBase, check_kernel, kernel_matrix
 from objalign.align._logo import block_logo_residuals
 from objalign.align._ridge_stats import Moments, cv_r2_scores, ridge_from_moments, small_blas
-from objalign.align._scoring import total_sum_of_squares
+from objalign.align._scoring import held_out_totals
 from objalign.align._search import build_cv_results, fold_scores, param_grid
 from objalign.align._splits import find_partition, resolve_splits
 from objalign.align._targets import factor_targets
@@ -252,7 +252,9 @@ class KernelRidge(_KernelBaseEstimator):
         check_positive(self.alpha, "alpha")
         check_positive(self.gamma, "gamma", allow_none=True)
         X, y, _ = check_xy(X, y, name_y="y")
-        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
+        # check_xy has already converted and checked both arrays (with clearer messages): here only record
+        # n_features_in_ / feature_names_in_, without scanning the arrays a second time.
+        X, y = validate_data(self, X, y, skip_check_array=True)
         self._store_fit(X, y, float(self.alpha), self.gamma)
         return self
 
@@ -344,7 +346,9 @@ class KernelRidgeCV(_KernelBaseEstimator):
         gammas = check_grid(self.gammas, "gammas", allow_none=True)
         n_splits = self.cv if isinstance(self.cv, (int, np.integer)) and not isinstance(self.cv, bool) else None
         X, y, groups = check_xy(X, y, groups, n_splits=n_splits, name_y="y")
-        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
+        # check_xy has already converted and checked both arrays (with clearer messages): here only record
+        # n_features_in_ / feature_names_in_, without scanning the arrays a second time.
+        X, y = validate_data(self, X, y, skip_check_array=True)
         n = X.shape[0]
         if has_gamma and gammas is None:
             gammas = np.array([1.0 / X.shape[1]])
@@ -353,11 +357,7 @@ class KernelRidgeCV(_KernelBaseEstimator):
         basis = factor_targets(Y)
         glist = list(gammas) if has_gamma else [None]
 
-        tots, absmax = [], []
-        for _, test in splits:
-            Yt = np.asarray(Y[test], dtype=np.float64)
-            tots.append(total_sum_of_squares(Yt))
-            absmax.append(float(np.abs(Yt).max()))
+        tots, absmax = held_out_totals(Y, splits, basis)
         if _use_nystroem(self, n):
             scores = self._cv_nystroem(X, basis, splits, alphas, glist, tots, absmax)
         else:

@@ -6,8 +6,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from objalign.align._ridge_stats import cv_r2_scores, moments, ridge_from_moments, small_blas
-from objalign.align._scoring import total_sum_of_squares
+from objalign.align._ridge_stats import Moments, cv_r2_scores, moments, ridge_from_moments, small_blas
+from objalign.align._scoring import held_out_totals
 from objalign.align._search import build_cv_results, param_grid
 from objalign.align._splits import find_partition, resolve_splits
 from objalign.align._targets import factor_targets
@@ -87,7 +87,9 @@ class Ridge(_LinearPredictMixin, MultiOutputMixin, RegressorMixin, BaseEstimator
         """
         check_positive(self.alpha, "alpha", low_inclusive=True)
         X, y, _ = check_xy(X, y, name_y="y")
-        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
+        # check_xy has already converted and checked both arrays (with clearer messages): here only record
+        # n_features_in_ / feature_names_in_, without scanning the arrays a second time.
+        X, y = validate_data(self, X, y, skip_check_array=True)
         Y = _as_2d(np.asarray(y, dtype=X.dtype))
         W, b = solve_ridge(X, Y, float(self.alpha), self.fit_intercept)
         _finish_fit(self, X, y, W.T, b)
@@ -150,16 +152,42 @@ def _block_moments(X, basis, shift, idx_blocks, full_tt):
     """
     out = []
     mx, my = shift
+    # One reused float64 buffer for the gathered rows: a fresh array per block costs more in page faults
+    # than the gather itself.
+    buf = np.empty((min(_CHUNK, max((idx.size for idx in idx_blocks), default=0)), X.shape[1]))
     for idx in idx_blocks:
         acc = None
         for s in range(0, max(idx.size, 1), _CHUNK):
             rows = idx[s : s + _CHUNK]
-            F = np.asarray(X[rows], dtype=np.float64) - mx
-            T = basis.T(rows) if my is None else np.asarray(basis.Y[rows], dtype=np.float64) - my
-            m_ = moments(F, T, full_tt)
+            if my is None:  # factorised targets: rows sorted by category, indicator moments by counting
+                rows = rows[np.argsort(basis.codes[rows], kind="stable")]
+            F = buf[: rows.size]
+            if X.dtype == np.float64:
+                np.take(X, rows, axis=0, out=F)
+            else:
+                F[...] = X[rows]
+            F -= mx
+            if my is None:
+                m_ = _indicator_moments(F, basis.codes[rows], basis.r)
+            else:
+                m_ = moments(F, np.asarray(basis.Y[rows], dtype=np.float64) - my, full_tt)
             acc = m_ if acc is None else acc + m_
         out.append(acc)
     return out
+
+
+def _indicator_moments(F, codes, r):
+    """:func:`moments` of ``F`` with the one-hot targets of ``codes`` (sorted), without forming them.
+
+    ``F'T`` is the per-category sum of rows, ``T'1`` the category counts and ``T'T`` their diagonal.
+    """
+    counts = np.bincount(codes, minlength=r)
+    E = np.zeros((F.shape[1], r))
+    if codes.size:
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        E[:, codes[starts]] = np.add.reduceat(F, starts, axis=0).T
+    t = counts.astype(np.float64)
+    return Moments(G=F.T @ F, E=E, s=F.sum(axis=0), t=t, TT=np.diag(t), n=F.shape[0])
 
 
 class RidgeCV(_LinearPredictMixin, MultiOutputMixin, RegressorMixin, BaseEstimator):
@@ -221,7 +249,9 @@ class RidgeCV(_LinearPredictMixin, MultiOutputMixin, RegressorMixin, BaseEstimat
         alphas = check_grid(self.alphas, "alphas")
         n_splits = self.cv if isinstance(self.cv, (int, np.integer)) and not isinstance(self.cv, bool) else None
         X, y, groups = check_xy(X, y, groups, n_splits=n_splits, name_y="y")
-        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
+        # check_xy has already converted and checked both arrays (with clearer messages): here only record
+        # n_features_in_ / feature_names_in_, without scanning the arrays a second time.
+        X, y = validate_data(self, X, y, skip_check_array=True)
         n = X.shape[0]
         splits = resolve_splits(self.cv, X, y, groups, n)
         with small_blas(X.shape[1]):
@@ -254,11 +284,7 @@ class RidgeCV(_LinearPredictMixin, MultiOutputMixin, RegressorMixin, BaseEstimat
                 folds.append((tr, te))
             total = _block_moments(X, basis, shift, [np.arange(n)], factorised)[0]
 
-        tots, absmax = [], []
-        for _, test in splits:
-            Yt = np.asarray(Y[test], dtype=np.float64)
-            tots.append(total_sum_of_squares(Yt))
-            absmax.append(float(np.abs(Yt).max()))
+        tots, absmax = held_out_totals(Y, splits, basis)
         scores = cv_r2_scores(folds, alphas, self.fit_intercept, basis.Z, tots, absmax)
         params = param_grid(alphas)
         self.cv_results_, self.best_index_ = build_cv_results(params, scores)
