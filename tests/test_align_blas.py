@@ -68,7 +68,7 @@ def test_wrong_layout_dtype_or_shape_is_refused():
     L = np.eye(3)
     with pytest.raises(ValueError, match="Fortran-ordered"):
         b.trsm(np.asfortranarray(L), np.ones((3, 2)))  # C-ordered right-hand side
-    with pytest.raises(ValueError, match="Fortran-ordered float64"):
+    with pytest.raises(ValueError, match=r"column-major\) float64"):
         b.potrf(np.asfortranarray(L, dtype=np.float32))
     with pytest.raises(ValueError, match="incompatible shapes"):
         b.trsm(np.asfortranarray(L), np.asfortranarray(np.ones((4, 2))))
@@ -113,3 +113,23 @@ def test_calls_release_the_gil():
     with threadpool_limits(limits=1, user_api="blas"):
         took, stall = _longest_stall(lambda: Blas(np.float64).potrf(S.copy(order="F")))
         assert took > 0.01 and stall < took / 2, (took, stall)
+
+
+def test_sub_block_views_are_used_in_place(dtype):
+    """A block ``S[r0:r1, c0:c1]`` of a Fortran-ordered matrix is passed with its leading dimension."""
+    rng = np.random.default_rng(4)
+    big = np.asfortranarray(rng.standard_normal((9, 9))).astype(dtype, order="F")
+    S = _spd(rng, 4, dtype)
+    big[2:6, 3:7] = S
+    before = big.copy(order="F")
+    b = Blas(dtype)
+    assert b.potrf(big[2:6, 3:7]) == 0  # in place, inside the big array
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(np.tril(big[2:6, 3:7]), np.linalg.cholesky(S.astype(np.float64)), rtol=tol, atol=tol)
+    outside = np.ones(big.shape, dtype=bool)
+    outside[2:6, 3:7] = False
+    np.testing.assert_array_equal(big[outside], before[outside])
+    B = big[6:9, 0:4]  # a 3 x 4 block, leading dimension 9
+    want = before[6:9, 0:4] @ np.linalg.inv(np.tril(big[2:6, 3:7]).T)
+    b.trsm(big[2:6, 3:7], B, right=True, trans=True)
+    np.testing.assert_allclose(big[6:9, 0:4], want, rtol=tol, atol=tol)

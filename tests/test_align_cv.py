@@ -258,3 +258,16 @@ def test_engine_choice_follows_grid_length():
     assert _exact_engine(part, 7, 80, np.float64) == "blocks"
     assert _exact_engine(part, 40, 80, np.float64) == "eigh"
     assert _exact_engine(part, 40, 80, np.float32) == "blocks"
+
+
+def test_kernel_refit_falls_back_when_in_place_cholesky_fails(monkeypatch):
+    """The refit factorises the kernel in place; if that Cholesky fails the kernel is rebuilt and solved
+    the way scikit-learn does (so the fallback sees the original matrix, not the half-factorised one)."""
+    from objalign.align import KernelRidge
+    from objalign.align._blas import Blas
+
+    X, Y, _ = _problem(seed=8)
+    ref = SkKernelRidge(alpha=0.3, kernel="rbf", gamma=0.2).fit(X, Y)
+    monkeypatch.setattr(Blas, "potrf", lambda self, A: A.fill(np.nan) or 1)  # fail, leaving garbage behind
+    ours = KernelRidge(alpha=0.3, kernel="rbf", gamma=0.2).fit(X, Y)
+    np.testing.assert_allclose(ours.dual_coef_, ref.dual_coef_, rtol=1e-8, atol=1e-10)

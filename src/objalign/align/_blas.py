@@ -6,8 +6,9 @@ two threads doing ``potrf``/``trsm``/``syrk``/``gemm`` through them run one afte
 pointers that ``scipy.linalg.cython_blas`` / ``cython_lapack`` export, called with :mod:`ctypes`, which
 drops the GIL for the duration of a foreign call.
 
-Every array handed to these functions must be Fortran-ordered (column-major) with the routine's dtype;
-this is checked, because a wrong layout would be read silently as another matrix.
+Every array handed to these functions must be column-major (Fortran-ordered, or a sub-block view of a
+Fortran-ordered array, passed with its leading dimension) with the routine's dtype; this is checked,
+because a wrong layout would be read silently as another matrix.
 """
 
 from __future__ import annotations
@@ -56,7 +57,11 @@ def _i(v):
 
 
 class Blas:
-    """``potrf``, ``trsm``, ``trmm``, ``syrk`` and ``gemm`` for one dtype (float32 or float64), GIL released."""
+    """``potrf``, ``trsm``, ``trmm``, ``syrk`` and ``gemm`` for one dtype (float32 or float64), GIL released.
+
+    Arrays are column-major: Fortran-contiguous, or a view of one (a sub-block ``S[r0:r1, c0:c1]`` of a
+    Fortran-ordered ``S``), passed with its leading dimension, so blocks are worked on in place.
+    """
 
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype)
@@ -69,10 +74,17 @@ class Blas:
         self._f = {name: _function(prefix, name) for name in _SIGS}
 
     def _arr(self, a, name):
-        if a.dtype != self.dtype or not a.flags.f_contiguous:
-            raise ValueError(f"{name}: expected a Fortran-ordered {self.dtype} array, got {a.dtype} "
-                             f"(F-contiguous={a.flags.f_contiguous})")
-        return a.ctypes.data
+        """(pointer, leading dimension) of a column-major 2-D array or view; anything else is refused."""
+        item = self.dtype.itemsize
+        ok = a.dtype == self.dtype and a.ndim == 2
+        if ok and a.size:
+            s0, s1 = a.strides
+            ok = (s0 == item or a.shape[0] == 1) and (s1 % item == 0 and s1 // item >= a.shape[0] or a.shape[1] == 1)
+        if not ok:
+            raise ValueError(f"{name}: expected a Fortran-ordered (column-major) {self.dtype} 2-D array, got "
+                             f"{a.dtype} with shape {a.shape} and strides {a.strides}")
+        ld = a.strides[1] // item if a.shape[1] > 1 else a.shape[0]
+        return a.ctypes.data, _i(max(ld, 1))
 
     def _s(self, v):
         return ctypes.byref(self._scalar(v))
@@ -82,7 +94,7 @@ class Blas:
         n = A.shape[0]
         _need(A.shape == (n, n), "potrf", A.shape)
         info = ctypes.c_int(0)
-        self._f["potrf"](b"L", _i(n), self._arr(A, "potrf"), _i(max(n, 1)), ctypes.byref(info))
+        self._f["potrf"](b"L", _i(n), *self._arr(A, "potrf"), ctypes.byref(info))
         return info.value
 
     def trsm(self, L, B, right=False, trans=False, alpha=1.0):
@@ -90,7 +102,7 @@ class Blas:
         m, n = B.shape
         _need(L.shape == ((n, n) if right else (m, m)), "trsm", L.shape, B.shape)
         self._f["trsm"](b"R" if right else b"L", b"L", b"T" if trans else b"N", b"N", _i(m), _i(n), self._s(alpha),
-                        self._arr(L, "trsm"), _i(max(L.shape[0], 1)), self._arr(B, "trsm"), _i(max(m, 1)))
+                        *self._arr(L, "trsm"), *self._arr(B, "trsm"))
         return B
 
     def trmm(self, L, B, right=False, trans=False, alpha=1.0):
@@ -98,7 +110,7 @@ class Blas:
         m, n = B.shape
         _need(L.shape == ((n, n) if right else (m, m)), "trmm", L.shape, B.shape)
         self._f["trmm"](b"R" if right else b"L", b"L", b"T" if trans else b"N", b"N", _i(m), _i(n), self._s(alpha),
-                        self._arr(L, "trmm"), _i(max(L.shape[0], 1)), self._arr(B, "trmm"), _i(max(m, 1)))
+                        *self._arr(L, "trmm"), *self._arr(B, "trmm"))
         return B
 
     def syrk(self, A, C, trans=False, alpha=1.0, beta=1.0):
@@ -106,8 +118,8 @@ class Blas:
         n = C.shape[0]
         k = A.shape[0] if trans else A.shape[1]
         _need(C.shape == (n, n) and (A.shape[1] if trans else A.shape[0]) == n, "syrk", A.shape, C.shape)
-        self._f["syrk"](b"L", b"T" if trans else b"N", _i(n), _i(k), self._s(alpha), self._arr(A, "syrk"),
-                        _i(max(A.shape[0], 1)), self._s(beta), self._arr(C, "syrk"), _i(max(n, 1)))
+        self._f["syrk"](b"L", b"T" if trans else b"N", _i(n), _i(k), self._s(alpha), *self._arr(A, "syrk"),
+                        self._s(beta), *self._arr(C, "syrk"))
         return C
 
     def gemm(self, A, B, C, trans_a=False, alpha=1.0, beta=1.0):
@@ -115,7 +127,6 @@ class Blas:
         m, n = C.shape
         k = A.shape[0] if trans_a else A.shape[1]
         _need((A.shape[1] if trans_a else A.shape[0]) == m and B.shape == (k, n), "gemm", A.shape, B.shape, C.shape)
-        self._f["gemm"](b"T" if trans_a else b"N", b"N", _i(m), _i(n), _i(k), self._s(alpha), self._arr(A, "gemm"),
-                        _i(max(A.shape[0], 1)), self._arr(B, "gemm"), _i(max(B.shape[0], 1)), self._s(beta),
-                        self._arr(C, "gemm"), _i(max(m, 1)))
+        self._f["gemm"](b"T" if trans_a else b"N", b"N", _i(m), _i(n), _i(k), self._s(alpha), *self._arr(A, "gemm"),
+                        *self._arr(B, "gemm"), self._s(beta), *self._arr(C, "gemm"))
         return C

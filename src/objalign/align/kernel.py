@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -12,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from objalign.align import _nystroem as nys
 from objalign.align._kernels import GAMMA_KERNELS, KernelBase, check_kernel, kernel_matrix
-from objalign.align._logo import block_logo_residuals
+from objalign.align._logo import Workspace, block_logo_residuals
 from objalign.align._ridge_stats import Moments, cv_r2_scores, ridge_from_moments, small_blas
 from objalign.align._scoring import held_out_totals
 from objalign.align._search import build_cv_results, fold_scores, param_grid
@@ -40,8 +41,24 @@ def _use_nystroem(est, n):
     return est.approx == "nystroem" or (est.approx == "auto" and n > est.max_exact_samples)
 
 
-def _solve_kernel(K, alpha, Y):
-    """``(K + alpha I)^-1 Y`` as scikit-learn's ``_solve_cholesky_kernel`` (least squares if not SPD)."""
+def _solve_kernel(K, alpha, Y, rebuild=None):
+    """``(K + alpha I)^-1 Y`` as scikit-learn's ``_solve_cholesky_kernel`` (least squares if not SPD).
+
+    With ``rebuild`` (a function returning ``K`` again), ``K`` itself is factorised in place -- no copy of
+    an n x n matrix -- and rebuilt only for the least-squares fallback.
+    """
+    if rebuild is not None and K.dtype in (np.float32, np.float64) and (K.flags.c_contiguous or K.flags.f_contiguous):
+        from objalign.align._blas import Blas
+
+        blas = Blas(K.dtype)
+        A = K.T if K.flags.c_contiguous else K  # symmetric: the transpose of a C-ordered K is column-major
+        A.flat[:: A.shape[0] + 1] += alpha
+        if blas.potrf(A) == 0:
+            Z = np.array(Y, dtype=K.dtype, order="F")  # (n, n_targets)
+            blas.trsm(A, Z)
+            blas.trsm(A, Z, trans=True)
+            return Z
+        K = rebuild()
     A = np.array(K, copy=True)
     A.flat[:: A.shape[0] + 1] += alpha
     try:
@@ -161,7 +178,8 @@ class _KernelBaseEstimator(MultiOutputMixin, RegressorMixin, BaseEstimator):
             pred = K @ self.dual_coef_.reshape(self.dual_coef_.shape[0], -1)
         return pred.ravel() if self._ravel_ else pred
 
-    def _store_fit(self, X, y, alpha, gamma):
+    def _store_fit(self, X, y, alpha, gamma, basis=None):
+        """Fit on all rows; ``basis`` (a factorisation of the targets) lets the exact solve use ``r`` columns."""
         Y = (y.reshape(-1, 1) if y.ndim == 1 else y).astype(X.dtype, copy=False)
         self._ravel_ = y.ndim == 1
         if _use_nystroem(self, X.shape[0]):
@@ -173,9 +191,15 @@ class _KernelBaseEstimator(MultiOutputMixin, RegressorMixin, BaseEstimator):
             self._nystroem_ = _NystroemModel(X[idx], proj, self.kernel, gamma, self.degree, self.coef0)
         else:
             self.approx_ = "exact"
-            K = kernel_matrix(X, kernel=self.kernel, gamma=gamma, degree=self.degree, coef0=self.coef0,
-                              kernel_params=getattr(self, "kernel_params", None))
-            dual = _solve_kernel(K, alpha, Y)
+            def kernel():
+                return kernel_matrix(X, kernel=self.kernel, gamma=gamma, degree=self.degree, coef0=self.coef0,
+                                     kernel_params=getattr(self, "kernel_params", None))
+
+            if basis is not None and basis.Z is not None:  # (K + aI)^-1 Y = ((K + aI)^-1 T) Z, r << n_targets
+                sol = _solve_kernel(kernel(), alpha, basis.T(dtype=X.dtype), rebuild=kernel)
+                dual = (sol @ basis.Z).astype(X.dtype, copy=False)
+            else:
+                dual = _solve_kernel(kernel(), alpha, Y, rebuild=kernel)
             self.dual_coef_ = dual.ravel() if self._ravel_ else dual
             self.X_fit_ = X
 
@@ -374,7 +398,7 @@ class KernelRidgeCV(_KernelBaseEstimator):
         self.alpha_ = self.best_params_["alpha"]
         self.gamma_ = self.best_params_.get("gamma")
         self.n_splits_ = len(splits)
-        self._store_fit(X, y, self.alpha_, self.gamma_)
+        self._store_fit(X, y, self.alpha_, self.gamma_, basis)
         return self
 
     # -- exact: shared distances, shared block elimination -------------------------------------------------
@@ -390,6 +414,7 @@ class KernelRidgeCV(_KernelBaseEstimator):
         workers = _n_workers(self.n_jobs, len(alphas) * len(glist))
         engine = _exact_engine(part, len(alphas), T.shape[1], dtype) if part is not None else "perfold"
         eig_cache = {}
+        local = threading.local()  # one elimination workspace per worker thread, for this fit only
 
         def point(K, alpha):
             res = None
@@ -397,7 +422,9 @@ class KernelRidgeCV(_KernelBaseEstimator):
                 if engine == "eigh":
                     res = _eig_logo_residuals(eig_cache[id(K)], part.bounds, float(alpha))
                 elif engine == "blocks":
-                    res = block_logo_residuals(K, T, part.bounds, float(alpha))
+                    if not hasattr(local, "ws"):
+                        local.ws = Workspace(dtype)
+                    res = block_logo_residuals(K, T, part.bounds, float(alpha), workspace=local.ws)
             except np.linalg.LinAlgError:
                 res = None
             if res is None:  # folds that do not partition the data, or a numerically singular block
@@ -437,14 +464,23 @@ class KernelRidgeCV(_KernelBaseEstimator):
 
         from threadpoolctl import threadpool_limits
 
-        # All (gamma, alpha) points go to one pool so no worker idles at the end of each gamma; kernels of
-        # several gammas are kept at once when they fit in ~1 GiB.
+        # The points of `workers` gammas at a time go to one pool: workers x n_alphas tasks, so no worker idles
+        # at a group boundary, and only `workers` kernels are alive (each group reuses the last one's
+        # buffers: on a VM, first-touching fresh memory costs as much as the arithmetic on it).
         per_k = base.base.nbytes
-        group = max(1, min(len(glist), int(2**30 // max(per_k, 1))))
+        group = max(1, min(len(glist), workers, int(2**30 // max(per_k, 1))))
+        bufs = [None] * group
         with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
             for g0 in range(0, len(glist), group):
                 gs = list(range(g0, min(g0 + group, len(glist))))
-                Ks = dict(zip(gs, pool.map(lambda g: prepare(base.matrix(glist[g])), gs)))
+
+                def build(i):
+                    K = base.matrix(glist[gs[i]], out=bufs[i])
+                    if K is not base.base:
+                        bufs[i] = K
+                    return prepare(K)
+
+                Ks = dict(zip(gs, pool.map(build, range(len(gs)))))
                 tasks = [(g, a) for g in gs for a in range(len(alphas))]
                 for (g, a), out in zip(tasks, pool.map(lambda t: point(Ks[t[0]], alphas[t[1]]), tasks)):
                     ss[a, g] = out
