@@ -108,21 +108,33 @@ def _exact_engine(part, n_alphas, r, dtype):
 
 
 def _eig_prepare(K, T):
-    """Eigendecomposition of ``K`` (n, n) and the targets ``T`` (n, r) in its basis."""
-    lam, Q = sla.eigh(K, check_finite=False, driver="evd")
+    """Eigendecomposition of ``K`` (n, n) and the targets ``T`` (n, r) in its basis.
+
+    numpy's ``eigh`` (LAPACK ``syevd``, as scipy's ``driver="evd"``) releases the GIL, so the gammas of a
+    group decompose in parallel threads.
+    """
+    lam, Q = np.linalg.eigh(K)
     return lam, Q, Q.T @ T
 
 
 def _eig_logo_residuals(prep, bounds, alpha):
-    """Held-out residuals of every fold block from one eigendecomposition (see :func:`_exact_engine`)."""
+    """Held-out residuals of every fold block from one eigendecomposition (see :func:`_exact_engine`).
+
+    ``r_b = H_bb^-1 (H T)_b`` with ``H = Q diag(1 / (lam + alpha)) Q'``; each ``H_bb = W W'`` with
+    ``W = Q_b diag(1 / sqrt(lam + alpha))`` is one symmetric rank-k product. numpy's products and solves
+    release the GIL.
+    """
     lam, Q, QT = prep
-    d = 1.0 / (lam + alpha)
+    shifted = lam + alpha
+    if not (shifted > 0).all():  # K + alpha I not numerically positive definite: the caller solves per fold
+        raise np.linalg.LinAlgError("kernel + alpha I has a non-positive eigenvalue")
+    d = 1.0 / shifted
+    root = np.sqrt(d)
     HT = Q @ (d[:, None] * QT)
     out = []
     for f in range(len(bounds) - 1):
-        Qb = Q[bounds[f] : bounds[f + 1]]
-        Hbb = (Qb * d) @ Qb.T
-        out.append(sla.solve(Hbb, HT[bounds[f] : bounds[f + 1]], assume_a="pos", check_finite=False))
+        W = Q[bounds[f] : bounds[f + 1]] * root
+        out.append(np.linalg.solve(W @ W.T, HT[bounds[f] : bounds[f + 1]]))
     return out
 
 
