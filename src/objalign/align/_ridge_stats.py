@@ -3,8 +3,9 @@
 For features ``F`` (n, p) and targets ``T`` (n, r), every ridge fit on a subset of rows, and the residual
 sum of squares of its predictions on another subset, depend on the data only through
 ``F'F``, ``F'T``, ``F'1``, ``T'1``, ``T'T`` and the row count of each subset. With folds that partition the
-data, the statistics of all folds cost one pass over the data (training statistics are "total minus test"),
-and one (p, p) eigendecomposition per fold serves every grid point at O(p^2) each: no prediction is ever
+data, the statistics of all folds cost one pass over the data (training statistics are "total minus test").
+Per fold, either one (p, p) eigendecomposition serves every alpha at O(p^2) each (long alpha grids), or one
+Cholesky fit per alpha is cheaper (short grids; :func:`_use_cholesky` decides): no prediction is ever
 formed. This is the engine of
 :class:`~objalign.align.RidgeCV` (features = X, with intercept) and of the Nyström
 :class:`~objalign.align.KernelRidgeCV` (features = Nyström map, no intercept).
@@ -129,10 +130,11 @@ def ridge_from_moments(train, alpha, fit_intercept):
 def cv_r2_scores(folds, alphas, fit_intercept, Z, ss_tot, y_absmax):
     """Held-out R² (scikit-learn's ``"r2"`` scorer) of ridge fits for every fold and alpha.
 
-    Per fold, one eigendecomposition ``C = V diag(lam) V'`` of the centred training moments serves every
-    alpha: with ``f = 1 / (lam + alpha)``, the R²-weighted residual sum of squares
+    Per fold, either one eigendecomposition ``C = V diag(lam) V'`` of the centred training moments serves
+    every alpha (with ``f = 1 / (lam + alpha)``, the R²-weighted residual sum of squares
     ``sum_j ss_j / ss_tot_j`` is ``t0 - 2 f.h + f' H f`` for a vector ``h`` and matrix ``H`` built once per
-    fold, so each alpha costs O(p^2) and no prediction is formed.
+    fold, so each alpha costs O(p^2)), or, for short alpha grids, one Cholesky fit per alpha
+    (:func:`_cv_r2_scores_chol`). No prediction is formed.
 
     Parameters
     ----------

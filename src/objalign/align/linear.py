@@ -197,8 +197,9 @@ class RidgeCV(_LinearPredictMixin, MultiOutputMixin, RegressorMixin, BaseEstimat
     scoring="r2")``'s (up to rounding), the same ``alpha`` is chosen, and the model is refitted on all data.
 
     Each fold costs one pass to accumulate second moments (for folds that partition the data, training
-    moments are "total minus test"); one (p, p) eigendecomposition per fold then serves every alpha at
-    O(p^2) each, and no prediction is formed: held-out R² follows from the test-fold moments. Targets with few distinct rows
+    moments are "total minus test"); then, per fold, one (p, p) eigendecomposition serves every alpha at
+    O(p^2) each, or for short alpha grids one Cholesky fit per alpha is cheaper (a cost model picks). No
+    prediction is formed: held-out R² follows from the test-fold moments. Targets with few distinct rows
     (one text embedding per category) are solved for the category indicator and mapped back exactly.
 
     Parameters
