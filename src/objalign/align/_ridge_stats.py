@@ -190,9 +190,8 @@ def _use_cholesky(p, r, n_alphas):
 
 def _cv_r2_scores(folds, alphas, fit_intercept, Z, ss_tot, y_absmax):
     p, r = folds[0][0].E.shape
-    if _use_cholesky(p, r, len(alphas)):
-        return _cv_r2_scores_chol(folds, alphas, fit_intercept, Z, ss_tot, y_absmax)
-    return _cv_r2_scores_eig(folds, alphas, fit_intercept, Z, ss_tot, y_absmax)
+    engine = _cv_r2_scores_chol if _use_cholesky(p, r, len(alphas)) else _cv_r2_scores_eig
+    return engine(folds, alphas, fit_intercept, Z, ss_tot, y_absmax)
 
 
 def _fold_setup(train, test, fit_intercept, Z64, ss_tot):
@@ -215,6 +214,23 @@ def _fold_setup(train, test, fit_intercept, Z64, ss_tot):
     return C, B, Gc, Ec, TTc, w, nz
 
 
+def _over_folds(fold_fn, folds, alphas, fit_intercept, Z, ss_tot, y_absmax):
+    """Scores (n_alphas, n_folds) from ``fold_fn(setup, alphas, Z64, tiny)``, which returns, per alpha,
+    the sum over outputs of R² (so dividing by the number of outputs gives scikit-learn's uniform average)."""
+    Z64 = None if Z is None else np.asarray(Z, dtype=np.float64)
+    n_targets = folds[0][0].E.shape[1] if Z is None else Z.shape[1]
+    scores = np.empty((len(alphas), len(folds)))
+    eps = np.finfo(np.float64).eps
+    for f, (train, test) in enumerate(folds):
+        if test.n < 2:  # scikit-learn returns NaN (with a warning) for R² on fewer than two samples
+            scores[:, f] = np.nan
+            continue
+        setup = _fold_setup(train, test, fit_intercept, Z64, ss_tot[f])
+        tiny = test.n * (64 * eps * (1.0 + y_absmax[f])) ** 2  # "exactly zero" residual of a constant output
+        scores[:, f] = fold_fn(setup, alphas, Z64, tiny) / n_targets
+    return scores
+
+
 def _gram_factor(blas, G):
     """Lower ``R`` with ``R R' = G`` for a positive semi-definite ``G``: Cholesky, or ``Q sqrt(lam)`` if singular."""
     R = np.asfortranarray(G).copy(order="F")
@@ -224,103 +240,87 @@ def _gram_factor(blas, G):
     return np.asfortranarray(Q * np.sqrt(np.clip(lam, 0.0, None))), False
 
 
-def _cv_r2_scores_chol(folds, alphas, fit_intercept, Z, ss_tot, y_absmax):
-    """Per (fold, alpha): Cholesky of ``C + alpha I`` and coefficients ``W``. The held-out weighted residual
-    sum of squares is ``tr((T'T - 2 W'E + W'GW) M)`` with test moments centred on the training means and
+def _fold_chol(setup, alphas, Z64, tiny):
+    """Per alpha: Cholesky of ``C + alpha I`` and coefficients ``W``. The held-out weighted residual sum of
+    squares is ``tr((T'T - 2 W'E + W'GW) M)`` with test moments centred on the training means and
     ``M = Z diag(1/ss_tot) Z'`` (diagonal without a target basis); with ``G = R R'`` (one factorisation per
     fold) ``tr(W'GW M) = sum((P M) * P)`` for ``P = R'W``, one triangular product for all alphas, and
     ``tr(W'E M) = sum(W * (E M))``: no (p, p) x (p, r) product per alpha."""
     from objalign.align._blas import Blas
 
     blas = Blas(np.float64)
-    Z64 = None if Z is None else np.asarray(Z, dtype=np.float64)
-    n_targets = folds[0][0].E.shape[1] if Z is None else Z.shape[1]
-    scores = np.empty((len(alphas), len(folds)))
-    eps = np.finfo(np.float64).eps
-    for f, (train, test) in enumerate(folds):
-        n = test.n
-        if n < 2:  # scikit-learn returns NaN (with a warning) for R² on fewer than two samples
-            scores[:, f] = np.nan
+    C, B, Gc, Ec, TTc, w, nz = setup
+    zero = np.flatnonzero(~nz)
+    p, r = B.shape
+    if Z64 is not None:
+        M = (Z64 * w) @ Z64.T
+        EM = Ec @ M
+        t0 = float(np.sum(TTc * M))
+    else:
+        EM = Ec * w
+        t0 = float(TTc @ w)
+    Cf = np.asfortranarray(C)
+    Ws = np.empty((p, len(alphas) * r), order="F")
+    for a, alpha in enumerate(alphas):
+        W = Ws[:, a * r : (a + 1) * r]  # a Fortran-contiguous column block
+        A = Cf.copy(order="F")
+        A.flat[:: p + 1] += alpha
+        if blas.potrf(A) != 0:
+            W[...] = _solve_spd(C, alpha, B)
             continue
-        C, B, Gc, Ec, TTc, w, nz = _fold_setup(train, test, fit_intercept, Z64, ss_tot[f])
-        zero = np.flatnonzero(~nz)
-        tiny = n * (64 * eps * (1.0 + y_absmax[f])) ** 2
-        p, r = B.shape
-        if Z64 is not None:
-            M = (Z64 * w) @ Z64.T
-            EM = Ec @ M
-            t0 = float(np.sum(TTc * M))
-        else:
-            EM = Ec * w
-            t0 = float(TTc @ w)
-        Cf = np.asfortranarray(C)
-        Ws = np.empty((p, len(alphas) * r), order="F")
-        for a, alpha in enumerate(alphas):
-            W = Ws[:, a * r : (a + 1) * r]  # a Fortran-contiguous column block
-            A = Cf.copy(order="F")
-            A.flat[:: p + 1] += alpha
-            if blas.potrf(A) != 0:
-                W[...] = _solve_spd(C, alpha, B)
-                continue
-            W[...] = B
-            blas.trsm(A, W)
-            blas.trsm(A, W, trans=True)
-        R, triangular = _gram_factor(blas, Gc)
-        if triangular:
-            Ps = blas.trmm(R, Ws.copy(order="F"), trans=True)
-        else:
-            Ps = R.T @ Ws
-        for a in range(len(alphas)):
-            W, P = Ws[:, a * r : (a + 1) * r], Ps[:, a * r : (a + 1) * r]
-            quad = float(np.sum((P @ M) * P)) if Z64 is not None else float(np.einsum("ij,ij->j", P, P) @ w)
-            wss = t0 - 2 * float(np.sum(W * EM)) + quad
-            total = nz.sum() - wss
-            for j in zero:  # constant held-out outputs: scikit-learn scores 1 if predicted exactly, else 0
-                if Z64 is not None:
-                    z = Z64[:, j]
-                    ss = float(z @ TTc @ z) - 2 * float((W @ z) @ (Ec @ z)) + float(np.sum((P @ z) ** 2))
-                else:
-                    ss = float(TTc[j]) - 2 * float(W[:, j] @ Ec[:, j]) + float(P[:, j] @ P[:, j])
-                total += ss <= tiny
-            scores[a, f] = total / n_targets
-    return scores
+        W[...] = B
+        blas.trsm(A, W)
+        blas.trsm(A, W, trans=True)
+    R, triangular = _gram_factor(blas, Gc)
+    Ps = blas.trmm(R, Ws.copy(order="F"), trans=True) if triangular else R.T @ Ws
+    total = np.empty(len(alphas))
+    for a in range(len(alphas)):
+        W, P = Ws[:, a * r : (a + 1) * r], Ps[:, a * r : (a + 1) * r]
+        quad = float(np.sum((P @ M) * P)) if Z64 is not None else float(np.einsum("ij,ij->j", P, P) @ w)
+        total[a] = nz.sum() - (t0 - 2 * float(np.sum(W * EM)) + quad)
+        for j in zero:  # constant held-out outputs: scikit-learn scores 1 if predicted exactly, else 0
+            if Z64 is not None:
+                z = Z64[:, j]
+                ss = float(z @ TTc @ z) - 2 * float((W @ z) @ (Ec @ z)) + float(np.sum((P @ z) ** 2))
+            else:
+                ss = float(TTc[j]) - 2 * float(W[:, j] @ Ec[:, j]) + float(P[:, j] @ P[:, j])
+            total[a] += ss <= tiny
+    return total
+
+
+def _fold_eig(setup, alphas, Z64, tiny):
+    """One eigendecomposition ``C = V diag(lam) V'`` for every alpha: with ``f = 1 / (lam + alpha)`` the
+    weighted residual sum of squares is ``t0 - 2 f.h + f' H f``, O(p^2) per alpha."""
+    C, B, Gc, Ec, TTc, w, nz = setup
+    lam, V = sla.eigh(C, check_finite=False, driver="evd")
+    Bp, Ecp = V.T @ B, V.T @ Ec
+    Gcp = V.T @ Gc @ V
+    if Z64 is not None:
+        M = (Z64 * w) @ Z64.T
+        t0 = float(np.sum(TTc * M))
+        BM = Bp @ M
+    else:
+        t0 = float(TTc @ w)
+        BM = Bp * w
+    h = np.einsum("ka,ka->k", Ecp, BM)
+    H = Gcp * (BM @ Bp.T)
+    F = 1.0 / (lam[None, :] + alphas[:, None])  # (n_alphas, p)
+    total = nz.sum() - (t0 - 2 * F @ h + ((F @ H) * F).sum(axis=1))
+    for j in np.flatnonzero(~nz):  # constant held-out outputs: scikit-learn scores 1 if predicted exactly, else 0
+        z = Z64[:, j] if Z64 is not None else np.eye(w.shape[0])[:, j]
+        b, e = Bp @ z, Ecp @ z
+        tt = float(z @ TTc @ z) if Z64 is not None else float(TTc[j])
+        Fb = F * b
+        ss_j = tt - 2 * Fb @ e + ((Fb @ Gcp) * Fb).sum(axis=1)
+        total = total + (ss_j <= tiny)
+    return total
+
+
+def _cv_r2_scores_chol(folds, alphas, fit_intercept, Z, ss_tot, y_absmax):
+    """The per-alpha Cholesky engine over all folds (see :func:`_fold_chol`)."""
+    return _over_folds(_fold_chol, folds, alphas, fit_intercept, Z, ss_tot, y_absmax)
 
 
 def _cv_r2_scores_eig(folds, alphas, fit_intercept, Z, ss_tot, y_absmax):
-    n_targets = folds[0][0].E.shape[1] if Z is None else Z.shape[1]
-    Z64 = None if Z is None else np.asarray(Z, dtype=np.float64)
-    scores = np.empty((len(alphas), len(folds)))
-    eps = np.finfo(np.float64).eps
-    for f, (train, test) in enumerate(folds):
-        n = test.n
-        if n < 2:  # scikit-learn returns NaN (with a warning) for R² on fewer than two samples
-            scores[:, f] = np.nan
-            continue
-        C, B, Gc, Ec, TTc, w, nz = _fold_setup(train, test, fit_intercept, Z64, ss_tot[f])
-        lam, V = sla.eigh(C, check_finite=False, driver="evd")
-        Bp, Ecp = V.T @ B, V.T @ Ec
-        Gcp = V.T @ Gc @ V
-        if Z64 is not None:
-            M = (Z64 * w) @ Z64.T
-            t0 = float(np.sum(TTc * M))
-            BM = Bp @ M
-        else:
-            t0 = float(TTc @ w)
-            BM = Bp * w
-        h = np.einsum("ka,ka->k", Ecp, BM)
-        H = Gcp * (BM @ Bp.T)
-        F = 1.0 / (lam[None, :] + alphas[:, None])  # (n_alphas, p)
-        wss = t0 - 2 * F @ h + ((F @ H) * F).sum(axis=1)
-        total = nz.sum() - wss
-        zero = np.flatnonzero(~nz)
-        if zero.size:  # constant held-out outputs: scikit-learn scores 1 if predicted exactly, else 0
-            tiny = n * (64 * eps * (1.0 + y_absmax[f])) ** 2
-            for j in zero:
-                z = Z64[:, j] if Z64 is not None else np.eye(n_targets)[:, j]
-                b, e = Bp @ z, Ecp @ z
-                tt = float(z @ TTc @ z) if Z64 is not None else float(TTc[j])
-                Fb = F * b
-                ss_j = tt - 2 * Fb @ e + ((Fb @ Gcp) * Fb).sum(axis=1)
-                total = total + (ss_j <= tiny)
-        scores[:, f] = total / n_targets
-    return scores
+    """The eigendecomposition engine over all folds (see :func:`_fold_eig`)."""
+    return _over_folds(_fold_eig, folds, alphas, fit_intercept, Z, ss_tot, y_absmax)
