@@ -327,8 +327,9 @@ class KernelRidgeCV(_KernelBaseEstimator):
         As in :class:`KernelRidge`.
     n_jobs : int or None, default=None
         Exact mode: grid points evaluated concurrently in this many threads, each with one BLAS thread
-        (None = 1 worker with the BLAS library's own threading; -1 = all cores). Each worker holds its own
-        elimination workspace (about n^2 floats).
+        (None = 1 worker with the BLAS library's own threading; -1 = all cores). Each worker keeps its own
+        elimination workspace for the whole search (up to about 2 n^2 floats, for 5 folds), and
+        ``min(n_jobs, len(gammas))`` kernel matrices (n^2 each) are alive at once.
 
     Attributes
     ----------
