@@ -1,7 +1,6 @@
 """The whole pipeline through the CLI on a small generated demo, with the real offline encoders."""
 
 import json
-import shutil
 import time
 
 import numpy as np

@@ -77,6 +77,25 @@ def check_matrix(A, name="X", *, dtype=(np.float64, np.float32), ensure_2d=True,
     return arr
 
 
+def check_fit_input(est, X, y, groups=None, cv=None):
+    """Validate the input of an estimator's ``fit``: :func:`check_xy`, then scikit-learn's bookkeeping.
+
+    ``check_xy`` converts and checks both arrays (NaN/inf, row counts, enough samples for an integer
+    ``cv``) with one clear error; scikit-learn's ``validate_data`` then only records ``n_features_in_``
+    without scanning the arrays a second time.
+
+    Returns
+    -------
+    X, y, groups
+    """
+    from sklearn.utils.validation import validate_data
+
+    n_splits = cv if isinstance(cv, (numbers.Integral, np.integer)) and not isinstance(cv, bool) else None
+    X, y, groups = check_xy(X, y, groups, n_splits=n_splits, name_y="y")
+    X, y = validate_data(est, X, y, skip_check_array=True)
+    return X, y, groups
+
+
 def check_groups(groups, n_samples, name="groups"):
     """Return ``groups`` as a 1-D array of length ``n_samples`` or raise one clear error."""
     if groups is None:

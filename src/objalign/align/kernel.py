@@ -19,7 +19,7 @@ from objalign.align._scoring import held_out_totals
 from objalign.align._search import build_cv_results, fold_scores, param_grid
 from objalign.align._splits import find_partition, resolve_splits
 from objalign.align._targets import factor_targets
-from objalign.align._validation import check_grid, check_positive, check_xy
+from objalign.align._validation import check_fit_input, check_grid, check_positive
 from objalign.errors import ObjalignError
 
 __all__ = ["KernelRidge", "KernelRidgeCV"]
@@ -287,10 +287,7 @@ class KernelRidge(_KernelBaseEstimator):
         _check_common(self)
         check_positive(self.alpha, "alpha")
         check_positive(self.gamma, "gamma", allow_none=True)
-        X, y, _ = check_xy(X, y, name_y="y")
-        # check_xy has already converted and checked both arrays (with clearer messages): here only record
-        # n_features_in_ / feature_names_in_, without scanning the arrays a second time.
-        X, y = validate_data(self, X, y, skip_check_array=True)
+        X, y, _ = check_fit_input(self, X, y)
         self._store_fit(X, y, float(self.alpha), self.gamma)
         return self
 
@@ -381,11 +378,7 @@ class KernelRidgeCV(_KernelBaseEstimator):
                 "(or use kernel='rbf', 'laplacian' or 'polynomial')"
             )
         gammas = check_grid(self.gammas, "gammas", allow_none=True)
-        n_splits = self.cv if isinstance(self.cv, (int, np.integer)) and not isinstance(self.cv, bool) else None
-        X, y, groups = check_xy(X, y, groups, n_splits=n_splits, name_y="y")
-        # check_xy has already converted and checked both arrays (with clearer messages): here only record
-        # n_features_in_ / feature_names_in_, without scanning the arrays a second time.
-        X, y = validate_data(self, X, y, skip_check_array=True)
+        X, y, groups = check_fit_input(self, X, y, groups, cv=self.cv)
         n = X.shape[0]
         if has_gamma and gammas is None:
             gammas = np.array([1.0 / X.shape[1]])
@@ -497,7 +490,6 @@ class KernelRidgeCV(_KernelBaseEstimator):
                 tasks = [(g, a) for g in gs for a in range(len(alphas))]
                 for (g, a), out in zip(tasks, pool.map(lambda t: point(Ks[t[0]], alphas[t[1]]), tasks)):
                     ss[a, g] = out
-                del Ks
                 eig_cache.clear()
         return ss
 

@@ -11,7 +11,7 @@ from objalign.align._scoring import held_out_totals
 from objalign.align._search import build_cv_results, param_grid
 from objalign.align._splits import find_partition, resolve_splits
 from objalign.align._targets import factor_targets
-from objalign.align._validation import check_grid, check_positive, check_xy
+from objalign.align._validation import check_fit_input, check_grid, check_positive
 
 __all__ = ["Ridge", "RidgeCV"]
 
@@ -86,10 +86,7 @@ class Ridge(_LinearPredictMixin, MultiOutputMixin, RegressorMixin, BaseEstimator
         self
         """
         check_positive(self.alpha, "alpha", low_inclusive=True)
-        X, y, _ = check_xy(X, y, name_y="y")
-        # check_xy has already converted and checked both arrays (with clearer messages): here only record
-        # n_features_in_ / feature_names_in_, without scanning the arrays a second time.
-        X, y = validate_data(self, X, y, skip_check_array=True)
+        X, y, _ = check_fit_input(self, X, y)
         Y = _as_2d(np.asarray(y, dtype=X.dtype))
         W, b = solve_ridge(X, Y, float(self.alpha), self.fit_intercept)
         _finish_fit(self, X, y, W.T, b)
@@ -248,11 +245,7 @@ class RidgeCV(_LinearPredictMixin, MultiOutputMixin, RegressorMixin, BaseEstimat
         self
         """
         alphas = check_grid(self.alphas, "alphas")
-        n_splits = self.cv if isinstance(self.cv, (int, np.integer)) and not isinstance(self.cv, bool) else None
-        X, y, groups = check_xy(X, y, groups, n_splits=n_splits, name_y="y")
-        # check_xy has already converted and checked both arrays (with clearer messages): here only record
-        # n_features_in_ / feature_names_in_, without scanning the arrays a second time.
-        X, y = validate_data(self, X, y, skip_check_array=True)
+        X, y, groups = check_fit_input(self, X, y, groups, cv=self.cv)
         n = X.shape[0]
         splits = resolve_splits(self.cv, X, y, groups, n)
         with small_blas(X.shape[1]):

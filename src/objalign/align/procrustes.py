@@ -7,7 +7,7 @@ from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from objalign.align.pca import pca_fit
-from objalign.align._validation import check_positive, check_xy
+from objalign.align._validation import check_fit_input, check_positive
 from objalign.errors import ObjalignError
 
 __all__ = ["Procrustes"]
@@ -45,8 +45,7 @@ class Procrustes(MultiOutputMixin, RegressorMixin, BaseEstimator):
     def fit(self, X, y):
         """Fit the map on ``X`` (n_samples, n_features) and ``y`` (n_samples, n_targets) or (n_samples,)."""
         check_positive(self.n_components, "n_components", integer=True, allow_none=True)
-        X, y, _ = check_xy(X, y, name_y="y")
-        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
+        X, y, _ = check_fit_input(self, X, y)
         Y = np.asarray(y.reshape(-1, 1) if y.ndim == 1 else y, dtype=np.float64)
         X64 = np.asarray(X, dtype=np.float64)
         n, dx = X64.shape
