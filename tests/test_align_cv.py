@@ -116,6 +116,37 @@ def test_block_elimination_equals_direct_solves():
             np.testing.assert_allclose(res[f], ref, atol=1e-11)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_block_elimination_reuses_one_workspace_and_never_writes_the_kernel(dtype):
+    """Deeper elimination trees (up to 10 folds, uneven sizes, never-held-out rows), one workspace reused
+    across calls with other layouts and alphas; the kernel and targets are read, never written."""
+    from objalign.align._logo import Workspace
+
+    rng = np.random.default_rng(1)
+    n = 90
+    X = rng.standard_normal((n, 4))
+    K = rbf_kernel(X, gamma=0.3).astype(dtype)
+    T = rng.standard_normal((n, 5)).astype(dtype)
+    K0, T0 = K.copy(), T.copy()
+    ws = Workspace(dtype)
+    layouts = [list(range(0, 91, 9)), [0, 30, 31, 60, 90], [12, 20, 33, 47, 52, 70, 90], [0, 45, 90],
+               [5, 6, 7, 8, 9, 90], list(range(0, 91, 9))]
+    tol = 2e-3 if dtype == np.float32 else 1e-10
+    for i, bounds in enumerate(layouts):
+        alpha = [0.05, 0.5, 2.0][i % 3]
+        res = block_logo_residuals(K, T, bounds, alpha, workspace=ws)
+        K64, T64 = K.astype(np.float64), T.astype(np.float64)
+        for f in range(len(bounds) - 1):
+            te = np.arange(bounds[f], bounds[f + 1])
+            tr = np.setdiff1d(np.arange(n), te)
+            ref = T64[te] - K64[np.ix_(te, tr)] @ np.linalg.solve(K64[np.ix_(tr, tr)] + alpha * np.eye(tr.size),
+                                                                  T64[tr])
+            assert res[f].dtype == dtype
+            np.testing.assert_allclose(res[f], ref, atol=tol, rtol=tol)
+    np.testing.assert_array_equal(K, K0)
+    np.testing.assert_array_equal(T, T0)
+
+
 def test_factor_targets_is_exact_and_declines_unique_rows():
     rng = np.random.default_rng(0)
     Z = rng.standard_normal((5, 16))
