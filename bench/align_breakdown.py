@@ -75,7 +75,7 @@ def main(argv=None):
 
     timer = Timer()
     for owner, name, label in [
-        (lin, "check_xy", "validation"), (lin, "factor_targets", "target factorisation"),
+        (lin, "check_fit_input", "validation"), (lin, "factor_targets", "target factorisation"),
         (lin, "held_out_totals", "fold totals"), (lin, "_block_moments", "moments (5 syrk + counts)"),
         (rs, "_cv_r2_scores_chol", "CV engine: per-alpha Cholesky"), (rs, "_cv_r2_scores_eig", "CV engine: eigh"),
         (lin, "ridge_from_moments", "refit"),
