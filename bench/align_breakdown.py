@@ -4,14 +4,18 @@ Wraps the internal phases of one fit (after a warm-up fit) and prints the second
 arithmetic rate of the kernel block eliminations (17.6 GFLOP per grid point for 5 folds of 600). BLAS runs
 one thread per worker, as in ``bench/align.py``.
 
+``--long-grid`` instead times the eigendecomposition engine (40 alphas x 4 gammas, where it is chosen) with
+1 and ``--cores`` workers.
+
 Usage::
 
-    python bench/align_breakdown.py [--cores 2]
+    python bench/align_breakdown.py [--cores 2] [--long-grid]
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import threading
 import time
@@ -56,6 +60,7 @@ class Timer:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--long-grid", action="store_true", help="time the eigendecomposition engine instead")
     args = ap.parse_args(argv)
     from sklearn.model_selection import GroupKFold
     from threadpoolctl import threadpool_limits
@@ -72,6 +77,23 @@ def main(argv=None):
     sq = float(((X - X.mean(0)) ** 2).sum(1).mean())
     alphas = np.logspace(-3, 3, 7)
     gammas = np.array([0.1, 0.3, 1.0, 3.0]) / sq
+
+    if args.long_grid:
+        from objalign.align.kernel import _exact_engine
+
+        long_alphas = np.logspace(-3, 3, 40)
+        est = KernelRidgeCV(alphas=long_alphas, gammas=gammas, cv=splits)
+        with threadpool_limits(limits=1, user_api="blas"):
+            for jobs in sorted({1, args.cores}):
+                est.set_params(n_jobs=jobs)
+                t0 = time.perf_counter()
+                est.fit(X, Y)
+                print(f"KernelRidgeCV float64, 40 alphas x 4 gammas, {jobs} worker(s): {time.perf_counter() - t0:.2f} s "
+                      f"(best {est.best_params_}, score {est.best_score_:.6f})")
+        from objalign.align._splits import find_partition
+
+        print(f"engine: {_exact_engine(find_partition(splits, X.shape[0]), 40, 80, np.float64)}")
+        return 0
 
     timer = Timer()
     for owner, name, label in [
@@ -104,6 +126,7 @@ def main(argv=None):
         timer.wrap(km.KernelRidgeCV, "_cv_exact", "exact CV, wall")
         timer.wrap(km.KernelRidgeCV, "_store_fit", "refit")
         Xd, Yd = X.astype(dtype), Y.astype(dtype)
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
         with threadpool_limits(limits=1, user_api="blas"):
             KernelRidgeCV(alphas=alphas, gammas=gammas, cv=splits, n_jobs=args.cores).fit(Xd, Yd)
             timer.reset()
@@ -111,6 +134,7 @@ def main(argv=None):
             KernelRidgeCV(alphas=alphas, gammas=gammas, cv=splits, n_jobs=args.cores).fit(Xd, Yd)
             total = time.perf_counter() - t0
         timer.restore()
+        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
         n_pts = timer.n["block eliminations (sum over workers)"]
         busy = timer.t["block eliminations (sum over workers)"]
         print(f"KernelRidgeCV {np.dtype(dtype).name} ({args.cores} workers, 1 BLAS thread each): {total:.2f} s")
@@ -118,6 +142,9 @@ def main(argv=None):
             print(f"  {k:40s} {v:6.2f} s")
         print(f"  {n_pts} grid points x {gflop:.1f} GFLOP = {n_pts * gflop:.0f} GFLOP; "
               f"{busy / n_pts:.3f} s per point per worker = {gflop * n_pts / busy:.1f} GFLOP/s per core")
+        if dtype == np.float64:  # the first kernel fit sets this process's memory peak
+            print(f"  peak RSS rose by {rss1 - rss0:.0f} MiB during the fits (n^2 float64 = "
+                  f"{X.shape[0] ** 2 * 8 / 2**20:.0f} MiB)")
     return 0
 
 
