@@ -215,11 +215,6 @@ class _KernelBaseEstimator(MultiOutputMixin, RegressorMixin, BaseEstimator):
             self.dual_coef_ = dual.ravel() if self._ravel_ else dual
             self.X_fit_ = X
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
-        return tags
-
 
 class KernelRidge(_KernelBaseEstimator):
     """Kernel ridge regression as ``sklearn.kernel_ridge.KernelRidge``, with a Nyström mode for large ``n``.

@@ -92,11 +92,6 @@ class Ridge(_LinearPredictMixin, MultiOutputMixin, RegressorMixin, BaseEstimator
         _finish_fit(self, X, y, W.T, b)
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
-        return tags
-
 
 def solve_ridge(X, Y, alpha, fit_intercept=True):
     """Ridge coefficients by Cholesky on the primal or dual normal equations (scikit-learn's choice).
@@ -293,10 +288,5 @@ class RidgeCV(_LinearPredictMixin, MultiOutputMixin, RegressorMixin, BaseEstimat
         b = b - mx @ W + my
         _finish_fit(self, X, y, W.T, b)
         return self
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
-        return tags
 
 

@@ -90,8 +90,7 @@ class Procrustes(MultiOutputMixin, RegressorMixin, BaseEstimator):
         return X @ self.coef_.T + self.intercept_
 
     def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
+        tags = super().__sklearn_tags__()  # MultiOutputMixin marks multi-output targets
         # A rotation cannot fit arbitrary regression targets (one 1-D target leaves a sign flip of one PCA
         # axis), so scikit-learn's "score > 0.5 on the training data" regressor check does not apply.
         tags.regressor_tags.poor_score = True
