@@ -21,7 +21,8 @@ import numpy as np
 
 
 def build_run(out: Path, n: int, dim: int = 256, n_cat: int = 80, seed: int = 0, shard: int = 100_000) -> None:
-    from objalign.embed.store import EmbeddingStore, atomic_write_json
+    from objalign.embed.store import EmbeddingStore
+    from objalign.runs import atomic_write_json
     from objalign.runs import write_stage
 
     rng = np.random.default_rng(seed)

@@ -52,7 +52,9 @@ def main(argv=None) -> int:
     from objalign.data.coco import load_coco
     from objalign.data.demo import make_demo_dataset
     from objalign.data.sample import sample_instances
-    from objalign.embed.engine import FolderImages, extract_vision, render_rows
+    from objalign.crops.render import render_rows
+    from objalign.data.images import FolderImages
+    from objalign.embed.engine import extract_vision
     from objalign.embed.store import EmbeddingStore
     from objalign.encoders import VISION_ENCODERS
 
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
         return rate
 
     def naive(k: int) -> float:
-        from objalign.embed.engine import load_rgb
+        from objalign.data.images import load_rgb
 
         enc.encode(crops[:1])  # warm-up at batch size 1
         t = time.perf_counter()

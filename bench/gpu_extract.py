@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     from objalign.data.coco import load_coco
     from objalign.data.demo import make_demo_dataset
     from objalign.data.sample import sample_instances
-    from objalign.embed.engine import FolderImages, extract_vision, load_rgb
+    from objalign.data.images import FolderImages, load_rgb
+    from objalign.embed.engine import extract_vision
     from objalign.embed.store import EmbeddingStore, read_embeddings
     from objalign.encoders.hf_clip_text import HFClipText
     from objalign.encoders.hf_dinov2 import HFDinov2

@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from objalign.crops.render import crop_window, render_crop
-from objalign.embed.engine import extract_vision, load_rgb, render_rows
+from objalign.crops.render import render_rows
+from objalign.data.images import load_rgb
+from objalign.embed.engine import extract_vision
 from objalign.embed.store import EmbeddingStore, read_embeddings
 from objalign.encoders.base import Preprocess
 from objalign.errors import ObjalignError
@@ -102,7 +104,7 @@ def test_image_modes_decode_to_rgb_by_closed_forms(zoo):
 
 def test_bad_instances_are_skipped_recorded_and_the_rest_is_exact(zoo, tmp_path):
     root, table, expect, rgb, gray, _ = zoo
-    from objalign.embed.engine import FolderImages
+    from objalign.data.images import FolderImages
 
     n = len(table["annotation_id"])
     store = EmbeddingStore.open(tmp_path / "s", {"k": 1}, shard_size=4, n_rows=n)
@@ -131,7 +133,7 @@ def test_bad_instances_are_skipped_recorded_and_the_rest_is_exact(zoo, tmp_path)
 
 def test_non_finite_embeddings_are_skipped_and_recorded(zoo, tmp_path):
     root, table, expect, *_ = zoo
-    from objalign.embed.engine import FolderImages
+    from objalign.data.images import FolderImages
 
     n = len(table["annotation_id"])
     store = EmbeddingStore.open(tmp_path / "s", {"k": 1}, shard_size=100, n_rows=n)
@@ -181,7 +183,7 @@ def test_batches_never_cross_shards_and_read_ahead_is_bounded(small_demo, tmp_pa
 
 def test_process_pool_gives_the_same_vectors_as_threads(zoo, tmp_path):
     root, table, *_ = zoo
-    from objalign.embed.engine import FolderImages
+    from objalign.data.images import FolderImages
 
     n = len(table["annotation_id"])
     out = {}
@@ -213,7 +215,7 @@ def test_preprocess_windows_follow_the_policy():
 
 def test_render_rows_applies_the_encoders_crop_policy(zoo):
     root, table, *_ = zoo
-    from objalign.embed.engine import FolderImages
+    from objalign.data.images import FolderImages
 
     rgb = np.asarray(Image.open(root / "rgb.png").convert("RGB"))
     pre = Preprocess(size=SIZE, resize="center-crop", crop_pct=0.5, resample="bilinear")

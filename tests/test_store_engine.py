@@ -63,11 +63,11 @@ def test_interrupted_run_resumes_to_identical_vectors(crop_table, tmp_path):
 
 def test_each_image_is_decoded_once(crop_table, tmp_path, monkeypatch):
     ds, table = crop_table
-    import objalign.embed.engine as engine
+    from objalign.data.images import FolderImages
 
     opened = []
-    real = engine.FolderImages.load
-    monkeypatch.setattr(engine.FolderImages, "load", lambda self, f: (opened.append(f), real(self, f))[1])
+    real = FolderImages.load
+    monkeypatch.setattr(FolderImages, "load", lambda self, f: (opened.append(f), real(self, f))[1])
     store = EmbeddingStore.open(tmp_path / "s", {"k": 1}, shard_size=1000, n_rows=len(table["annotation_id"]))
     extract_vision(table, ds.image_source(), PixelStats(), store, 1000, 8, (0, 0, 0), progress=False)
     assert len(opened) == len(set(table["image_id"].tolist()))

@@ -14,6 +14,21 @@ from pathlib import Path
 from .errors import ObjalignError
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary name beside ``path``, flush it to disk, then move it into place."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    """:func:`atomic_write_bytes` of ``obj`` as indented JSON."""
+    atomic_write_bytes(path, json.dumps(obj, indent=1, default=str).encode())
+
+
 def ensure_out(out: str | Path) -> Path:
     """Create the run folder, or fail with one line if it cannot be written."""
     p = Path(out)
@@ -52,8 +67,6 @@ def is_current(out: Path, stage: str, key: str) -> bool:
 
 
 def write_stage(out: Path, stage: str, key: str, summary: dict, started: float) -> dict:
-    from .embed.store import atomic_write_json
-
     rec = {"stage": stage, "key": key, "seconds": round(time.time() - started, 3), "summary": summary}
     d = Path(out) / stage
     d.mkdir(parents=True, exist_ok=True)

@@ -346,7 +346,7 @@ def write_results(d: Path, res: dict, meta: dict[str, np.ndarray] | None = None)
     ``meta`` maps column names (e.g. ``annotation_id``, ``image_id``) to per-object arrays (n,); each is stored
     for every protocol's test objects in ``per_instance.npz`` as ``{protocol}__{column}``.
     """
-    from ..embed.store import atomic_write_json
+    from ..runs import atomic_write_json
 
     d = Path(d)
     d.mkdir(parents=True, exist_ok=True)

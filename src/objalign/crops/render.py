@@ -1,8 +1,12 @@
-"""Rendering an object crop at an encoder's input size: window, background fill, resize."""
+"""Rendering object crops at an encoder's input size: window, background fill, resize; one image's objects at once."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from .masks import rle_to_mask
 
 
 def crop_window(x: float, y: float, w: float, h: float, padding: float = 0.1,
@@ -68,3 +72,107 @@ def render_crop(image: np.ndarray, window: tuple[int, int, int, int], size: int 
     oh, ow = (size, size) if isinstance(size, int) else size
     method = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[resample]
     return np.asarray(Image.fromarray(canvas).resize((ow, oh), method))
+
+
+def groups_by_image(image_ids: np.ndarray) -> list[tuple[int, int]]:
+    """``[(start, stop)]`` runs of equal consecutive image ids."""
+    if len(image_ids) == 0:
+        return []
+    cut = np.flatnonzero(np.diff(image_ids)) + 1
+    starts = np.concatenate([[0], cut])
+    stops = np.concatenate([cut, [len(image_ids)]])
+    return list(zip(starts.tolist(), stops.tolist()))
+
+
+def box_problem(box, height: int, width: int) -> str | None:
+    """Why a COCO box ``[x, y, w, h]`` cannot be cropped from an ``height x width`` image, or ``None``."""
+    x, y, w, h = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return f"non-finite box [{x}, {y}, {w}, {h}]"
+    if w <= 0 or h <= 0:
+        return f"zero-area box [{x:g}, {y:g}, {w:g}, {h:g}]"
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        return f"box [{x:g}, {y:g}, {w:g}, {h:g}] lies outside the {width}x{height} image"
+    return None
+
+
+def render_rows(images, file_name: str, rows: np.ndarray, windows: np.ndarray, rles: list, boxes: np.ndarray | None,
+                preprocess, fill, background: str = "fill"):
+    """Decode one image once and render the crops of its instances ``rows``.
+
+    Parameters
+    ----------
+    images : image source with ``load(file_name)`` and ``describe(file_name)``
+    rows : (k,) int64
+        Row numbers of the instances (returned back, to keep the bookkeeping in the caller).
+    windows : (k, 4) int
+        Crop windows ``x0 y0 x1 y1`` decided by the crop stage.
+    rles : list of k dict or None
+        Masks (COCO compressed RLE) or ``None`` for a box crop.
+    boxes : (k, 4) float or None
+        COCO boxes ``x y w h``, checked against the image (zero-area / outside -> skipped).
+    preprocess : Preprocess
+        The encoder's input contract (size, resize policy, ``crop_pct``, interpolation).
+
+    Returns
+    -------
+    ok_rows : (m,) int64
+    crops : (m, size, size, 3) uint8
+    skipped : list of (row, reason)
+    """
+    size = preprocess.size
+    where = images.describe(file_name)
+    try:
+        image = images.load(file_name)
+    except FileNotFoundError:
+        return rows[:0], np.empty((0, size, size, 3), np.uint8), [(int(r), f"image file not found: {where}")
+                                                                   for r in rows]
+    except Exception as exc:  # PIL raises many types for corrupt or truncated files
+        reason = f"unreadable image {where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return rows[:0], np.empty((0, size, size, 3), np.uint8), [(int(r), reason) for r in rows]
+    H, W = image.shape[:2]
+    out = np.empty((len(rows), size, size, 3), np.uint8)
+    ok, skipped = [], []
+    for j, row in enumerate(rows):
+        problem = box_problem(boxes[j], H, W) if boxes is not None else None
+        x0, y0, x1, y1 = (int(v) for v in windows[j])
+        if problem is None and (x1 <= x0 or y1 <= y0):
+            problem = f"empty crop window ({x0}, {y0}, {x1}, {y1})"
+        mask = None
+        if problem is None and rles[j]:
+            mask = rle_to_mask(rles[j])
+            if mask.shape != (H, W):
+                problem = f"mask size {mask.shape} != image size {(H, W)} for {where}"
+        if problem is not None:
+            skipped.append((int(row), problem))
+            continue
+        win = preprocess.window(x0, y0, x1, y1)
+        out[len(ok)] = render_crop(image, win, size, mask=mask, fill=fill, resample=preprocess.resample,
+                                   background=background)
+        ok.append(int(row))
+    return np.asarray(ok, np.int64), out[:len(ok)], skipped
+
+
+class _Squash:
+    """The plainest input contract: the window resized as is to ``size x size``."""
+
+    def __init__(self, size: int, resample: str):
+        self.size, self.resample = size, resample
+
+    def window(self, x0: int, y0: int, x1: int, y1: int) -> tuple[int, int, int, int]:
+        return int(x0), int(y0), int(x1), int(y1)
+
+
+def render_image_group(images, file_name: str, windows: np.ndarray, rles: list, size: int, fill, resample: str,
+                       background: str = "fill"):
+    """Decode one image and render all of its crops at ``size`` (squash, no ``crop_pct``), e.g. for previews.
+
+    Returns ``(crops (k, size, size, 3) uint8 or None, reason or None)``: ``None`` and the first reason when any
+    instance cannot be rendered.
+    """
+    rows = np.arange(len(windows), dtype=np.int64)
+    ok, crops, skipped = render_rows(images, file_name, rows, np.asarray(windows), list(rles), None,
+                                     _Squash(int(size), resample), fill, background)
+    if skipped:
+        return None, skipped[0][1]
+    return crops, None

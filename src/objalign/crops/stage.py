@@ -43,7 +43,7 @@ def decide_crops(ds, inst: dict[str, np.ndarray], mode, padding: float, square: 
     """
     from tqdm.auto import tqdm
 
-    from ..embed.engine import _groups_by_image
+    from .render import groups_by_image
 
     mode = CROP_MODES.get(mode) if isinstance(mode, str) else mode
     source = ds.image_source()
@@ -53,7 +53,7 @@ def decide_crops(ds, inst: dict[str, np.ndarray], mode, padding: float, square: 
     rles, sources, notes, scores, gt_iou = [""] * n, [""] * n, [""] * n, np.full(n, np.nan), np.full(n, np.nan)
     for i in range(n):
         windows[i] = crop_window(inst["x"][i], inst["y"][i], inst["w"][i], inst["h"][i], padding, square)
-    groups = _groups_by_image(inst["image_id"])
+    groups = groups_by_image(inst["image_id"])
     for a, b in tqdm(groups, unit="img", desc=f"crop {mode.name}", disable=not (progress and mode.needs_pixels)):
         image = None
         if mode.needs_pixels:
@@ -86,7 +86,7 @@ def save_preview(ds, table: dict, path: Path, fill, background: str = "fill", n:
     """A contact sheet of the first ``n`` crops as the encoder will see them (for a quick visual check)."""
     from PIL import Image
 
-    from ..embed.engine import render_image_group
+    from .render import render_image_group
 
     source = ds.image_source()
     k = min(n, len(table["annotation_id"]))

@@ -49,7 +49,7 @@ class CocoDataset:
 
     def image_source(self):
         """Where pixels come from: ``load(file_name) -> (H, W, 3) uint8`` (a folder or a zip archive)."""
-        from ..embed.engine import FolderImages, ZipImages
+        from .images import FolderImages, ZipImages
 
         return ZipImages(self.image_root) if self.images_from_zip else FolderImages(self.image_root)
 

@@ -15,175 +15,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from ..crops.masks import rle_to_mask
-from ..crops.render import render_crop
-
-#: Modes PIL decodes to that are not 8-bit RGB and need more than ``convert("RGB")``.
-_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-
-
-def to_rgb(im) -> np.ndarray:
-    """A decoded PIL image -> ``(H, W, 3)`` uint8 RGB.
-
-    8-bit modes (L, LA, P, RGBA, CMYK, YCbCr, ...) go through ``convert("RGB")`` (alpha dropped, CMYK
-    converted); 16-bit and 32-bit grayscale are scaled by their maximum to 0..255 (not clipped, which would
-    make most 16-bit images white).
-    """
-    if im.mode in _WIDE_MODES:
-        arr = np.asarray(im, dtype=np.float64)
-        if arr.ndim == 3:
-            arr = arr[..., 0]
-        finite = np.isfinite(arr)
-        arr = np.where(finite, arr, 0.0)
-        lo = min(float(arr.min()), 0.0)
-        top = max(float(arr.max()) - lo, 1.0)
-        arr = np.round(255.0 * (arr - lo) / top).astype(np.uint8)
-        return np.repeat(arr[..., None], 3, axis=2)
-    return np.asarray(im.convert("RGB"))
-
-
-def load_rgb(path: Path) -> np.ndarray:
-    """Decode an image file to ``(H, W, 3)`` uint8 RGB (grayscale, CMYK, palette, 16-bit all converted).
-
-    A truncated file raises (``OSError``) instead of being padded with grey.
-    """
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()
-        return to_rgb(im)
-
-
-def _groups_by_image(image_ids: np.ndarray) -> list[tuple[int, int]]:
-    """``[(start, stop)]`` runs of equal consecutive image ids."""
-    if len(image_ids) == 0:
-        return []
-    cut = np.flatnonzero(np.diff(image_ids)) + 1
-    starts = np.concatenate([[0], cut])
-    stops = np.concatenate([cut, [len(image_ids)]])
-    return list(zip(starts.tolist(), stops.tolist()))
-
-
-class FolderImages:
-    """Images as files under a folder: ``load(file_name) -> (H, W, 3) uint8``."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    def describe(self, file_name: str) -> str:
-        return str(self.root / file_name)
-
-    def load(self, file_name: str) -> np.ndarray:
-        return load_rgb(self.root / file_name)
-
-
-class ZipImages:
-    """Images read straight from a zip archive (``images_from_zip: true``), thread- and process-safe."""
-
-    def __init__(self, zip_path: str | Path):
-        from ..data.zipimages import ZipImageReader
-
-        self.path = Path(zip_path)
-        self.reader = ZipImageReader(zip_path)
-
-    def describe(self, file_name: str) -> str:
-        return f"{self.path}:{file_name}"
-
-    def load(self, file_name: str) -> np.ndarray:
-        with self.reader.open(file_name) as im:
-            return to_rgb(im)
-
-
-def box_problem(box, height: int, width: int) -> str | None:
-    """Why a COCO box ``[x, y, w, h]`` cannot be cropped from an ``height x width`` image, or ``None``."""
-    x, y, w, h = (float(v) for v in box)
-    if not all(math.isfinite(v) for v in (x, y, w, h)):
-        return f"non-finite box [{x}, {y}, {w}, {h}]"
-    if w <= 0 or h <= 0:
-        return f"zero-area box [{x:g}, {y:g}, {w:g}, {h:g}]"
-    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-        return f"box [{x:g}, {y:g}, {w:g}, {h:g}] lies outside the {width}x{height} image"
-    return None
-
-
-def render_rows(images, file_name: str, rows: np.ndarray, windows: np.ndarray, rles: list, boxes: np.ndarray | None,
-                preprocess, fill, background: str = "fill"):
-    """Decode one image once and render the crops of its instances ``rows``.
-
-    Parameters
-    ----------
-    images : image source with ``load(file_name)`` and ``describe(file_name)``
-    rows : (k,) int64
-        Row numbers of the instances (returned back, to keep the bookkeeping in the caller).
-    windows : (k, 4) int
-        Crop windows ``x0 y0 x1 y1`` decided by the crop stage.
-    rles : list of k dict or None
-        Masks (COCO compressed RLE) or ``None`` for a box crop.
-    boxes : (k, 4) float or None
-        COCO boxes ``x y w h``, checked against the image (zero-area / outside -> skipped).
-    preprocess : Preprocess
-        The encoder's input contract (size, resize policy, ``crop_pct``, interpolation).
-
-    Returns
-    -------
-    ok_rows : (m,) int64
-    crops : (m, size, size, 3) uint8
-    skipped : list of (row, reason)
-    """
-    size = preprocess.size
-    where = images.describe(file_name)
-    try:
-        image = images.load(file_name)
-    except FileNotFoundError:
-        return rows[:0], np.empty((0, size, size, 3), np.uint8), [(int(r), f"image file not found: {where}")
-                                                                   for r in rows]
-    except Exception as exc:  # PIL raises many types for corrupt or truncated files
-        reason = f"unreadable image {where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        return rows[:0], np.empty((0, size, size, 3), np.uint8), [(int(r), reason) for r in rows]
-    H, W = image.shape[:2]
-    out = np.empty((len(rows), size, size, 3), np.uint8)
-    ok, skipped = [], []
-    for j, row in enumerate(rows):
-        problem = box_problem(boxes[j], H, W) if boxes is not None else None
-        x0, y0, x1, y1 = (int(v) for v in windows[j])
-        if problem is None and (x1 <= x0 or y1 <= y0):
-            problem = f"empty crop window ({x0}, {y0}, {x1}, {y1})"
-        mask = None
-        if problem is None and rles[j]:
-            mask = rle_to_mask(rles[j])
-            if mask.shape != (H, W):
-                problem = f"mask size {mask.shape} != image size {(H, W)} for {where}"
-        if problem is not None:
-            skipped.append((int(row), problem))
-            continue
-        win = preprocess.window(x0, y0, x1, y1)
-        out[len(ok)] = render_crop(image, win, size, mask=mask, fill=fill, resample=preprocess.resample,
-                                   background=background)
-        ok.append(int(row))
-    return np.asarray(ok, np.int64), out[:len(ok)], skipped
-
-
-def render_image_group(images, file_name: str, windows: np.ndarray, rles: list, size: int, fill, resample: str,
-                       background: str = "fill"):
-    """Decode one image and render all of its crops at ``size`` (squash, no ``crop_pct``), e.g. for previews.
-
-    Returns ``(crops (k, size, size, 3) uint8 or None, reason or None)``: ``None`` and the first reason when any
-    instance cannot be rendered.
-    """
-    from ..encoders.base import Preprocess
-
-    rows = np.arange(len(windows), dtype=np.int64)
-    ok, crops, skipped = render_rows(images, file_name, rows, np.asarray(windows), list(rles), None,
-                                     Preprocess(size=int(size), resample=resample), fill, background)
-    if skipped:
-        return None, skipped[0][1]
-    return crops, None
-
+from ..crops.render import groups_by_image, render_rows
 
 def _make_pool(executor: str, num_workers: int):
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -310,7 +146,7 @@ def extract_vision(table: dict[str, np.ndarray], images, encoder, store, shard_s
         write(s)
     # tasks: one per image (rows of todo shards only), in table order
     tasks = []
-    for a, b in _groups_by_image(np.asarray(table["image_id"])):
+    for a, b in groups_by_image(np.asarray(table["image_id"])):
         rows = np.arange(a, b, dtype=np.int64)[need[a:b]]
         if len(rows):
             tasks.append(rows)

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..config import RunConfig
 from ..data import open_dataset
-from ..embed.store import EmbeddingStore, atomic_write_json, store_key
+from ..runs import atomic_write_json
+from .store import EmbeddingStore, store_key
 from ..encoders.prompts import fill_templates
 from ..runs import ensure_out, is_current, stage_key, stage_record, write_stage
 from ..tables import read_table

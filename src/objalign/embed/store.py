@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ObjalignError
+from ..runs import atomic_write_bytes, atomic_write_json
 
 MANIFEST = "manifest.json"
 
@@ -34,19 +34,6 @@ MANIFEST = "manifest.json"
 def store_key(fields: dict) -> str:
     """sha256 (first 16 hex digits) of the canonical JSON of ``fields``."""
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1, default=str).encode())
 
 
 class EmbeddingStore:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RunConfig, dump_config
-from ..embed.store import atomic_write_json
+from ..runs import atomic_write_json
 from ..runs import ensure_out, stage_key, stage_record, write_stage
 
 COLUMNS = ("method", "split", "r2", "cosine_mean", "residual_mean", "residual_median", "top1", "top5", "mean_rank")
