@@ -41,6 +41,10 @@ class DataConfig:
     #: coco2017: check archives against the official sizes/md5s (turn off for a mirror serving repacked zips;
     #: the server's size and the zips' own CRCs are still checked).
     official_checksums: bool = True
+    #: Refuse a dataset with a dangling reference (an annotation's ``image_id`` or ``category_id`` not in the
+    #: file) or a repeated annotation id, as one error line. Off (default): such annotations are skipped,
+    #: recorded in ``sample/excluded.json`` and counted in one warning line.
+    strict: bool = False
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,12 @@ class GtMaskMode:
     def decide(self, image: np.ndarray | None, annotations: list[dict], height: int, width: int) -> list[MaskDecision]:
         out = []
         for a in annotations:
-            rle = segmentation_to_rle(a.get("segmentation"), height, width)
+            try:
+                rle = segmentation_to_rle(a.get("segmentation"), height, width)
+            except Exception as exc:  # noqa: BLE001 - pycocotools raises many types for malformed segmentations
+                out.append(MaskDecision(None, "box", f"unreadable ground-truth mask ({type(exc).__name__}): "
+                                                     "box crop used"))
+                continue
             if rle is None:
                 out.append(MaskDecision(None, "box", "no usable ground-truth mask: box crop used"))
             else:

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .masks import rle_to_mask
 
 
-def crop_window(x: float, y: float, w: float, h: float, padding: float = 0.1,
-                square: bool = True) -> tuple[int, int, int, int]:
+def crop_window(x: float, y: float, w: float, h: float, padding: float = 0.1, square: bool = True,
+                width: int | None = None, height: int | None = None) -> tuple[int, int, int, int]:
     """The crop window ``(x0, y0, x1, y1)`` (integer pixels, may extend past the image) for a COCO box.
 
     ``padding`` is a fraction of the box's longer side added on every side; ``square`` grows the shorter side
-    so the object keeps its aspect ratio when the crop is resized to a square input.
+    so the object keeps its aspect ratio when the crop is resized to a square input. Given the image's
+    ``width`` and ``height``, the box is first clipped to the image, so the window is bounded by the image plus
+    its padding whatever the box (the part past the image edge is filled when rendered); a box with nothing
+    inside the image gets a one-pixel window at the clipped corner (the renderer skips it and says why).
     """
+    if width is not None and height is not None:
+        if not np.all(np.isfinite([x, y, w, h])):
+            x = y = w = h = 0.0
+        x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+        x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+        x, y, w, h = x0, y0, max(x1 - x0, 0.0), max(y1 - y0, 0.0)
     pad = padding * max(w, h)
     cx, cy = x + w / 2, y + h / 2
     hw, hh = w / 2 + pad, h / 2 + pad
@@ -84,15 +91,29 @@ def groups_by_image(image_ids: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(starts.tolist(), stops.tolist()))
 
 
+#: A box with less than this fraction of its area inside the image is skipped (its crop would be mostly fill).
+MIN_FRACTION_INSIDE_IMAGE = 0.5
+
+
 def box_problem(box, height: int, width: int) -> str | None:
-    """Why a COCO box ``[x, y, w, h]`` cannot be cropped from an ``height x width`` image, or ``None``."""
+    """Why a COCO box ``[x, y, w, h]`` cannot be cropped from an ``height x width`` image, or ``None``.
+
+    Non-finite, zero-area, wholly outside the image, or less than :data:`MIN_FRACTION_INSIDE_IMAGE` of its
+    area inside it.
+    """
+    from ..data.coco import box_fault
+
+    fault = box_fault(box)
+    if fault is not None:
+        return fault
     x, y, w, h = (float(v) for v in box)
-    if not all(math.isfinite(v) for v in (x, y, w, h)):
-        return f"non-finite box [{x}, {y}, {w}, {h}]"
-    if w <= 0 or h <= 0:
-        return f"zero-area box [{x:g}, {y:g}, {w:g}, {h:g}]"
-    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+    iw = min(x + w, width) - max(x, 0.0)
+    ih = min(y + h, height) - max(y, 0.0)
+    if iw <= 0 or ih <= 0:
         return f"box [{x:g}, {y:g}, {w:g}, {h:g}] lies outside the {width}x{height} image"
+    inside = (iw / w) * (ih / h)
+    if inside < MIN_FRACTION_INSIDE_IMAGE:
+        return f"box [{x:g}, {y:g}, {w:g}, {h:g}] lies mostly outside the {width}x{height} image ({inside:.0%} inside)"
     return None
 
 
@@ -140,9 +161,11 @@ def render_rows(images, file_name: str, rows: np.ndarray, windows: np.ndarray, r
             problem = f"empty crop window ({x0}, {y0}, {x1}, {y1})"
         mask = None
         if problem is None and rles[j]:
-            mask = rle_to_mask(rles[j])
-            if mask.shape != (H, W):
-                problem = f"mask size {mask.shape} != image size {(H, W)} for {where}"
+            shape = tuple(int(v) for v in rles[j]["size"])
+            if shape != (H, W):  # checked before decoding: a wrong size in the dataset can be any size
+                problem = f"mask size {shape} != image size {(H, W)} for {where}"
+            else:
+                mask = rle_to_mask(rles[j])
         if problem is not None:
             skipped.append((int(row), problem))
             continue
@@ -164,14 +187,15 @@ class _Squash:
 
 
 def render_image_group(images, file_name: str, windows: np.ndarray, rles: list, size: int, fill, resample: str,
-                       background: str = "fill"):
+                       background: str = "fill", boxes: np.ndarray | None = None):
     """Decode one image and render all of its crops at ``size`` (squash, no ``crop_pct``), e.g. for previews.
 
+    ``boxes`` ``(k, 4)`` (COCO ``x y w h``), when given, are checked as :func:`render_rows` checks them.
     Returns ``(crops (k, size, size, 3) uint8 or None, reason or None)``: ``None`` and the first reason when any
     instance cannot be rendered.
     """
     rows = np.arange(len(windows), dtype=np.int64)
-    ok, crops, skipped = render_rows(images, file_name, rows, np.asarray(windows), list(rles), None,
+    ok, crops, skipped = render_rows(images, file_name, rows, np.asarray(windows), list(rles), boxes,
                                      _Squash(int(size), resample), fill, background)
     if skipped:
         return None, skipped[0][1]

@@ -52,7 +52,8 @@ def decide_crops(ds, inst: dict[str, np.ndarray], mode, padding: float, square: 
     windows = np.zeros((n, 4), np.int64)
     rles, sources, notes, scores, gt_iou = [""] * n, [""] * n, [""] * n, np.full(n, np.nan), np.full(n, np.nan)
     for i in range(n):
-        windows[i] = crop_window(inst["x"][i], inst["y"][i], inst["w"][i], inst["h"][i], padding, square)
+        windows[i] = crop_window(inst["x"][i], inst["y"][i], inst["w"][i], inst["h"][i], padding, square,
+                                 width=int(inst["width"][i]), height=int(inst["height"][i]))
     groups = groups_by_image(inst["image_id"])
     for a, b in tqdm(groups, unit="img", desc=f"crop {mode.name}", disable=not (progress and mode.needs_pixels)):
         image = None
@@ -95,8 +96,9 @@ def save_preview(ds, table: dict, path: Path, fill, background: str = "fill", n:
     for i in range(k):
         rle = json.loads(table["mask_rle"][i]) if table["mask_rle"][i] else None
         win = np.array([[table["x0"][i], table["y0"][i], table["x1"][i], table["y1"][i]]])
+        box = np.array([[table["x"][i], table["y"][i], table["w"][i], table["h"][i]]], np.float64)
         crops, _ = render_image_group(source, table["file_name"][i], win, [rle], size, fill, "bicubic",
-                                      "fill" if background == "mean" else background)
+                                      "fill" if background == "mean" else background, boxes=box)
         if crops is not None:
             sheet.paste(Image.fromarray(crops[0]), ((i % cols) * size, (i // cols) * size))
     sheet.save(path)

@@ -21,12 +21,12 @@ def open_dataset(cfg: DataConfig):
         make_demo_dataset(root, seed=cfg.seed, n_images=cfg.demo_images)
     elif cfg.kind == "coco2017":
         ann, images = coco2017_paths(cfg)
-        ds = load_coco(ann, images)
+        ds = load_coco(ann, images, strict=cfg.strict)
         ds.images_from_zip = cfg.images_from_zip
         return ds
     elif cfg.kind != "coco":
         raise ObjalignError(f"data.kind = {cfg.kind!r}: expected 'demo', 'coco' or 'coco2017'")
-    return load_coco(ann, images)
+    return load_coco(ann, images, strict=cfg.strict)
 
 
 def coco2017_paths(cfg: DataConfig, progress: bool = True) -> tuple[Path, Path]:

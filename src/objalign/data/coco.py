@@ -3,13 +3,22 @@
 A COCO file holds ``images`` (``id``, ``file_name``, ``width``, ``height``), ``annotations`` (``id``,
 ``image_id``, ``category_id``, ``bbox`` as ``[x, y, w, h]``, ``area``, ``iscrowd``, ``segmentation`` as
 polygons or RLE) and ``categories`` (``id``, ``name``). Category ids need not be contiguous (COCO's run 1..90).
+
+A file that breaks the schema (a missing list, a record without an integer id, a bbox that is not four numbers)
+is refused with one line. Faults that real exports carry in single records are not fatal: an annotation whose
+box is non-finite or has no area, whose image's ``file_name`` would leave the image folder, whose ``image_id``
+or ``category_id`` is dangling (not in ``images`` / ``categories``) or whose ``id`` repeats an earlier one is
+left out of :attr:`CocoDataset.annotations` and recorded in :attr:`CocoDataset.excluded` with the reason
+(``strict=True`` refuses dangling references and repeated ids instead, as objalign did before).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ObjalignError
@@ -28,11 +37,15 @@ class CocoDataset:
     images : dict[int, dict]
         Image id -> image record.
     annotations : list[dict]
-        Annotation records, in file order.
+        The usable annotation records, in file order.
     categories : dict[int, str]
         Category id -> name.
     fingerprint : str
         sha256 (first 16 hex digits) of the JSON file's bytes: identifies the dataset in cache keys.
+    excluded : list[dict]
+        ``{"annotation_id", "image_id", "kind", "reason"}`` of each annotation left out of ``annotations``, in
+        file order; ``kind`` is ``"dangling reference"``, ``"bad box"`` or ``"file_name outside the image
+        folder"``, ``reason`` the details.
     """
 
     path: Path
@@ -43,6 +56,12 @@ class CocoDataset:
     fingerprint: str
 
     images_from_zip: bool = False  #: ``image_root`` is a zip archive, not a folder
+    excluded: list = field(default_factory=list)
+
+    def excluded_summary(self) -> str:
+        """``"3 dangling reference, 1 bad box"``: counts of :attr:`excluded` by kind of reason."""
+        kinds = Counter(r["kind"] for r in self.excluded)
+        return ", ".join(f"{n} {k}" for k, n in kinds.most_common())
 
     def image_path(self, image_id: int) -> Path:
         return self.image_root / self.images[image_id]["file_name"]
@@ -58,14 +77,35 @@ def _fail(path: Path, what: str) -> ObjalignError:
     return ObjalignError(f"{path}: {what}")
 
 
-def load_coco(annotations: str | Path, image_root: str | Path) -> CocoDataset:
+def box_fault(bbox) -> str | None:
+    """Why a COCO ``[x, y, w, h]`` cannot be cropped whatever the image (non-finite, no area), or ``None``."""
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except OverflowError:  # an integer too large for a float
+        return f"non-finite box {[str(v)[:12] for v in bbox]}"
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return f"non-finite box [{x}, {y}, {w}, {h}]"
+    if w <= 0 or h <= 0:
+        return f"zero-area box [{x:g}, {y:g}, {w:g}, {h:g}]"
+    return None
+
+
+def load_coco(annotations: str | Path, image_root: str | Path, strict: bool = False) -> CocoDataset:
     """Load and validate a COCO instances JSON.
+
+    Parameters
+    ----------
+    annotations, image_root : path
+        The JSON file and the folder (or zip archive) its ``file_name`` values are relative to.
+    strict : bool
+        Refuse a dangling ``image_id`` / ``category_id`` or a repeated annotation id (``data.strict``) instead
+        of leaving that annotation out and recording it in ``excluded``.
 
     Raises
     ------
     ObjalignError
-        One line naming the file, the offending record and the fix, for a missing file, invalid JSON or a
-        record that breaks the COCO schema.
+        One line naming the file, the offending record and the fix, for a missing file, invalid JSON, a
+        record that breaks the COCO schema, or (``strict``) a dangling reference.
     """
     path = Path(annotations)
     if not path.is_file():
@@ -96,7 +136,17 @@ def load_coco(annotations: str | Path, image_root: str | Path) -> CocoDataset:
         for k in ("width", "height"):
             if not isinstance(im.get(k), int) or im[k] <= 0:
                 raise _fail(path, f"images[{i}] (id {im['id']}) has {k}={im.get(k)!r}; expected a positive integer")
+        if im["id"] in images:
+            raise _fail(path, f"images[{i}] repeats image id {im['id']}; image ids must be unique")
         images[im["id"]] = im
+    from .images import file_name_problem
+
+    bad_names = {k: p for k, im in images.items() if (p := file_name_problem(im["file_name"])) is not None}
+
+    kept, excluded, seen = [], [], set()
+
+    def exclude(a: dict, kind: str, reason: str) -> None:
+        excluded.append({"annotation_id": a["id"], "image_id": a["image_id"], "kind": kind, "reason": reason})
 
     for i, a in enumerate(doc["annotations"]):
         if not isinstance(a, dict):
@@ -108,18 +158,29 @@ def load_coco(annotations: str | Path, image_root: str | Path) -> CocoDataset:
         if (not isinstance(bbox, list) or len(bbox) != 4
                 or not all(isinstance(v, (int, float)) for v in bbox)):
             raise _fail(path, f"annotations[{i}] (id {a['id']}) has bbox={bbox!r}; expected [x, y, width, height]")
-        if a["image_id"] not in images:
-            raise _fail(path, f"annotations[{i}] (id {a['id']}) refers to image_id {a['image_id']}, "
-                              "which is not in 'images'")
-        if a["category_id"] not in categories:
-            raise _fail(path, f"annotations[{i}] (id {a['id']}) refers to category_id {a['category_id']}, "
-                              "which is not in 'categories'")
+        dangling = [f"{k} {a[k]} is not in {where!r}" for k, where, table in
+                    (("image_id", "images", images), ("category_id", "categories", categories)) if a[k] not in table]
+        if a["id"] in seen:
+            dangling.append(f"annotation id {a['id']} repeats an earlier annotation's")
+        if dangling and strict:
+            raise _fail(path, f"annotations[{i}] (id {a['id']}): {'; '.join(dangling)} (data.strict is on; "
+                              "set data.strict: false to skip such annotations)")
+        seen.add(a["id"])
+        if dangling:
+            exclude(a, "dangling reference", "; ".join(dangling))
+        elif (fault := box_fault(bbox)) is not None:
+            exclude(a, "bad box", fault)
+        elif a["image_id"] in bad_names:
+            exclude(a, "file_name outside the image folder", bad_names[a["image_id"]])
+        else:
+            kept.append(a)
 
     return CocoDataset(
         path=path,
         image_root=Path(image_root),
         images=images,
-        annotations=doc["annotations"],
+        annotations=kept,
         categories=categories,
         fingerprint=hashlib.sha256(blob).hexdigest()[:16],
+        excluded=excluded,
     )

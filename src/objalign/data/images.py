@@ -3,16 +3,49 @@
 An image source has ``load(file_name) -> (H, W, 3) uint8`` and ``describe(file_name) -> str`` (where it was
 looked for, for messages). :class:`FolderImages` reads files under a folder, :class:`ZipImages` members of a
 zip archive.
+
+A dataset file never makes objalign read outside its image folder or archive: a ``file_name`` that is absolute
+or climbs out with ``..`` is refused (:func:`file_name_problem`, checked when the dataset is loaded), and
+:class:`FolderImages` also refuses a name whose resolved path (symbolic links followed) leaves the folder.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import posixpath
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
+from ..errors import ObjalignError
+
 #: Modes PIL decodes to that are not 8-bit RGB and need more than ``convert("RGB")``.
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+class ImagePathError(ObjalignError):
+    """A ``file_name`` that would read outside the image folder (or archive); the message names it."""
+
+
+def file_name_problem(file_name) -> str | None:
+    """Why ``file_name`` cannot name an image inside the image folder or archive, or ``None`` when it can.
+
+    Refused: a non-string or empty name, a NUL byte, an absolute path (``/etc/passwd``, ``C:\\x``, ``\\\\host\\x``)
+    and a name whose ``..`` components climb out of the folder (``../../escape.jpg``); backslashes count as
+    separators. Purely lexical: no file is touched.
+    """
+    if not isinstance(file_name, str) or not file_name.strip():
+        return f"file_name {file_name!r} is empty or not a string"
+    if "\x00" in file_name:
+        return f"file_name {file_name!r} contains a NUL byte"
+    name = file_name.replace("\\", "/")
+    if name.startswith("/") or PureWindowsPath(file_name).drive:
+        return f"file_name {file_name!r} is an absolute path; it must be relative to the image folder"
+    norm = posixpath.normpath(name)
+    if norm == ".":
+        return f"file_name {file_name!r} names the image folder itself, not a file in it"
+    if norm == ".." or norm.startswith("../"):
+        return f"file_name {file_name!r} leaves the image folder"
+    return None
 
 
 def to_rgb(im) -> np.ndarray:
@@ -56,8 +89,26 @@ class FolderImages:
     def describe(self, file_name: str) -> str:
         return str(self.root / file_name)
 
+    def path(self, file_name: str) -> Path:
+        """The resolved path of ``file_name``, which must stay inside the folder (symbolic links followed).
+
+        Raises
+        ------
+        ImagePathError
+            ``file_name`` is absolute, climbs out with ``..`` or resolves (through a link) outside the folder.
+        """
+        problem = file_name_problem(file_name)
+        if problem is None:
+            root = self.root.resolve()
+            path = (root / file_name).resolve()
+            if path == root or not path.is_relative_to(root):
+                problem = f"file_name {file_name!r} resolves to {path}, outside the image folder {root}"
+        if problem is not None:
+            raise ImagePathError(f"{problem}; fix the annotation file (objalign reads only inside data.images)")
+        return path
+
     def load(self, file_name: str) -> np.ndarray:
-        return load_rgb(self.root / file_name)
+        return load_rgb(self.path(file_name))
 
 
 class ZipImages:
@@ -73,5 +124,8 @@ class ZipImages:
         return f"{self.path}:{file_name}"
 
     def load(self, file_name: str) -> np.ndarray:
+        problem = file_name_problem(file_name)
+        if problem is not None:
+            raise ImagePathError(f"{problem}; fix the annotation file (objalign reads only members of {self.path})")
         with self.reader.open(file_name) as im:
             return to_rgb(im)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import ObjalignError
@@ -10,6 +12,19 @@ from .coco import CocoDataset
 #: Columns of the instance table written by the ``sample`` stage (one row per sampled object).
 INSTANCE_COLUMNS = ("annotation_id", "image_id", "category_id", "category", "file_name",
                     "width", "height", "x", "y", "w", "h", "area")
+
+
+def _area(a: dict) -> float:
+    """The annotation's ``area``, or its box's ``w * h`` when ``area`` is missing or not a finite number."""
+    area = a.get("area")
+    if isinstance(area, (int, float)) and not isinstance(area, bool):
+        try:
+            area = float(area)
+        except OverflowError:
+            area = None
+        if area is not None and math.isfinite(area):
+            return area
+    return float(a["bbox"][2]) * float(a["bbox"][3])
 
 
 def sample_instances(ds: CocoDataset, n: int = 3000, seed: int = 0, min_area: float = 100.0,
@@ -22,7 +37,9 @@ def sample_instances(ds: CocoDataset, n: int = 3000, seed: int = 0, min_area: fl
     image encoding) is shared by several objects.
 
     Crowd regions (``iscrowd=1``) are excluded by default, as are objects whose ``area`` is below
-    ``min_area`` pixels or whose box has no area. The result is sorted by ``(image_id, annotation_id)`` so
+    ``min_area`` pixels (the box's ``w * h`` when ``area`` is missing or not a finite number). Annotations the
+    dataset could not use (a non-finite or empty box, a dangling reference, a ``file_name`` outside the image
+    folder) were already left out when it was loaded, whatever their ``area``: see ``ds.excluded``. The result is sorted by ``(image_id, annotation_id)`` so
     each image's objects are contiguous (the extraction engine decodes each image once).
 
     Returns
@@ -40,8 +57,7 @@ def sample_instances(ds: CocoDataset, n: int = 3000, seed: int = 0, min_area: fl
         wanted = {cid for cid, name in ds.categories.items() if name in set(categories)}
     pool = [a for a in ds.annotations
             if not (exclude_crowd and a.get("iscrowd", 0))
-            and float(a.get("area", a["bbox"][2] * a["bbox"][3])) >= min_area
-            and a["bbox"][2] > 0 and a["bbox"][3] > 0
+            and _area(a) >= min_area
             and (wanted is None or a["category_id"] in wanted)]
     if not pool:
         raise ObjalignError(f"{ds.path}: no instance passes the filters (min_area={min_area}, "
@@ -69,6 +85,6 @@ def sample_instances(ds: CocoDataset, n: int = 3000, seed: int = 0, min_area: fl
         for k, v in (("annotation_id", a["id"]), ("image_id", a["image_id"]), ("category_id", a["category_id"]),
                      ("category", ds.categories[a["category_id"]]), ("file_name", im["file_name"]),
                      ("width", im["width"]), ("height", im["height"]), ("x", x), ("y", y), ("w", w), ("h", h),
-                     ("area", float(a.get("area", w * h)))):
+                     ("area", _area(a))):
             cols[k].append(v)
     return {k: np.asarray(v) for k, v in cols.items()}

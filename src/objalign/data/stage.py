@@ -1,12 +1,15 @@
-"""The ``sample`` stage: dataset -> ``sample/instances.parquet``."""
+"""The ``sample`` stage: dataset -> ``sample/instances.parquet`` and ``sample/excluded.json`` (the annotations
+the dataset could not use, each with its reason)."""
 
 from __future__ import annotations
 
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from ..config import RunConfig
-from ..runs import ensure_out, is_current, stage_record, write_stage
+from ..runs import atomic_write_json, ensure_out, is_current, stage_record, write_stage
 from ..tables import write_table
 from . import open_dataset
 from .sample import sample_instances
@@ -16,7 +19,7 @@ def run_sample(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     out = ensure_out(out)
     started = time.time()
     ds = open_dataset(cfg.data)
-    key = cfg.section_key("sample", extra={"dataset": ds.fingerprint})
+    key = cfg.section_key("sample", "data.strict", extra={"dataset": ds.fingerprint})
     if not force and is_current(out, "sample", key) and (out / "sample" / "instances.parquet").is_file():
         return {**stage_record(out, "sample"), "reused": True}
     s = cfg.sample
@@ -24,8 +27,16 @@ def run_sample(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
                              categories=s.categories, strategy=s.strategy)
     (out / "sample").mkdir(exist_ok=True)
     write_table(out / "sample" / "instances.parquet", table)
+    atomic_write_json(out / "sample" / "excluded.json", ds.excluded)
+    if ds.excluded:  # one line, however many
+        first = ds.excluded[0]
+        strict = any(r["kind"] == "dangling reference" for r in ds.excluded)
+        print(f"objalign: warning: left out {len(ds.excluded)} annotation(s) of {ds.path} ({ds.excluded_summary()}; "
+              f"first: annotation {first['annotation_id']}: {first['reason']}); listed in {out}/sample/excluded.json"
+              + ("; data.strict: true refuses dangling references instead" if strict else ""), file=sys.stderr)
     summary = {"dataset": str(ds.path), "dataset_fingerprint": ds.fingerprint,
                "n_instances": int(len(table["annotation_id"])), "n_images": int(len(set(table["image_id"]))),
                "n_categories_sampled": int(len(set(table["category_id"]))), "n_categories": len(ds.categories),
-               "n_annotations_total": len(ds.annotations)}
+               "n_annotations_total": len(ds.annotations) + len(ds.excluded), "n_excluded": len(ds.excluded),
+               "excluded_by_kind": dict(Counter(r["kind"] for r in ds.excluded))}
     return {**write_stage(out, "sample", key, summary, started), "reused": False}

@@ -122,7 +122,7 @@ def vision_key_fields(dataset_fingerprint: str, table: dict, fill, background: s
 
 def resolve_background(cfg: RunConfig, ds, table: dict, max_images: int = 200) -> tuple[tuple[int, int, int], str]:
     """``(fill colour, background mode for the renderer)``; ``mean`` becomes ``fill`` with the mean colour of
-    (up to ``max_images``) of the sampled images."""
+    (up to ``max_images``) of the sampled images that can be read (``crop.fill`` when none can)."""
     from ..crops.render import BACKGROUNDS
     from ..errors import ObjalignError
 
@@ -133,7 +133,14 @@ def resolve_background(cfg: RunConfig, ds, table: dict, max_images: int = 200) -
         return tuple(cfg.crop.fill), bg
     source = ds.image_source()
     names = sorted(set(table["file_name"].tolist()))[:max_images]
-    means = [source.load(n).reshape(-1, 3).mean(0) for n in names]
+    means = []
+    for name in names:
+        try:
+            means.append(source.load(name).reshape(-1, 3).mean(0))
+        except Exception:  # noqa: BLE001 - an unreadable image is skipped and recorded by the extraction engine
+            continue
+    if not means:
+        return tuple(cfg.crop.fill), "fill"
     return tuple(int(round(v)) for v in np.mean(means, 0)), "fill"
 
 
