@@ -6,13 +6,24 @@ gammas, GroupKFold(5) by image. Prints each timing, the score agreement, and as 
 
     ridge_speedup=<x> krr_speedup=<y> max_score_diff=<z>
 
+``--gamma-grid`` times ``KernelRidgeCV`` (float32, rbf, 7 alphas) at each gamma of a grid spanning 1e-4 to 1e-1
+on the seed-sized problem, one gamma per fit, where large gammas drive ``exp()`` towards float32's subnormal
+range; it prints each point's time with subnormal kernel values flushed to zero (objalign's default) and, side
+by side, with the flush switched off, and as its last line::
+
+    worst_point_vs_median=<x>
+
+(the slowest grid point's time over the median point's, flush on; floor <= 2). On this problem the grid ends at
+gamma x median squared distance = 55, short of float32 underflow (87), so two points past it (100 and 200)
+are timed too and shown beside it.
+
 ``--scale`` instead runs the full-COCO-sized synthetic problem (860,000 instances, 256-d -> 256-d, float32)
 through RidgeCV and Nyström KernelRidgeCV and reports time and peak memory; ``--nystroem-accuracy``
 compares Nyström with the exact solution on the seed-sized problem (where both run).
 
 Usage::
 
-    python bench/align.py [--n 3000] [--cores 2] [--scale] [--nystroem-accuracy]
+    python bench/align.py [--n 3000] [--cores 2] [--scale] [--nystroem-accuracy] [--gamma-grid]
 """
 
 from __future__ import annotations
@@ -137,6 +148,70 @@ def run_seed(args):
     print(f"ridge_speedup={t_sk_r / t_oa_r:.1f} krr_speedup={t_sk_k / t_oa_k:.1f} max_score_diff={max(d_r, d_k):.2e}")
 
 
+def run_gamma_grid(args):
+    """Time per grid point of a float32 gamma grid, subnormal flush on and off (interleaved, best of repeats).
+
+    Past the grid, two more gammas (gamma x median squared distance = 100 and 200) make most off-diagonal
+    kernel values underflow in float32, which the grid itself does not reach on this problem; they are timed
+    and shown beside the grid but do not enter its figure.
+    """
+    from contextlib import contextmanager
+
+    from sklearn.model_selection import GroupKFold
+
+    from objalign.align import KernelRidgeCV
+    from objalign.align import _kernels
+
+    X, Y, groups = seed_problem(n=args.n)
+    X32, Y32 = X.astype(np.float32), Y.astype(np.float32)
+    sq = _kernels._sq_distances(X32[:1000])
+    med = float(np.median(sq[np.triu_indices_from(sq, 1)]))
+    alphas = np.logspace(-3, 3, 7)
+    grid = np.logspace(-4, -1, args.grid_points)
+    gammas = np.concatenate([grid, [100 / med, 200 / med]])
+    splits = list(GroupKFold(5).split(X, Y, groups))
+    print(f"problem: n={X.shape[0]} d_x={X.shape[1]} float32, median squared distance {med:.1f}; "
+          f"{len(grid)} gammas from 1e-4 to 1e-1 (gamma x median up to {grid[-1] * med:.0f}) and 2 past it, "
+          f"{len(alphas)} alphas, {len(splits)} folds, n_jobs={args.cores}; best of {args.repeats} interleaved "
+          f"runs per point")
+
+    real = _kernels.flush_subnormal
+
+    @contextmanager
+    def flushing(on):
+        _kernels.flush_subnormal = real if on else (lambda K: K)
+        try:
+            yield
+        finally:
+            _kernels.flush_subnormal = real
+
+    def fit(gamma):
+        return KernelRidgeCV(alphas=alphas, gammas=[gamma], kernel="rbf", cv=splits, n_jobs=args.cores).fit(X32, Y32)
+
+    fit(gammas[0])  # warm-up
+    times = {on: np.full((args.repeats, len(gammas)), np.inf) for on in (True, False)}
+    for r in range(args.repeats):
+        for g, gamma in enumerate(gammas):
+            for on in (True, False):
+                with flushing(on):
+                    _, times[on][r, g] = _timed(lambda: fit(gamma))
+    best = {on: t.min(axis=0) for on, t in times.items()}
+    tiny = np.finfo(np.float32).tiny
+    for g, gamma in enumerate(gammas):
+        with flushing(False):
+            K = _kernels.KernelBase(X32[:1000], "rbf").matrix(gamma)
+        sub = float(np.mean((K > 0) & (K < tiny)))
+        print(f"gamma={gamma:.2e} (x median {gamma * med:6.1f}){' past the grid' if g >= len(grid) else ''}: "
+              f"flush on {best[True][g]:.2f}s, off {best[False][g]:.2f}s; subnormal share of the unflushed "
+              f"kernel {sub:.3f}")
+    n = len(grid)
+    ratio = {on: float(b[:n].max() / np.median(b[:n])) for on, b in best.items()}
+    past = {on: float(b.max() / np.median(b)) for on, b in best.items()}
+    print(f"grid, flush off: worst_point_vs_median={ratio[False]:.2f}; grid and the 2 points past it: flush on "
+          f"{past[True]:.2f}, flush off {past[False]:.2f}")
+    print(f"worst_point_vs_median={ratio[True]:.2f}")
+
+
 def nystroem_accuracy():
     """Nyström vs exact kernel ridge on the seed-sized problem (both fit in memory)."""
     from sklearn.model_selection import GroupKFold
@@ -209,6 +284,10 @@ def main(argv=None):
     ap.add_argument("--scale-n", type=int, default=860_000)
     ap.add_argument("--n-components", type=int, default=1000)
     ap.add_argument("--nystroem-accuracy", action="store_true", help="Nyström vs exact on the seed problem")
+    ap.add_argument("--gamma-grid", action="store_true",
+                    help="float32 KernelRidgeCV time per gamma over 1e-4..1e-1, subnormal flush on and off")
+    ap.add_argument("--grid-points", type=int, default=7, help="gammas in the --gamma-grid case")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved runs per point in the --gamma-grid case")
     ap.add_argument("--cores", type=int, default=2,
                     help="cores for the kernel ridge searches, the same for both sides (GridSearchCV n_jobs and "
                          "KernelRidgeCV n_jobs); BLAS runs one thread per worker on both sides, because on a shared, "
@@ -226,6 +305,8 @@ def _run(args):
         run_scale(args)
     elif args.nystroem_accuracy:
         nystroem_accuracy()
+    elif args.gamma_grid:
+        run_gamma_grid(args)
     else:
         run_seed(args)
     return 0

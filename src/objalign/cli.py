@@ -16,9 +16,18 @@ STAGE_HELP = {
 }
 
 
+def default_out(config: str | None) -> str:
+    """The run folder ``run`` uses without ``--out``: ``runs/<config file name without .yaml>`` (``runs/demo``)."""
+    from pathlib import Path
+
+    return str(Path("runs") / (Path(config).stem if config else "demo"))
+
+
 def _add_config_args(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     p.add_argument("config", nargs="?", help="YAML config (default: the built-in demo settings)")
-    p.add_argument("--out", required=out_required, help="run folder (stages read and write here)")
+    p.add_argument("--out", required=out_required,
+                   help="run folder (stages read and write here)" if out_required else
+                   "run folder (default: runs/<config name>, runs/demo without a config)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set sample.n=500 (repeatable)")
     p.add_argument("--vision", help="vision encoder name (see `objalign models`)")
@@ -60,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="run every stage (reusing finished ones) and write the report")
-    _add_config_args(p)
+    _add_config_args(p, out_required=False)
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved plan (data, downloads, models, sizes, outputs) and run nothing")
     for name, text in STAGE_HELP.items():
@@ -187,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = _config_from_args(args)
         progress = not args.no_progress and sys.stderr.isatty()
+        if args.command == "run" and args.out is None:
+            args.out = default_out(args.config)
+            print(f"run folder: {args.out} (the default; choose another with --out)")
         if args.command == "run" and args.dry_run:
             from .pipeline import plan
 

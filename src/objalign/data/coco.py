@@ -160,14 +160,16 @@ def load_coco(annotations: str | Path, image_root: str | Path, strict: bool = Fa
             raise _fail(path, f"annotations[{i}] (id {a['id']}) has bbox={bbox!r}; expected [x, y, width, height]")
         dangling = [f"{k} {a[k]} is not in {where!r}" for k, where, table in
                     (("image_id", "images", images), ("category_id", "categories", categories)) if a[k] not in table]
-        if a["id"] in seen:
-            dangling.append(f"annotation id {a['id']} repeats an earlier annotation's")
-        if dangling and strict:
-            raise _fail(path, f"annotations[{i}] (id {a['id']}): {'; '.join(dangling)} (data.strict is on; "
-                              "set data.strict: false to skip such annotations)")
+        repeated = a["id"] in seen
+        if strict and (dangling or repeated):
+            what = "; ".join(dangling) or f"id {a['id']} repeats an earlier annotation's"
+            raise _fail(path, f"annotations[{i}] (id {a['id']}): {what} (data.strict is on; set data.strict: false "
+                              "to skip such annotations)")
         seen.add(a["id"])
         if dangling:
             exclude(a, "dangling reference", "; ".join(dangling))
+        elif repeated:
+            exclude(a, "repeated id", f"annotation id {a['id']} repeats an earlier annotation's")
         elif (fault := box_fault(bbox)) is not None:
             exclude(a, "bad box", fault)
         elif a["image_id"] in bad_names:

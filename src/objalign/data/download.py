@@ -70,6 +70,9 @@ __all__ = [
     "verify_archive",
 ]
 
+#: How to accept a mirror's repacked archives (checked by the server's size and the zips' CRCs only).
+REPACKED_HINT = "--no-official-checksums (data.official_checksums: false in a config)"
+
 #: Base URL of the official COCO archives; ``mirror`` replaces it.
 DEFAULT_BASE_URL = "http://images.cocodataset.org"
 
@@ -366,9 +369,11 @@ def _ensure_archive(root: Path, spec: _Archive, opts: _Options) -> Path:
         info = _verify(part, total, md5, digest, opts.progress, expected_size=size)
     except _Corrupt as exc:
         aside = _move_aside(part, dest)
+        mirrored = md5 and opts.base_url != DEFAULT_BASE_URL
+        hint = f", or pass {REPACKED_HINT} if it serves repacked copies" if mirrored else ""
         raise DownloadError(
             f"{spec.name} from {url} failed its check ({exc}); moved it to {aside} — rerun to download it "
-            f"again, or use another mirror"
+            f"again, or use another mirror{hint}"
         ) from exc
     os.replace(part, dest)
     _write_json(record, {**info, "url": url})
@@ -552,7 +557,8 @@ def _fetch_once(url: str, part: Path, size: int | None, opts: _Options) -> tuple
         if total is not None and size is not None and total != size:
             raise DownloadError(
                 f"{url} serves {total} bytes but {part.name.removesuffix('.part')} should be {size} bytes; "
-                f"the mirror does not serve the official archive — use another mirror"
+                f"the mirror does not serve the official archive — if it serves repacked copies on purpose, pass "
+                f"{REPACKED_HINT}; otherwise use another mirror"
             )
         if total is not None and meta.get("total") not in (None, total) and mode == "ab":
             _discard_part(part)

@@ -39,8 +39,10 @@ def sample_instances(ds: CocoDataset, n: int = 3000, seed: int = 0, min_area: fl
     Crowd regions (``iscrowd=1``) are excluded by default, as are objects whose ``area`` is below
     ``min_area`` pixels (the box's ``w * h`` when ``area`` is missing or not a finite number). Annotations the
     dataset could not use (a non-finite or empty box, a dangling reference, a ``file_name`` outside the image
-    folder) were already left out when it was loaded, whatever their ``area``: see ``ds.excluded``. The result is sorted by ``(image_id, annotation_id)`` so
-    each image's objects are contiguous (the extraction engine decodes each image once).
+    folder) were already left out when it was loaded, whatever their ``area``: see ``ds.excluded``.
+
+    The result is sorted by ``(image_id, annotation_id)`` so each image's objects are contiguous (the
+    extraction engine decodes each image once).
 
     Returns
     -------

@@ -30,10 +30,11 @@ def run_sample(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     atomic_write_json(out / "sample" / "excluded.json", ds.excluded)
     if ds.excluded:  # one line, however many
         first = ds.excluded[0]
-        strict = any(r["kind"] == "dangling reference" for r in ds.excluded)
+        refs = any(r["kind"] in ("dangling reference", "repeated id") for r in ds.excluded)
         print(f"objalign: warning: left out {len(ds.excluded)} annotation(s) of {ds.path} ({ds.excluded_summary()}; "
               f"first: annotation {first['annotation_id']}: {first['reason']}); listed in {out}/sample/excluded.json"
-              + ("; data.strict: true refuses dangling references instead" if strict else ""), file=sys.stderr)
+              + ("; data.strict: true refuses dangling references and repeated ids instead" if refs else ""),
+              file=sys.stderr)
     summary = {"dataset": str(ds.path), "dataset_fingerprint": ds.fingerprint,
                "n_instances": int(len(table["annotation_id"])), "n_images": int(len(set(table["image_id"]))),
                "n_categories_sampled": int(len(set(table["category_id"]))), "n_categories": len(ds.categories),
