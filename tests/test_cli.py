@@ -86,3 +86,18 @@ def test_data_demo_and_models(capsys, tmp_path):
     assert main(["models", "facebook/*"]) == 0
     out = capsys.readouterr().out
     assert "facebook/dinov2-large" in out and "1024-d" in out
+
+
+def test_dry_run_needs_no_out_and_shows_the_default(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "run folder: runs/demo (the default; choose another with --out)" in out
+    assert "outputs   runs/demo/" in out and not (tmp_path / "runs").exists()  # a dry run writes nothing
+    cfg = tmp_path / "my_study.yaml"
+    cfg.write_text("sample:\n  n: 10\n")
+    assert main(["run", str(cfg), "--dry-run"]) == 0
+    assert "outputs   runs/my_study/" in capsys.readouterr().out
+    assert main(["run", str(cfg), "--dry-run", "--out", str(tmp_path / "elsewhere")]) == 0
+    out = capsys.readouterr().out
+    assert "the default" not in out and f"outputs   {tmp_path / 'elsewhere'}/" in out
