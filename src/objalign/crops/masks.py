@@ -10,7 +10,8 @@ from ..errors import ObjalignError
 def segmentation_to_rle(segmentation, height: int, width: int) -> dict | None:
     """Merge a COCO ``segmentation`` (polygons, compressed or uncompressed RLE) into one compressed RLE.
 
-    Returns ``{"size": [h, w], "counts": str}`` or ``None`` when the segmentation is missing or empty.
+    Returns ``{"size": [h, w], "counts": str}`` or ``None`` when the segmentation is missing or empty, or is an
+    RLE whose ``size`` is not ``[height, width]``.
     """
     from pycocotools import mask as mask_utils
 
@@ -25,6 +26,8 @@ def segmentation_to_rle(segmentation, height: int, width: int) -> dict | None:
         rle = mask_utils.frPyObjects(segmentation, height, width)
     elif isinstance(segmentation, dict):
         rle = dict(segmentation)
+        if [int(v) for v in rle.get("size", ())] != [int(height), int(width)]:
+            return None  # an RLE of another image size: not this image's mask
         if isinstance(rle["counts"], str):
             rle["counts"] = rle["counts"].encode("ascii")
     else:

@@ -165,7 +165,10 @@ def render_rows(images, file_name: str, rows: np.ndarray, windows: np.ndarray, r
             if shape != (H, W):  # checked before decoding: a wrong size in the dataset can be any size
                 problem = f"mask size {shape} != image size {(H, W)} for {where}"
             else:
-                mask = rle_to_mask(rles[j])
+                try:
+                    mask = rle_to_mask(rles[j])
+                except Exception as exc:  # noqa: BLE001 - pycocotools raises ValueError, TypeError, ... for bad RLE
+                    problem = f"unreadable mask ({type(exc).__name__}: {exc})"
         if problem is not None:
             skipped.append((int(row), problem))
             continue
