@@ -104,6 +104,8 @@ def make_dirty(small_demo, tmp_path):
     extra3 = dict(by_image[ids[5]][0], id=by_image[ids[5]][0]["id"])
     doc["annotations"] += [extra, extra2, extra3]
     load[900001], load[900002] = "category_id 12345 is not in 'categories'", "image_id 987654 is not in 'images'"
+    # an area that is not a number, on a good annotation (sampling uses the box's w * h)
+    by_image[ids[7]][0]["area"] = "big"
     # a corrupt image
     (root / "images" / images[ids[6]]["file_name"]).write_bytes(b"\xff\xd8 not a jpeg")
     for a in by_image[ids[6]]:
@@ -259,6 +261,9 @@ def test_run_on_a_dirty_dataset_exits_0_records_every_bad_instance_and_reads_not
                 "--set", "embed.shard_size=16", "--set", "align.cv_folds=2", "--set", "align.category_folds=2",
                 "--set", "align.gammas=[1]", "--set", "align.alphas=[1,10]", "--set", "align.n_permutations=0",
                 "--set", "align.n_bootstrap=0", "--set", "report.html=false", "--no-progress"]
+        assert main(args + ["--dry-run"]) == 0
+        plan = capfd.readouterr()
+        assert f"{len(load) + 1} annotation(s) left out" in plan.out and "Traceback" not in plan.out + plan.err
         with watch_opens() as opened:
             code = main(args)
         got = capfd.readouterr()
@@ -286,7 +291,9 @@ def test_run_on_a_dirty_dataset_exits_0_records_every_bad_instance_and_reads_not
     for aid, why in embed.items():
         assert why in skipped[aid], (aid, skipped[aid])
     assert set(meta["annotation_id"].tolist()) | set(skipped) == inst and np.isfinite(vectors).all()
-    assert (out / "report.txt").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_excluded"] == len(load) + 1 and report["n_skipped"] == len(embed)
+    assert f"{len(load) + 1} annotation(s) of the dataset left out" in (out / "report.txt").read_text()
 
 
 def pd_ids(path):

@@ -119,14 +119,15 @@ def plan(cfg: RunConfig, out: str | Path) -> str:
         ann = Path(d.annotations) if Path(d.annotations).is_absolute() else root / d.annotations
         lines.append(f"data      COCO-format {ann} (images: {root / d.images})")
     if ann.is_file():
-        import json
+        from .data.coco import load_coco
+        from .data.sample import eligible
 
-        doc = json.loads(ann.read_text())
-        pool = [x for x in doc.get("annotations", []) if not (s.exclude_crowd and x.get("iscrowd"))
-                and float(x.get("area", 0)) >= s.min_area]
+        ds = load_coco(ann, root / d.images, strict=d.strict)
+        pool = eligible(ds, s.min_area, s.exclude_crowd)
         n = min(s.n, len(pool))
         lines.append(f"sample    {n} instances (of {len(pool)} eligible; seed {s.seed}, min area {s.min_area}, "
-                     f"crowd {'excluded' if s.exclude_crowd else 'kept'}), {len(doc.get('categories', []))} categories")
+                     f"crowd {'excluded' if s.exclude_crowd else 'kept'}), {len(ds.categories)} categories"
+                     + (f"; {len(ds.excluded)} annotation(s) left out ({ds.excluded_summary()})" if ds.excluded else ""))
     else:
         lines.append(f"sample    up to {s.n} instances (seed {s.seed}); counts known once the annotations exist")
     lines.append(f"crop      {c.mode} ({CROP_MODES.entry(c.mode).description}), padding {c.padding}, "

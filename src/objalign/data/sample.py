@@ -27,6 +27,16 @@ def _area(a: dict) -> float:
     return float(a["bbox"][2]) * float(a["bbox"][3])
 
 
+def eligible(ds: CocoDataset, min_area: float = 100.0, exclude_crowd: bool = True,
+             category_ids: set | None = None) -> list[dict]:
+    """The annotations sampling draws from: usable ones (see ``ds.excluded``), crowd regions left out if
+    ``exclude_crowd``, ``area`` at least ``min_area``, and in ``category_ids`` when given."""
+    return [a for a in ds.annotations
+            if not (exclude_crowd and a.get("iscrowd", 0))
+            and _area(a) >= min_area
+            and (category_ids is None or a["category_id"] in category_ids)]
+
+
 def sample_instances(ds: CocoDataset, n: int = 3000, seed: int = 0, min_area: float = 100.0,
                      exclude_crowd: bool = True, categories: tuple[str, ...] = (),
                      strategy: str = "instances") -> dict[str, np.ndarray]:
@@ -57,10 +67,7 @@ def sample_instances(ds: CocoDataset, n: int = 3000, seed: int = 0, min_area: fl
         if unknown:
             raise ObjalignError(f"sample.categories: {unknown} not in {ds.path} (known: {sorted(names)[:10]}...)")
         wanted = {cid for cid, name in ds.categories.items() if name in set(categories)}
-    pool = [a for a in ds.annotations
-            if not (exclude_crowd and a.get("iscrowd", 0))
-            and _area(a) >= min_area
-            and (wanted is None or a["category_id"] in wanted)]
+    pool = eligible(ds, min_area, exclude_crowd, wanted)
     if not pool:
         raise ObjalignError(f"{ds.path}: no instance passes the filters (min_area={min_area}, "
                             f"exclude_crowd={exclude_crowd}); lower sample.min_area")

@@ -89,6 +89,7 @@ def build_report(out: Path) -> dict:
         "vision_encoder": embed["vision_encoder"],
         "text_encoder": embed["text_encoder"],
         "n_skipped": embed["n_skipped"],
+        "n_excluded": sample.get("n_excluded", 0),
         "chance_top1": 1.0 / sample["n_categories"],
         "protocols": {s: PROTOCOLS.get(s, "") for s in splits},
         "results": rows,
@@ -118,7 +119,11 @@ def format_text(report: dict, title: str) -> str:
         title, "=" * len(title), "",
         f"dataset        {report['dataset']} (fingerprint {report['dataset_fingerprint']})",
         f"instances      {report['n_instances']} embedded of {report['n_instances_sampled']} sampled, "
-        f"{report['n_images']} images, {report['n_categories']} categories",
+        f"{report['n_images']} images, {report['n_categories']} categories"
+        + (f"; {report['n_skipped']} skipped while embedding (embeddings/*/manifest.json)" if report.get("n_skipped")
+           else "")
+        + (f"; {report['n_excluded']} annotation(s) of the dataset left out (sample/excluded.json)"
+           if report.get("n_excluded") else ""),
         f"crops          {report['crop']['mode']} (sources: {report['crop']['sources']}, "
         f"fallbacks: {report['crop']['n_fallback']})",
         f"vision         {v['name']} ({v['dim']}-d, pooling {v.get('pooling', '?')})",
