@@ -244,6 +244,7 @@ def test_sample_ignores_a_meaningless_area(tmp_path):
 # -- the whole pipeline on the dirty dataset, through the CLI ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_on_a_dirty_dataset_exits_0_records_every_bad_instance_and_reads_nothing_outside(
         small_demo, tmp_path, capfd):
     pytest.importorskip("torch")
@@ -303,13 +304,6 @@ def pd_ids(path):
 
 
 def make_tiny(pooling="cls", model_path=None, device="cpu", dtype="float32", image_size=None):
-    import torch
-    import transformers
+    from tiny_models import tiny_dinov2
 
-    from objalign.encoders.hf_dinov2 import HFDinov2
-
-    torch.manual_seed(0)
-    cfg = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                    patch_size=14, image_size=28)
-    return HFDinov2(name="tiny-dinov2-dirty", pooling=pooling, device=device, dtype=dtype,
-                    model=transformers.Dinov2Model(cfg), image_size=image_size or 28)
+    return tiny_dinov2("tiny-dinov2-dirty", pooling, device, dtype, image_size, layers=1)

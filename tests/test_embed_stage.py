@@ -15,13 +15,9 @@ from objalign.encoders import VISION_ENCODERS  # noqa: E402
 
 
 def make_tiny(pooling="cls", model_path=None, device="cpu", dtype="float32", image_size=None):
-    from objalign.encoders.hf_dinov2 import HFDinov2
+    from tiny_models import tiny_dinov2
 
-    torch.manual_seed(0)
-    cfg = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                    patch_size=14, image_size=28)
-    return HFDinov2(name="tiny-dinov2-stage", pooling=pooling, device=device, dtype=dtype,
-                    model=transformers.Dinov2Model(cfg), image_size=image_size or 28)
+    return tiny_dinov2("tiny-dinov2-stage", pooling, device, dtype, image_size)
 
 
 @pytest.fixture()

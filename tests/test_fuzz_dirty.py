@@ -40,12 +40,9 @@ sys.addaudithook(_hook)  # hooks cannot be removed: this one records only while 
 
 @pytest.fixture(scope="module")
 def tiny_encoder():
-    from objalign.encoders.hf_dinov2 import HFDinov2
+    from tiny_models import tiny_dinov2
 
-    torch.manual_seed(0)
-    cfg = transformers.Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                                    patch_size=14, image_size=28)
-    return HFDinov2(name="tiny-dinov2-fuzz", model=transformers.Dinov2Model(cfg), image_size=28)
+    return tiny_dinov2("tiny-dinov2-fuzz", hidden_size=16, layers=1)
 
 
 # -- corruptions: each takes (rng, case) and changes the dataset in place ----------------------------------------
