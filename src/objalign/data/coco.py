@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ObjalignError
+from .images import file_name_problem
 
 
 @dataclass
@@ -44,8 +45,8 @@ class CocoDataset:
         sha256 (first 16 hex digits) of the JSON file's bytes: identifies the dataset in cache keys.
     excluded : list[dict]
         ``{"annotation_id", "image_id", "kind", "reason"}`` of each annotation left out of ``annotations``, in
-        file order; ``kind`` is ``"dangling reference"``, ``"bad box"`` or ``"file_name outside the image
-        folder"``, ``reason`` the details.
+        file order; ``kind`` is ``"dangling reference"``, ``"repeated id"``, ``"bad box"`` or ``"file_name
+        outside the image folder"``, ``reason`` the details.
     """
 
     path: Path
@@ -64,7 +65,11 @@ class CocoDataset:
         return ", ".join(f"{n} {k}" for k, n in kinds.most_common())
 
     def image_path(self, image_id: int) -> Path:
-        return self.image_root / self.images[image_id]["file_name"]
+        """The resolved image file of ``image_id``; :class:`~objalign.data.images.ImagePathError` for a name
+        that leaves ``image_root``."""
+        from .images import FolderImages
+
+        return FolderImages(self.image_root).path(self.images[image_id]["file_name"])
 
     def image_source(self):
         """Where pixels come from: ``load(file_name) -> (H, W, 3) uint8`` (a folder or a zip archive)."""
@@ -105,7 +110,8 @@ def load_coco(annotations: str | Path, image_root: str | Path, strict: bool = Fa
     ------
     ObjalignError
         One line naming the file, the offending record and the fix, for a missing file, invalid JSON, a
-        record that breaks the COCO schema, or (``strict``) a dangling reference.
+        record that breaks the COCO schema (a repeated image id included), or (``strict``) a dangling
+        reference or repeated annotation id.
     """
     path = Path(annotations)
     if not path.is_file():
@@ -139,8 +145,6 @@ def load_coco(annotations: str | Path, image_root: str | Path, strict: bool = Fa
         if im["id"] in images:
             raise _fail(path, f"images[{i}] repeats image id {im['id']}; image ids must be unique")
         images[im["id"]] = im
-    from .images import file_name_problem
-
     bad_names = {k: p for k, im in images.items() if (p := file_name_problem(im["file_name"])) is not None}
 
     kept, excluded, seen = [], [], set()
