@@ -10,12 +10,12 @@ from ..errors import ObjalignError
 def segmentation_to_rle(segmentation, height: int, width: int) -> dict | None:
     """Merge a COCO ``segmentation`` (polygons, compressed or uncompressed RLE) into one compressed RLE.
 
-    Returns ``{"size": [h, w], "counts": str}`` or ``None`` when the segmentation is missing or empty, or is an
-    RLE whose ``size`` is not ``[height, width]``.
+    Returns ``{"size": [h, w], "counts": str}`` or ``None`` when the segmentation is missing or empty, is an
+    RLE whose ``size`` is not ``[height, width]``, or the image has 2**32 pixels or more (pycocotools' limit).
     """
     from pycocotools import mask as mask_utils
 
-    if not segmentation:
+    if not segmentation or int(height) * int(width) >= 2**32:  # pycocotools counts pixels in 32 bits
         return None
     if isinstance(segmentation, list):
         polys = [p for p in segmentation if isinstance(p, list) and len(p) >= 6]
