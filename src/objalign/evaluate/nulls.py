@@ -325,3 +325,14 @@ def selection_smoothers(method: str, Z_train: np.ndarray, Z_test: np.ndarray, tr
         choice[b] = search().fit(Z_train, Y, groups=train_groups).best_index_
     S = {int(i): smoother_operator(estimator(grid[i]), Z_train, Z_test) for i in np.unique(choice)}
     return {"S": S, "choice": choice, "n_refits": int(refits.size), "grid": grid}
+
+
+def describe_null(null: dict | None) -> str:
+    """One phrase naming the null behind a result row's p-values (its ``null`` entry), for the reports."""
+    if not null:
+        return "no permutation null"
+    if "skipped" in null:
+        return f"no permutation null ({null['skipped']})"
+    kind = null.get("kind", "fixed")  # rows written before align.null existed used the fixed null
+    text = f"{kind} null, B = {null['n_permutations']}: hyperparameters {NULL_DESCRIPTIONS.get(kind, kind)}"
+    return text + (f" ({null['reduced']})" if null.get("reduced") else "")
