@@ -35,7 +35,7 @@ __all__ = ["ridge_choices", "kernel_choices", "select_best"]
 
 _WEIGHTS_BYTES = 256 * 2**20  # per-chunk (permutation, fold) weight matrices, C x C each
 _GATHER_BYTES = 32 * 2**20  # per-category sums of one sparse product
-_TILE = 128  # columns of a residual operator summed at once (stays in cache while a chunk streams over it)
+_TILE_BYTES = 512 * 2**10  # columns of a residual operator summed at once: they stay in L2 while a chunk streams
 _RIDGE_CHUNK_BYTES = 32 * 2**20  # (chunk, p, p) products of the ridge engine
 
 
@@ -246,7 +246,6 @@ def kernel_choices(X, codes, Z, splits, alphas, gammas, perms, kernel="rbf", deg
 
     from threadpoolctl import threadpool_limits
 
-    from objalign.align._blas import Blas
     from objalign.align._kernels import KernelBase
     from objalign.align._splits import find_partition
     from objalign.errors import ObjalignError
@@ -255,25 +254,34 @@ def kernel_choices(X, codes, Z, splits, alphas, gammas, perms, kernel="rbf", deg
     Z = np.asarray(Z, dtype=np.float64)
     alphas = np.asarray(alphas, dtype=np.float64)
     n = X.shape[0]
-    C, q = Z.shape
-    B = perms.shape[0]
     part = find_partition(splits, n)
     if part is None:
         raise ObjalignError("the selection null of kernel ridge needs CV folds that partition the training rows "
                             "(e.g. GroupKFold); use align.null: fixed with other splitters")
     order, bounds = part.order, [int(b) for b in part.bounds]
-    k = len(splits)
-    sizes = np.diff(bounds)
     base = KernelBase(X[order], kernel, degree, coef0)
-    ng = len(gammas)
+    workers = max(1, min(int(n_jobs or 1), len(alphas)))
+    tile = int(np.clip(2 ** int(np.log2(max(_TILE_BYTES // (8 * n), 1))), 8, 512))
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        scores, refit = _kernel_scores(base, order, bounds, codes, Z, splits, alphas, gammas, perms, tile, pool)
+    best = np.where(refit, -1, select_best(scores))
+    return (best, scores) if return_scores else best
+
+
+def _kernel_scores(base, order, bounds, codes, Z, splits, alphas, gammas, perms, tile, pool):
+    """(B, n_points, n_folds) scores and the (B,) permutations to refit (see :func:`kernel_choices`)."""
+    from objalign.align._blas import Blas
+
+    B, k, ng = perms.shape[0], len(splits), len(gammas)
+    C, q = Z.shape
+    sizes = np.diff(bounds)
     scores = np.empty((B, len(alphas) * ng, k))
     refit = np.zeros(B, dtype=bool)
-    workers = max(1, min(int(n_jobs or 1), len(alphas)))
     for s0, s1 in _chunks(B, k * C * C * 8 * 2, _WEIGHTS_BYTES):
         labels = codes[perms[s0:s1]]
         weights = _FoldWeights(labels, [t for _, t in splits], Z)
         lab_ord = labels[:, order]
-        gather = _chunks(s1 - s0, C * _TILE * 8, _GATHER_BYTES)
+        gather = _chunks(s1 - s0, C * tile * 8, _GATHER_BYTES)
         indicators = [_indicator(lab_ord[g0:g1], C) for g0, g1 in gather]
 
         def point(K, a):
@@ -281,19 +289,17 @@ def kernel_choices(X, codes, Z, splits, alphas, gammas, perms, kernel="rbf", deg
             res = np.empty((s1 - s0, k))
             for f in range(k):
                 Q = np.zeros((s1 - s0, C, C))
-                for c0 in range(0, sizes[f], _TILE):
-                    tile = np.ascontiguousarray(ops[f][:, c0 : c0 + _TILE])
+                for c0 in range(0, sizes[f], tile):
+                    cols = np.ascontiguousarray(ops[f][:, c0 : c0 + tile])
                     for (g0, g1), Tt in zip(gather, indicators):
-                        Rt = (Tt @ tile).reshape(g1 - g0, C, -1)  # residuals^T of this column tile
+                        Rt = (Tt @ cols).reshape(g1 - g0, C, -1)  # residuals^T of this column tile
                         Q[g0:g1] += Rt @ Rt.transpose(0, 2, 1)
                 res[:, f] = _fold_r2(np.einsum("bcd,bcd->b", Q, weights.M[f]), q, sizes[f])
             return res
 
-        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-            for g, gamma in enumerate(gammas):
-                K = base.matrix(float(gamma))
-                for a, res in enumerate(pool.map(lambda a: point(K, a), range(len(alphas)))):
-                    scores[s0:s1, a * ng + g] = res
+        for g, gamma in enumerate(gammas):
+            K = base.matrix(float(gamma))
+            for a, res in enumerate(pool.map(lambda a: point(K, a), range(len(alphas)))):
+                scores[s0:s1, a * ng + g] = res
         refit[s0:s1] = ~weights.ok
-    best = np.where(refit, -1, select_best(scores))
-    return (best, scores) if return_scores else best
+    return scores, refit
