@@ -85,17 +85,41 @@ class _FoldWeights:
         self.counts, self.M = [], []
         self.ok = np.ones(Bc, dtype=bool)
         Z2 = Z * Z
+        P = (Z.T[:, :, None] * Z.T[:, None, :]).reshape(q, C * C)  # M = w @ P for weights w (q,)
         for test in tests:
             lab = labels[:, test]
             cnt = np.bincount((lab + (np.arange(Bc) * C)[:, None]).ravel(), minlength=Bc * C)
             cnt = cnt.reshape(Bc, C).astype(np.float64)
             nt = max(lab.shape[1], 1)
-            mean = cnt @ Z / nt  # (Bc, q)
-            tot = np.einsum("bc,bcq->bq", cnt, (Z[None] - mean[:, None, :]) ** 2)
-            self.ok &= (tot > 1e-9 * (cnt @ Z2)).all(axis=1)
+            s1, s2 = cnt @ Z, cnt @ Z2  # (Bc, q)
+            tot = s2 - s1 * s1 / nt
+            near = (tot < 1e-3 * s2).any(axis=1)  # cancellation: the centred sum, as held_out_totals does
+            for b in np.flatnonzero(near):
+                tot[b] = cnt[b] @ (Z - s1[b] / nt) ** 2
+            self.ok &= (tot > 1e-9 * s2).all(axis=1)
             w = np.where(tot > 0, 1.0 / np.where(tot > 0, tot, 1.0), 0.0)
             self.counts.append(cnt)
-            self.M.append((Z[None] * w[:, None, :]) @ Z.T)  # (Bc, C, C)
+            self.M.append((w @ P).reshape(Bc, C, C))
+
+
+def _tiles(A, tile):
+    """Contiguous column tiles of ``A`` (n, k), ``tile`` columns each."""
+    return [np.ascontiguousarray(A[:, c0 : c0 + tile]) for c0 in range(0, A.shape[1], tile)]
+
+
+def _category_sums(Tt, tiles):
+    """``Tt @ A`` (sparse (m, n) times dense (n, k) given as :func:`_tiles`): one tile at a time stays in cache."""
+    out = np.empty((Tt.shape[0], sum(t.shape[1] for t in tiles)))
+    c0 = 0
+    for t in tiles:
+        out[:, c0 : c0 + t.shape[1]] = Tt @ t
+        c0 += t.shape[1]
+    return out
+
+
+def _tile(n):
+    """Columns per tile: ``n`` rows of float64 within ``_TILE_BYTES``, a power of two in [8, 512]."""
+    return int(np.clip(2 ** int(np.log2(max(_TILE_BYTES // (8 * n), 1))), 8, 512))
 
 
 def _chunks(B, per_perm_bytes, limit):
@@ -142,10 +166,14 @@ def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False):
         mx = X[train].mean(axis=0)
         Xc = X[train] - mx
         lam, V = sla.eigh(Xc.T @ Xc, check_finite=False, driver="evd")
-        U = (X - mx) @ V
-        Ute = U[test]
-        folds.append(dict(train=train, test=test, lam=lam, U=U, Ute=Ute, G=Ute.T @ Ute, u=Ute.sum(axis=0),
-                          F=1.0 / (lam[None, :] + alphas[:, None])))
+        Ute = (X[test] - mx) @ V
+        F = 1.0 / (lam[None, :] + alphas[:, None])  # (n_alphas, p)
+        G = Ute.T @ Ute
+        # f' (G o K) f = <(f f') o G, K>: one (p^2, n_alphas) product per chunk serves every alpha
+        W = (F[:, :, None] * F[:, None, :] * G[None]).reshape(len(alphas), p * p)
+        tile = _tile(n)
+        folds.append(dict(train=train, test=test, Utr=_tiles(Xc @ V, tile), Ute=_tiles(Ute, tile), W=W,
+                          u=Ute.sum(axis=0), F=F))
     scores = np.empty((B, len(alphas), len(splits)))
     refit = np.zeros(B, dtype=bool)
     per_perm = max(p * p * 8 * 3, len(splits) * C * C * 8)
@@ -153,27 +181,25 @@ def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False):
         labels = codes[perms[s0:s1]]
         Bc = s1 - s0
         weights = _FoldWeights(labels, [t for _, t in splits], Z)
-        T_all = _indicator(labels, C)
         for f, fd in enumerate(folds):
             train, test = fd["train"], fd["test"]
             nR, nT = len(train), len(test)
-            E_all = (T_all @ fd["U"]).reshape(Bc, C, p)  # sum over all rows of U by category
-            E_te = (_indicator(labels[:, test], C) @ fd["Ute"]).reshape(Bc, C, p)
+            # per-category sums of the rows of U = (X - mean_train) V: training rows (= V'B, transposed: the
+            # training rows of U sum to zero, so the targets need no centring) and test rows
+            Bpt = _category_sums(_indicator(labels[:, train], C), fd["Utr"]).reshape(Bc, C, p)
+            E_te = _category_sums(_indicator(labels[:, test], C), fd["Ute"]).reshape(Bc, C, p)
             cnt_te = weights.counts[f]
-            cnt_tr = np.bincount(codes, minlength=C)[None, :] - cnt_te
-            mt = cnt_tr / nR
-            Bpt = E_all - E_te  # (V'B)' : training rows, centred features, targets need no centring
+            mt = (np.bincount(codes, minlength=C)[None, :] - cnt_te) / nR
             Ecpt = E_te - mt[:, :, None] * fd["u"][None, None, :]
             M = weights.M[f]
-            TTc = (np.einsum("bc,cd->bcd", cnt_te, np.eye(C)) - cnt_te[:, :, None] * mt[:, None, :]
-                   - mt[:, :, None] * cnt_te[:, None, :] + nT * mt[:, :, None] * mt[:, None, :])
-            t0 = np.einsum("bcd,bcd->b", TTc, M)
-            BMt = M @ Bpt  # (Bc, C, p)
+            Mm = np.einsum("bcd,bd->bc", M, mt)
+            # tr(TTc M) for the test targets centred on the training means
+            t0 = (np.einsum("bc,bcc->b", cnt_te, M) - 2 * np.einsum("bc,bc->b", cnt_te, Mm)
+                  + nT * np.einsum("bc,bc->b", mt, Mm))
+            BMt = np.matmul(M, Bpt)  # (Bc, C, p)
             h = np.einsum("bck,bck->bk", Ecpt, BMt)
-            H = fd["G"][None] * (BMt.transpose(0, 2, 1) @ Bpt)  # (Bc, p, p)
-            F = fd["F"]
-            quad = np.einsum("bka,ak->ba", H @ F.T, F)
-            s = t0[:, None] - 2 * h @ F.T + quad
+            K2 = np.matmul(np.ascontiguousarray(BMt.transpose(0, 2, 1)), Bpt)  # (Bc, p, p)
+            s = t0[:, None] - 2 * h @ fd["F"].T + K2.reshape(Bc, p * p) @ fd["W"].T
             scores[s0:s1, :, f] = _fold_r2(s, q, nT)
         refit[s0:s1] = ~weights.ok
     best = np.where(refit, -1, select_best(scores))
@@ -261,7 +287,7 @@ def kernel_choices(X, codes, Z, splits, alphas, gammas, perms, kernel="rbf", deg
     order, bounds = part.order, [int(b) for b in part.bounds]
     base = KernelBase(X[order], kernel, degree, coef0)
     workers = max(1, min(int(n_jobs or 1), len(alphas)))
-    tile = int(np.clip(2 ** int(np.log2(max(_TILE_BYTES // (8 * n), 1))), 8, 512))
+    tile = _tile(n)
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
         scores, refit = _kernel_scores(base, order, bounds, codes, Z, splits, alphas, gammas, perms, tile, pool)
     best = np.where(refit, -1, select_best(scores))
@@ -281,19 +307,19 @@ def _kernel_scores(base, order, bounds, codes, Z, splits, alphas, gammas, perms,
         labels = codes[perms[s0:s1]]
         weights = _FoldWeights(labels, [t for _, t in splits], Z)
         lab_ord = labels[:, order]
-        gather = _chunks(s1 - s0, C * tile * 8, _GATHER_BYTES)
+        gather = _chunks(s1 - s0, C * int(sizes.max()) * 8, _GATHER_BYTES)
         indicators = [_indicator(lab_ord[g0:g1], C) for g0, g1 in gather]
 
         def point(K, a):
             ops = _residual_operators(K, bounds, float(alphas[a]), Blas(np.float64))
             res = np.empty((s1 - s0, k))
             for f in range(k):
-                Q = np.zeros((s1 - s0, C, C))
-                for c0 in range(0, sizes[f], tile):
-                    cols = np.ascontiguousarray(ops[f][:, c0 : c0 + tile])
-                    for (g0, g1), Tt in zip(gather, indicators):
-                        Rt = (Tt @ cols).reshape(g1 - g0, C, -1)  # residuals^T of this column tile
-                        Q[g0:g1] += Rt @ Rt.transpose(0, 2, 1)
+                Q = np.empty((s1 - s0, C, C))
+                tiles = _tiles(ops[f], tile)
+                ops[f] = None
+                for (g0, g1), Tt in zip(gather, indicators):
+                    Rt = _category_sums(Tt, tiles).reshape(g1 - g0, C, -1)  # residuals^T of fold f
+                    Q[g0:g1] = np.matmul(Rt, Rt.transpose(0, 2, 1))
                 res[:, f] = _fold_r2(np.einsum("bcd,bcd->b", Q, weights.M[f]), q, sizes[f])
             return res
 
