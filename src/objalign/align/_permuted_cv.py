@@ -207,7 +207,7 @@ def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False):
 
 
 def _residual_operators(K, bounds, alpha, blas):
-    """Transposed held-out residual operators of every fold, for kernel ridge with penalty ``alpha``.
+    """Held-out residual operators of every fold, for kernel ridge with penalty ``alpha``.
 
     Parameters
     ----------
@@ -218,8 +218,9 @@ def _residual_operators(K, bounds, alpha, blas):
 
     Returns
     -------
-    ops : list of ndarray, fold ``f`` of shape (n, n_f), C-ordered
-        ``ops[f].T`` is ``A_f``: residuals of fold ``f`` for any targets ``Y`` (in fold order) are ``A_f Y``.
+    ops : list of ndarray, fold ``f`` of shape (n - n_f, n_f), column-major
+        ``X_f = (K_RR + alpha I)^-1 K_Rf`` over the rows ``R`` outside fold ``f`` (in order): the residuals of
+        fold ``f`` for targets ``T`` are ``T_f - X_f' T_R``.
     """
     from objalign.align.kernel import _solve_kernel
 
@@ -237,10 +238,7 @@ def _residual_operators(K, bounds, alpha, blas):
             blas.trsm(A, rhs, trans=True)
         else:  # not numerically positive definite: the same least-squares fallback as the estimator
             rhs = _solve_kernel(K[np.ix_(rest, rest)], alpha, K[np.ix_(rest, block)])
-        op = np.zeros((n, e - s))
-        op[rest] = -rhs
-        op[s:e] = np.eye(e - s)
-        ops.append(op)
+        ops.append(rhs)
     return ops
 
 
@@ -308,7 +306,10 @@ def _kernel_scores(base, order, bounds, codes, Z, splits, alphas, gammas, perms,
         weights = _FoldWeights(labels, [t for _, t in splits], Z)
         lab_ord = labels[:, order]
         gather = _chunks(s1 - s0, C * int(sizes.max()) * 8, _GATHER_BYTES)
-        indicators = [_indicator(lab_ord[g0:g1], C) for g0, g1 in gather]
+        n = lab_ord.shape[1]
+        # per fold and gather chunk: the indicator of the rows outside the fold, and the fold's own labels
+        rest = [np.r_[0 : bounds[f], bounds[f + 1] : n] for f in range(k)]
+        indicators = [[_indicator(lab_ord[g0:g1][:, rest[f]], C) for g0, g1 in gather] for f in range(k)]
 
         def point(K, a):
             ops = _residual_operators(K, bounds, float(alphas[a]), Blas(np.float64))
@@ -317,8 +318,11 @@ def _kernel_scores(base, order, bounds, codes, Z, splits, alphas, gammas, perms,
                 Q = np.empty((s1 - s0, C, C))
                 tiles = _tiles(ops[f], tile)
                 ops[f] = None
-                for (g0, g1), Tt in zip(gather, indicators):
-                    Rt = _category_sums(Tt, tiles).reshape(g1 - g0, C, -1)  # residuals^T of fold f
+                own = np.arange(sizes[f])
+                for (g0, g1), Tt in zip(gather, indicators[f]):
+                    Rt = _category_sums(Tt, tiles).reshape(g1 - g0, C, -1)  # residuals^T: T_f' - T_R' X_f
+                    np.negative(Rt, out=Rt)
+                    Rt[np.arange(g1 - g0)[:, None], lab_ord[g0:g1, bounds[f] : bounds[f + 1]], own] += 1.0
                     Q[g0:g1] = np.matmul(Rt, Rt.transpose(0, 2, 1))
                 res[:, f] = _fold_r2(np.einsum("bcd,bcd->b", Q, weights.M[f]), q, sizes[f])
             return res
