@@ -13,8 +13,9 @@ permutation costs products with its indicator:
   :func:`objalign.align._ridge_stats._fold_eig`: ``O(p^2 C)`` per fold and permutation, no factorisation.
 - **Kernel ridge**: the held-out residuals of fold ``f`` are ``R_f = A_f T`` with the residual operator
   ``A_f = [I_f | -K_fR (K_RR + alpha I)^-1]`` (rows: fold ``f``; columns: all training rows). ``A_f`` is
-  computed once per (alpha, gamma) with one Cholesky per fold; a permutation's residuals are per-category sums
-  of columns of ``A_f`` (one sparse product, ``n^2`` additions per grid point) and ``R_f' R_f`` (C x C).
+  computed once per (alpha, gamma) with one Cholesky per fold; a permutation's residuals are its fold indicator
+  minus per-category sums of rows of ``X_f = (K_RR + alpha I)^-1 K_Rf`` (one sparse product, about ``0.8 n^2``
+  additions per grid point for 5 folds), then ``R_f' R_f`` (C x C).
 
 Both score each fold with scikit-learn's ``"r2"`` (uniform over the ``q`` text dimensions):
 ``1 - sum_j ||R z_j||^2 / ss_tot_j / q`` with ``ss_tot`` of the permuted held-out targets from category counts;
