@@ -19,6 +19,7 @@ from objalign.errors import ObjalignError
 from objalign.evaluate import nulls
 from objalign.evaluate.metrics import summarize
 from objalign.evaluate.nulls import block_permutations, pvalues, selection_smoothers, smoother_null
+from test_evaluate_nulls import _problem as _nulls_problem
 
 @pytest.fixture(autouse=True)
 def _one_blas_thread():
@@ -33,14 +34,9 @@ ALPHAS = np.array([1e-3, 1e-1, 1.0, 10.0, 1000.0])
 GAMMAS = np.array([0.02, 0.1, 0.5])
 
 
-def _problem(n=150, m=40, d=10, q=16, c=8, seed=0, signal=1.0, n_images=60):
-    rng = np.random.default_rng(seed)
-    E = rng.normal(size=(c, q))
-    centres = rng.normal(size=(c, d))
-    lab_tr, lab_te = rng.integers(0, c, n), rng.integers(0, c, m)
-    Xtr = signal * centres[lab_tr] + rng.normal(size=(n, d))
-    Xte = signal * centres[lab_te] + rng.normal(size=(m, d))
-    return Xtr, Xte, lab_tr, lab_te, E, rng.integers(0, n_images, n)
+def _problem(n=150, m=40, d=10, q=16, c=8, seed=0, signal=1.0):
+    """test_evaluate_nulls' problem (category-centred Gaussian features, ~3 objects per image), a little larger."""
+    return _nulls_problem(n=n, m=m, d=d, q=q, c=c, seed=seed, signal=signal)
 
 
 def _cv_table(model):
