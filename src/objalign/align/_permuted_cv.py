@@ -177,32 +177,33 @@ def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False):
                           u=Ute.sum(axis=0), F=F))
     scores = np.empty((B, len(alphas), len(splits)))
     refit = np.zeros(B, dtype=bool)
-    per_perm = max(p * p * 8 * 3, len(splits) * C * C * 8)
-    for s0, s1 in _chunks(B, per_perm, _RIDGE_CHUNK_BYTES):
-        labels = codes[perms[s0:s1]]
-        Bc = s1 - s0
-        weights = _FoldWeights(labels, [t for _, t in splits], Z)
-        for f, fd in enumerate(folds):
-            train, test = fd["train"], fd["test"]
-            nR, nT = len(train), len(test)
-            # per-category sums of the rows of U = (X - mean_train) V: training rows (= V'B, transposed: the
-            # training rows of U sum to zero, so the targets need no centring) and test rows
-            Bpt = _category_sums(_indicator(labels[:, train], C), fd["Utr"]).reshape(Bc, C, p)
-            E_te = _category_sums(_indicator(labels[:, test], C), fd["Ute"]).reshape(Bc, C, p)
-            cnt_te = weights.counts[f]
-            mt = (np.bincount(codes, minlength=C)[None, :] - cnt_te) / nR
-            Ecpt = E_te - mt[:, :, None] * fd["u"][None, None, :]
-            M = weights.M[f]
-            Mm = np.einsum("bcd,bd->bc", M, mt)
-            # tr(TTc M) for the test targets centred on the training means
-            t0 = (np.einsum("bc,bcc->b", cnt_te, M) - 2 * np.einsum("bc,bc->b", cnt_te, Mm)
-                  + nT * np.einsum("bc,bc->b", mt, Mm))
-            BMt = np.matmul(M, Bpt)  # (Bc, C, p)
-            h = np.einsum("bck,bck->bk", Ecpt, BMt)
-            K2 = np.matmul(np.ascontiguousarray(BMt.transpose(0, 2, 1)), Bpt)  # (Bc, p, p)
-            s = t0[:, None] - 2 * h @ fd["F"].T + K2.reshape(Bc, p * p) @ fd["W"].T
-            scores[s0:s1, :, f] = _fold_r2(s, q, nT)
-        refit[s0:s1] = ~weights.ok
+    per_perm = p * p * 8 * 3
+    for w0, w1 in _chunks(B, len(splits) * C * C * 8 * 2, _WEIGHTS_BYTES):
+        weights = _FoldWeights(codes[perms[w0:w1]], [t for _, t in splits], Z)
+        for s0, s1 in _chunks(w1 - w0, per_perm, _RIDGE_CHUNK_BYTES):  # (chunk, p, p) products stay small
+            labels = codes[perms[w0 + s0 : w0 + s1]]
+            Bc = s1 - s0
+            for f, fd in enumerate(folds):
+                train, test = fd["train"], fd["test"]
+                nR, nT = len(train), len(test)
+                # per-category sums of the rows of U = (X - mean_train) V: training rows (= V'B, transposed: the
+                # training rows of U sum to zero, so the targets need no centring) and test rows
+                Bpt = _category_sums(_indicator(labels[:, train], C), fd["Utr"]).reshape(Bc, C, p)
+                E_te = _category_sums(_indicator(labels[:, test], C), fd["Ute"]).reshape(Bc, C, p)
+                cnt_te = weights.counts[f][s0:s1]
+                mt = (np.bincount(codes, minlength=C)[None, :] - cnt_te) / nR
+                Ecpt = E_te - mt[:, :, None] * fd["u"][None, None, :]
+                M = weights.M[f][s0:s1]
+                Mm = np.einsum("bcd,bd->bc", M, mt)
+                # tr(TTc M) for the test targets centred on the training means
+                t0 = (np.einsum("bc,bcc->b", cnt_te, M) - 2 * np.einsum("bc,bc->b", cnt_te, Mm)
+                      + nT * np.einsum("bc,bc->b", mt, Mm))
+                BMt = np.matmul(M, Bpt)  # (Bc, C, p)
+                h = np.einsum("bck,bck->bk", Ecpt, BMt)
+                K2 = np.matmul(np.ascontiguousarray(BMt.transpose(0, 2, 1)), Bpt)  # (Bc, p, p)
+                s = t0[:, None] - 2 * h @ fd["F"].T + K2.reshape(Bc, p * p) @ fd["W"].T
+                scores[w0 + s0 : w0 + s1, :, f] = _fold_r2(s, q, nT)
+        refit[w0:w1] = ~weights.ok
     best = np.where(refit, -1, select_best(scores))
     return (best, scores) if return_scores else best
 
