@@ -241,6 +241,8 @@ def _build(cls: type, values: dict, where: str = "") -> Any:
     names = [f.name for f in fields(cls)]
     kwargs = {}
     for key, value in values.items():
+        if key is None and "null" in names:  # YAML reads a bare ``null:`` key (align.null) as None
+            key = "null"
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean {where + '.' if where else ''}{close[0]!r}?" if close else ""
