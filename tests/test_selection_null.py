@@ -179,3 +179,12 @@ def test_stage_rows_name_their_null_and_the_report_says_it():
         assert all(r["null"]["n_permutations"] == 100 and set(r["pvalue"]) >= {"r2", "top1"} for r in rows)
         html = results_table(rows, "heldout_images")
         assert f"{kind} null, B = 100" in html
+
+
+def test_yaml_null_key_is_align_null(tmp_path):
+    """YAML reads a bare ``null:`` key as None; ``align: {null: fixed}`` must still set align.null."""
+    path = tmp_path / "c.yaml"
+    path.write_text("align:\n  null: fixed\n  n_permutations: 200\n")
+    cfg = load_config(path)
+    assert cfg.align.null == "fixed" and cfg.align.n_permutations == 200
+    assert load_config(None, ["align.null=fixed"]).align.null == "fixed"
