@@ -43,6 +43,10 @@ def test_report_files_and_schema(run_dir):
     chance = 1 / rep["n_categories"]
     fitted = [r for r in rep["results"] if r["method"] in ("ridge", "kernel_ridge")]
     assert all(r["pvalue"]["top1"] < 0.01 for r in fitted if r["split"] == "heldout_images")
+    # the demo's null: the CV search repeated in every permutation, named per row in report.json and report.txt
+    assert {(r["null"]["kind"], r["null"]["n_permutations"]) for r in fitted} == {("selection", 200)}
+    text = (out / "report.txt").read_text()
+    assert "p-values, ridge: selection null, B = 200" in text and "p-values, kernel_ridge: selection null" in text
     seen = [r for r in fitted if r["split"] == "heldout_images"]
     assert all(r["top1"] > 3 * chance for r in seen)  # real encoders align colour-shape names well above chance
     assert "alpha" in fitted[0]["hyperparameters"]

@@ -129,6 +129,12 @@ class AlignConfig:
     n_bootstrap: int = 1000  #: bootstrap resamples of test images for confidence intervals; 0 turns CIs off
     confidence: float = 0.95  #: coverage of the bootstrap intervals
     null_max_train: int = 10000  #: skip (and record) a permutation null when a fit has more training objects
+    #: ``selection``: every permutation repeats the grouped CV search (hyperparameters re-selected, a valid test);
+    #: ``fixed``: permutations refit with the hyperparameters chosen on the real pairing (cheaper, leans small)
+    null: str = "selection"
+    #: kernel ridge's selection null runs all ``n_permutations`` up to this many training objects per fit, fewer
+    #: above (``B (max / n_train)^2``, at least 100; the reason is recorded in the report)
+    null_selection_max_train: int = 4000
     similarity_k: int = 10  #: k of mutual_knn and cknna on held-out features
     svcca_dim: int = 10  #: SVCCA dimension (capped at the rank of the held-out text targets)
     similarity_max_n: int = 2000  #: similarity measures use (n, n) matrices: at most this many test objects (seeded)
@@ -239,6 +245,8 @@ def _build(cls: type, values: dict, where: str = "") -> Any:
     names = [f.name for f in fields(cls)]
     kwargs = {}
     for key, value in values.items():
+        if key is None and "null" in names:  # YAML reads a bare ``null:`` key (align.null) as None
+            key = "null"
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean {where + '.' if where else ''}{close[0]!r}?" if close else ""

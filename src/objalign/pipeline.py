@@ -140,8 +140,8 @@ def plan(cfg: RunConfig, out: str | Path) -> str:
                  + (f", weights from {e.text.model_path}" if e.text.model_path else ""))
     lines.append(f"align     {', '.join(a.methods)} (+ baselines {', '.join(a.baselines) or 'none'}); PCA to <= "
                  f"{a.common_dim}; {a.cv_folds}-fold grouped CV over {len(a.alphas)} alphas x {len(a.gammas)} gammas; "
-                 f"protocols {', '.join(a.protocols)}; {a.n_permutations} permutations, {a.n_bootstrap} bootstrap "
-                 "resamples")
+                 f"protocols {', '.join(a.protocols)}; {a.n_permutations} permutations ({a.null} null), "
+                 f"{a.n_bootstrap} bootstrap resamples")
     done = [st for st in STAGES if stage_record(Path(out), st)]
     lines.append(f"outputs   {out}/ (report.html, report.txt, report.json, figures, config.yaml)"
                  + (f"; stages already there: {', '.join(done)}" if done else ""))

@@ -8,7 +8,8 @@ protocol are pooled: every test object is scored once. Then, per method and prot
 - ``ci``: percentile bootstrap intervals of every figure over test **images** (``align.n_bootstrap``
   resamples, :mod:`objalign.evaluate.intervals`);
 - ``pvalue``: permutation p-values of every figure (``align.n_permutations`` shufflings of the training
-  image-label pairing, maps refitted with the chosen hyperparameters; :mod:`objalign.evaluate.nulls`), for
+  image-label pairing; ``align.null: selection`` repeats the CV search in every permutation, ``fixed`` refits
+  with the hyperparameters chosen on the real pairing; :mod:`objalign.evaluate.nulls`), for
   ridge and kernel ridge. The baselines get none: the mean predictor does not depend on the pairing, and the
   shuffled map *is* a draw from the null;
 - per-category breakdowns; similarity measures (CKA, mutual k-NN, CKNNA, SVCCA) between the PCA'd held-out
@@ -72,6 +73,9 @@ def _methods(cfg: AlignConfig) -> list[str]:
     for name in ("n_permutations", "n_bootstrap"):
         if getattr(cfg, name) < 0:
             raise ObjalignError(f"align.{name} = {getattr(cfg, name)}: expected 0 (off) or a positive count")
+    from ..evaluate.nulls import check_null
+
+    check_null(cfg.null)
     if 0 < cfg.n_permutations < 100:
         raise ObjalignError(f"align.n_permutations = {cfg.n_permutations}: use at least 100 (or 0 to turn nulls off)")
     if not 0 < cfg.confidence < 1:
@@ -87,19 +91,20 @@ def _folds(protocol: str, groups, label_index, cfg: AlignConfig):
     return protocols.heldout_categories(label_index, groups, cfg.category_folds, cfg.seed)
 
 
-def _fit_fold(X, Y, groups, label_index, fold, methods, cfg: AlignConfig, fold_no: int, protocol: str) -> dict:
-    """Fit every method on one fold; predictions on its test objects and the smoother of each fitted map."""
+def _fit_fold(X, Y, groups, label_index, fold, methods, cfg: AlignConfig, fold_no: int, protocol: str,
+              class_emb=None, null_n_train: int = 0) -> dict:
+    """Fit every method on one fold; predictions on its test objects and the smoother(s) of each fitted map
+    (for the selection null, those of the maps selected under each permutation: ``null_n_train``, the largest
+    training set of the protocol, sets how many permutations kernel ridge runs)."""
     from sklearn.model_selection import GroupKFold
 
+    from ..evaluate.nulls import check_cv_images, selection_permutations, selection_smoothers
     from ..evaluate.stats import group_permutations
     from . import KernelRidge, KernelRidgeCV, PCAMatch, Ridge, RidgeCV
 
     train, test = fold.train, fold.test
-    n_train_groups = len(np.unique(groups[train]))
-    if n_train_groups < cfg.cv_folds:
-        where = "the training split" if protocol == "heldout_images" else f"{protocol} fold {fold_no}'s training set"
-        raise ObjalignError(f"align.cv_folds = {cfg.cv_folds} but {where} has only {n_train_groups} images; "
-                            "lower align.cv_folds or sample more instances")
+    where = "the training split" if protocol == "heldout_images" else f"{protocol} fold {fold_no}'s training set"
+    check_cv_images(groups[train], cfg.cv_folds, where)
     d = int(min(cfg.common_dim, X.shape[1], Y.shape[1], len(train) - 1))
     Xtr = X[train]  # one copy of the training rows, dropped once projected
     pca = PCAMatch(n_components=d).fit(Xtr)
@@ -111,12 +116,14 @@ def _fit_fold(X, Y, groups, label_index, fold, methods, cfg: AlignConfig, fold_n
     out = {"pca": pca, "Zte": Zte, "pca_dim": d, "n_train": int(len(train)), "methods": {}}
     for method in methods:
         t0 = time.time()
-        smoother = None
+        smoother = selection = None
+        select = null_ok and cfg.null == "selection"
         if method == "ridge":
             model = RidgeCV(alphas=list(cfg.alphas), cv=cv).fit(Ztr, Ytr, groups=gtr)
             pred, hp = model.predict(Zte), dict(model.best_params_)
             if null_ok:
-                smoother = Ridge(alpha=model.alpha_)
+                smoother = None if select else Ridge(alpha=model.alpha_)
+                selection = {"alphas": list(cfg.alphas)} if select else None
         elif method == "kernel_ridge":
             scale = median_sq_distance(Ztr, seed=cfg.seed)
             model = KernelRidgeCV(alphas=list(cfg.alphas), gammas=[g / scale for g in cfg.gammas], kernel="rbf", cv=cv,
@@ -125,7 +132,9 @@ def _fit_fold(X, Y, groups, label_index, fold, methods, cfg: AlignConfig, fold_n
             model.fit(Ztr, Ytr, groups=gtr)
             pred, hp = model.predict(Zte), dict(model.best_params_)
             hp["gamma_times_median_sqdist"] = float(hp["gamma"] * scale)
-            if null_ok and model.approx_ == "exact":
+            if null_ok and model.approx_ == "exact" and select:
+                selection = {"alphas": list(cfg.alphas), "gammas": [g / scale for g in cfg.gammas]}
+            elif null_ok and model.approx_ == "exact":
                 smoother = KernelRidge(alpha=model.alpha_, kernel="rbf", gamma=model.gamma_, approx="exact")
         elif method == "shuffled":  # ridge, CV and all, on an image-block shuffle of the training pairing
             pi = group_permutations(gtr, 1, seed=cfg.seed + _SHUFFLE_SEED + fold_no)[0]
@@ -138,8 +147,16 @@ def _fit_fold(X, Y, groups, label_index, fold, methods, cfg: AlignConfig, fold_n
             from ..evaluate.nulls import smoother_operator
 
             S = smoother_operator(smoother, Ztr, Zte)
+        n_perm, reason = cfg.n_permutations, None
+        if selection is not None:
+            if method == "kernel_ridge":
+                n_perm, reason = selection_permutations(cfg.n_permutations, null_n_train or len(train),
+                                                        cfg.null_selection_max_train)
+            S = selection_smoothers(method, Ztr, Zte, label_index[train], gtr, class_emb, cv_folds=cfg.cv_folds,
+                                    n_permutations=n_perm, seed=cfg.seed, block=fold_no, n_jobs=cfg.n_jobs,
+                                    where=where, **selection)
         out["methods"][method] = {"pred": pred, "hp": {k: float(v) for k, v in hp.items()}, "S": S,
-                                  "seconds": time.time() - t0}
+                                  "n_permutations": n_perm, "null_reason": reason, "seconds": time.time() - t0}
     return out
 
 
@@ -235,7 +252,7 @@ def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.n
     from ..evaluate.intervals import bootstrap_figures
     from ..evaluate.metrics import per_category, per_instance, r2_uniform, r2_variance_weighted, \
         figures_from_instances
-    from ..evaluate.nulls import pvalues, smoother_null
+    from ..evaluate.nulls import NULL_DESCRIPTIONS, pvalues, smoother_null
     from . import PCAMatch, check_xy
 
     methods = _methods(cfg)
@@ -249,7 +266,9 @@ def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.n
     for protocol in cfg.protocols:
         try:
             folds = _folds(protocol, groups, label_index, cfg)
-            fits = [_fit_fold(X, Y, groups, label_index, f, methods, cfg, i, protocol) for i, f in enumerate(folds)]
+            n_big = max(len(f.train) for f in folds)
+            fits = [_fit_fold(X, Y, groups, label_index, f, methods, cfg, i, protocol, class_emb, n_big)
+                    for i, f in enumerate(folds)]
         except ObjalignError as exc:
             # Too little data for held-out categories (e.g. a 40-object smoke run) must not hide the other
             # protocol's results: record why it was skipped (report.json "skipped", report.txt), fail otherwise.
@@ -297,11 +316,18 @@ def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.n
                 if all(S is not None for S in smoothers):
                     blocks = [{"S": S, "train_labels": label_index[f.train], "train_groups": groups[f.train],
                                "test_labels": label_index[f.test]} for S, f in zip(smoothers, folds)]
-                    null = smoother_null(blocks, class_emb, cfg.n_permutations, cfg.seed, cand_mask)
+                    for b in blocks:
+                        if isinstance(b["S"], dict) and "choice" in b["S"]:  # selection null
+                            b.update(choice=b["S"]["choice"], S=b["S"]["S"])
+                    n_perm = fits[0]["methods"][method]["n_permutations"]
+                    null = smoother_null(blocks, class_emb, n_perm, cfg.seed, cand_mask)
                     row["pvalue"] = pvalues(figs, null)
                     row["null_mean"] = {k: float(v.mean()) for k, v in null.items()}
-                    row["null"] = {"n_permutations": int(cfg.n_permutations), "scheme": "image-blocks",
-                                   "hyperparameters": "fixed at the cross-validated choice"}
+                    row["null"] = {"kind": cfg.null, "n_permutations": int(n_perm), "scheme": "image-blocks",
+                                   "hyperparameters": NULL_DESCRIPTIONS[cfg.null]}
+                    reason = fits[0]["methods"][method]["null_reason"]
+                    if reason:
+                        row["null"]["reduced"] = reason
                     for k, v in null.items():
                         res["nulls"][f"{protocol}__{method}__{k}"] = v
                 else:

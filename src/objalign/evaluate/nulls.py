@@ -15,6 +15,13 @@ permuted refit predicts ``C E`` with ``C = S onehot(c[pi])`` of shape ``(n_test,
 columns of ``S`` per permuted label), and every figure follows from ``C`` and the category Gram matrix
 ``E E^T`` without forming the predictions (:class:`CategoryScorer`). One permutation costs
 ``O(n_test (n_train + n_categories^2))``.
+
+Two nulls (``align.null``). ``fixed`` refits with the hyperparameters chosen on the real pairing. ``selection``
+(the default) repeats the whole fitting procedure under every permutation: the grouped CV search picks its own
+alpha (and gamma) on the permuted pairing (:func:`selection_smoothers`, fast through
+:mod:`objalign.align._permuted_cv`), and the permutation is scored with the smoother of the map it selected.
+The real score also had its hyperparameters chosen on its own data, so only this null makes observed and
+null scores exchangeable under the null hypothesis.
 """
 
 from __future__ import annotations
@@ -127,7 +134,8 @@ def smoother_null(blocks: list[dict], class_emb: np.ndarray, n_permutations: int
         One per fit (a held-out-image split is one block; held-out-category folds are one block each, their
         test objects pooled in block order). Keys: ``S`` (n_test_f, n_train_f) from :func:`smoother_operator`,
         ``train_labels`` (n_train_f,) category rows, ``train_groups`` (n_train_f,) image ids,
-        ``test_labels`` (n_test_f,) category rows.
+        ``test_labels`` (n_test_f,) category rows. For the selection null ``S`` is a dict (grid index ->
+        smoother) and ``choice`` (B,) the grid index selected under each permutation (:func:`selection_smoothers`).
     class_emb : (c, q)
         Category text embeddings.
     n_permutations : int
@@ -142,31 +150,40 @@ def smoother_null(blocks: list[dict], class_emb: np.ndarray, n_permutations: int
     -------
     dict figure -> (B,) array
     """
-    from scipy import sparse
-
-    from .stats import group_permutations
+    from ..align._permuted_cv import _indicator
 
     if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
         raise ObjalignError(f"n_permutations must be a positive integer (e.g. 1000), got {n_permutations!r}")
     c = len(class_emb)
     labels = np.concatenate([b["test_labels"] for b in blocks])
     scorer = CategoryScorer(class_emb, labels, candidates)
-    perms = [group_permutations(b["train_groups"], int(n_permutations), seed + f) for f, b in enumerate(blocks)]
-    ST = [np.ascontiguousarray(b["S"].T) for b in blocks]
+    perms = [block_permutations(b["train_groups"], int(n_permutations), seed, f) for f, b in enumerate(blocks)]
+    ST = [{k: np.ascontiguousarray(S.T) for k, S in b["S"].items()} if isinstance(b["S"], dict)
+          else np.ascontiguousarray(b["S"].T) for b in blocks]
     out: dict[str, list[float]] = {}
     train_labels = [np.asarray(b["train_labels"]) for b in blocks]
     # The per-permutation products are small: threaded BLAS only adds synchronisation there (measured
-    # ~20x slower per permutation with 2 threads on a shared 2-core machine).
+    # ~20x slower per permutation with 2 threads on a shared 2-core machine). A chunk of permutations shares one
+    # sparse product per block (and per selected grid point): (chunk * c, n_train_f) indicators times S^T.
+    n_test = sum(len(b["test_labels"]) for b in blocks)
+    step = max(1, min(int(n_permutations), (64 * 2**20) // max(8 * c * n_test, 1)))
     with single_threaded_blas():
-        for p in range(int(n_permutations)):
-            parts = []
-            for f in range(len(blocks)):
-                lab = train_labels[f][perms[f][p]]
-                n = len(lab)
-                onehot_T = sparse.csr_matrix((np.ones(n), (lab, np.arange(n))), shape=(c, n))
-                parts.append(np.asarray(onehot_T @ ST[f]).T)  # (n_test_f, c)
-            for k, v in scorer.figures(np.vstack(parts)).items():
-                out.setdefault(k, []).append(v)
+        for p0 in range(0, int(n_permutations), step):
+            p1 = min(int(n_permutations), p0 + step)
+            coef = []
+            for f, b in enumerate(blocks):
+                labs = train_labels[f][perms[f][p0:p1]]  # (chunk, n_train_f)
+                Cf = np.empty((p1 - p0, c, len(b["test_labels"])))
+                choice = np.asarray(b["choice"][p0:p1]) if isinstance(ST[f], dict) else np.zeros(p1 - p0, int)
+                for key in np.unique(choice):
+                    rows = np.flatnonzero(choice == key)
+                    St = ST[f][int(key)] if isinstance(ST[f], dict) else ST[f]
+                    Cf[rows] = (_indicator(labs[rows], c) @ St).reshape(len(rows), c, -1)
+                coef.append(Cf)
+            for i in range(p1 - p0):
+                C = np.vstack([Cf[i].T for Cf in coef])  # (n_test, c)
+                for k, v in scorer.figures(C).items():
+                    out.setdefault(k, []).append(v)
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -191,3 +208,140 @@ def pvalues(observed: dict[str, float], null: dict[str, np.ndarray]) -> dict[str
             alt = "less" if k in SMALLER_IS_BETTER else "greater"
             out[k] = permutation_pvalue(observed[k], null[k], alternative=alt)
     return out
+
+
+NULLS = ("selection", "fixed")  #: ``align.null``: hyperparameters re-selected per permutation, or held fixed
+NULL_DESCRIPTIONS = {
+    "selection": "re-selected in every permutation by the same grouped CV search (the whole procedure repeated)",
+    "fixed": "fixed at the cross-validated choice on the real pairing",
+}
+
+
+def check_null(name: str) -> str:
+    """``name`` if it is a known null (:data:`NULLS`), else one line with "did you mean"."""
+    import difflib
+
+    if name in NULLS:
+        return name
+    close = difflib.get_close_matches(str(name), NULLS, n=1, cutoff=0.4)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ObjalignError(f"align.null = {name!r} is not a null{hint} (expected one of {', '.join(NULLS)})")
+
+
+def check_cv_images(train_groups: np.ndarray, cv_folds: int, where: str = "the training split") -> None:
+    """The error a fit gives when its training images are fewer than the CV folds (one line, with the fix)."""
+    n_groups = len(np.unique(train_groups))
+    if n_groups < cv_folds:
+        raise ObjalignError(f"align.cv_folds = {cv_folds} but {where} has only {n_groups} images; "
+                            "lower align.cv_folds or sample more instances")
+
+
+def block_permutations(train_groups: np.ndarray, n_permutations: int, seed: int, block: int) -> np.ndarray:
+    """The (B, n_train) image-block permutations of block ``block`` of a null (seed ``seed + block``)."""
+    from .stats import group_permutations
+
+    return group_permutations(train_groups, int(n_permutations), seed + block)
+
+
+def selection_permutations(n_permutations: int, n_train: int, max_train: int) -> tuple[int, str | None]:
+    """How many permutations kernel ridge's selection null runs, and why fewer when fewer.
+
+    Up to ``max_train`` training objects, all of them. Each permutation costs about ``n_train^2`` additions per
+    grid point (:func:`objalign.align._permuted_cv.kernel_choices`), so above it ``B (max_train / n_train)^2``
+    (at least 100) keep the cost at the stated size's; the reason is recorded in the report.
+    """
+    if n_train <= max_train:
+        return int(n_permutations), None
+    b = int(min(n_permutations, max(100, int(n_permutations * (max_train / n_train) ** 2))))
+    return b, (f"{n_train} training objects > align.null_selection_max_train = {max_train}: kernel ridge's "
+               f"selection null ran {b} of {n_permutations} permutations (its cost grows as n_train^2 per "
+               "permutation and grid point)")
+
+
+def selection_smoothers(method: str, Z_train: np.ndarray, Z_test: np.ndarray, train_labels: np.ndarray,
+                        train_groups: np.ndarray, class_emb: np.ndarray, *, cv_folds: int, alphas, gammas=None,
+                        n_permutations: int, seed: int = 0, block: int = 0, n_jobs: int = 1,
+                        where: str = "the training split") -> dict:
+    """The selection null of one fit: the grid point the CV search picks under each permutation, and its smoother.
+
+    Parameters
+    ----------
+    method : ``"ridge"`` (:class:`~objalign.align.RidgeCV`) or ``"kernel_ridge"`` (exact RBF
+        :class:`~objalign.align.KernelRidgeCV`)
+    Z_train : (n_train, d), Z_test : (n_test, d)
+        Features of the fit (PCA'd; PCA does not see the pairing).
+    train_labels : (n_train,) category rows of ``class_emb``
+    train_groups : (n_train,) image ids (the CV folds are ``GroupKFold(cv_folds)`` on them)
+    class_emb : (c, q) category text embeddings
+    alphas, gammas : the grid (gammas in absolute units, kernel ridge only)
+    n_permutations, seed, block :
+        Permutation ``b`` is row ``b`` of :func:`block_permutations` ``(train_groups, n_permutations, seed,
+        block)``, the same permutations :func:`smoother_null` scores for block ``block``.
+    n_jobs : threads for kernel ridge
+    where : how the error for too few images names this fit
+
+    Returns
+    -------
+    dict with ``S`` (grid index -> (n_test, n_train) smoother of the map refitted with that grid point, for every
+    index selected), ``choice`` (B,) the grid index selected under each permutation, ``n_refits`` (permutations
+    whose choice came from a from-scratch refit: a held-out output was constant) and ``grid`` (list of dict).
+
+    Raises
+    ------
+    ObjalignError
+        Before any permutation runs, if the training images are fewer than the CV folds.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    from ..align import KernelRidge, KernelRidgeCV, Ridge, RidgeCV
+    from ..align._permuted_cv import kernel_choices, ridge_choices
+    from ..align._search import param_grid
+    from ..align._splits import resolve_splits
+
+    check_cv_images(train_groups, cv_folds, where)
+    labels = np.asarray(train_labels)
+    present, codes = np.unique(labels, return_inverse=True)
+    Zc = np.asarray(class_emb, dtype=np.float64)[present]
+    cv = GroupKFold(n_splits=cv_folds)
+    splits = resolve_splits(cv, Z_train, None, train_groups, len(Z_train))
+    perms = block_permutations(train_groups, n_permutations, seed, block)
+    alphas = np.asarray(alphas, dtype=np.float64)
+    if method == "ridge":
+        grid = param_grid(alphas)
+        with single_threaded_blas():  # many small products per permutation: threads only add synchronisation
+            choice = ridge_choices(Z_train, codes, Zc, splits, alphas, perms)
+
+        def search():
+            return RidgeCV(alphas=alphas, cv=cv)
+
+        def estimator(p):
+            return Ridge(alpha=p["alpha"])
+    elif method == "kernel_ridge":
+        gammas = np.asarray(gammas, dtype=np.float64)
+        grid = param_grid(alphas, gammas)
+        choice = kernel_choices(Z_train, codes, Zc, splits, alphas, gammas, perms, n_jobs=n_jobs)
+
+        def search():
+            return KernelRidgeCV(alphas=alphas, gammas=gammas, kernel="rbf", cv=cv, approx="exact")
+
+        def estimator(p):
+            return KernelRidge(alpha=p["alpha"], kernel="rbf", gamma=p["gamma"], approx="exact")
+    else:
+        raise ObjalignError(f"selection null: method {method!r} is not ridge or kernel_ridge")
+    refits = np.flatnonzero(choice < 0)
+    for b in refits:
+        Y = np.asarray(class_emb)[labels[perms[b]]].astype(Z_train.dtype, copy=False)
+        choice[b] = search().fit(Z_train, Y, groups=train_groups).best_index_
+    S = {int(i): smoother_operator(estimator(grid[i]), Z_train, Z_test) for i in np.unique(choice)}
+    return {"S": S, "choice": choice, "n_refits": int(refits.size), "grid": grid}
+
+
+def describe_null(null: dict | None) -> str:
+    """One phrase naming the null behind a result row's p-values (its ``null`` entry), for the reports."""
+    if not null:
+        return "no permutation null"
+    if "skipped" in null:
+        return f"no permutation null ({null['skipped']})"
+    kind = null.get("kind", "fixed")  # rows written before align.null existed used the fixed null
+    text = f"{kind} null, B = {null['n_permutations']}: hyperparameters {NULL_DESCRIPTIONS.get(kind, kind)}"
+    return text + (f" ({null['reduced']})" if null.get("reduced") else "")

@@ -10,6 +10,7 @@ import html
 from pathlib import Path
 
 from ..evaluate.metrics import SMALLER_IS_BETTER
+from ..evaluate.nulls import describe_null
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222;
@@ -68,7 +69,9 @@ def results_table(rows: list[dict], split: str) -> str:
         body.append(f"<tr{cls}><td class=l>{_e(r['method'])}</td>"
                     + "".join(_cell(r, k, 2 if k.startswith("mean_rank") else 3) for k, _ in cols)
                     + "".join(_p(r, k) for k, _ in pcols) + "</tr>")
-    return "<table>" + head + "".join(body) + "</table>"
+    nulls = "".join(f"<li>{_e(r['method'])}: {_e(describe_null(r.get('null')))}</li>" for r in rows if "null" in r)
+    table = "<table>" + head + "".join(body) + "</table>"
+    return table + (f"<p class=note>p-values:</p><ul>{nulls}</ul>" if nulls else "")
 
 
 def _png(path: Path) -> str:

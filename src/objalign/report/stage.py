@@ -8,7 +8,9 @@ Reads only the stage records and the align stage's result tables (never a model)
 ``ci``          ``{figure: [low, high]}``: percentile bootstrap interval over test images (``ci_level`` coverage)
 ``pvalue``      ``{figure: p}``: permutation p-value, training image-label pairings shuffled (ridge, kernel_ridge;
                 ``{}`` with a reason in ``null.skipped`` when a fit is too large for the null)
-``null``        ``n_permutations``, ``scheme`` and how hyperparameters were held
+``null``        ``kind`` (``selection``: the CV search repeated in every permutation; ``fixed``: hyperparameters
+                held at the real pairing's choice), ``n_permutations`` (and ``reduced``, why fewer), ``scheme``,
+                ``hyperparameters`` (the same in words)
 ``null_mean``   ``{figure: mean of the null}``: what a map that learned nothing scores
 ``chance_top1`` ``1 / n_candidates``; ``heldout_categories`` adds ``top1_unseen``, ``top5_unseen``,
                 ``mean_rank_unseen`` (ranked among the fold's unseen categories only), ``chance_top1_unseen``
@@ -30,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RunConfig, dump_config
-from ..runs import atomic_write_json
-from ..runs import ensure_out, stage_key, stage_record, write_stage
+from ..evaluate.nulls import describe_null
+from ..runs import atomic_write_json, ensure_out, stage_key, stage_record, write_stage
 
 COLUMNS = ("method", "split", "r2", "cosine_mean", "residual_mean", "residual_median", "top1", "top5", "mean_rank")
 
@@ -55,8 +57,11 @@ NOTES = [
     "similarity (ties count against the truth).",
     "Intervals: percentile bootstrap over test images (objects of one image are resampled together). "
     "p-values: permutation test; the pairing of training images with their labels is shuffled (whole images exchange "
-    "their label sets), the map is refitted with the hyperparameters chosen on the real pairing and scored on the real "
-    "test pairing; p = (1 + #null at least as good) / (1 + B), so the smallest possible p is 1/(B+1).",
+    "their label sets), the map is refitted and scored on the real test pairing; p = (1 + #null at least as good) / "
+    "(1 + B), so the smallest possible p is 1/(B+1). The 'selection' null repeats the whole fitting procedure in "
+    "every permutation, the grouped cross-validated choice of alpha (and gamma) included, as the real map had its "
+    "hyperparameters chosen on its own pairing: a valid test. The 'fixed' null refits with the hyperparameters chosen "
+    "on the real pairing: cheaper, but its p-values lean small near the null. Each table says which null it used.",
     "Baselines: 'mean' predicts the training mean text embedding for every object; 'shuffled' is ridge (with its own "
     "cross-validation) fitted on one shuffle of the training pairing. A fitted map should beat both clearly.",
     "Similarity measures are computed on held-out features with no fitting: CKA (Kornblith et al. 2019; unbiased HSIC "
@@ -158,7 +163,9 @@ def format_text(report: dict, title: str) -> str:
             r = nulls[0]
             extra.append(f"null mean top-1 ({r['method']}) {r['null_mean'].get('top1', float('nan')):.3f}, "
                          f"B = {r['null']['n_permutations']}")
-        lines += ["  " + "; ".join(extra), ""]
+        lines += ["  " + "; ".join(extra)]
+        lines += [f"  p-values, {r['method']}: {describe_null(r.get('null'))}" for r in rs if "null" in r]
+        lines += [""]
     for split, why in (report.get("skipped_protocols") or {}).items():
         lines += [f"{split}: skipped ({why})", ""]
     for r in rows:

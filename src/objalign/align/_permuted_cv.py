@@ -1,0 +1,337 @@
+"""The hyperparameter choice of :class:`RidgeCV` / :class:`KernelRidgeCV` for many relabellings of one data set.
+
+A selection-inclusive permutation null refits the whole procedure -- the grouped CV search included -- for every
+permutation of the training image-label pairing. The features, the groups and therefore the CV folds stay as
+they are; only the category of each row moves. Targets are one text embedding per category, ``Y = T Z`` with
+``T`` the (n, C) category indicator, so everything that depends on the features is computed once and each
+permutation costs products with its indicator:
+
+- **Ridge** (with intercept): per fold, the eigendecomposition ``C = V diag(lam) V'`` of the centred training
+  Gram matrix, the rows ``U = (X - mean_train) V`` and the test block's Gram ``U_te' U_te`` do not depend on the
+  targets. A permutation's training and test statistics in that basis are per-category sums of rows of ``U``
+  (one sparse product), and every alpha's held-out weighted residual follows as in
+  :func:`objalign.align._ridge_stats._fold_eig`: ``O(p^2 C)`` per fold and permutation, no factorisation.
+- **Kernel ridge**: the held-out residuals of fold ``f`` are ``R_f = A_f T`` with the residual operator
+  ``A_f = [I_f | -K_fR (K_RR + alpha I)^-1]`` (rows: fold ``f``; columns: all training rows). ``A_f`` is
+  computed once per (alpha, gamma) with one Cholesky per fold; a permutation's residuals are its fold indicator
+  minus per-category sums of rows of ``X_f = (K_RR + alpha I)^-1 K_Rf`` (one sparse product, about ``0.8 n^2``
+  additions per grid point for 5 folds), then ``R_f' R_f`` (C x C).
+
+Both score each fold with scikit-learn's ``"r2"`` (uniform over the ``q`` text dimensions):
+``1 - sum_j ||R z_j||^2 / ss_tot_j / q`` with ``ss_tot`` of the permuted held-out targets from category counts;
+the grid point with the best mean over folds is chosen as ``GridSearchCV`` chooses it (first of the best).
+
+Memory is bounded independently of the number of permutations ``B``: permutations are processed in chunks
+(the per-permutation weight matrices of one chunk take at most ``_WEIGHTS_BYTES``), and the kernel path keeps
+one kernel matrix and, per worker thread, one residual operator (``n^2`` floats each) alive.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg as sla
+from scipy import sparse
+
+__all__ = ["ridge_choices", "kernel_choices", "select_best"]
+
+_WEIGHTS_BYTES = 256 * 2**20  # per-chunk (permutation, fold) weight matrices, C x C each
+_GATHER_BYTES = 32 * 2**20  # per-category sums of one sparse product
+_TILE_BYTES = 512 * 2**10  # columns of a residual operator summed at once: they stay in L2 while a chunk streams
+_RIDGE_CHUNK_BYTES = 32 * 2**20  # (chunk, p, p) products of the ridge engine
+
+
+def select_best(scores):
+    """Index of the grid point ``GridSearchCV`` picks from per-fold scores.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (B, n_points, n_folds)
+        NaN for folds scikit-learn scores as NaN (fewer than two held-out rows).
+
+    Returns
+    -------
+    best : ndarray of shape (B,), int
+        The first grid point with the highest mean score (NaN means rank last; all NaN gives 0), as
+        :func:`objalign.align._search.build_cv_results`.
+    """
+    mean = scores.mean(axis=2)
+    filled = np.where(np.isnan(mean), -np.inf, mean)
+    best = np.argmax(filled, axis=1)
+    best[np.isnan(mean).all(axis=1)] = 0
+    return best
+
+
+def _indicator(labels, C):
+    """Sparse (Bc * C, n) transposed indicators of a chunk of label vectors ``labels`` (Bc, n)."""
+    Bc, n = labels.shape
+    rows = (labels + (np.arange(Bc) * C)[:, None]).ravel()
+    indptr_sorted = np.argsort(rows, kind="stable")
+    counts = np.bincount(rows, minlength=Bc * C)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    cols = np.tile(np.arange(n), Bc)[indptr_sorted]
+    return sparse.csr_matrix((np.ones(rows.size), cols, indptr), shape=(Bc * C, n))
+
+
+class _FoldWeights:
+    """Per (permutation, fold): category counts of the held-out rows and ``M = Z diag(1 / ss_tot) Z'``.
+
+    ``ok`` is False where a held-out output is (nearly) constant: scikit-learn's exact arithmetic decides those
+    scores, so the caller refits that permutation from scratch instead.
+    """
+
+    def __init__(self, labels, tests, Z):
+        Bc = labels.shape[0]
+        C, q = Z.shape
+        self.q = q
+        self.counts, self.M = [], []
+        self.ok = np.ones(Bc, dtype=bool)
+        Z2 = Z * Z
+        P = (Z.T[:, :, None] * Z.T[:, None, :]).reshape(q, C * C)  # M = w @ P for weights w (q,)
+        for test in tests:
+            lab = labels[:, test]
+            cnt = np.bincount((lab + (np.arange(Bc) * C)[:, None]).ravel(), minlength=Bc * C)
+            cnt = cnt.reshape(Bc, C).astype(np.float64)
+            nt = max(lab.shape[1], 1)
+            s1, s2 = cnt @ Z, cnt @ Z2  # (Bc, q)
+            tot = s2 - s1 * s1 / nt
+            near = (tot < 1e-3 * s2).any(axis=1)  # cancellation: the centred sum, as held_out_totals does
+            for b in np.flatnonzero(near):
+                tot[b] = cnt[b] @ (Z - s1[b] / nt) ** 2
+            self.ok &= (tot > 1e-9 * s2).all(axis=1)
+            w = np.where(tot > 0, 1.0 / np.where(tot > 0, tot, 1.0), 0.0)
+            self.counts.append(cnt)
+            self.M.append((w @ P).reshape(Bc, C, C))
+
+
+def _tiles(A, tile):
+    """Contiguous column tiles of ``A`` (n, k), ``tile`` columns each."""
+    return [np.ascontiguousarray(A[:, c0 : c0 + tile]) for c0 in range(0, A.shape[1], tile)]
+
+
+def _category_sums(Tt, tiles):
+    """``Tt @ A`` (sparse (m, n) times dense (n, k) given as :func:`_tiles`): one tile at a time stays in cache."""
+    out = np.empty((Tt.shape[0], sum(t.shape[1] for t in tiles)))
+    c0 = 0
+    for t in tiles:
+        out[:, c0 : c0 + t.shape[1]] = Tt @ t
+        c0 += t.shape[1]
+    return out
+
+
+def _tile(n):
+    """Columns per tile: ``n`` rows of float64 within ``_TILE_BYTES``, a power of two in [8, 512]."""
+    return int(np.clip(2 ** int(np.log2(max(_TILE_BYTES // (8 * n), 1))), 8, 512))
+
+
+def _chunks(B, per_perm_bytes, limit):
+    step = max(1, min(B, int(limit // max(per_perm_bytes, 1))))
+    return [(s, min(B, s + step)) for s in range(0, B, step)]
+
+
+def _fold_r2(s, q, n_test):
+    """scikit-learn's uniform R² from the weighted residual sum ``s`` (NaN for fewer than two held-out rows)."""
+    return np.full_like(s, np.nan) if n_test < 2 else 1.0 - s / q
+
+
+def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False):
+    """Alpha index :class:`RidgeCV` (with intercept) picks for every relabelling ``codes[perms[b]]``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, p)
+    codes : ndarray of shape (n,), int
+        Category (row of ``Z``) of each training row.
+    Z : ndarray of shape (C, q)
+        Category text embeddings (targets are ``Z[codes]``).
+    splits : list of (train, test) index arrays
+        The CV folds (they depend on the groups only, so every permutation shares them).
+    alphas : ndarray of shape (n_alphas,)
+    perms : ndarray of shape (B, n), int
+        Permutation ``b`` gives row ``i`` the category of row ``perms[b, i]``.
+
+    Returns
+    -------
+    best : ndarray of shape (B,), int
+        Index into ``alphas``; -1 where a held-out output is constant (refit those from scratch).
+    scores : ndarray of shape (B, n_alphas, n_folds)
+        Only with ``return_scores``: every fold's R² (those of the -1 rows are not meaningful).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Z = np.asarray(Z, dtype=np.float64)
+    alphas = np.asarray(alphas, dtype=np.float64)
+    n, p = X.shape
+    C, q = Z.shape
+    B = perms.shape[0]
+    folds = []
+    for train, test in splits:
+        mx = X[train].mean(axis=0)
+        Xc = X[train] - mx
+        lam, V = sla.eigh(Xc.T @ Xc, check_finite=False, driver="evd")
+        Ute = (X[test] - mx) @ V
+        F = 1.0 / (lam[None, :] + alphas[:, None])  # (n_alphas, p)
+        G = Ute.T @ Ute
+        # f' (G o K) f = <(f f') o G, K>: one (p^2, n_alphas) product per chunk serves every alpha
+        W = (F[:, :, None] * F[:, None, :] * G[None]).reshape(len(alphas), p * p)
+        tile = _tile(n)
+        folds.append(dict(train=train, test=test, Utr=_tiles(Xc @ V, tile), Ute=_tiles(Ute, tile), W=W,
+                          u=Ute.sum(axis=0), F=F))
+    scores = np.empty((B, len(alphas), len(splits)))
+    refit = np.zeros(B, dtype=bool)
+    per_perm = p * p * 8 * 3
+    for w0, w1 in _chunks(B, len(splits) * C * C * 8 * 2, _WEIGHTS_BYTES):
+        weights = _FoldWeights(codes[perms[w0:w1]], [t for _, t in splits], Z)
+        for s0, s1 in _chunks(w1 - w0, per_perm, _RIDGE_CHUNK_BYTES):  # (chunk, p, p) products stay small
+            labels = codes[perms[w0 + s0 : w0 + s1]]
+            Bc = s1 - s0
+            for f, fd in enumerate(folds):
+                train, test = fd["train"], fd["test"]
+                nR, nT = len(train), len(test)
+                # per-category sums of the rows of U = (X - mean_train) V: training rows (= V'B, transposed: the
+                # training rows of U sum to zero, so the targets need no centring) and test rows
+                Bpt = _category_sums(_indicator(labels[:, train], C), fd["Utr"]).reshape(Bc, C, p)
+                E_te = _category_sums(_indicator(labels[:, test], C), fd["Ute"]).reshape(Bc, C, p)
+                cnt_te = weights.counts[f][s0:s1]
+                mt = (np.bincount(codes, minlength=C)[None, :] - cnt_te) / nR
+                Ecpt = E_te - mt[:, :, None] * fd["u"][None, None, :]
+                M = weights.M[f][s0:s1]
+                Mm = np.einsum("bcd,bd->bc", M, mt)
+                # tr(TTc M) for the test targets centred on the training means
+                t0 = (np.einsum("bc,bcc->b", cnt_te, M) - 2 * np.einsum("bc,bc->b", cnt_te, Mm)
+                      + nT * np.einsum("bc,bc->b", mt, Mm))
+                BMt = np.matmul(M, Bpt)  # (Bc, C, p)
+                h = np.einsum("bck,bck->bk", Ecpt, BMt)
+                K2 = np.matmul(np.ascontiguousarray(BMt.transpose(0, 2, 1)), Bpt)  # (Bc, p, p)
+                s = t0[:, None] - 2 * h @ fd["F"].T + K2.reshape(Bc, p * p) @ fd["W"].T
+                scores[w0 + s0 : w0 + s1, :, f] = _fold_r2(s, q, nT)
+        refit[w0:w1] = ~weights.ok
+    best = np.where(refit, -1, select_best(scores))
+    return (best, scores) if return_scores else best
+
+
+def _residual_operators(K, bounds, alpha, blas):
+    """Held-out residual operators of every fold, for kernel ridge with penalty ``alpha``.
+
+    Parameters
+    ----------
+    K : ndarray of shape (n, n)
+        Kernel matrix in fold order (float64).
+    bounds : sequence of int
+        Fold ``f`` is rows ``bounds[f]:bounds[f + 1]``; rows before ``bounds[0]`` are never held out.
+
+    Returns
+    -------
+    ops : list of ndarray, fold ``f`` of shape (n - n_f, n_f), column-major
+        ``X_f = (K_RR + alpha I)^-1 K_Rf`` over the rows ``R`` outside fold ``f`` (in order): the residuals of
+        fold ``f`` for targets ``T`` are ``T_f - X_f' T_R``.
+    """
+    from objalign.align.kernel import _solve_kernel
+
+    n = K.shape[0]
+    ops = []
+    for f in range(len(bounds) - 1):
+        s, e = int(bounds[f]), int(bounds[f + 1])
+        rest = np.r_[0:s, e:n]
+        block = np.arange(s, e)
+        A = np.asfortranarray(K[np.ix_(rest, rest)])
+        A[np.diag_indices(rest.size)] += alpha
+        rhs = np.asfortranarray(K[np.ix_(rest, block)])
+        if blas.potrf(A) == 0:
+            blas.trsm(A, rhs)
+            blas.trsm(A, rhs, trans=True)
+        else:  # not numerically positive definite: the same least-squares fallback as the estimator
+            rhs = _solve_kernel(K[np.ix_(rest, rest)], alpha, K[np.ix_(rest, block)])
+        ops.append(rhs)
+    return ops
+
+
+def kernel_choices(X, codes, Z, splits, alphas, gammas, perms, kernel="rbf", degree=3, coef0=1, n_jobs=1,
+                   return_scores=False):
+    """Grid index :class:`KernelRidgeCV` (exact mode) picks for every relabelling ``codes[perms[b]]``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, p)
+    codes, Z, splits, perms :
+        As in :func:`ridge_choices`; ``splits`` must partition the rows (as ``GroupKFold`` does).
+    alphas, gammas : ndarray
+        The grid; index ``a * len(gammas) + g`` as ``GridSearchCV`` orders it (alpha outer).
+    kernel, degree, coef0 :
+        As in :class:`KernelRidgeCV` (gammas must be given, one or more).
+    n_jobs : int
+        Alphas of one gamma handled in this many threads (one BLAS thread each); each keeps one residual
+        operator (``n^2`` floats) alive.
+
+    Returns
+    -------
+    best : ndarray of shape (B,), int
+        Grid index; -1 where a held-out output is constant (refit those from scratch).
+    scores : ndarray of shape (B, n_points, n_folds)
+        Only with ``return_scores``.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    from objalign.align._kernels import KernelBase
+    from objalign.align._splits import find_partition
+    from objalign.errors import ObjalignError
+
+    X = np.asarray(X, dtype=np.float64)
+    Z = np.asarray(Z, dtype=np.float64)
+    alphas = np.asarray(alphas, dtype=np.float64)
+    n = X.shape[0]
+    part = find_partition(splits, n)
+    if part is None:
+        raise ObjalignError("the selection null of kernel ridge needs CV folds that partition the training rows "
+                            "(e.g. GroupKFold); use align.null: fixed with other splitters")
+    order, bounds = part.order, [int(b) for b in part.bounds]
+    base = KernelBase(X[order], kernel, degree, coef0)
+    workers = max(1, min(int(n_jobs or 1), len(alphas)))
+    tile = _tile(n)
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        scores, refit = _kernel_scores(base, order, bounds, codes, Z, splits, alphas, gammas, perms, tile, pool)
+    best = np.where(refit, -1, select_best(scores))
+    return (best, scores) if return_scores else best
+
+
+def _kernel_scores(base, order, bounds, codes, Z, splits, alphas, gammas, perms, tile, pool):
+    """(B, n_points, n_folds) scores and the (B,) permutations to refit (see :func:`kernel_choices`)."""
+    from objalign.align._blas import Blas
+
+    B, k, ng = perms.shape[0], len(splits), len(gammas)
+    C, q = Z.shape
+    sizes = np.diff(bounds)
+    scores = np.empty((B, len(alphas) * ng, k))
+    refit = np.zeros(B, dtype=bool)
+    for s0, s1 in _chunks(B, k * C * C * 8 * 2, _WEIGHTS_BYTES):
+        labels = codes[perms[s0:s1]]
+        weights = _FoldWeights(labels, [t for _, t in splits], Z)
+        lab_ord = labels[:, order]
+        gather = _chunks(s1 - s0, C * int(sizes.max()) * 8, _GATHER_BYTES)
+        n = lab_ord.shape[1]
+        # per fold and gather chunk: the indicator of the rows outside the fold, and the fold's own labels
+        rest = [np.r_[0 : bounds[f], bounds[f + 1] : n] for f in range(k)]
+        indicators = [[_indicator(lab_ord[g0:g1][:, rest[f]], C) for g0, g1 in gather] for f in range(k)]
+
+        def point(K, a):
+            ops = _residual_operators(K, bounds, float(alphas[a]), Blas(np.float64))
+            res = np.empty((s1 - s0, k))
+            for f in range(k):
+                Q = np.empty((s1 - s0, C, C))
+                tiles = _tiles(ops[f], tile)
+                ops[f] = None
+                own = np.arange(sizes[f])
+                for (g0, g1), Tt in zip(gather, indicators[f]):
+                    Rt = _category_sums(Tt, tiles).reshape(g1 - g0, C, -1)  # residuals^T: T_f' - T_R' X_f
+                    np.negative(Rt, out=Rt)
+                    Rt[np.arange(g1 - g0)[:, None], lab_ord[g0:g1, bounds[f] : bounds[f + 1]], own] += 1.0
+                    Q[g0:g1] = np.matmul(Rt, Rt.transpose(0, 2, 1))
+                res[:, f] = _fold_r2(np.einsum("bcd,bcd->b", Q, weights.M[f]), q, sizes[f])
+            return res
+
+        for g, gamma in enumerate(gammas):
+            K = base.matrix(float(gamma))
+            for a, res in enumerate(pool.map(lambda a: point(K, a), range(len(alphas)))):
+                scores[s0:s1, a * ng + g] = res
+        refit[s0:s1] = ~weights.ok
+    return scores, refit
