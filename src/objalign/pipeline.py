@@ -32,8 +32,12 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = T
     """
     import json
 
+    from .errors import ObjalignError
     from .runs import ensure_out
 
+    if cfg.compute.num_workers > 1:
+        raise ObjalignError("--num-workers (the static partition) splits one stage between processes: run "
+                            "`objalign crop ...` and `objalign embed ...` with it, then `objalign run` to finish")
     out = ensure_out(out)
     for name in STAGES:
         t0 = time.time()
