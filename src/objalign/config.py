@@ -159,14 +159,18 @@ class ComputeConfig:
     #: ray: GPUs each actor reserves; default 1 where the cluster has GPUs, else 0 (CPU actors). 0.5 puts two
     #: actors on one GPU
     gpus_per_worker: float | None = None
-    #: ray: logical CPUs each actor reserves (and torch threads of a CPU actor)
+    #: ray: logical CPUs each actor reserves
     cpus_per_worker: float = 1.0
+    #: ray: torch threads in each actor; default the driver's own count, because on a CPU the thread count can
+    #: change the last bits of a small batch (GPUs are unaffected): the default keeps CPU actors bit-identical
+    #: to a local run, a smaller value trades that for less oversubscription
+    threads_per_worker: int | None = None
     #: ray: ``null`` starts a private Ray on this machine; ``auto`` or ``host:port`` / ``ray://host:port`` joins
     #: a running cluster (``ray start --head``)
     ray_address: str | None = None
     #: ray: seconds to wait for a cluster to answer, and for the workers to start, before failing with one line
     connect_timeout_s: float = 30.0
-    start_timeout_s: float = 900.0
+    start_timeout_s: float = 300.0
     #: ray: times an actor that died is restarted (and its shard retried) before the stage fails
     max_restarts: int = 3
     #: static partition without Ray (Slurm arrays, torchrun): this process computes share ``worker_index`` of

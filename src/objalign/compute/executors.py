@@ -42,6 +42,9 @@ def check_compute(compute) -> None:
     if g is not None and (not isinstance(g, (int, float)) or g < 0 or (g > 1 and not float(g).is_integer())):
         raise ObjalignError(f"compute.gpus_per_worker = {g!r}: expected 0 (CPU workers), a fraction up to 1 "
                             "(0.5 puts two workers on one GPU) or a whole number of GPUs")
+    t = compute.threads_per_worker
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
+        raise ObjalignError(f"compute.threads_per_worker = {t!r}: must be a positive integer (or null)")
     if compute.cpus_per_worker < 0 or compute.connect_timeout_s <= 0 or compute.start_timeout_s <= 0:
         raise ObjalignError("compute.cpus_per_worker must be >= 0 and compute.connect_timeout_s, "
                             "compute.start_timeout_s > 0")
@@ -82,10 +85,15 @@ class LocalExecutor:
 
 
 class _ShardActor:
-    """The body of a Ray actor: builds the work's model once, then computes the shards it is sent."""
+    """The body of a Ray actor: computes the shards it is sent, building the work's model only when the work
+    asks for a different one than it holds (so one actor serves the crop stage's SAM, then the embed stage's
+    encoder, and the shards of several runs).
 
-    def __init__(self, work: ShardWork, threads: int):
-        self.error = None
+    The work travels as a boxed object reference with every shard, so an actor that Ray restarted after a
+    crash fetches the right work again before it retries the shard.
+    """
+
+    def __init__(self, threads: int):
         if threads >= 1:
             try:
                 import torch
@@ -93,17 +101,52 @@ class _ShardActor:
                 torch.set_num_threads(threads)
             except ImportError:  # pragma: no cover - a model stage always has torch
                 pass
-        try:
-            self.state = work.setup()
-        except ObjalignError as exc:  # a bad model path etc.: one line back to the driver, no restart loop
-            self.error = str(exc)
-        self.work = work
+        self.work_id = self.model_key = self.work = self.state = None
 
-    def ready(self) -> tuple[str | None, int]:
-        return self.error, os.getpid()
+    def ready(self) -> int:
+        return os.getpid()
 
-    def run(self, shard: int) -> list[dict]:
+    def run(self, boxed_work: list, shard: int) -> list[dict]:
+        import ray
+
+        ref = boxed_work[0]
+        if ref.hex() != self.work_id:
+            work = ray.get(ref)
+            key = repr(getattr(work, "model_key", lambda: id(work))())
+            if key != self.model_key:
+                self.state = self.model_key = None  # free the old model before loading the next
+                _free_accelerator_memory()
+                self.state, self.model_key = work.setup(), key
+            self.work, self.work_id = work, ref.hex()
         return self.work.run(self.state, [shard], False)
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+#: Actors kept between runs of this driver (one set, for one resource shape): ``{"key", "job", "actors"}``.
+#: They hold their GPUs until the driver exits or :func:`release_workers` is called.
+_POOL: dict = {}
+
+
+def release_workers() -> int:
+    """End the Ray workers this process keeps between runs (freeing their GPUs for other jobs); returns how many."""
+    actors = _POOL.pop("actors", [])
+    _POOL.clear()
+    if actors:
+        import ray
+
+        if ray.is_initialized():
+            for a in actors:
+                ray.kill(a)
+    return len(actors)
 
 
 class RayExecutor:
@@ -169,43 +212,53 @@ class RayExecutor:
         if not shards:
             return []
         ray = self.connect()
+        t0 = time.perf_counter()
+        actors = self._actors(ray, min(self.workers, len(shards)))
+        t_ready = time.perf_counter()
+        boxed = [ray.put(work)]
+        receipts = self._dispatch(ray, actors, shards, boxed, work.name, progress)
+        self.stats = {"start_s": t_ready - t0, "compute_s": time.perf_counter() - t_ready}
+        return receipts
+
+    def _actors(self, ray, n: int) -> list:
+        """``n`` started actors: the ones kept from this driver's earlier runs if they have the same shape (and
+        still answer), plus new ones; waits at most ``start_timeout_s`` for the new ones to start."""
         c = self.compute
-        n_actors = min(self.workers, len(shards))
+        threads = c.threads_per_worker or _driver_threads()
+        key = (self.gpus_per_worker, c.cpus_per_worker, threads, c.max_restarts)
+        job = ray.get_runtime_context().get_job_id()
+        kept = _POOL.get("actors", []) if _POOL.get("key") == key and _POOL.get("job") == job else []
+        if not kept and _POOL.get("actors") and _POOL.get("job") == job:
+            for a in _POOL["actors"]:  # another shape: free their GPUs before asking for new ones
+                ray.kill(a)
+        alive = []
+        if kept:
+            refs = [a.ready.remote() for a in kept]
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=min(30.0, c.start_timeout_s))
+            for a, r in zip(kept, refs):
+                try:
+                    if r in done:
+                        ray.get(r)
+                        alive.append(a)
+                except ray.exceptions.RayError:
+                    pass
         actor_cls = ray.remote(_ShardActor).options(
             num_gpus=self.gpus_per_worker, num_cpus=c.cpus_per_worker, max_restarts=c.max_restarts,
             max_task_retries=c.max_restarts)
-        work_ref = ray.put(work)
-        t0 = time.perf_counter()
-        actors = [actor_cls.remote(work_ref, int(c.cpus_per_worker)) for _ in range(n_actors)]
-        try:
-            self._wait_ready(ray, actors)
-            t_ready = time.perf_counter()
-            receipts = self._dispatch(ray, actors, shards, work.name, progress)
-            t_done = time.perf_counter()
-        finally:
-            for a in actors:
-                ray.kill(a)
-        self.stats = {"workers": n_actors, "gpus_per_worker": self.gpus_per_worker, "start_s": t_ready - t0,
-                      "compute_s": t_done - t_ready, "shards": len(shards)}
-        return receipts
+        new = [actor_cls.remote(threads) for _ in range(max(0, n - len(alive)))]
+        if new:
+            refs = [a.ready.remote() for a in new]
+            done, pending = ray.wait(refs, num_returns=len(refs), timeout=c.start_timeout_s)
+            if pending:
+                for a in new:
+                    ray.kill(a)
+                raise ObjalignError(f"{len(pending)} of {len(refs)} Ray workers did not start within "
+                                    f"{c.start_timeout_s:g} s (compute.start_timeout_s): the cluster has no room for "
+                                    "them now (other jobs hold its GPUs?); check `ray status`")
+        _POOL.update({"key": key, "job": job, "actors": alive + new})
+        return (alive + new)[:n]
 
-    def _wait_ready(self, ray, actors) -> None:
-        c = self.compute
-        refs = [a.ready.remote() for a in actors]
-        done, pending = ray.wait(refs, num_returns=len(refs), timeout=c.start_timeout_s)
-        if pending:
-            raise ObjalignError(f"{len(pending)} of {len(refs)} Ray workers did not start within "
-                                f"{c.start_timeout_s:g} s (compute.start_timeout_s): the cluster has no room for them "
-                                "or loading the model is slower; check `ray status`")
-        for ref in done:
-            try:
-                err, _ = ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                raise ObjalignError(f"a Ray worker could not start: {_ray_cause(exc)}") from None
-            if err:
-                raise ObjalignError(err)
-
-    def _dispatch(self, ray, actors, shards: list[int], what: str, progress: bool) -> list[dict]:
+    def _dispatch(self, ray, actors, shards: list[int], boxed_work: list, what: str, progress: bool) -> list[dict]:
         from tqdm.auto import tqdm
 
         queue = deque(shards)
@@ -215,7 +268,7 @@ class RayExecutor:
         def submit(actor) -> None:
             if queue:
                 s = queue.popleft()
-                inflight[actor.run.remote(s)] = (actor, s)
+                inflight[actor.run.remote(boxed_work, s)] = (actor, s)
 
         for a in actors:  # one running, one queued behind it: no idle gap between shards
             submit(a)
@@ -242,6 +295,15 @@ class RayExecutor:
         finally:
             bar.close()
         return receipts
+
+
+def _driver_threads() -> int:
+    """The intra-op thread count a local run in this process uses (torch's, else the cores)."""
+    import sys
+
+    if "torch" in sys.modules:
+        return int(sys.modules["torch"].get_num_threads())
+    return os.cpu_count() or 1
 
 
 def _ray_cause(exc):

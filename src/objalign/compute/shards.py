@@ -13,12 +13,15 @@ from ..errors import ObjalignError
 class ShardWork(Protocol):
     """What a stage hands an executor. Must pickle (a Ray worker receives a copy).
 
-    ``setup()`` runs once per worker and returns its state (the loaded model); ``run(state, shards, progress)``
+    ``setup()`` runs once per worker and returns its state (the loaded model; a worker that already holds the
+    state of a work with the same ``model_key()`` reuses it); ``run(state, shards, progress)``
     computes the listed shards in order, writes each one atomically (completion marker last) and returns one
     receipt per shard written: ``{"shard": int, "rows": int, "sha256": str, ...}``.
     """
 
     name: str
+
+    def model_key(self) -> str: ...
 
     def setup(self) -> Any: ...
 

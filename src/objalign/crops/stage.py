@@ -119,6 +119,10 @@ class CropShardWork:
         self.source, self.anns, self.inst, self.spec = source, anns, inst, spec
         self.padding, self.square, self.store_path = padding, square, str(store_path)
 
+    def model_key(self) -> str:
+        """Workers that already hold this model keep it for the next work with the same key."""
+        return repr(self.spec)
+
     def setup(self):
         return self.spec.build()
 

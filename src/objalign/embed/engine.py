@@ -227,6 +227,10 @@ class VisionShardWork:
         self.table, self.images, self.encoder_spec = table, images, encoder_spec
         self.store_path, self.options = str(store_path), dict(options)
 
+    def model_key(self) -> str:
+        """Workers that already hold this model keep it for the next work with the same key."""
+        return repr(self.encoder_spec)
+
     def setup(self):
         from .stage import _quiet_transformers
 

@@ -200,6 +200,7 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
     seconds = time.perf_counter() - t0
     del enc
     computed = {"executor": executor.name, "workers": executor.workers, "shards_computed": len(receipts),
+                **{f"workers_{k}": round(v, 3) for k, v in getattr(executor, "stats", {}).items() if k.endswith("_s")},
                 "objects_per_s": (round(sum(r["rows"] for r in receipts) / seconds, 2)
                                   if seconds > 0 and receipts else None)}
     missing = [s for s in range(n_shards) if not vstore.shard_done(s)]
