@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tiny_models import cli_args, one_process_reference
+
 from objalign.cli import main
 from objalign.compute import image_aligned_bounds, partition
 from objalign.errors import ObjalignError
@@ -81,10 +83,7 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
-def common(out, data):
-    return ["--out", str(out), "--set", "data.kind=coco", "--set", f"data.root={data}", "--set", "sample.n=30",
-            "--set", "embed.shard_size=8", "--set", "embed.vision.batch_size=4", "--set", "crop.shard_size=8",
-            "--vision", "tiny-dinov2-dist", "--no-progress"]
+common = cli_args
 
 
 @pytest.fixture(scope="module")
@@ -93,20 +92,10 @@ def prepared(small_demo, tmp_path_factory):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from objalign.encoders import VISION_ENCODERS
-    from tiny_models import store_files
 
     VISION_ENCODERS.register("tiny-dinov2-dist", "tiny_models:make_tiny_dinov2")
     try:
-        base = tmp_path_factory.mktemp("compute") / "base"
-        for stage in ("sample", "crop"):
-            assert main([stage] + common(base, small_demo)) == 0
-        one = base.parent / "one"
-        import shutil
-
-        shutil.copytree(base, one)
-        assert main(["embed"] + common(one, small_demo)) == 0
-        store = one / "embeddings" / json.loads((one / "embeddings" / "vision.json").read_text())["store"]
-        yield base, store_files(store)
+        yield one_process_reference(main, tmp_path_factory.mktemp("compute"), small_demo)
     finally:
         del VISION_ENCODERS._entries["tiny-dinov2-dist"]
 

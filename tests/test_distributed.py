@@ -21,7 +21,7 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tiny_models import store_files, temporaries  # noqa: E402
+from tiny_models import cli_args, one_process_reference, store_files, temporaries, vision_store  # noqa: E402
 
 from objalign.cli import main  # noqa: E402
 from objalign.crops import CROP_MODES  # noqa: E402
@@ -53,19 +53,12 @@ def cluster(tmp_path_factory):
                 os.environ[k] = v
 
 
-def common(out, data):
-    return ["--out", str(out), "--set", "data.kind=coco", "--set", f"data.root={data}", "--set", "sample.n=30",
-            "--set", "embed.shard_size=8", "--set", "embed.vision.batch_size=4", "--set", "crop.shard_size=8",
-            "--vision", "tiny-dinov2-dist", "--no-progress"]
+common = cli_args
 
 
 # Every Ray run here uses one worker shape (half a logical GPU each), so this process's workers start once
 # and serve every test (the driver keeps them between runs); 3 of them fit on the 2 GPUs.
 RAY = ["--executor", "ray", "--set", "compute.gpus_per_worker=0.5"]
-
-
-def vision_store(out) -> Path:
-    return out / "embeddings" / json.loads((out / "embeddings" / "vision.json").read_text())["store"]
 
 
 def summary(out, stage="embed") -> dict:
@@ -75,13 +68,7 @@ def summary(out, stage="embed") -> dict:
 @pytest.fixture(scope="module")
 def reference(cluster, small_demo, tmp_path_factory):
     """Sampled and cropped run folder (to copy), and the local executor's vision store from it."""
-    base = tmp_path_factory.mktemp("base") / "run"
-    for stage in ("sample", "crop"):
-        assert main([stage] + common(base, small_demo)) == 0
-    local = base.parent / "local"
-    shutil.copytree(base, local)
-    assert main(["embed"] + common(local, small_demo)) == 0
-    files = store_files(vision_store(local))
+    base, files = one_process_reference(main, tmp_path_factory.mktemp("ref"), small_demo)
     assert sum(1 for k in files if k.startswith("emb/")) == N_SHARDS
     return base, files
 

@@ -100,4 +100,33 @@ def temporaries(root: Path) -> list[Path]:
     return sorted(Path(root).rglob(".*.tmp-*"))
 
 
-__all__ = ["make_tiny_dinov2", "make_tiny_sam_mode", "store_files", "temporaries"]
+def cli_args(out, data) -> list[str]:
+    """CLI arguments of a small distributed-stage run: 30 demo objects in shards of 8 (the last one partial),
+    batches of 4 (two per shard), the tiny DINOv2 registered as ``tiny-dinov2-dist``."""
+    return ["--out", str(out), "--set", "data.kind=coco", "--set", f"data.root={data}", "--set", "sample.n=30",
+            "--set", "embed.shard_size=8", "--set", "embed.vision.batch_size=4", "--set", "crop.shard_size=8",
+            "--vision", "tiny-dinov2-dist", "--no-progress"]
+
+
+def vision_store(out: Path) -> Path:
+    import json
+
+    return Path(out) / "embeddings" / json.loads((Path(out) / "embeddings" / "vision.json").read_text())["store"]
+
+
+def one_process_reference(main, folder: Path, data) -> tuple[Path, dict[str, bytes]]:
+    """Sample and crop into ``folder/base`` (to copy for each test), embed a copy of it in this process;
+    returns the base folder and that vision store's files."""
+    import shutil
+
+    base = Path(folder) / "base"
+    for stage in ("sample", "crop"):
+        assert main([stage] + cli_args(base, data)) == 0
+    one = Path(folder) / "one"
+    shutil.copytree(base, one)
+    assert main(["embed"] + cli_args(one, data)) == 0
+    return base, store_files(vision_store(one))
+
+
+__all__ = ["cli_args", "make_tiny_dinov2", "make_tiny_sam_mode", "one_process_reference", "store_files",
+           "temporaries", "vision_store"]
