@@ -248,7 +248,7 @@ def test_sample_ignores_a_meaningless_area(tmp_path):
 def test_run_on_a_dirty_dataset_exits_0_records_every_bad_instance_and_reads_nothing_outside(
         small_demo, tmp_path, capfd):
     pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from objalign.cli import main
     from objalign.embed.store import EmbeddingStore
     from objalign.encoders import VISION_ENCODERS

@@ -40,6 +40,14 @@ def _add_config_args(p: argparse.ArgumentParser, out_required: bool = True) -> N
     p.add_argument("--text-model-path", help="local folder with the text model's weights (no network)")
     p.add_argument("--force", action="store_true", help="recompute even if a finished stage matches")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("compute (crop with a segmenter, embed)")
+    g.add_argument("--executor", help="local (default) or ray (compute.executor)")
+    g.add_argument("--workers", type=int, help="ray: worker actors (default: one per GPU; compute.workers)")
+    g.add_argument("--ray-address", help="ray: 'auto' or host:port of a running cluster (default: a private Ray)")
+    g.add_argument("--num-workers", type=int, help="static partition without Ray: number of processes (Slurm array)")
+    g.add_argument("--worker-index", type=int, help="static partition: this process's index in [0, N)")
+    g.add_argument("--cache", help="folder of stores shared across runs (cache.dir; default $OBJALIGN_CACHE, else "
+                                   "inside the run folder)")
 
 
 def _config_from_args(args):
@@ -48,6 +56,12 @@ def _config_from_args(args):
     overrides = list(args.overrides)
     for flag, key in (("vision", "embed.vision.name"), ("text", "embed.text.name"), ("crop_mode", "crop.mode"),
                       ("vision_model_path", "embed.vision.model_path"), ("text_model_path", "embed.text.model_path")):
+        val = getattr(args, flag, None)
+        if val is not None:
+            overrides.append(f"{key}={val}")
+    for flag, key in (("executor", "compute.executor"), ("workers", "compute.workers"),
+                      ("ray_address", "compute.ray_address"), ("num_workers", "compute.num_workers"),
+                      ("worker_index", "compute.worker_index"), ("cache", "cache.dir")):
         val = getattr(args, flag, None)
         if val is not None:
             overrides.append(f"{key}={val}")
@@ -107,12 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list registered encoders and crop modes")
     p.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'facebook/*'")
 
-    p = sub.add_parser("cache", help="list or remove embedding stores")
+    p = sub.add_parser("cache", help="list or remove crop and embedding stores (a run folder's or the shared cache)")
     csub = p.add_subparsers(dest="cache_command", metavar="ACTION")
     c = csub.add_parser("ls", help="list stores under a folder")
-    c.add_argument("root", nargs="?", default="runs")
-    c = csub.add_parser("rm", help="remove a store")
-    c.add_argument("path")
+    c.add_argument("root", nargs="?", help="folder to search (default: $OBJALIGN_CACHE if set, else runs)")
+    c = csub.add_parser("rm", help="remove stores")
+    c.add_argument("paths", nargs="*", metavar="PATH", help="store folders (as `cache ls` prints them)")
+    c.add_argument("--incomplete", metavar="ROOT", help="remove every unfinished store under ROOT instead")
     return parser
 
 
@@ -133,25 +148,39 @@ def _cmd_models(args) -> int:
 def _cmd_cache(args) -> int:
     import json
 
-    from .embed.store import find_stores, remove_store
+    from .runs import cache_dir
+    from .stores import find_stores, remove_store
 
     if args.cache_command == "ls":
-        stores = find_stores(args.root)
+        root = args.root or cache_dir(None) or "runs"
+        stores = find_stores(root)
         for s in stores:
             mf = json.loads((s / "manifest.json").read_text())
-            enc = mf.get("key_fields", {}).get("encoder", {})
             size = sum(f.stat().st_size for f in s.rglob("*") if f.is_file())
-            print(f"{s}  key={mf['key']}  encoder={enc.get('name', '?')}  dtype={enc.get('dtype', '-')}  "
-                  f"vectors={mf.get('n_vectors', '?')}  skipped={len(mf.get('skipped', []))}  "
-                  f"complete={mf.get('complete')}  {size / 2**20:.1f} MiB")
+            if mf.get("kind") == "crops":
+                d = mf.get("key_fields", {}).get("decisions", {})
+                what = (f"crops  mode={d.get('crop.mode', '?')}  objects={mf['key_fields'].get('n_instances', '?')}  "
+                        f"shards={len(mf.get('bounds', []))}")
+            else:
+                enc = mf.get("key_fields", {}).get("encoder", {})
+                what = (f"embeddings  encoder={enc.get('name', '?')}  dtype={enc.get('dtype', '-')}  "
+                        f"vectors={mf.get('n_vectors', '?')}  skipped={len(mf.get('skipped', []))}")
+            print(f"{s}  key={mf['key']}  {what}  complete={mf.get('complete')}  {size / 2**20:.1f} MiB")
         if not stores:
-            print(f"no embedding stores under {args.root}")
+            print(f"no stores under {root}")
         return 0
     if args.cache_command == "rm":
-        remove_store(args.path)
-        print(f"removed {args.path}")
+        paths = list(args.paths)
+        if args.incomplete:
+            paths += [s for s in find_stores(args.incomplete)
+                      if not json.loads((s / "manifest.json").read_text()).get("complete")]
+        elif not paths:
+            raise ObjalignError("cache rm: name the stores to remove (PATH ...) or pass --incomplete ROOT")
+        for p in paths:
+            remove_store(p)
+            print(f"removed {p}")
         return 0
-    raise ObjalignError("cache: expected `objalign cache ls [ROOT]` or `objalign cache rm PATH`")
+    raise ObjalignError("cache: expected `objalign cache ls [ROOT]` or `objalign cache rm PATH ...`")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +246,15 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = {"force": args.force}
         if args.command in ("crop", "embed"):
             kwargs["progress"] = progress
+        elif cfg.compute.num_workers > 1:
+            raise ObjalignError(f"--num-workers applies to `objalign crop` and `objalign embed`, not `{args.command}`")
         rec = stage_function(args.command)(cfg, args.out, **kwargs)
+        if rec.get("partial"):
+            sm = rec["summary"]
+            print(f"[{args.command}] worker {sm['worker']}: computed {sm['shards_computed']} shard(s); "
+                  f"{sm['shards_missing']} of {sm['n_shards']} still with other workers (the last to finish "
+                  "completes the stage)")
+            return 0
         print(f"[{args.command}] {'reused' if rec.get('reused') else 'done'}: {rec.get('summary')}")
         return 0
     except ObjalignError as exc:

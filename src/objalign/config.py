@@ -73,6 +73,8 @@ class CropConfig:
     grabcut_iterations: int = 5
     device: str = "cpu"  #: for model segmenters
     dtype: str = "float32"
+    #: objects per crop shard (the unit a worker takes; shards never split an image, so this changes no mask)
+    shard_size: int = 512
 
     def sam_path_or_model(self) -> str:
         return f"{self.sam_model} (weights from {self.sam_model_path})" if self.sam_model_path else self.sam_model
@@ -156,6 +158,47 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class ComputeConfig:
+    """Where the model stages (``crop`` with a segmenter, vision ``embed``) run. Never part of a stage's key:
+    the outputs are the same bytes whichever executor, worker count or partition computed them."""
+
+    #: ``local`` (this process, one device) or ``ray`` (one actor per worker, on this node or a Ray cluster)
+    executor: str = "local"
+    #: ray: actors; default one per GPU of the cluster (``GPUs / gpus_per_worker``), or 1 without GPUs
+    workers: int | None = None
+    #: ray: GPUs each actor reserves; default 1 where the cluster has GPUs, else 0 (CPU actors). 0.5 puts two
+    #: actors on one GPU
+    gpus_per_worker: float | None = None
+    #: ray: logical CPUs each actor reserves
+    cpus_per_worker: float = 1.0
+    #: ray: torch threads in each actor; default the driver's own count, because on a CPU the thread count can
+    #: change the last bits of a small batch (GPUs are unaffected): the default keeps CPU actors bit-identical
+    #: to a local run, a smaller value trades that for less oversubscription
+    threads_per_worker: int | None = None
+    #: ray: ``null`` starts a private Ray on this machine; ``auto`` or ``host:port`` / ``ray://host:port`` joins
+    #: a running cluster (``ray start --head``)
+    ray_address: str | None = None
+    #: ray: seconds to wait for a cluster to answer, and for the workers to start, before failing with one line
+    connect_timeout_s: float = 30.0
+    start_timeout_s: float = 300.0
+    #: ray: times an actor that died is restarted (and its shard retried) before the stage fails
+    max_restarts: int = 3
+    #: static partition without Ray (Slurm arrays, torchrun): this process computes share ``worker_index`` of
+    #: ``num_workers`` contiguous shares of the shards; the process that finds every shard done finishes the stage
+    num_workers: int = 1
+    worker_index: int = 0
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Content-addressed stores shared across runs (crops, embeddings)."""
+
+    #: folder shared by runs, sweeps and studies; ``null``: ``$OBJALIGN_CACHE`` if set, else inside each run
+    #: folder (``<out>/crop``, ``<out>/embeddings``), so a run folder stays self-contained by default
+    dir: str | None = None
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -163,6 +206,8 @@ class RunConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def to_dict(self) -> dict:
         return _to_plain(dataclasses.asdict(self))
@@ -237,6 +282,9 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     args = getattr(typ, "__args__", ())
     if str in args:
         return str(value)
+    for a in (int, float):
+        if a in args:
+            return _coerce(value, a, where)
     return value
 
 

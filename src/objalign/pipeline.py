@@ -32,8 +32,12 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = T
     """
     import json
 
+    from .errors import ObjalignError
     from .runs import ensure_out
 
+    if cfg.compute.num_workers > 1:
+        raise ObjalignError("--num-workers (the static partition) splits one stage between processes: run "
+                            "`objalign crop ...` and `objalign embed ...` with it, then `objalign run` to finish")
     out = ensure_out(out)
     for name in STAGES:
         t0 = time.time()
@@ -142,6 +146,17 @@ def plan(cfg: RunConfig, out: str | Path) -> str:
                  f"{a.common_dim}; {a.cv_folds}-fold grouped CV over {len(a.alphas)} alphas x {len(a.gammas)} gammas; "
                  f"protocols {', '.join(a.protocols)}; {a.n_permutations} permutations ({a.null} null), "
                  f"{a.n_bootstrap} bootstrap resamples")
+    cp = cfg.compute
+    where = ("this process" if cp.executor == "local" else
+             f"Ray ({cp.ray_address or 'a private Ray on this machine'}; "
+             f"{f'{cp.workers} worker(s)' if cp.workers else 'one worker per GPU'})")
+    lines.append(f"compute   crop with a segmenter and vision embedding on {where}; shards of {c.shard_size} "
+                 f"(crop) / {e.shard_size} (embed) objects"
+                 + (f"; this process: share {cp.worker_index} of {cp.num_workers}" if cp.num_workers > 1 else ""))
+    from .runs import cache_dir
+
+    shared = cache_dir(cfg.cache.dir)
+    lines.append(f"stores    {f'shared cache {shared}' if shared else 'inside the run folder'}")
     done = [st for st in STAGES if stage_record(Path(out), st)]
     lines.append(f"outputs   {out}/ (report.html, report.txt, report.json, figures, config.yaml)"
                  + (f"; stages already there: {', '.join(done)}" if done else ""))

@@ -82,14 +82,36 @@ class Registry:
     def load(self, name: str) -> tuple[Callable[..., Any], dict]:
         """Import the factory for ``name``; returns ``(factory, bound_kwargs)``."""
         entry, bound = self._resolve(name)
-        module, _, attr = entry.target.partition(":")
-        obj = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        return obj, bound
+        return _import_target(entry.target), bound
 
     def get(self, name: str, **kwargs: Any) -> Any:
         """Build the object registered under ``name``: ``factory(**bound_kwargs, **kwargs)``."""
         factory, bound = self.load(name)
         bound.update(kwargs)
         return factory(**bound)
+
+    def spec(self, name: str, **kwargs: Any) -> "Spec":
+        """A picklable recipe for :meth:`get` that another process (a Ray worker) can build from, even if
+        ``name`` was registered at run time in this process only (the recipe carries the target itself)."""
+        entry, bound = self._resolve(name)
+        bound.update(kwargs)
+        return Spec(entry.target, bound)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """``"module:attr"`` and its keyword arguments: :meth:`build` imports the factory and calls it."""
+
+    target: str
+    kwargs: dict = field(default_factory=dict)
+
+    def build(self) -> Any:
+        return _import_target(self.target)(**self.kwargs)
+
+
+def _import_target(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj

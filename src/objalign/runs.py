@@ -14,9 +14,49 @@ from pathlib import Path
 from .errors import ObjalignError
 
 
+#: A temporary older than this is a dead writer's, wherever it ran (writing one file takes seconds).
+STALE_TEMPORARY_S = 3600.0
+
+
+def temporary_name(path: Path) -> Path:
+    """``.<name>.tmp-<host>~<pid>~<random>`` beside ``path``: unique per writer (process, thread, machine), so
+    several writers of one shared folder (Ray workers, static-partition processes, two runs filling one cache
+    entry) never write into each other's temporaries."""
+    import socket
+    import uuid
+
+    host = socket.gethostname().replace("~", "-")
+    return path.with_name(f".{path.name}.tmp-{host}~{os.getpid()}~{uuid.uuid4().hex[:8]}")
+
+
+def is_stale_temporary(path: Path, now: float | None = None) -> bool:
+    """True for a temporary whose writer is gone: this machine's and its process has ended, older than
+    :data:`STALE_TEMPORARY_S`, or of the old ``.tmp-<pid>`` form. Another live writer's file is never stale."""
+    import socket
+
+    tag = path.name.rpartition(".tmp-")[2]
+    parts = tag.split("~")
+    try:
+        if (now or time.time()) - path.stat().st_mtime > STALE_TEMPORARY_S:
+            return True
+    except FileNotFoundError:
+        return False
+    if len(parts) != 3 or not parts[1].isdigit():
+        return True
+    if parts[0] != socket.gethostname().replace("~", "-"):
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary name beside ``path``, flush it to disk, then move it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_name(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -72,3 +112,32 @@ def write_stage(out: Path, stage: str, key: str, summary: dict, started: float) 
     d.mkdir(parents=True, exist_ok=True)
     atomic_write_json(d / "stage.json", rec)
     return rec
+
+
+#: Environment variable naming the shared store folder when ``cache.dir`` is not set.
+CACHE_ENV = "OBJALIGN_CACHE"
+
+
+def cache_dir(configured: str | None) -> Path | None:
+    """The shared, content-addressed store folder: ``cache.dir`` (``--cache``), else ``$OBJALIGN_CACHE``,
+    else ``None`` (stores live inside each run folder)."""
+    d = configured or os.environ.get(CACHE_ENV) or None
+    return Path(d).expanduser() if d else None
+
+
+def store_home(configured: str | None, out: Path, kind: str) -> tuple[Path, bool]:
+    """``(folder, shared)``: where the stores of ``kind`` (``embeddings``, ``crops``) live for this run —
+    ``<cache>/<kind>`` when a cache is configured (``shared`` True), else the run folder's own ``<out>/<kind>``.
+
+    Stores are named by the hash of everything that changes their content, so runs asking for the same
+    crops or embeddings find the same folder; writes are atomic renames of deterministic bytes, so two runs
+    filling one entry at once never corrupt it (at worst both compute a shard).
+    """
+    c = cache_dir(configured)
+    home = (c / kind) if c else (Path(out) / kind)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ObjalignError(f"store folder {str(home)!r} cannot be created ({exc.strerror or exc}); "
+                            f"check --cache / cache.dir / ${CACHE_ENV}") from None
+    return home, c is not None

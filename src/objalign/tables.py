@@ -23,3 +23,18 @@ def read_table(path: str | Path) -> dict[str, np.ndarray]:
 
     t = pq.read_table(str(path))
     return {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
+
+
+def content_hash(*arrays) -> str:
+    """sha256 (16 hex digits) of arrays' dtypes, shapes and bytes (object arrays through their strings)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.asarray(a)
+        if a.dtype == object:
+            a = np.asarray([str(x) for x in a.tolist()], dtype=str)
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]

@@ -40,7 +40,7 @@ def _make_pool(executor: str, num_workers: int):
 def extract_vision(table: dict[str, np.ndarray], images, encoder, store, shard_size: int,
                    batch_size: int, fill, num_workers: int = 2, progress: bool = True, background: str = "fill",
                    on_batch: Callable[[int], None] | None = None, executor: str = "thread",
-                   prefetch_batches: int = 4) -> dict:
+                   prefetch_batches: int = 4, shards: list[int] | None = None) -> dict:
     """Embed every row of ``table`` (the crop table: one row per object, sorted by image) into ``store``.
 
     Parameters
@@ -60,12 +60,15 @@ def extract_vision(table: dict[str, np.ndarray], images, encoder, store, shard_s
         Background workers that decode and crop while the model runs.
     prefetch_batches : int
         How many batches of crops may wait ahead of the model: memory is bounded by the batch, not the dataset.
+    shards : list of int, optional
+        Compute only these shards (a worker's share; see :mod:`objalign.compute`); default all of them.
 
     Returns
     -------
     dict
-        ``n_embedded``, ``n_skipped``, ``n_shards``, ``shards_reused``, ``skipped`` (this call's
-        ``{"annotation_id", "reason"}``), ``seconds``.
+        ``n_embedded``, ``n_skipped``, ``n_shards``, ``shards_reused`` (asked for but already done),
+        ``skipped`` (this call's ``{"annotation_id", "reason"}``), ``receipts`` (one per shard written, see
+        :meth:`EmbeddingStore.write_shard`), ``seconds``.
     """
     import json
     import time
@@ -81,7 +84,10 @@ def extract_vision(table: dict[str, np.ndarray], images, encoder, store, shard_s
     n_shards = max(1, math.ceil(n / shard_size))
     pre = encoder.preprocess
     size = pre.size
-    todo = [s for s in range(n_shards) if not store.shard_done(s)]
+    asked = list(range(n_shards)) if shards is None else sorted(set(int(s) for s in shards))
+    if asked and not 0 <= asked[0] <= asked[-1] < n_shards:
+        raise ObjalignError(f"shards {asked[0]}..{asked[-1]} asked for, but the table has shards 0..{n_shards - 1}")
+    todo = [s for s in asked if not store.shard_done(s)]
     todo_set = set(todo)
     need = np.zeros(n, bool)
     for s in todo:
@@ -99,13 +105,14 @@ def extract_vision(table: dict[str, np.ndarray], images, encoder, store, shard_s
                smoothing=0.1, dynamic_ncols=True)
     meta_cols = [c for c in ("annotation_id", "image_id", "category_id") if c in table]
     n_embedded = 0
+    receipts: list[dict] = []
 
     def write(s: int) -> None:
         rows = sorted(got[s])
         keep = np.asarray(rows, dtype=np.int64)
         arr = np.stack([got[s][r] for r in rows]) if rows else np.zeros((0, encoder.dim), np.float32)
         meta = {c: np.asarray(table[c])[keep] for c in meta_cols}
-        store.write_shard(s, arr, meta, sorted(skipped_by_shard[s], key=lambda d: d["annotation_id"]))
+        receipts.append(store.write_shard(s, arr, meta, sorted(skipped_by_shard[s], key=lambda d: d["annotation_id"])))
         del got[s], skipped_by_shard[s], remaining[s]
 
     def finish_row(row: int) -> None:
@@ -191,5 +198,50 @@ def extract_vision(table: dict[str, np.ndarray], images, encoder, store, shard_s
     if remaining:  # pragma: no cover - a bookkeeping bug, not a user error
         raise RuntimeError(f"objalign internal error: shards {sorted(remaining)} were not written")
     return {"n_embedded": n_embedded, "n_skipped": len(all_skipped), "n_shards": n_shards,
-            "shards_reused": n_shards - len(todo_set), "skipped": all_skipped,
+            "shards_reused": len(asked) - len(todo_set), "skipped": all_skipped, "receipts": receipts,
             "seconds": time.perf_counter() - t_start}
+
+
+class VisionShardWork:
+    """The vision embedding of a crop table as shards (a :class:`objalign.compute.ShardWork`): each worker
+    builds the encoder from ``encoder_spec`` once, and :func:`extract_vision` writes the shards it is given
+    into the store at ``store_path``.
+
+    Parameters
+    ----------
+    table : dict of (n,) arrays
+        The crop table (see :func:`extract_vision`).
+    images : image source
+    encoder_spec : objalign.registry.Spec
+        How a worker builds the encoder (``VISION_ENCODERS.spec(...)``).
+    store_path : path
+        An :class:`EmbeddingStore` opened by the stage (its manifest is there).
+    options : dict
+        ``extract_vision`` keyword arguments: ``shard_size``, ``batch_size``, ``fill``, ``background``,
+        ``num_workers``, ``executor``.
+    """
+
+    name = "embed"
+
+    def __init__(self, table: dict, images, encoder_spec, store_path, options: dict):
+        self.table, self.images, self.encoder_spec = table, images, encoder_spec
+        self.store_path, self.options = str(store_path), dict(options)
+
+    def model_key(self) -> str:
+        """Workers that already hold this model keep it for the next work with the same key."""
+        return repr(self.encoder_spec)
+
+    def setup(self):
+        from .stage import _quiet_transformers
+
+        _quiet_transformers()
+        return self.encoder_spec.build()
+
+    def run(self, encoder, shards: list[int], progress: bool = False) -> list[dict]:
+        from .store import EmbeddingStore
+
+        o = self.options
+        stats = extract_vision(self.table, self.images, encoder, EmbeddingStore(self.store_path), o["shard_size"],
+                               o["batch_size"], o["fill"], num_workers=o["num_workers"], progress=progress,
+                               background=o["background"], executor=o["executor"], shards=shards)
+        return stats["receipts"]

@@ -18,8 +18,8 @@ from ..runs import atomic_write_json
 from .store import EmbeddingStore, store_key
 from ..encoders.prompts import fill_templates
 from ..runs import ensure_out, is_current, stage_key, stage_record, write_stage
-from ..tables import read_table
-from .engine import extract_vision
+from ..tables import content_hash, read_table
+from .engine import VisionShardWork
 
 
 def _quiet_transformers() -> None:
@@ -50,14 +50,20 @@ def check_encoder_names(cfg: RunConfig) -> None:
                             f"{cfg.embed.shard_size}: both must be at least 1")
 
 
-def build_vision_encoder(cfg: RunConfig):
+def vision_encoder_spec(cfg: RunConfig, device: str | None = None):
+    """How to build the configured vision encoder, in this process or a worker's (a picklable ``Spec``)."""
     from ..encoders import VISION_ENCODERS
 
-    _quiet_transformers()
     v = cfg.embed.vision
     extra = {"image_size": v.image_size} if v.image_size else {}
-    return VISION_ENCODERS.get(v.name, pooling=v.pooling, model_path=v.model_path, device=v.device, dtype=v.dtype,
-                               **extra)
+    return VISION_ENCODERS.spec(v.name, pooling=v.pooling, model_path=v.model_path, device=device or v.device,
+                                dtype=v.dtype, **extra)
+
+
+def build_vision_encoder(cfg: RunConfig, device: str | None = None):
+    """The configured vision encoder (on ``device`` instead of ``embed.vision.device`` if given)."""
+    _quiet_transformers()
+    return vision_encoder_spec(cfg, device).build()
 
 
 def build_text_encoder(cfg: RunConfig):
@@ -90,21 +96,6 @@ def embed_texts(encoder, names: list[str], template: str | tuple[str, ...], norm
 
     templates = resolve_templates("template", template) if isinstance(template, str) else tuple(template)
     return embed_prompts(encoder, names, templates, normalize)
-
-
-def content_hash(*arrays) -> str:
-    """sha256 (16 hex digits) of arrays' dtypes, shapes and bytes (object arrays through their strings)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.asarray(a)
-        if a.dtype == object:
-            a = np.asarray([str(x) for x in a.tolist()], dtype=str)
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
 
 
 def vision_key_fields(dataset_fingerprint: str, table: dict, fill, background: str, encoder_key: dict,
@@ -145,6 +136,15 @@ def resolve_background(cfg: RunConfig, ds, table: dict, max_images: int = 200) -
 
 
 def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = True) -> dict:
+    """Embed the crops (vision store, computed by ``compute.executor``) and the category names (text store).
+
+    With a static partition (``compute.num_workers`` > 1) this process computes its share of the vision shards;
+    the process that then finds every shard done finishes the stores and records the stage. The others return
+    ``{"partial": True, ...}`` and record nothing, so the next stage never reads an unfinished store.
+    """
+    from ..compute import make_executor, partition
+    from ..runs import store_home
+
     out = ensure_out(out)
     started = time.time()
     crop_key = stage_key(out, "crop")
@@ -152,11 +152,18 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
     if not force and is_current(out, "embed", key):
         return {**stage_record(out, "embed"), "reused": True}
     check_encoder_names(cfg)
+    executor = make_executor(cfg.compute)
+    if not executor.runs_here:
+        executor.connect()  # an unreachable cluster or an impossible request fails before any model loads
     emb_dir = out / "embeddings"
     emb_dir.mkdir(exist_ok=True)
+    home, shared = store_home(cfg.cache.dir, out, "embeddings")
     ds = open_dataset(cfg.data)
 
-    # text: one vector per dataset category, in category-id order
+    def pointer(kind: str, path: Path) -> None:
+        atomic_write_json(emb_dir / f"{kind}.json", {"store": str(path.resolve()) if shared else path.name})
+
+    # text: one vector per dataset category, in category-id order (tiny: always computed here)
     t = cfg.embed.text
     templates = text_templates(cfg)
     text_enc = build_text_encoder(cfg)
@@ -164,8 +171,8 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
     names = [ds.categories[c] for c in cat_ids]
     tkey_fields = {"categories": [[int(c), n] for c, n in zip(cat_ids, names)], "encoder": text_enc.key(),
                    "prompts": t.prompts, "templates": list(templates), "normalize": t.normalize}
-    tname = f"text-{store_key(tkey_fields)}"
-    tstore = EmbeddingStore.open(emb_dir / tname, tkey_fields, shard_size=max(1, len(names)), n_rows=len(names))
+    tstore = EmbeddingStore.open(home / f"text-{store_key(tkey_fields)}", tkey_fields, shard_size=max(1, len(names)),
+                                 n_rows=len(names))
     if not tstore.shard_done(0):
         vec = embed_texts(text_enc, names, templates, t.normalize)
         first_prompt = [row[0] if len(row) == 1 else f"mean of {len(row)} prompts, e.g. {row[0]!r}"
@@ -173,37 +180,56 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
         tstore.write_shard(0, vec, {"category_id": np.asarray(cat_ids), "category": np.asarray(names, dtype=object),
                                     "prompt": np.asarray(first_prompt, dtype=object)}, [])
     tman = tstore.finalize(1, text_enc.dim, {"n_templates": len(templates)})
-    atomic_write_json(emb_dir / "text.json", {"store": tname})
+    pointer("text", tstore.path)
     del text_enc
 
-    # vision: one vector per sampled object
-    enc = build_vision_encoder(cfg)
-    v = cfg.embed.vision
+    # vision: one vector per sampled object, shard by shard, on whichever executor
+    v, c = cfg.embed.vision, cfg.compute
+    enc = build_vision_encoder(cfg, device=None if executor.runs_here else "cpu")  # remote: only for the key
     table = read_table(out / "crop" / "crops.parquet")
     fill, background = resolve_background(cfg, ds, table)
     vkey_fields = vision_key_fields(ds.fingerprint, table, fill, background, enc.key(), cfg.embed.shard_size)
-    vname = f"vision-{store_key(vkey_fields)}"
-    vstore = EmbeddingStore.open(emb_dir / vname, vkey_fields, cfg.embed.shard_size, len(table["annotation_id"]))
-    stats = extract_vision(table, ds.image_source(), enc, vstore, cfg.embed.shard_size, v.batch_size, fill,
-                           num_workers=v.num_workers, progress=progress, background=background, executor=v.executor)
-    seconds = stats["seconds"]
-    vman = vstore.finalize(stats["n_shards"], enc.dim, {"seconds": round(seconds, 3)})
-    atomic_write_json(emb_dir / "vision.json", {"store": vname})
+    n_rows = len(table["annotation_id"])
+    vstore = EmbeddingStore.open(home / f"vision-{store_key(vkey_fields)}", vkey_fields, cfg.embed.shard_size, n_rows)
+    n_shards = max(1, -(-n_rows // cfg.embed.shard_size))
+    todo = [s for s in partition(n_shards, c.num_workers, c.worker_index) if not vstore.shard_done(s)]
+    work = VisionShardWork(table, ds.image_source(), vision_encoder_spec(cfg), vstore.path,
+                           {"shard_size": cfg.embed.shard_size, "batch_size": v.batch_size, "fill": fill,
+                            "background": background, "num_workers": v.num_workers, "executor": v.executor})
+    dim, enc_info = enc.dim, {"name": enc.name, "dim": enc.dim, "pooling": enc.pooling,
+                              "preprocess": enc.key()["preprocess"], "revision": enc.revision, "dtype": v.dtype,
+                              "device": enc.device if executor.runs_here else v.device}
+    if not executor.runs_here:
+        del enc  # each worker builds its own
+        enc = None
+    t0 = time.perf_counter()
+    receipts = executor.run(work, todo, progress=progress, state=enc)
+    seconds = time.perf_counter() - t0
+    del enc
+    computed = {"executor": executor.name, "workers": executor.workers, "shards_computed": len(receipts),
+                **{f"workers_{k}": round(v, 3) for k, v in getattr(executor, "stats", {}).items() if k.endswith("_s")},
+                "objects_per_s": (round(sum(r["rows"] for r in receipts) / seconds, 2)
+                                  if seconds > 0 and receipts else None)}
+    missing = [s for s in range(n_shards) if not vstore.shard_done(s)]
+    if missing:
+        summary = {"vision_store": str(vstore.path), "n_shards": n_shards, "shards_missing": len(missing), **computed,
+                   "worker": f"{c.worker_index}/{c.num_workers}"}
+        return {"stage": "embed", "key": key, "summary": summary, "partial": True, "reused": False}
+    vstore.remove_temporaries()
+    vman = vstore.finalize(n_shards, dim, {"seconds": round(seconds, 3)})
+    pointer("vision", vstore.path)
     if vman["skipped"]:
         first = vman["skipped"][0]
         print(f"objalign: {len(vman['skipped'])} object(s) skipped while embedding (first: annotation "
-              f"{first['annotation_id']}: {first['reason']}); see {emb_dir / vname / 'manifest.json'}")
-    summary = {"vision_store": vname, "text_store": tname,
-               "vision_encoder": {"name": enc.name, "dim": enc.dim, "pooling": enc.pooling,
-                                  "preprocess": enc.key()["preprocess"], "revision": enc.revision,
-                                  "dtype": v.dtype, "device": enc.device},
+              f"{first['annotation_id']}: {first['reason']}); see {vstore.path / 'manifest.json'}")
+    summary = {"vision_store": vstore.path.name, "text_store": tstore.path.name,
+               "store_folder": str(home.resolve()) if shared else "embeddings",
+               "vision_encoder": enc_info,
                "text_encoder": {"name": tman["key_fields"]["encoder"]["name"], "dim": tman["dim"],
                                 "template": t.template if t.prompts == "template" else t.prompts,
                                 "prompts": t.prompts, "n_templates": len(templates)},
                "n_vision": vman["n_vectors"], "n_skipped": len(vman["skipped"]), "skipped": vman["skipped"],
-               "objects_per_s": (round(stats["n_embedded"] / seconds, 2)
-                                 if seconds > 0 and stats["n_embedded"] else None),
-               **{k: stats[k] for k in ("n_shards", "shards_reused")}}
+               "n_shards": n_shards, "shards_reused": n_shards - len(receipts), **computed}
     return {**write_stage(out, "embed", key, summary, started), "reused": False}
 
 

@@ -18,22 +18,16 @@ names the key fields that differ. One writer per store at a time.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ObjalignError
-from ..runs import atomic_write_bytes, atomic_write_json
+from ..runs import atomic_write_bytes, atomic_write_json, is_stale_temporary
+from ..stores import MANIFEST, find_stores, open_manifest, remove_store, store_key
 
-MANIFEST = "manifest.json"
-
-
-def store_key(fields: dict) -> str:
-    """sha256 (first 16 hex digits) of the canonical JSON of ``fields``."""
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+__all__ = ["EmbeddingStore", "find_stores", "read_embeddings", "remove_store", "store_key"]
 
 
 class EmbeddingStore:
@@ -51,38 +45,25 @@ class EmbeddingStore:
         that differ). Temporary files left by a killed writer are removed.
         """
         store = cls(path)
-        key = store_key(key_fields)
-        mf = store.path / MANIFEST
-        if mf.is_file():
-            try:
-                old = json.loads(mf.read_text())
-            except json.JSONDecodeError:
-                raise ObjalignError(f"{mf} is not valid JSON; remove the store with `objalign cache rm "
-                                    f"{store.path}`") from None
-            if old.get("key") != key:
-                diff = _differences(old.get("key_fields", {}), json.loads(json.dumps(key_fields, default=str)))
-                raise ObjalignError(
-                    f"{store.path}: an embedding store made for a different request is here (key {old.get('key')} "
-                    f"!= {key}; differs in {', '.join(diff[:4]) or 'its key'}); remove it with "
-                    f"`objalign cache rm {store.path}` or choose another path")
+        _, created = open_manifest(store.path, key_fields, {
+            "kind": "embeddings", "shard_size": int(shard_size), "n_requested": int(n_rows),
+            "layout": "clip-retrieval: emb/emb_NNNNN.npy + metadata/metadata_NNNNN.parquet"},
+            ("emb", "metadata", "skipped"))
+        if not created:
             store.remove_temporaries()
-        else:
-            for sub in ("emb", "metadata", "skipped"):
-                (store.path / sub).mkdir(parents=True, exist_ok=True)
-            atomic_write_json(mf, {"key": key, "key_fields": key_fields, "shard_size": int(shard_size),
-                                   "n_requested": int(n_rows), "complete": False,
-                                   "layout": "clip-retrieval: emb/emb_NNNNN.npy + metadata/metadata_NNNNN.parquet"})
         return store
 
     def remove_temporaries(self) -> int:
-        """Delete ``.<name>.tmp-<pid>`` files a killed writer left behind; returns how many."""
+        """Delete the temporaries a killed writer left behind (never a live writer's: several processes may
+        fill one store, see :func:`objalign.runs.is_stale_temporary`); returns how many."""
         n = 0
         for sub in ("", "emb", "metadata", "skipped"):
             d = self.path / sub
             if d.is_dir():
                 for f in d.glob(".*.tmp-*"):
-                    f.unlink(missing_ok=True)
-                    n += 1
+                    if is_stale_temporary(f):
+                        f.unlink(missing_ok=True)
+                        n += 1
         return n
 
     def manifest(self) -> dict:
@@ -125,8 +106,13 @@ class EmbeddingStore:
         want = self.expected_rows(i)
         return arr.shape[0] == rows and (want is None or rows + n_skipped == want)
 
-    def write_shard(self, i: int, vectors: np.ndarray, metadata: dict[str, np.ndarray], skipped: list[dict]) -> None:
-        """Write shard ``i``: skipped list, then vectors, then metadata (the completion mark)."""
+    def write_shard(self, i: int, vectors: np.ndarray, metadata: dict[str, np.ndarray], skipped: list[dict]) -> dict:
+        """Write shard ``i``: skipped list, then vectors, then metadata (the completion mark).
+
+        Returns the shard's receipt: ``{"shard", "rows", "skipped", "sha256"}`` (of the vector and metadata
+        bytes), small enough to send back from a remote worker."""
+        import hashlib
+
         import io
 
         import pyarrow as pa
@@ -139,7 +125,10 @@ class EmbeddingStore:
         atomic_write_bytes(emb, buf.getvalue())
         sink = pa.BufferOutputStream()
         pq.write_table(pa.table({k: np.asarray(v) for k, v in metadata.items()}), sink)
-        atomic_write_bytes(meta, sink.getvalue().to_pybytes())
+        meta_bytes = sink.getvalue().to_pybytes()
+        atomic_write_bytes(meta, meta_bytes)
+        return {"shard": int(i), "rows": int(len(vectors)), "skipped": len(skipped),
+                "sha256": hashlib.sha256(buf.getvalue() + meta_bytes).hexdigest()[:16]}
 
     def finalize(self, n_shards: int, dim: int, extra: dict | None = None) -> dict:
         """Mark the store complete (every shard must be done) and gather the skipped instances into the
@@ -180,35 +169,6 @@ class EmbeddingStore:
         cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
         array = np.concatenate(arrays) if arrays else np.zeros((0, mf.get("dim", 0)), np.float32)
         return cols, array
-
-
-def _differences(a, b, prefix: str = "") -> list[str]:
-    """Dotted names of the fields where two nested dicts differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".") or "(root)"]
-
-
-def remove_store(path: str | Path) -> None:
-    p = Path(path)
-    if not (p / MANIFEST).is_file():
-        raise ObjalignError(f"{p}: not an objalign embedding store (no {MANIFEST}); nothing removed")
-    shutil.rmtree(p)
-
-
-def find_stores(root: str | Path) -> list[Path]:
-    """Every store (folder with a ``manifest.json`` holding a ``key``) under ``root``."""
-    out = []
-    for mf in sorted(Path(root).rglob(MANIFEST)):
-        try:
-            if "key" in json.loads(mf.read_text()) and (mf.parent / "emb").is_dir():
-                out.append(mf.parent)
-        except (json.JSONDecodeError, OSError):
-            continue
-    return out
 
 
 def read_embeddings(path_or_run_dir: str | Path, kind: str = "vision") -> tuple[np.ndarray, np.ndarray]:
