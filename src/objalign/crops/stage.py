@@ -24,14 +24,15 @@ from .render import crop_window
 
 #: Crop settings that change the crop table (the rest — background, fill — only change rendering).
 DECISION_KEYS = ("crop.mode", "crop.padding", "crop.square", "crop.sam_model", "crop.grabcut_iterations",
-                 "crop.dtype")
+                 "crop.dtype", "crop.sam_checkpoint", "crop.sam_mask")
 
 
 def build_mode(cfg: RunConfig):
     """The crop mode object a config asks for (segmenter models load here)."""
     c = cfg.crop
     return CROP_MODES.get(c.mode, sam_model=c.sam_model, sam_model_path=c.sam_model_path, device=c.device,
-                          dtype=c.dtype, iterations=c.grabcut_iterations)
+                          dtype=c.dtype, iterations=c.grabcut_iterations, sam_checkpoint=c.sam_checkpoint,
+                          sam_mask=c.sam_mask)
 
 
 def decide_crops(ds, inst: dict[str, np.ndarray], mode, padding: float, square: bool,
