@@ -245,3 +245,42 @@ def test_hub_interpolation_matches_the_hub_formula_and_differs_from_transformers
     assert float((hub - plain).abs().max()) > 1e-4
     native = torch.zeros(1, 1 + 16, 128)
     assert torch.equal(emb.interpolate_pos_encoding(native, 56, 56), emb.position_embeddings)
+
+
+def test_the_parity_config_loads_and_names_known_encoders():
+    from pathlib import Path
+
+    from objalign.config import load_config
+    from objalign.embed.stage import check_encoder_names
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "coco2017_thesis_parity.yaml")
+    check_encoder_names(cfg)
+    assert (cfg.crop.sam_checkpoint, cfg.crop.sam_mask, cfg.crop.fill) == ("auto", "first", (0, 0, 0))
+    assert (cfg.embed.vision.name, cfg.embed.vision.preprocess, cfg.embed.vision.pos_interpolation) == \
+        ("dinov2_vitl14", "hub", "hub")
+    assert (cfg.embed.text.name, cfg.embed.text.dtype, cfg.report.reference_names) == ("clip_vit_b32", "auto", True)
+
+
+def test_parity_settings_on_another_encoder_are_one_line():
+    from objalign.config import load_config
+    from objalign.embed.stage import check_encoder_names
+
+    with pytest.raises(ObjalignError, match="embed.vision.preprocess applies to DINOv2 encoders"):
+        check_encoder_names(load_config(overrides=["embed.vision.preprocess=hub"]))
+    with pytest.raises(ObjalignError, match="embed.text.dtype applies to CLIP text encoders"):
+        check_encoder_names(load_config(overrides=["embed.text.dtype=float16"]))
+
+
+def test_hub_eval_transform_arithmetic():
+    """torchvision's Resize(256) + CenterCrop(224) on a 300 x 171 (w x h) crop: shorter side 171 -> 256, longer
+    int(256 * 300 / 171) = 449, crop offsets round((449 - 224) / 2) = 112 (banker's rounding of 112.5) and 16."""
+    from objalign.crops.render import torchvision_eval
+
+    crop = np.zeros((171, 300, 3), np.uint8)
+    crop[:, 150:] = 255  # a vertical edge; after the resize it sits at x = 224.5 of 449 columns
+    out = torchvision_eval(crop, 224, 256, "nearest")
+    assert out.shape == (224, 224, 3)
+    from PIL import Image
+
+    big = np.asarray(Image.fromarray(crop).resize((449, 256), Image.NEAREST))
+    assert np.array_equal(out, big[16:240, 112:336])

@@ -118,7 +118,8 @@ class TextConfig:
     #: OpenAI CLIP checkpoint (``~/.cache/clip/ViT-B-32.pt``, official SHA-256 only, or a saved state dict) for
     #: ``name: clip_vit_b32|clip_vit_b16|clip_vit_l14``; found in ``~/.cache/clip`` when empty
     checkpoint: str | None = None
-    #: ``float32`` or ``float16`` (OpenAI's code runs CLIP in float16 on CUDA)
+    #: CLIP text only: ``float32``, ``float16`` or ``auto`` (float16 on CUDA, float32 elsewhere: what OpenAI's
+    #: ``clip.load`` does)
     dtype: str = "float32"
 
 
@@ -164,6 +165,9 @@ class AlignConfig:
 class ReportConfig:
     title: str = "objalign report"
     html: bool = True  #: also write a single self-contained report.html (figures embedded)
+    #: also write the reference pipeline's file names, ``reports/alignment_hist.png`` and
+    #: ``reports/alignment_report.txt`` (copies of ``alignment_hist.png`` and ``report.txt``), for scripts built on it
+    reference_names: bool = False
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ class HFClipText(TokenizedTextEncoder):
         OpenAI's ``ViT-B-32.pt`` (official SHA-256 only) or a saved state dict; with ``name`` an arch name
         (``clip_vit_b32``) and no checkpoint it is looked for in ``~/.cache/clip``. The tokenizer is then built
         from OpenAI's BPE vocabulary (:func:`objalign.checkpoints.clip.openai_tokenizer`), offline.
-    dtype : {"float32", "float16"}
-        ``float16`` runs the model in half precision, as OpenAI's ``clip.load`` does on CUDA.
+    dtype : {"float32", "float16", "auto"}
+        ``float16`` runs the model in half precision; ``auto`` does what OpenAI's ``clip.load`` does: float16 on
+        CUDA, float32 elsewhere.
     """
 
     def __init__(self, name: str = "openai/clip-vit-base-patch32", model_path: str | None = None,
@@ -32,8 +33,10 @@ class HFClipText(TokenizedTextEncoder):
         from ..checkpoints import ARCHS
 
         self.device = resolve_device(device)
-        if dtype not in ("float32", "float16"):
-            raise ObjalignError(f"embed.text.dtype = {dtype!r}: expected float32 or float16")
+        if dtype not in ("float32", "float16", "auto"):
+            raise ObjalignError(f"embed.text.dtype = {dtype!r}: expected float32, float16 or auto")
+        if dtype == "auto":
+            dtype = "float16" if self.device.startswith("cuda") else "float32"
         revision = None
         if model is None and (checkpoint or name in ARCHS):
             from ..checkpoints import arch_from_file_name, find_original, load_original
