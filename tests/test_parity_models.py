@@ -208,39 +208,15 @@ def test_hub_eval_crops_are_uint8_identical(tmp_path, mode, size, window):
 
 # ---------------------------------------------------------------------------------------------- CLIP
 
-#: The 80 COCO 2017 category names, in category-id order.
-COCO_NAMES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush",
-)
-
-
-def CLIP_TEMPLATES():
-    from objalign.encoders.prompts import CLIP_IMAGENET_TEMPLATES
-
-    return CLIP_IMAGENET_TEMPLATES
-
-
-def all_prompts() -> list[str]:
-    from objalign.encoders.prompts import CLIP_IMAGENET_TEMPLATES, fill_templates
-
-    templates = ("a photo of a {}.", "{}") + tuple(CLIP_IMAGENET_TEMPLATES)
-    return [p for row in fill_templates(list(COCO_NAMES), templates) for p in row]
-
-
 def test_clip_token_ids_identical_for_coco_names_and_templates(tmp_path):
     clip = original_package("clip")
     from objalign.checkpoints.clip import openai_tokenizer
 
-    prompts = all_prompts()
-    assert len(set(COCO_NAMES)) == 80 and len(prompts) == 80 * (2 + len(CLIP_TEMPLATES()))
+    from objalign.checkpoints.reference import COCO_NAMES, coco_prompts
+    from objalign.encoders.prompts import CLIP_IMAGENET_TEMPLATES
+
+    prompts = coco_prompts()
+    assert len(set(COCO_NAMES)) == 80 and len(prompts) == 80 * (2 + len(CLIP_IMAGENET_TEMPLATES))
     ref = clip.tokenize(prompts)
     tok = openai_tokenizer(cache=tmp_path / "tok")(prompts, padding="max_length", max_length=77, return_tensors="pt")
     ours = tok.input_ids.masked_fill(tok.attention_mask == 0, 0)  # OpenAI pads with 0, transformers with <eot>
@@ -256,7 +232,7 @@ def test_clip_text_embeddings(tmp_path):
     path = tmp_path / "clip_tiny.pt"
     torch.save(model.state_dict(), path)
     enc = HFClipText(name="tiny", checkpoint=str(path))
-    prompts = ["a photo of a " + n + "." for n in COCO_NAMES]
+    prompts = ["a photo of a " + n + "." for n in reference.COCO_NAMES]
     got = enc.encode(prompts)
     with torch.no_grad():
         want = model.encode_text(clip.tokenize(prompts)).numpy()

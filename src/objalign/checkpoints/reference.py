@@ -81,3 +81,26 @@ def tiny_clip(width: int = 128, layers: int = 2, embed_dim: int = 64, seed: int 
                  context_length=77, vocab_size=49408, transformer_width=width, transformer_heads=max(1, width // 64),
                  transformer_layers=layers)
     return randomize(model.float(), seed)
+
+
+#: The 80 COCO 2017 category names, in category-id order.
+COCO_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)
+
+
+def coco_prompts() -> list[str]:
+    """Every COCO name in every prompt objalign offers: the default template, the bare name and CLIP's 80
+    ImageNet templates (``embed.text.prompts: ensemble``)."""
+    from ..encoders.prompts import CLIP_IMAGENET_TEMPLATES, fill_templates
+
+    templates = ("a photo of a {}.", "{}") + tuple(CLIP_IMAGENET_TEMPLATES)
+    return [p for row in fill_templates(list(COCO_NAMES), templates) for p in row]
