@@ -20,7 +20,8 @@ The last line is::
 
 Floors: IoU >= 0.999, both maxdiffs <= 1e-4, tokens identical. ``--device cuda --clip-dtype float16`` repeats it
 on a GPU in the originals' precisions (bench/gpu_parity.sh; the floors are then not the float32 ones: it prints
-cosine similarities). Run: ``python bench/parity.py`` (about 3 CPU-minutes; 12 min wall on 2 heavily shared cores; ``--quick``: tiny DINOv2).
+cosine similarities). Run: ``python bench/parity.py`` (about 3 CPU-minutes; 12 min wall on 2 heavily shared
+cores; ``--quick``: a tiny DINOv2).
 """
 
 from __future__ import annotations
@@ -154,6 +155,12 @@ def bench_clip(folder: str, device: str, dtype: str, seed: int) -> dict:
             "text_cos_min": cosine_min(got, want), "tokens_identical": identical, "prompts_tokenized": len(prompts)}
 
 
+def show(title: str, started: float, figures: dict) -> None:
+    """One line per model: what was compared, how long it took, and every figure."""
+    values = " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
+    print(f"{title}; {time.perf_counter() - started:.0f} s): {values}", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -171,16 +178,13 @@ def main(argv=None) -> int:
         os.environ["OBJALIGN_CACHE"] = os.path.join(folder, "cache")
         t = time.perf_counter()
         sam = bench_sam(folder, args.device, args.sam_images, args.seed)
-        print(f"SAM (segment-anything SamPredictor, box prompts, both multimask settings; {time.perf_counter() - t:.0f} s): "
-              + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sam.items()), flush=True)
+        show("SAM (segment-anything SamPredictor, box prompts, both multimask settings", t, sam)
         t = time.perf_counter()
         dino = bench_dinov2(folder, args.device, args.quick, args.seed, args.crops)
-        print(f"DINOv2 (hub model code, eval transform, 224 px; {time.perf_counter() - t:.0f} s): "
-              + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in dino.items()), flush=True)
+        show("DINOv2 (hub model code, eval transform, 224 px", t, dino)
         t = time.perf_counter()
         text = bench_clip(folder, args.device, args.clip_dtype, args.seed)
-        print(f"CLIP (OpenAI clip.model + clip.tokenize, {args.clip_dtype}; {time.perf_counter() - t:.0f} s): "
-              + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in text.items()), flush=True)
+        show(f"CLIP (OpenAI clip.model + clip.tokenize, {args.clip_dtype}", t, text)
     ok = (sam["mask_iou_min"] >= 0.999 and dino["cls_maxdiff"] <= 1e-4 and text["text_maxdiff"] <= 1e-4
           and text["tokens_identical"])
     print(f"floors (IoU >= 0.999, maxdiffs <= 1e-4, tokens identical): {'met' if ok else 'NOT met'}"

@@ -5,13 +5,10 @@ archive only with an official SHA-256), renames every key with a strict publishe
 architecture read from the tensors against ``arch``, and caches the result as safetensors (``save_pretrained``)
 so the conversion runs once. ``find_original(arch)`` looks where the reference code leaves its files.
 
-=====================  ================================================  ===========================================
-arch                   original file                                      transformers class
-=====================  ================================================  ===========================================
-``sam_vit_{h,l,b}``    segment-anything ``sam_vit_h_4b8939.pth`` ...      ``SamModel``
-``dinov2_vit{s,b,l,g}14[_reg4]``  torch hub ``dinov2_vitl14_pretrain.pth``  ``Dinov2Model`` / ``Dinov2WithRegistersModel``
-``clip_vit_{b32,b16,l14}``  OpenAI ``~/.cache/clip/ViT-B-32.pt``           ``CLIPTextModelWithProjection``
-=====================  ================================================  ===========================================
+- ``sam_vit_{h,l,b}``: segment-anything's ``sam_vit_h_4b8939.pth`` ... -> ``SamModel``
+- ``dinov2_vit{s,b,l,g}14[_reg4]``: torch hub's ``dinov2_vitl14_pretrain.pth`` ... -> ``Dinov2Model`` /
+  ``Dinov2WithRegistersModel``
+- ``clip_vit_{b32,b16,l14}``: OpenAI's ``~/.cache/clip/ViT-B-32.pt`` ... -> ``CLIPTextModelWithProjection``
 
 The family names ``sam``, ``dinov2`` and ``clip`` take the architecture from the file as it is (tests use them
 with tiny random originals).

@@ -27,6 +27,7 @@ FILE_NAMES = {"sam_vit_h": "sam_vit_h_4b8939.pth", "sam_vit_l": "sam_vit_l_0b319
 
 _ENC, _DEC = r"image_encoder\.", r"mask_decoder\."
 _WB = r"(weight|bias)"
+_HEAD = r"(output_hypernetworks_mlps\.\d+|iou_prediction_head)"
 RULES = [
     rule(_ENC + r"pos_embed", "vision_encoder.pos_embed"),
     rule(_ENC + r"patch_embed\.proj\." + _WB, r"vision_encoder.patch_embed.projection.\1"),
@@ -49,7 +50,8 @@ RULES = [
     rule(r"prompt_encoder\.mask_downscaling\.6\." + _WB, r"prompt_encoder.mask_embed.conv3.\1"),
     rule(_DEC + r"transformer\.layers\.(\d+)\.(self_attn|cross_attn_token_to_image|cross_attn_image_to_token)"
          r"\.((?:q|k|v|out)_proj)\." + _WB, r"mask_decoder.transformer.layers.\1.\2.\3.\4"),
-    rule(_DEC + r"transformer\.layers\.(\d+)\.norm([1-4])\." + _WB, r"mask_decoder.transformer.layers.\1.layer_norm\2.\3"),
+    rule(_DEC + r"transformer\.layers\.(\d+)\.norm([1-4])\." + _WB,
+         r"mask_decoder.transformer.layers.\1.layer_norm\2.\3"),
     rule(_DEC + r"transformer\.layers\.(\d+)\.mlp\.(lin[12])\." + _WB, r"mask_decoder.transformer.layers.\1.mlp.\2.\3"),
     rule(_DEC + r"transformer\.final_attn_token_to_image\.((?:q|k|v|out)_proj)\." + _WB,
          r"mask_decoder.transformer.final_attn_token_to_image.\1.\2"),
@@ -59,9 +61,9 @@ RULES = [
     rule(_DEC + r"output_upscaling\.1\." + _WB, r"mask_decoder.upscale_layer_norm.\1"),
     rule(_DEC + r"output_upscaling\.3\." + _WB, r"mask_decoder.upscale_conv2.\1"),
     # the 3-layer MLP heads: layers.0 / 1 / 2 -> proj_in / layers.0 / proj_out
-    rule(_DEC + r"(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.layers\.0\." + _WB, r"mask_decoder.\1.proj_in.\2"),
-    rule(_DEC + r"(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.layers\.1\." + _WB, r"mask_decoder.\1.layers.0.\2"),
-    rule(_DEC + r"(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.layers\.2\." + _WB, r"mask_decoder.\1.proj_out.\2"),
+    rule(_DEC + _HEAD + r"\.layers\.0\." + _WB, r"mask_decoder.\1.proj_in.\2"),
+    rule(_DEC + _HEAD + r"\.layers\.1\." + _WB, r"mask_decoder.\1.layers.0.\2"),
+    rule(_DEC + _HEAD + r"\.layers\.2\." + _WB, r"mask_decoder.\1.proj_out.\2"),
 ]
 
 

@@ -40,7 +40,8 @@ def check_encoder_names(cfg: RunConfig) -> None:
     text = TEXT_ENCODERS.entry(cfg.embed.text.name)
     v, t = cfg.embed.vision, cfg.embed.text
     parity_vision = [k for k, val in (("checkpoint", v.checkpoint), ("preprocess", v.preprocess),
-                                      ("pos_interpolation", v.pos_interpolation)) if val not in (None, "default", "auto")]
+                                      ("pos_interpolation", v.pos_interpolation))
+                     if val not in (None, "default", "auto")]
     if parity_vision and not vision.target.endswith(":HFDinov2"):
         from ..errors import ObjalignError
 

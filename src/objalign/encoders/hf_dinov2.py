@@ -48,7 +48,8 @@ class HFDinov2(VisionEncoder):
         ``hub``: the DINOv2 repository's eval transform, exactly (:func:`hub_eval_preprocess`).
     pos_interpolation : {"auto", "transformers", "hub"}
         How position embeddings are resized to the patch grid; ``auto``: ``hub`` for a hub checkpoint (as the
-        original model runs), ``transformers`` otherwise (see :func:`objalign.checkpoints.dinov2.use_hub_interpolation`).
+        original model runs), ``transformers`` otherwise (see
+        :func:`objalign.checkpoints.dinov2.use_hub_interpolation`).
     """
 
     def __init__(self, name: str = "facebook/dinov2-large", pooling: str = "cls", model_path: str | None = None,
@@ -57,7 +58,8 @@ class HFDinov2(VisionEncoder):
         super().__init__(device, dtype)
         check_pooling(pooling)
         if preprocess not in PREPROCESS_KINDS:
-            raise ObjalignError(f"embed.vision.preprocess = {preprocess!r}: expected one of {', '.join(PREPROCESS_KINDS)}")
+            raise ObjalignError(f"embed.vision.preprocess = {preprocess!r}: expected one of "
+                                f"{', '.join(PREPROCESS_KINDS)}")
         if pos_interpolation not in POS_INTERPOLATIONS:
             raise ObjalignError(f"embed.vision.pos_interpolation = {pos_interpolation!r}: expected one of "
                                 f"{', '.join(POS_INTERPOLATIONS)}")
