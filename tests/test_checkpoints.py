@@ -284,3 +284,10 @@ def test_hub_eval_transform_arithmetic():
 
     big = np.asarray(Image.fromarray(crop).resize((449, 256), Image.NEAREST))
     assert np.array_equal(out, big[16:240, 112:336])
+
+
+def test_a_cached_conversion_still_names_its_source(tmp_path, cache):
+    path = save(hub_dinov2_state_dict(), tmp_path / "dinov2_tiny.pth")
+    load_original(path, "dinov2")
+    again = load_original(path, "dinov2")
+    assert again.config.objalign_source == str(path) and again.config.objalign_arch == "dinov2"

@@ -155,6 +155,7 @@ def load_original(path: str | os.PathLike, arch: str, cache_dir: str | os.PathLi
     if cached is not None and (cached / "config.json").is_file() and (cached / "model.safetensors").is_file():
         model = _load_cached(cached, family)
         if model is not None:
+            model.config.objalign_source, model.config.objalign_arch = str(path), arch
             return model
     state_dict, implied = _read(path, family, what)
     if implied is not None and arch != family and implied != arch:

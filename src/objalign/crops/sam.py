@@ -216,8 +216,8 @@ class SamSegmenter(Segmenter):
         self.max_boxes_per_batch = int(max_boxes_per_batch)
         self.encoder_calls = 0
         if checkpoint is not None:
-            model, processor = _load_original(checkpoint, arch, device, _resolve_dtype(torch, dtype))
-            self.model, self.model_id = model, model.config.objalign_source
+            self.model, processor = _load_original(checkpoint, arch, device, _resolve_dtype(torch, dtype))
+            self.model_id = str(self.model.config.objalign_source)
         elif isinstance(model, (str, os.PathLike)) or model is None:
             model_id = os.fspath(model) if model is not None else DEFAULT_SAM_MODEL
             self.model, processor = _load(model_id, model_path, device, _resolve_dtype(torch, dtype), local_files_only)
