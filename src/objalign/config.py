@@ -78,6 +78,8 @@ class CropConfig:
     dtype: str = "float32"
 
     def sam_path_or_model(self) -> str:
+        if self.sam_checkpoint:
+            return f"original checkpoint {self.sam_checkpoint} (mask {self.sam_mask})"
         return f"{self.sam_model} (weights from {self.sam_model_path})" if self.sam_model_path else self.sam_model
 
 
