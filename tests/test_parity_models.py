@@ -238,3 +238,39 @@ def test_clip_text_embeddings(tmp_path):
     with torch.no_grad():
         want = model.encode_text(clip.tokenize(prompts)).numpy()
     rel_close(got, want)
+
+
+# ---------------------------------------------------------------------------------------------- a whole run
+
+
+@pytest.mark.slow
+def test_a_run_on_the_three_original_files(small_demo, tmp_path):
+    """The CLI end to end with SAM, DINOv2 and CLIP given as their original files (tiny random ones here),
+    the parity settings, and the reference pipeline's report names."""
+    original_package("segment_anything")
+    original_package("dinov2.models.vision_transformer")
+    original_package("clip")
+    import json
+    from pathlib import Path
+
+    from objalign.checkpoints import reference
+    from objalign.cli import main
+
+    files = {"sam": tmp_path / "sam_tiny.pth", "dinov2": tmp_path / "dinov2_tiny.pth", "clip": tmp_path / "clip.pt"}
+    torch.save(reference.tiny_sam().state_dict(), files["sam"])
+    torch.save(reference.tiny_dinov2().state_dict(), files["dinov2"])
+    torch.save(reference.tiny_clip().state_dict(), files["clip"])
+    out = tmp_path / "run"
+    demo = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    sets = ["data.kind=coco", f"data.root={small_demo}", "crop.mode=sam", f"crop.sam_checkpoint={files['sam']}",
+            "crop.sam_mask=first", "crop.fill=[0,0,0]", "embed.vision.name=facebook/dinov2-small",
+            f"embed.vision.checkpoint={files['dinov2']}", "embed.vision.preprocess=hub", "embed.text.name=hf-clip:tiny",
+            f"embed.text.checkpoint={files['clip']}", "report.reference_names=true", "align.cv_folds=3",
+            "align.n_permutations=0", "align.n_bootstrap=0", "report.html=false"]
+    assert main(["run", demo, "--out", str(out), "--no-progress"] + [a for s in sets for a in ("--set", s)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["vision_encoder"]["dim"] == 128 and rep["text_encoder"]["dim"] == 64
+    assert rep["vision_encoder"]["preprocess"]["resize"] == "torchvision"
+    crop = json.loads((out / "crop" / "stage.json").read_text())
+    assert crop["summary"]["sources"].get("sam", 0) > 0
+    assert (out / "reports" / "alignment_report.txt").is_file() and (out / "reports" / "alignment_hist.png").is_file()
