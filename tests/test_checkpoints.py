@@ -291,3 +291,32 @@ def test_a_cached_conversion_still_names_its_source(tmp_path, cache):
     load_original(path, "dinov2")
     again = load_original(path, "dinov2")
     assert again.config.objalign_source == str(path) and again.config.objalign_arch == "dinov2"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_torchscript_with_an_official_hash_is_read(tmp_path, cache, monkeypatch):
+    """A TorchScript archive holding CLIP's weights whose hash is in the official table (patched in here: the real
+    files are 338 MB and more) is read through torch.jit.load, and its release must match the arch."""
+    from objalign.checkpoints import _io, clip
+
+    class Holder(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    sd = openai_clip_state_dict()
+    root = Holder()
+    for key, value in sd.items():
+        *parents, leaf = key.split(".")
+        node = root
+        for part in parents:
+            if not hasattr(node, part):
+                node.add_module(part, Holder())
+            node = getattr(node, part)
+        node.register_parameter(leaf, torch.nn.Parameter(value, requires_grad=False))
+    path = tmp_path / "ViT-B-32.pt"
+    torch.jit.script(root).save(str(path))
+    monkeypatch.setattr(clip, "OFFICIAL_SHA256", {_io.sha256_file(path): "ViT-B/32"})
+    model = load_original(path, "clip")
+    assert torch.equal(model.state_dict()["text_projection.weight"], sd["text_projection"].t())
+    with pytest.raises(ObjalignError, match="official ViT-B/32 release, not clip_vit_l14; set the arch to clip_vit_b32"):
+        load_original(path, "clip_vit_l14")

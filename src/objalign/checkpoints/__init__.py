@@ -105,14 +105,15 @@ def find_original(arch: str) -> Path:
                         "pass its path (crop.sam_checkpoint / embed.vision.checkpoint / embed.text.checkpoint)")
 
 
-def _read(path: Path, family: str, what: str) -> tuple[dict, str | None]:
+def _read(path: Path, family: str, what: str) -> tuple[dict, tuple[str, str | None] | None]:
+    """The state dict, and for an official CLIP archive ``(release, arch)``."""
     from ._io import is_torchscript, read_state_dict, read_torchscript
 
     if family == "clip" and is_torchscript(path):
         from .clip import OFFICIAL_SHA256, RELEASE_ARCH
 
         state_dict, release = read_torchscript(path, OFFICIAL_SHA256, what)
-        return state_dict, RELEASE_ARCH.get(release)
+        return state_dict, (release, RELEASE_ARCH.get(release))
     return read_state_dict(path, what), None
 
 
@@ -158,8 +159,10 @@ def load_original(path: str | os.PathLike, arch: str, cache_dir: str | os.PathLi
             model.config.objalign_source, model.config.objalign_arch = str(path), arch
             return model
     state_dict, implied = _read(path, family, what)
-    if implied is not None and arch != family and implied != arch:
-        raise ObjalignError(f"{where} is the official {implied} release, not {arch}; set the arch to {implied}")
+    if implied is not None and arch != family and implied[1] != arch:
+        release, right = implied
+        raise ObjalignError(f"{where} is OpenAI's official {release} release, not {arch}; "
+                            + (f"set the arch to {right}" if right else "objalign converts the ViT text towers only"))
     from .keymap import apply_rules
 
     converted, source_of = apply_rules(state_dict, module.RULES, where)
