@@ -320,3 +320,12 @@ def test_torchscript_with_an_official_hash_is_read(tmp_path, cache, monkeypatch)
     assert torch.equal(model.state_dict()["text_projection.weight"], sd["text_projection"].t())
     with pytest.raises(ObjalignError, match="official ViT-B/32 release, not clip_vit_l14; set the arch to clip_vit_b32"):
         load_original(path, "clip_vit_l14")
+
+
+def test_sam_parity_settings_enter_the_crop_key_only_when_set():
+    from objalign.config import load_config
+    from objalign.crops.stage import parity_key
+
+    assert parity_key(load_config()) == {}  # runs made before these settings keep their cache keys
+    assert parity_key(load_config(overrides=["crop.sam_mask=first", "crop.sam_checkpoint=auto"])) == \
+        {"sam_checkpoint": "auto", "sam_mask": "first"}

@@ -24,7 +24,14 @@ from .render import crop_window
 
 #: Crop settings that change the crop table (the rest — background, fill — only change rendering).
 DECISION_KEYS = ("crop.mode", "crop.padding", "crop.square", "crop.sam_model", "crop.grabcut_iterations",
-                 "crop.dtype", "crop.sam_checkpoint", "crop.sam_mask")
+                 "crop.dtype")
+
+
+def parity_key(cfg: RunConfig) -> dict:
+    """The SAM parity settings that change the crop table, only when set (earlier runs keep their keys)."""
+    c = cfg.crop
+    return {k: v for k, v in (("sam_checkpoint", c.sam_checkpoint), ("sam_mask", c.sam_mask))
+            if v not in (None, "best_iou")}
 
 
 def build_mode(cfg: RunConfig):
@@ -106,7 +113,7 @@ def save_preview(ds, table: dict, path: Path, fill, background: str = "fill", n:
 def run_crop(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = True) -> dict:
     out = ensure_out(out)
     started = time.time()
-    key = cfg.section_key(*DECISION_KEYS, extra={"sample": stage_key(out, "sample")})
+    key = cfg.section_key(*DECISION_KEYS, extra={"sample": stage_key(out, "sample"), **parity_key(cfg)})
     if not force and is_current(out, "crop", key) and (out / "crop" / "crops.parquet").is_file():
         return {**stage_record(out, "crop"), "reused": True}
     CROP_MODES.entry(cfg.crop.mode)  # an unknown mode fails here, with "did you mean", before any work
