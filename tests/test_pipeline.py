@@ -87,3 +87,13 @@ def test_read_embeddings_from_a_run(run_dir):
     cids, tarr = objalign.read_embeddings(out, kind="text")
     assert tarr.shape == (30, 384)
     np.testing.assert_allclose(np.linalg.norm(tarr, axis=1), 1, atol=1e-5)
+
+
+def test_reference_pipeline_report_names(run_dir):
+    """report.reference_names also writes reports/alignment_hist.png and reports/alignment_report.txt."""
+    out, args = run_dir
+    assert not (out / "reports").exists()
+    assert main(args + ["--set", "report.reference_names=true"]) == 0
+    assert (out / "reports" / "alignment_hist.png").read_bytes() == (out / "alignment_hist.png").read_bytes()
+    assert (out / "reports" / "alignment_report.txt").read_text() == (out / "report.txt").read_text()
+    assert main(args) == 0  # back to the default for the other tests (the copies stay; nothing is deleted)

@@ -70,6 +70,13 @@ class CropConfig:
     fill: tuple[int, int, int] = (124, 116, 104)  #: fill colour (ImageNet mean); also outside the image
     sam_model: str = "facebook/sam-vit-huge"  #: for ``mode: sam`` (also sam-vit-base|large, SlimSAM ids)
     sam_model_path: str | None = None  #: local folder with the SAM weights (no network)
+    #: segment-anything's own ``sam_vit_{h,l,b}_*.pth`` (converted once, cached as safetensors), or ``auto`` (looked
+    #: for in ., ./checkpoints and torch hub's checkpoints folder); replaces ``sam_model`` and uses SAM's own
+    #: preprocessing (docs/parity.md)
+    sam_checkpoint: str | None = None
+    #: which SAM mask a box keeps: ``best_iou`` (of three, multimask_output=True) or ``first`` (the single mask of
+    #: multimask_output=False, as segment-anything's box example)
+    sam_mask: str = "best_iou"
     grabcut_iterations: int = 5
     device: str = "cpu"  #: for model segmenters
     dtype: str = "float32"
@@ -77,6 +84,8 @@ class CropConfig:
     shard_size: int = 512
 
     def sam_path_or_model(self) -> str:
+        if self.sam_checkpoint:
+            return f"original checkpoint {self.sam_checkpoint} (mask {self.sam_mask})"
         return f"{self.sam_model} (weights from {self.sam_model_path})" if self.sam_model_path else self.sam_model
 
 
@@ -92,6 +101,15 @@ class VisionConfig:
     #: ``thread`` (default: PIL and numpy release the GIL) or ``process`` (a process pool, for slow decoders)
     executor: str = "thread"
     image_size: int | None = None  #: input side override (default: the encoder's own)
+    #: DINOv2 torch-hub checkpoint ``dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth`` (arch from the file name or from
+    #: ``name: dinov2_vitl14``); names ``dinov2_*`` find it in torch hub's cache when this is empty
+    checkpoint: str | None = None
+    #: ``default`` (the encoder's own contract) or ``hub`` (DINOv2 repository's eval transform, exactly: Resize 256
+    #: bicubic + CenterCrop 224 on the crop, in PIL/torchvision arithmetic)
+    preprocess: str = "default"
+    #: DINOv2 position-embedding resizing: ``auto`` (``hub`` for hub checkpoints, else ``transformers``),
+    #: ``transformers`` or ``hub`` (the hub code's ``scale_factor`` with its +0.1 offset)
+    pos_interpolation: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -105,6 +123,12 @@ class TextConfig:
     #: normalised embeddings averaged) or ``file`` (one template per line of ``template_file``)
     prompts: str = "template"
     template_file: str | None = None
+    #: OpenAI CLIP checkpoint (``~/.cache/clip/ViT-B-32.pt``, official SHA-256 only, or a saved state dict) for
+    #: ``name: clip_vit_b32|clip_vit_b16|clip_vit_l14``; found in ``~/.cache/clip`` when empty
+    checkpoint: str | None = None
+    #: CLIP text only: ``float32``, ``float16`` or ``auto`` (float16 on CUDA, float32 elsewhere: what OpenAI's
+    #: ``clip.load`` does)
+    dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -155,6 +179,9 @@ class AlignConfig:
 class ReportConfig:
     title: str = "objalign report"
     html: bool = True  #: also write a single self-contained report.html (figures embedded)
+    #: also write the reference pipeline's file names, ``reports/alignment_hist.png`` and
+    #: ``reports/alignment_report.txt`` (copies of ``alignment_hist.png`` and ``report.txt``), for scripts built on it
+    reference_names: bool = False
 
 
 @dataclass(frozen=True)

@@ -106,11 +106,16 @@ def grabcut_mode(iterations: int = 5, **_: object) -> SegmenterMode:
 
 
 def sam_mode(sam_model: str = "facebook/sam-vit-huge", sam_model_path: str | None = None, device: str = "cpu",
-             dtype: str = "float32", segmenter=None, **_: object) -> SegmenterMode:
-    """``sam``: Segment Anything prompted with the box; one image encoding per image (transformers SamModel)."""
+             dtype: str = "float32", segmenter=None, sam_checkpoint: str | None = None, sam_mask: str = "best_iou",
+             **_: object) -> SegmenterMode:
+    """``sam``: Segment Anything prompted with the box; one image encoding per image (transformers SamModel).
+
+    ``sam_checkpoint``: segment-anything's own ``.pth`` (or ``auto``) instead of ``sam_model``; ``sam_mask``:
+    ``best_iou`` or ``first`` (see :mod:`objalign.crops.sam`)."""
     if segmenter is None:
         from ..encoders.base import resolve_device
         from .sam import SamSegmenter
 
-        segmenter = SamSegmenter(sam_model, model_path=sam_model_path, device=resolve_device(device), dtype=dtype)
+        segmenter = SamSegmenter(sam_model, model_path=sam_model_path, device=resolve_device(device), dtype=dtype,
+                                 checkpoint=sam_checkpoint, mask=sam_mask)
     return SegmenterMode(segmenter)

@@ -81,6 +81,57 @@ def render_crop(image: np.ndarray, window: tuple[int, int, int, int], size: int 
     return np.asarray(Image.fromarray(canvas).resize((ow, oh), method))
 
 
+def torchvision_eval(crop: np.ndarray, size: int, resize_size: int, resample: str = "bicubic") -> np.ndarray:
+    """torchvision's ``Resize(resize_size)`` + ``CenterCrop(size)`` on a PIL image, uint8 for uint8.
+
+    The shorter side becomes ``resize_size`` and the longer ``int(resize_size * long / short)`` (PIL resize, which
+    antialiases), then the ``size x size`` centre is cut at ``round((side - size) / 2)`` (padded with zeros when
+    the image is smaller), as ``torchvision.transforms.functional.resize`` / ``center_crop`` do for PIL images.
+
+    Parameters
+    ----------
+    crop : (h, w, 3) uint8
+    size, resize_size : int
+    resample : {"bicubic", "bilinear", "nearest"}
+
+    Returns
+    -------
+    (size, size, 3) uint8
+    """
+    from PIL import Image
+
+    h, w = crop.shape[:2]
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = resize_size, int(resize_size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    method = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[resample]
+    image = Image.fromarray(crop)
+    if (new_h, new_w) != (h, w):
+        image = image.resize((new_w, new_h), method)
+    out = np.asarray(image)
+    if new_h < size or new_w < size:  # CenterCrop pads with zeros first
+        padded = np.zeros((max(new_h, size), max(new_w, size), 3), np.uint8)
+        top, left = (padded.shape[0] - new_h) // 2, (padded.shape[1] - new_w) // 2
+        padded[top:top + new_h, left:left + new_w] = out
+        out, new_h, new_w = padded, padded.shape[0], padded.shape[1]
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return np.ascontiguousarray(out[top:top + size, left:left + size])
+
+
+def render_input(image: np.ndarray, window: tuple[int, int, int, int], preprocess, mask: np.ndarray | None = None,
+                 fill: tuple[int, int, int] = (124, 116, 104), background: str = "fill") -> np.ndarray:
+    """One crop as an encoder takes it: ``preprocess.window`` then one resize (or, for ``resize="torchvision"``,
+    the window at its own resolution through :func:`torchvision_eval`). Returns ``(size, size, 3)`` uint8."""
+    win = preprocess.window(*window)
+    if getattr(preprocess, "resize", "") != "torchvision":
+        return render_crop(image, win, preprocess.size, mask=mask, fill=fill, resample=preprocess.resample,
+                           background=background)
+    native = render_crop(image, win, (win[3] - win[1], win[2] - win[0]), mask=mask, fill=fill, resample="nearest",
+                         background=background)
+    return torchvision_eval(native, preprocess.size, int(round(preprocess.size / preprocess.crop_pct)),
+                            preprocess.resample)
+
+
 def groups_by_image(image_ids: np.ndarray) -> list[tuple[int, int]]:
     """``[(start, stop)]`` runs of equal consecutive image ids."""
     if len(image_ids) == 0:
@@ -172,9 +223,7 @@ def render_rows(images, file_name: str, rows: np.ndarray, windows: np.ndarray, r
         if problem is not None:
             skipped.append((int(row), problem))
             continue
-        win = preprocess.window(x0, y0, x1, y1)
-        out[len(ok)] = render_crop(image, win, size, mask=mask, fill=fill, resample=preprocess.resample,
-                                   background=background)
+        out[len(ok)] = render_input(image, (x0, y0, x1, y1), preprocess, mask=mask, fill=fill, background=background)
         ok.append(int(row))
     return np.asarray(ok, np.int64), out[:len(ok)], skipped
 

@@ -7,7 +7,15 @@ what costs (ViT-H: ~632M parameters); the decoder is tiny, so a per-object loop 
 for every box would be ~objects-per-image times slower (see ``bench/sam.py``).
 
 Any checkpoint that loads as ``SamModel`` works: ``facebook/sam-vit-base|large|huge`` and SlimSAM-style
-pruned checkpoints (pass their id or a local folder).
+pruned checkpoints (pass their id or a local folder), and segment-anything's own ``sam_vit_{h,l,b}_*.pth``
+files (``checkpoint=``, converted once by :func:`objalign.checkpoints.load_original`). With an original file the
+image goes through segment-anything's own preprocessing (``preprocess="original"``: longest side resized with
+PIL bilinear, normalised on 0..255, zero-padded bottom-right) and masks are upscaled as its ``postprocess_masks``.
+
+Which mask a box keeps (``mask=``): ``best_iou`` prompts with ``multimask_output=True`` and keeps the one of the
+three masks with the highest predicted IoU; ``first`` prompts with ``multimask_output=False`` and keeps the single
+mask of the first mask token, as segment-anything's box-prompt example (``SamPredictor.predict(box=...,
+multimask_output=False)``) does.
 """
 
 from __future__ import annotations
@@ -21,9 +29,14 @@ import numpy as np
 from objalign.crops.segmenter import SegResult, Segmenter, check_boxes, check_image, clip_box_xywh, finish_mask
 from objalign.errors import ObjalignError, require
 
-__all__ = ["SamSegmenter", "boxes_to_model_frame", "resized_shape"]
+__all__ = ["SamSegmenter", "boxes_to_model_frame", "resized_shape", "SAM_MASKS"]
 
 DEFAULT_SAM_MODEL = "facebook/sam-vit-huge"
+#: ``mask=`` choices: the highest-IoU of three masks, or the single first-token mask.
+SAM_MASKS = ("best_iou", "first")
+#: segment-anything's ``Sam.pixel_mean`` / ``pixel_std`` (on 0..255 values).
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 def resized_shape(height: int, width: int, longest_edge: int) -> tuple[int, int]:
@@ -62,6 +75,50 @@ def boxes_to_model_frame(boxes_xyxy: np.ndarray, height: int, width: int, longes
     out[:, [0, 2]] *= new_w / width
     out[:, [1, 3]] *= new_h / height
     return out.astype(np.float32)
+
+
+def original_preprocess(images: list[np.ndarray], side: int):
+    """segment-anything's ``ResizeLongestSide.apply_image`` + ``Sam.preprocess``, batched.
+
+    Parameters
+    ----------
+    images : list of numpy.ndarray, each of shape (H_i, W_i, 3), dtype uint8
+    side : int
+        The image encoder's input side (``image_encoder.img_size``, 1024 for the releases).
+
+    Returns
+    -------
+    pixel_values : torch.Tensor of shape (n, 3, side, side), float32
+        Longest side resized to ``side`` with PIL bilinear, ``(x - mean) / std`` on 0..255, zero-padded
+        bottom-right.
+    sizes : list of ((H_i, W_i), (h_i, w_i))
+        Original and resized size of each image.
+    """
+    import torch
+    from PIL import Image
+
+    mean = torch.tensor(SAM_PIXEL_MEAN).view(3, 1, 1)
+    std = torch.tensor(SAM_PIXEL_STD).view(3, 1, 1)
+    out = torch.zeros((len(images), 3, side, side), dtype=torch.float32)
+    sizes = []
+    for i, image in enumerate(images):
+        height, width = image.shape[:2]
+        new_h, new_w = resized_shape(height, width, side)
+        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        x = torch.from_numpy(resized.copy()).permute(2, 0, 1).float()
+        out[i, :, :new_h, :new_w] = (x - mean) / std
+        sizes.append(((height, width), (new_h, new_w)))
+    return out, sizes
+
+
+def original_postprocess(low_res, side: int, reshaped: tuple[int, int], original: tuple[int, int]):
+    """segment-anything's ``Sam.postprocess_masks``: ``(b, h', w')`` low-resolution logits -> ``(b, H, W)``
+    logits (bilinear to ``side x side``, padding cropped, bilinear to the original size)."""
+    from torch.nn import functional as F
+
+    x = F.interpolate(low_res[:, None].float(), (side, side), mode="bilinear", align_corners=False)
+    x = x[..., :reshaped[0], :reshaped[1]]
+    return F.interpolate(x, tuple(original), mode="bilinear", align_corners=False)[:, 0]
 
 
 def _resolve_dtype(torch, dtype):
@@ -107,6 +164,16 @@ class SamSegmenter(Segmenter):
     max_boxes_per_batch : int, default 64
         Boxes of one image are prompted together in chunks of at most this many (memory grows with it);
         the image is still encoded once.
+    checkpoint : str or path-like, optional
+        segment-anything's original ``sam_vit_{h,l,b}_*.pth`` (or ``"auto"``: found where the reference code
+        leaves it, see :func:`objalign.checkpoints.find_original`); used instead of ``model``.
+    arch : str, optional
+        With ``checkpoint``: ``sam_vit_h|l|b`` (default: from the file name, else read from the file).
+    mask : {"best_iou", "first"}, default "best_iou"
+        Which mask a box keeps (see the module docstring).
+    preprocess : {"processor", "original"}, optional
+        ``processor``: the transformers image processor; ``original``: segment-anything's own resize, pad and
+        mask upscaling. Default: ``original`` with ``checkpoint``, else ``processor``.
 
     Attributes
     ----------
@@ -129,15 +196,29 @@ class SamSegmenter(Segmenter):
         local_files_only: bool | None = None,
         mask_threshold: float = 0.0,
         max_boxes_per_batch: int = 64,
+        checkpoint: str | os.PathLike | None = None,
+        arch: str | None = None,
+        mask: str = "best_iou",
+        preprocess: str | None = None,
     ):
         torch = require("torch", "models")
         require("transformers", "models")
         if not isinstance(max_boxes_per_batch, (int, np.integer)) or max_boxes_per_batch < 1:
             raise ObjalignError(f"max_boxes_per_batch must be an integer >= 1, got {max_boxes_per_batch!r}; try 64")
+        if mask not in SAM_MASKS:
+            raise ObjalignError(f"SAM mask {mask!r}: expected one of {', '.join(SAM_MASKS)} (crop.sam_mask)")
+        preprocess = preprocess or ("original" if checkpoint is not None else "processor")
+        if preprocess not in ("processor", "original"):
+            raise ObjalignError(f"SAM preprocess {preprocess!r}: expected 'processor' or 'original'")
+        self.mask = mask
+        self.preprocess = preprocess
         self.mask_threshold = float(mask_threshold)
         self.max_boxes_per_batch = int(max_boxes_per_batch)
         self.encoder_calls = 0
-        if isinstance(model, (str, os.PathLike)) or model is None:
+        if checkpoint is not None:
+            self.model, processor = _load_original(checkpoint, arch, device, _resolve_dtype(torch, dtype))
+            self.model_id = str(self.model.config.objalign_source)
+        elif isinstance(model, (str, os.PathLike)) or model is None:
             model_id = os.fspath(model) if model is not None else DEFAULT_SAM_MODEL
             self.model, processor = _load(model_id, model_path, device, _resolve_dtype(torch, dtype), local_files_only)
             self.model_id = os.fspath(model_path) if model_path is not None else model_id
@@ -151,8 +232,10 @@ class SamSegmenter(Segmenter):
             self.model_id = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
         self.image_processor = getattr(processor, "image_processor", processor)
         self.model.eval()
-        size = self.image_processor.size
-        self.longest_edge = int(size["longest_edge"])
+        if self.image_processor is not None:
+            self.longest_edge = int(self.image_processor.size["longest_edge"])
+        else:
+            self.longest_edge = int(self.model.config.vision_config.image_size)
 
     @classmethod
     def from_model(cls, model, processor, **kwargs) -> "SamSegmenter":
@@ -175,7 +258,9 @@ class SamSegmenter(Segmenter):
             "model": self.model_id,
             "dtype": str(self._dtype).replace("torch.", ""),
             "input_size": self.longest_edge,
-            "multimask_output": True,
+            "multimask_output": self.mask == "best_iou",
+            "mask": self.mask,
+            "preprocess": self.preprocess,
             "mask_threshold": self.mask_threshold,
         }
 
@@ -206,18 +291,22 @@ class SamSegmenter(Segmenter):
         import torch
 
         images = [check_image(im) for im in images]
-        inputs = self.image_processor(images=images, return_tensors="pt", input_data_format="channels_last")
-        pixel_values = inputs["pixel_values"].to(device=self._device, dtype=self._dtype)
+        if self.preprocess == "original":
+            pixel_values, sizes = original_preprocess(images, self.longest_edge)
+        else:
+            inputs = self.image_processor(images=images, return_tensors="pt", input_data_format="channels_last")
+            pixel_values = inputs["pixel_values"]
+            sizes = [
+                (tuple(int(v) for v in o), tuple(int(v) for v in r))
+                for o, r in zip(inputs["original_sizes"].tolist(), inputs["reshaped_input_sizes"].tolist())
+            ]
+        pixel_values = pixel_values.to(device=self._device, dtype=self._dtype)
         with torch.inference_mode():
             embeddings = self.model.get_image_embeddings(pixel_values)
         self.encoder_calls += len(images)
-        sizes = [
-            (tuple(int(v) for v in o), tuple(int(v) for v in r))
-            for o, r in zip(inputs["original_sizes"].tolist(), inputs["reshaped_input_sizes"].tolist())
-        ]
         return embeddings, sizes
 
-    def decode(self, embedding, size, boxes_xyxy: np.ndarray):
+    def decode(self, embedding, size, boxes_xyxy: np.ndarray, return_logits: bool = False):
         """Prompt one image's embedding with all of its boxes at once.
 
         Parameters
@@ -228,38 +317,60 @@ class SamSegmenter(Segmenter):
             Original and resized size of that image, from :meth:`encode`.
         boxes_xyxy : numpy.ndarray of shape (k, 4)
             Valid boxes ``[x0, y0, x1, y1]`` in original-image pixels.
+        return_logits : bool, default False
+            Return the kept masks' logits (float32) instead of thresholded masks.
 
         Returns
         -------
-        masks : numpy.ndarray of shape (k, H, W), dtype bool
-            For each box, the multimask output with the highest predicted IoU, at the original size.
+        masks : numpy.ndarray of shape (k, H, W), dtype bool (float32 logits with ``return_logits``)
+            For each box, the mask ``self.mask`` selects, at the original size.
         scores : numpy.ndarray of shape (k,), float32
             The predicted IoU of each kept mask.
         """
-        import torch
-
         (height, width), reshaped = size
         k = len(boxes_xyxy)
-        masks = np.zeros((k, height, width), dtype=bool)
+        masks = np.zeros((k, height, width), dtype=np.float32 if return_logits else bool)
         scores = np.zeros(k, dtype=np.float32)
         boxes = boxes_to_model_frame(boxes_xyxy, height, width, self.longest_edge)
-        pad = self.image_processor.pad_size
         for start in range(0, k, self.max_boxes_per_batch):
             stop = min(start + self.max_boxes_per_batch, k)
-            input_boxes = torch.from_numpy(boxes[start:stop][None]).to(self._device)  # (1, b, 4)
-            with torch.inference_mode():
-                out = self.model(image_embeddings=embedding, input_boxes=input_boxes, multimask_output=True)
-                iou = out.iou_scores[0].float()  # (b, 3)
-                best = iou.argmax(dim=-1)  # (b,)
-                rows = torch.arange(stop - start, device=best.device)
-                low_res = out.pred_masks[0, rows, best].float()  # (b, h', w')
-                full = self.image_processor.post_process_masks(
-                    [low_res[:, None]], [(height, width)], [reshaped],
-                    mask_threshold=self.mask_threshold, binarize=True, pad_size=pad,
-                )[0]  # (b, 1, H, W), on the model's device
-            masks[start:stop] = full[:, 0].cpu().numpy()
-            scores[start:stop] = iou[rows, best].cpu().numpy()
+            low_res, iou = self.low_res_masks(embedding, boxes[start:stop])
+            full = self._upscale(low_res, (height, width), reshaped)  # (b, H, W) logits, on the model's device
+            masks[start:stop] = (full if return_logits else full > self.mask_threshold).cpu().numpy()
+            scores[start:stop] = iou.cpu().numpy()
         return masks, scores
+
+    def low_res_masks(self, embedding, boxes_model_frame: np.ndarray):
+        """The kept low-resolution mask logits and predicted IoUs for boxes already in the model's frame.
+
+        Returns
+        -------
+        low_res : torch.Tensor of shape (b, h', w'), float32
+            Logits at the decoder's resolution (256 x 256 for 1024-px inputs).
+        iou : torch.Tensor of shape (b,), float32
+        """
+        import torch
+
+        input_boxes = torch.from_numpy(np.asarray(boxes_model_frame, np.float32)[None]).to(self._device)  # (1, b, 4)
+        multimask = self.mask == "best_iou"
+        with torch.inference_mode():
+            out = self.model(image_embeddings=embedding, input_boxes=input_boxes, multimask_output=multimask)
+            iou = out.iou_scores[0].float()  # (b, 3) or (b, 1)
+            best = iou.argmax(dim=-1) if multimask else torch.zeros(len(iou), dtype=torch.long, device=iou.device)
+            rows = torch.arange(len(iou), device=best.device)
+            return out.pred_masks[0, rows, best].float(), iou[rows, best]
+
+    def _upscale(self, low_res, original: tuple[int, int], reshaped: tuple[int, int]):
+        """Low-resolution logits ``(b, h', w')`` -> logits at the original size ``(b, H, W)``."""
+        import torch
+
+        with torch.inference_mode():
+            if self.preprocess == "original":
+                return original_postprocess(low_res, self.longest_edge, reshaped, original)
+            full = self.image_processor.post_process_masks(
+                [low_res[:, None]], [original], [reshaped], binarize=False, pad_size=self.image_processor.pad_size,
+            )[0]  # (b, 1, H, W)
+            return full[:, 0].float()
 
     # ------------------------------------------------------------------ the Segmenter API
 
@@ -356,6 +467,21 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def _load_original(checkpoint, arch: str | None, device: str, dtype):
+    """segment-anything's own file -> (``SamModel`` on ``device`` in ``dtype``, no processor)."""
+    from ..checkpoints import arch_from_file_name, find_original, load_original
+
+    if os.fspath(checkpoint) == "auto":
+        checkpoint = find_original(arch or "sam_vit_h")
+    arch = arch or arch_from_file_name(checkpoint) or "sam"
+    model = load_original(checkpoint, arch)
+    try:
+        return model.to(device=device, dtype=dtype), None
+    except (RuntimeError, AssertionError) as exc:
+        raise ObjalignError(f"cannot move SAM model to device '{device}' ({' '.join(str(exc).split())[:120]}); "
+                            "use device='cpu' or a device torch can see") from None
 
 
 def _load(model_id: str, model_path, device: str, dtype, local_files_only: bool | None):

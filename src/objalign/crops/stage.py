@@ -28,11 +28,19 @@ DECISION_KEYS = ("crop.mode", "crop.padding", "crop.square", "crop.sam_model", "
                  "crop.dtype")
 
 
+def parity_key(cfg: RunConfig) -> dict:
+    """The SAM parity settings that change the crop table, only when set (earlier runs keep their keys)."""
+    c = cfg.crop
+    return {k: v for k, v in (("sam_checkpoint", c.sam_checkpoint), ("sam_mask", c.sam_mask))
+            if v not in (None, "best_iou")}
+
+
 def mode_spec(cfg: RunConfig):
     """How to build the configured crop mode, here or in a worker (a picklable ``Spec``; models load on build)."""
     c = cfg.crop
     return CROP_MODES.spec(c.mode, sam_model=c.sam_model, sam_model_path=c.sam_model_path, device=c.device,
-                           dtype=c.dtype, iterations=c.grabcut_iterations)
+                           dtype=c.dtype, iterations=c.grabcut_iterations, sam_checkpoint=c.sam_checkpoint,
+                           sam_mask=c.sam_mask)
 
 
 def build_mode(cfg: RunConfig):
@@ -189,7 +197,7 @@ def run_crop(cfg: RunConfig, out: str | Path, force: bool = False, progress: boo
 
     out = ensure_out(out)
     started = time.time()
-    key = cfg.section_key(*DECISION_KEYS, extra={"sample": stage_key(out, "sample")})
+    key = cfg.section_key(*DECISION_KEYS, extra={"sample": stage_key(out, "sample"), **parity_key(cfg)})
     if not force and is_current(out, "crop", key) and (out / "crop" / "crops.parquet").is_file():
         return {**stage_record(out, "crop"), "reused": True}
     CROP_MODES.entry(cfg.crop.mode)  # an unknown mode fails here, with "did you mean", before any work
@@ -209,7 +217,7 @@ def run_crop(cfg: RunConfig, out: str | Path, force: bool = False, progress: boo
     bounds = image_aligned_bounds(inst["image_id"], cfg.crop.shard_size)
     key_fields = {"dataset": ds.fingerprint, "instances": content_hash(inst["annotation_id"]), "n_instances": n,
                   "decisions": {k: cfg.to_dict()["crop"][k.split(".")[1]] for k in DECISION_KEYS},
-                  "shard_size": cfg.crop.shard_size}
+                  "shard_size": cfg.crop.shard_size, **parity_key(cfg)}
     store = CropStore.open(home / f"crops-{store_key(key_fields)}", key_fields, bounds)
     c = cfg.compute
     todo = [i for i in partition(len(bounds), c.num_workers, c.worker_index) if not store.shard_done(i)]

@@ -36,8 +36,23 @@ def check_encoder_names(cfg: RunConfig) -> None:
     """Fail on an unknown encoder name before any model is loaded."""
     from ..encoders import TEXT_ENCODERS, VISION_ENCODERS
 
-    VISION_ENCODERS.entry(cfg.embed.vision.name)
-    TEXT_ENCODERS.entry(cfg.embed.text.name)
+    vision = VISION_ENCODERS.entry(cfg.embed.vision.name)
+    text = TEXT_ENCODERS.entry(cfg.embed.text.name)
+    v, t = cfg.embed.vision, cfg.embed.text
+    parity_vision = [k for k, val in (("checkpoint", v.checkpoint), ("preprocess", v.preprocess),
+                                      ("pos_interpolation", v.pos_interpolation))
+                     if val not in (None, "default", "auto")]
+    if parity_vision and not vision.target.endswith(":HFDinov2"):
+        from ..errors import ObjalignError
+
+        raise ObjalignError(f"embed.vision.{parity_vision[0]} applies to DINOv2 encoders (facebook/dinov2-*, "
+                            f"dinov2_vit*14), not {v.name!r}; unset it or pick a DINOv2 encoder")
+    parity_text = [k for k, val in (("checkpoint", t.checkpoint), ("dtype", t.dtype)) if val not in (None, "float32")]
+    if parity_text and not text.target.endswith(":HFClipText"):
+        from ..errors import ObjalignError
+
+        raise ObjalignError(f"embed.text.{parity_text[0]} applies to CLIP text encoders (openai/clip-*, clip_vit_*), "
+                            f"not {t.name!r}; unset it or pick a CLIP text encoder")
     text_templates(cfg)  # a bad template or template file fails before any model loads
     if cfg.embed.vision.executor not in ("thread", "process"):
         from ..errors import ObjalignError
@@ -56,6 +71,10 @@ def vision_encoder_spec(cfg: RunConfig, device: str | None = None):
 
     v = cfg.embed.vision
     extra = {"image_size": v.image_size} if v.image_size else {}
+    # parity settings (docs/parity.md) reach only the encoders that take them
+    extra.update({k: val for k, val in (("checkpoint", v.checkpoint), ("preprocess", v.preprocess),
+                                        ("pos_interpolation", v.pos_interpolation))
+                  if val not in (None, "default", "auto")})
     return VISION_ENCODERS.spec(v.name, pooling=v.pooling, model_path=v.model_path, device=device or v.device,
                                 dtype=v.dtype, **extra)
 
@@ -71,7 +90,8 @@ def build_text_encoder(cfg: RunConfig):
 
     _quiet_transformers()
     t = cfg.embed.text
-    return TEXT_ENCODERS.get(t.name, model_path=t.model_path, device=t.device)
+    extra = {k: val for k, val in (("checkpoint", t.checkpoint), ("dtype", t.dtype)) if val not in (None, "float32")}
+    return TEXT_ENCODERS.get(t.name, model_path=t.model_path, device=t.device, **extra)
 
 
 def text_templates(cfg: RunConfig) -> tuple[str, ...]:

@@ -17,6 +17,12 @@ for _size, _arch, _dim in (("small", "S", 384), ("base", "B", 768), ("large", "L
     VISION_ENCODERS.register(f"facebook/dinov2-with-registers-{_size}", "objalign.encoders.hf_dinov2:HFDinov2",
                              f"DINOv2 ViT-{_arch}/14 with registers via transformers ({_dim}-d)",
                              defaults={"name": f"facebook/dinov2-with-registers-{_size}"})
+for _k, _arch, _dim in (("s", "S", 384), ("b", "B", 768), ("l", "L", 1024), ("g", "g", 1536)):
+    for _reg in ("", "_reg4"):
+        VISION_ENCODERS.register(f"dinov2_vit{_k}14{_reg}", "objalign.encoders.hf_dinov2:HFDinov2",
+                                 f"DINOv2 ViT-{_arch}/14{' with registers' if _reg else ''} from the torch-hub "
+                                 f"checkpoint file ({_dim}-d; embed.vision.checkpoint or torch hub's cache)",
+                                 defaults={"name": f"dinov2_vit{_k}14{_reg}"})
 VISION_ENCODERS.register_prefix("hf:", "objalign.encoders.hf_vision:HFVision",
                                 "any transformers vision backbone (hf:<model id or path>; pooling cls|mean|cls+mean)")
 VISION_ENCODERS.register_prefix("open_clip:", "objalign.encoders.open_clip_vision:OpenClipVision",
@@ -31,6 +37,11 @@ for _id, _dim in (("openai/clip-vit-base-patch32", 512), ("openai/clip-vit-base-
                   ("openai/clip-vit-large-patch14", 768)):
     TEXT_ENCODERS.register(_id, "objalign.encoders.hf_clip_text:HFClipText",
                            f"CLIP text tower via transformers (projected, {_dim}-d)", defaults={"name": _id})
+for _arch, _release, _dim in (("clip_vit_b32", "ViT-B/32", 512), ("clip_vit_b16", "ViT-B/16", 512),
+                              ("clip_vit_l14", "ViT-L/14", 768)):
+    TEXT_ENCODERS.register(_arch, "objalign.encoders.hf_clip_text:HFClipText",
+                           f"CLIP {_release} text tower from OpenAI's own file ({_dim}-d; embed.text.checkpoint or "
+                           "~/.cache/clip)", defaults={"name": _arch})
 TEXT_ENCODERS.register_prefix("hf-clip:", "objalign.encoders.hf_clip_text:HFClipText",
                               "any transformers CLIP text tower, projected (hf-clip:<model id or path>)")
 TEXT_ENCODERS.register_prefix("hf:", "objalign.encoders.hf_text:HFMeanPoolText",

@@ -17,7 +17,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-RESIZE_POLICIES = ("squash", "center-crop", "letterbox")
+RESIZE_POLICIES = ("squash", "center-crop", "letterbox", "torchvision")
 RESAMPLES = ("bicubic", "bilinear", "nearest")
 
 
@@ -35,7 +35,10 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET_STD
     resample: str = "bicubic"  #: interpolation used to resize the crop
     #: ``squash`` (resize the window as is), ``center-crop`` (square on the shorter side, as torchvision's
-    #: Resize + CenterCrop), ``letterbox`` (square on the longer side, padded with the fill colour)
+    #: Resize + CenterCrop), ``letterbox`` (square on the longer side, padded with the fill colour),
+    #: ``torchvision`` (two steps exactly as torchvision's ``Resize(round(size / crop_pct))`` + ``CenterCrop(size)``
+    #: on the crop: the window at its own resolution, shorter side resized with PIL, then the centre cut out;
+    #: uint8-identical to the DINOv2 repository's eval transform, see :func:`objalign.crops.render.torchvision_eval`)
     resize: str = "squash"
     #: fraction of the (squared) window kept around its centre (timm's ``crop_pct``: 224/256 = 0.875 for
     #: resize-256-then-crop-224)
@@ -55,6 +58,8 @@ class Preprocess:
         """The window actually resized to the input: ``(x0, y0, x1, y1)`` after the resize policy and
         ``crop_pct`` (integer pixels, centred on the original window, at least 1 pixel wide and high)."""
         w, h = x1 - x0, y1 - y0
+        if self.resize == "torchvision":  # the whole window; the crop happens after the resize
+            return int(x0), int(y0), int(x1), int(y1)
         if self.resize == "center-crop":
             w = h = min(w, h)
         elif self.resize == "letterbox":

@@ -238,6 +238,23 @@ def write_figures(out: Path, report: dict) -> list[tuple[str, Path, str]]:
     return made
 
 
+#: The reference pipeline's output names -> the objalign files they are copies of (``report.reference_names``).
+REFERENCE_NAMES = {"reports/alignment_hist.png": "alignment_hist.png", "reports/alignment_report.txt": "report.txt"}
+
+
+def write_reference_names(out: Path) -> list[str]:
+    """Copy the residual histogram and the text report to the reference pipeline's names; returns those made."""
+    import shutil
+
+    made = []
+    for name, source in REFERENCE_NAMES.items():
+        if (out / source).is_file():
+            (out / name).parent.mkdir(exist_ok=True)
+            shutil.copyfile(out / source, out / name)
+            made.append(name)
+    return made
+
+
 def run_report(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     out = ensure_out(out)
     started = time.time()
@@ -253,5 +270,7 @@ def run_report(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
         files.append("report.html")
     atomic_write_json(out / "report.json", report)
     (out / "report.txt").write_text(format_text(report, cfg.report.title))
+    if cfg.report.reference_names:
+        files += write_reference_names(out)
     dump_config(cfg, out / "config.yaml")
     return {**write_stage(out, "report", key, {"files": files}, started), "reused": False}
