@@ -89,7 +89,6 @@ def bench_dinov2(folder: str, device: str, quick: bool, seed: int, crops: int) -
     from PIL import Image
 
     from objalign.checkpoints import load_original, reference
-    from objalign.checkpoints.dinov2 import use_hub_interpolation
     from objalign.crops.render import render_input
     from objalign.encoders.hf_dinov2 import HFDinov2, hub_eval_preprocess
 
