@@ -128,6 +128,10 @@ class AlignConfig:
     similarity_k: int = 10  #: k of mutual_knn and cknna on held-out features
     svcca_dim: int = 10  #: SVCCA dimension (capped at the rank of the held-out text targets)
     similarity_max_n: int = 2000  #: similarity measures use (n, n) matrices: at most this many test objects (seeded)
+    #: calibrated similarity scores: image-block permutations of each measure (0 turns calibration off) and the
+    #: level of the threshold (Gröger et al. 2026; objalign.evaluate.calibrate)
+    similarity_permutations: int = 1000
+    similarity_alpha: float = 0.05
     #: kernel ridge: ``auto`` (exact up to ``max_exact_samples`` training objects, then Nystroem), ``exact``
     #: or ``nystroem`` (with ``nystroem_components`` centres)
     kernel_approx: str = "auto"

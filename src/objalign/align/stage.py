@@ -74,6 +74,11 @@ def _methods(cfg: AlignConfig) -> list[str]:
             raise ObjalignError(f"align.{name} = {getattr(cfg, name)}: expected 0 (off) or a positive count")
     if 0 < cfg.n_permutations < 100:
         raise ObjalignError(f"align.n_permutations = {cfg.n_permutations}: use at least 100 (or 0 to turn nulls off)")
+    if cfg.similarity_permutations < 0:
+        raise ObjalignError(f"align.similarity_permutations = {cfg.similarity_permutations}: expected 0 (off) or a "
+                            "positive count, e.g. 1000")
+    if not 0 < cfg.similarity_alpha < 1:
+        raise ObjalignError(f"align.similarity_alpha = {cfg.similarity_alpha}: expected a level in (0, 1), e.g. 0.05")
     if not 0 < cfg.confidence < 1:
         raise ObjalignError(f"align.confidence = {cfg.confidence}: expected a coverage in (0, 1), e.g. 0.95")
     return names
@@ -208,6 +213,14 @@ def _similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConf
                     values[name] = None
                     out.setdefault("errors", {})[name] = str(exc)
             result[key] = values
+        if cfg.similarity_permutations > 0:  # each measure against its image-block permutation threshold
+            from ..evaluate.calibrate import calibrate_measures
+
+            spec = {"cka_linear": ("cka_linear", {}), "cka_linear_unbiased": ("cka_linear_unbiased", {}),
+                    "cka_rbf": ("cka_rbf", {}), "mutual_knn": ("mutual_knn", {"k": k}),
+                    "cknna": ("cknna", {"k": max(k, 2)}), **({"svcca": ("svcca", {"dim": dim})} if dim >= 1 else {})}
+            result["calibrated"] = calibrate_measures(spec, Z, Y, groups, cfg.similarity_permutations,
+                                                      cfg.similarity_alpha, cfg.seed)
     return {**out, "k": k, "svcca_dim": dim, **result, "chance_mutual_knn": float(k / (n - 1))}
 
 
