@@ -77,6 +77,14 @@ def _methods(cfg: AlignConfig) -> list[str]:
     if cfg.similarity_permutations < 0:
         raise ObjalignError(f"align.similarity_permutations = {cfg.similarity_permutations}: expected 0 (off) or a "
                             "positive count, e.g. 1000")
+    from ..evaluate.matching import METHODS as MATCH_METHODS
+
+    if any(m not in MATCH_METHODS for m in cfg.match_methods):
+        raise ObjalignError(f"align.match_methods = {list(cfg.match_methods)}: expected any of {', '.join(MATCH_METHODS)}"
+                            " (or [] to turn blind matching off)")
+    if cfg.retrieval_k < 1 or cfg.match_restarts < 1 or cfg.match_bootstrap < 0:
+        raise ObjalignError(f"align.retrieval_k = {cfg.retrieval_k}, match_restarts = {cfg.match_restarts}, "
+                            f"match_bootstrap = {cfg.match_bootstrap}: expected k >= 1, restarts >= 1, bootstrap >= 0")
     if not 0 < cfg.similarity_alpha < 1:
         raise ObjalignError(f"align.similarity_alpha = {cfg.similarity_alpha}: expected a level in (0, 1), e.g. 0.05")
     if not 0 < cfg.confidence < 1:
@@ -226,7 +234,7 @@ def _similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConf
 
 def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.ndarray, class_emb: np.ndarray,
              cfg: AlignConfig, category_names: list[str] | None = None,
-             category_ids: np.ndarray | None = None) -> dict:
+             category_ids: np.ndarray | None = None, vocabulary: np.ndarray | None = None) -> dict:
     """Run every protocol, method and statistic on one set of embeddings.
 
     Parameters
@@ -238,12 +246,15 @@ def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.n
     class_emb : (c, d_text) all category embeddings (retrieval candidates)
     cfg : AlignConfig
     category_names, category_ids : length-c names and dataset ids (default: row numbers)
+    vocabulary : (m, d_text) distractor name embeddings: each row adds ``open_vocabulary`` (precision@k among the
+        c + m names, :func:`objalign.evaluate.category_level.open_vocabulary`)
 
     Returns
     -------
     dict with ``rows`` (list of result rows), ``per_category`` (list), ``similarity`` (dict), ``pca`` (dict),
     ``per_instance`` (dict of arrays), ``nulls`` (dict of arrays), ``projection`` (dict of arrays), ``skipped``
-    (protocol -> reason, for ``heldout_categories`` when the data are too few for its folds)
+    (protocol -> reason, for ``heldout_categories`` when the data are too few for its folds), ``category_level``
+    (blind matching and RSA, :func:`objalign.evaluate.category_level.category_level`)
     """
     from ..evaluate.intervals import bootstrap_figures
     from ..evaluate.metrics import per_category, per_instance, r2_uniform, r2_variance_weighted, \
@@ -302,6 +313,10 @@ def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.n
                 row["folds"] = [{"unseen": [names[u] for u in f.unseen], "n_train": fit["n_train"],
                                  "n_test": int(len(f.test)), "pca_dim": fit["pca_dim"],
                                  "hyperparameters": fit["methods"][method]["hp"]} for f, fit in zip(folds, fits)]
+            if vocabulary is not None and len(vocabulary):
+                from ..evaluate.category_level import open_vocabulary
+
+                row["open_vocabulary"] = open_vocabulary(pred, lab, class_emb, vocabulary, cfg.retrieval_k)
             if cfg.n_bootstrap > 0:
                 row["ci"] = bootstrap_figures(pred, Y[test], inst, g, cfg.n_bootstrap, cfg.confidence, cfg.seed)
                 row["ci_level"] = cfg.confidence
@@ -343,6 +358,9 @@ def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.n
             proj["mapped_method"] = np.asarray(best)
             proj["class_name"] = np.asarray(names)
             res["projection"] = proj
+    from ..evaluate.category_level import category_level
+
+    res["category_level"] = category_level(X, label_index, class_emb, groups, cfg)
     return res
 
 
@@ -375,6 +393,7 @@ def write_results(d: Path, res: dict, meta: dict[str, np.ndarray] | None = None)
     atomic_write_json(d / "similarity.json", res["similarity"])
     atomic_write_json(d / "pca.json", res["pca"])
     atomic_write_json(d / "skipped.json", res.get("skipped", {}))
+    atomic_write_json(d / "category_level.json", res.get("category_level", {}))
     atomic_write_json(d / "results.json", res["rows"])
 
 
@@ -404,8 +423,12 @@ def run_align(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     Y = T[label_index]
     names = [str(x) for x in tm["category"]] if "category" in tm else None
     dtype = compute_dtype(cfg.align, len(X))
+    from ..embed.vocab import load_vocabulary_embeddings
+
+    vocab = load_vocabulary_embeddings(out)
     res = evaluate(X.astype(dtype, copy=False), Y.astype(dtype, copy=False), vm["image_id"], label_index,
-                   T.astype(dtype), cfg.align, names, np.asarray(tm["category_id"]))
+                   T.astype(dtype), cfg.align, names, np.asarray(tm["category_id"]),
+                   vocabulary=None if vocab is None else vocab[1].astype(dtype))
     write_results(out / "align", res, {k: vm[k] for k in ("annotation_id", "category_id", "image_id")})
     summary = {"n_instances": int(len(X)), "protocols": list(cfg.align.protocols), "methods": _methods(cfg.align),
                "n_test": {r["split"]: r["n_test"] for r in res["rows"]}}

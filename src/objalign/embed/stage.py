@@ -166,6 +166,9 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
                                     "prompt": np.asarray(first_prompt, dtype=object)}, [])
     tman = tstore.finalize(1, text_enc.dim, {"n_templates": len(templates)})
     atomic_write_json(emb_dir / "text.json", {"store": tname})
+    from .vocab import embed_vocabulary
+
+    vocab = embed_vocabulary(cfg.embed.vocabulary, text_enc, templates, t.normalize, t.prompts, names, emb_dir)
     del text_enc
 
     # vision: one vector per sampled object
@@ -192,6 +195,7 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
                "text_encoder": {"name": tman["key_fields"]["encoder"]["name"], "dim": tman["dim"],
                                 "template": t.template if t.prompts == "template" else t.prompts,
                                 "prompts": t.prompts, "n_templates": len(templates)},
+               "vocabulary": vocab,
                "n_vision": vman["n_vectors"], "n_skipped": len(vman["skipped"]), "skipped": vman["skipped"],
                "objects_per_s": (round(stats["n_embedded"] / seconds, 2)
                                  if seconds > 0 and stats["n_embedded"] else None),
