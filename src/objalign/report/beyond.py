@@ -39,10 +39,10 @@ def text_lines(report: dict) -> list[str]:
         v0 = cal[0][1]
         lines += ["", f"calibrated similarity (K = {v0['n_permutations']} image-block permutations, alpha = "
                       f"{v0['alpha']}):",
-                  f"  {'measure':<22}{'raw':>8}{'tau':>8}{'calibrated':>12}{'p':>8}{'p(BH)':>8}"]
+                  f"  {'measure':<22}{'raw':>8}{'tau':>8}{'calibrated':>12}{'p':>10}{'p(BH)':>10}"]
         for name, v in cal:
             lines.append(f"  {name:<22}{v['score']:>8.3f}{v['threshold']:>8.3f}{v['calibrated']:>12.3f}"
-                         f"{v['pvalue']:>8.3g}{v.get('pvalue_bh', float('nan')):>8.3g}")
+                         f"{v['pvalue']:>10.3g}{v.get('pvalue_bh', float('nan')):>10.3g}")
     ov = [r for r in report.get("results", []) if r.get("open_vocabulary")]
     if ov:
         o = ov[0]["open_vocabulary"]
