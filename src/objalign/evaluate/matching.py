@@ -163,14 +163,16 @@ def _exact(Kx: np.ndarray, Ky: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         raise ObjalignError(f"method='exact' enumerates n! assignments: n={n} is above {_EXACT_MAX}; use 'faq'")
     rows = np.setdiff1d(np.arange(n), seeds[:, 0])
     cols = np.setdiff1d(np.arange(n), seeds[:, 1])
+    all_free = np.array(list(itertools.permutations(cols)), dtype=np.intp).reshape(-1, len(cols))
     best, best_f = None, -np.inf
-    for p in itertools.permutations(cols):
-        perm = np.empty(n, dtype=np.intp)
-        perm[seeds[:, 0]] = seeds[:, 1]
-        perm[rows] = p
-        f = qap_objective(Kx, Ky, perm)
-        if f > best_f + 1e-12:
-            best, best_f = perm, f
+    for s in range(0, len(all_free), 5040):  # objectives of a block of assignments at once
+        P = np.empty((len(all_free[s:s + 5040]), n), dtype=np.intp)
+        P[:, seeds[:, 0]] = seeds[:, 1]
+        P[:, rows] = all_free[s:s + 5040]
+        f = np.einsum("ij,pij->p", Kx, Ky[P[:, :, None], P[:, None, :]])
+        i = int(np.argmax(f))
+        if f[i] > best_f + 1e-12:
+            best, best_f = P[i].copy(), float(f[i])
     return best
 
 
