@@ -80,8 +80,8 @@ def _methods(cfg: AlignConfig) -> list[str]:
     from ..evaluate.matching import METHODS as MATCH_METHODS
 
     if any(m not in MATCH_METHODS for m in cfg.match_methods):
-        raise ObjalignError(f"align.match_methods = {list(cfg.match_methods)}: expected any of {', '.join(MATCH_METHODS)}"
-                            " (or [] to turn blind matching off)")
+        raise ObjalignError(f"align.match_methods = {list(cfg.match_methods)}: expected any of "
+                            f"{', '.join(MATCH_METHODS)} (or [] to turn blind matching off)")
     if cfg.retrieval_k < 1 or cfg.match_restarts < 1 or cfg.match_bootstrap < 0:
         raise ObjalignError(f"align.retrieval_k = {cfg.retrieval_k}, match_restarts = {cfg.match_restarts}, "
                             f"match_bootstrap = {cfg.match_bootstrap}: expected k >= 1, restarts >= 1, bootstrap >= 0")

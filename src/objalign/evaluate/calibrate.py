@@ -104,7 +104,7 @@ def _unique_codes(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _stacked_codes(codes: np.ndarray, P: np.ndarray, u: int, dtype=np.float64):
-    """Sparse one-hot ``(B * u, n)`` (CSC) of the permuted codes: block ``b``, row ``a`` sums ``{i: codes[P[b, i]] = a}``.
+    """Sparse one-hot ``(B * u, n)`` (CSC) of permuted codes: block ``b``, row ``a`` sums ``{i: codes[P[b, i]] = a}``.
 
     ``stacked @ A`` reads each row of ``A`` once for all ``B`` permutations of the chunk.
     """
@@ -205,14 +205,15 @@ class _CKA(_Engine):
         if not (isinstance(sig, (int, float, np.floating)) and np.isfinite(sig) and sig > 0):
             raise ObjalignError(f"sigma={sigma!r} must be a positive number (a fraction of the median distance)")
         X, Y = sim._validate_pair(X, Y, 4 if self.unbiased else 2, self.name)
-        self.n = n = len(X)
+        self.n = len(X)
         Xc, Yc = sim._center(X), sim._center(Y)
         coded = _unique_codes(Y)
         self.F = self.A = self.G = self.L = self.coded = None
         if self.kernel == "linear":
             self.F = F = _factor(Xc)  # K = F F^T is already centred
             FtF = F.T @ F
-            dK, rK, sK, kk = np.einsum("ij,ij->i", F, F), F @ F.sum(0), float(np.sum(F.sum(0) ** 2)), float(np.sum(FtF ** 2))
+            dK, rK, sK = np.einsum("ij,ij->i", F, F), F @ F.sum(0), float(np.sum(F.sum(0) ** 2))
+            kk = float(np.sum(FtF ** 2))
             if coded is not None:
                 U = Yc[coded[0]]
                 self.coded = _CodedKernel(coded[1], U @ U.T)

@@ -132,6 +132,12 @@ def html_parts(report: dict) -> list[str]:
     return parts
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def figures(report: dict, out: Path) -> list[tuple[str, Path, str]]:
     """Figures of the studies present in ``report``: ``(heading, path, caption)`` each."""
     from .figures import _plt
@@ -148,9 +154,7 @@ def figures(report: dict, out: Path) -> list[tuple[str, Path, str]]:
         ax.set_xticks(list(x), [k for k, _ in cal], rotation=20)
         ax.legend(fontsize=8)
         ax.set_title("similarity: raw, permutation threshold, calibrated")
-        fig.tight_layout()
-        fig.savefig(out / "calibrated.png", dpi=110)
-        plt.close(fig)
+        _save(plt, fig, out / "calibrated.png")
         made.append(("calibrated vs raw similarity", out / "calibrated.png",
                      "Raw score, its permutation threshold tau and the calibrated score per measure."))
     m = ((report.get("category_level") or {}).get("matching") or {}).get("methods")
@@ -165,9 +169,7 @@ def figures(report: dict, out: Path) -> list[tuple[str, Path, str]]:
         ax.set_xlabel("fraction of object-label pairs shuffled")
         ax.set_ylabel("matching accuracy")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "matching_shuffle.png", dpi=110)
-        plt.close(fig)
+        _save(plt, fig, out / "matching_shuffle.png")
         made.append(("blind matching under label shuffling", out / "matching_shuffle.png",
                      "Accuracy of matching category prototypes to names as object-label pairs are shuffled (mean and "
                      "standard deviation over shuffles); dashed: chance."))
@@ -185,9 +187,7 @@ def figures(report: dict, out: Path) -> list[tuple[str, Path, str]]:
         ax.set_ylabel("precision@k")
         ax.set_title(f"true name among {ov[0]['open_vocabulary']['n_candidates']} candidates")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "open_vocabulary.png", dpi=110)
-        plt.close(fig)
+        _save(plt, fig, out / "open_vocabulary.png")
         made.append(("open-vocabulary precision@k", out / "open_vocabulary.png",
                      "Precision@k of the true name among the dataset's names plus distractors; dashed: nearest "
                      "neighbour, solid: CSLS."))
