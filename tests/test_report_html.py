@@ -146,6 +146,12 @@ def test_compare_puts_runs_side_by_side(run, tmp_path, capsys):
     r = next(r for r in rows if r["crop"] == "gt-mask" and r["method"] == "ridge")
     assert r["split"] == "heldout_images" and len(r["ci"]["top1"]) == 2 and "top1" in r["pvalue"]
     assert f"{r['top1']:.3f} [{r['ci']['top1'][0]:.3f},{r['ci']['top1'][1]:.3f}]" in table
+    from objalign.evaluate import bh_adjust
+    from objalign.report.compare import calibrated_rows
+
+    cal = calibrated_rows([run, other])
+    assert len(cal) == 12 and "calibrated similarity (p(BH)" in table  # 6 measures x 2 runs, adjusted together
+    np.testing.assert_allclose([c["pvalue_bh_all"] for c in cal], bh_adjust([c["pvalue"] for c in cal]))
 
 
 def test_compare_without_a_report_is_one_line(tmp_path, capsys):
