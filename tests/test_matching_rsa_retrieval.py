@@ -224,3 +224,18 @@ def test_user_vocabulary_file(tmp_path):
     assert load_vocabulary(str(f)) == ["red panda", "kettle"]
     with pytest.raises(ObjalignError, match="neither a shipped list"):
         load_vocabulary(str(tmp_path / "missing.txt"))
+
+
+def test_rsa_calibration_equals_recomputed_null():
+    from objalign.evaluate.calibrate import calibration_summary
+    from objalign.evaluate.category_level import _rsa_calibrated
+    from objalign.evaluate.stats import group_permutations
+
+    rng = np.random.default_rng(0)
+    P = rng.normal(size=(12, 5))
+    T = P @ rng.normal(size=(5, 7)) + rng.normal(size=(12, 7))
+    fast = _rsa_calibrated(P, T, 200, 0.05, 3)
+    null = [rsa(P, T[p]) for p in group_permutations(12, 200, seed=3)]
+    slow = calibration_summary(rsa(P, T), null, 0.05)
+    for k in ("score", "threshold", "pvalue", "calibrated", "null_mean"):
+        assert fast[k] == pytest.approx(slow[k], abs=1e-12)

@@ -138,8 +138,8 @@ class AlignConfig:
     #: blind matching of category prototypes to names (objalign.evaluate.matching): methods (``faq``,
     #: ``local_cka``, ``exact``; [] turns it off), FAQ restarts, image resamples for its interval
     match_methods: tuple[str, ...] = ("faq", "local_cka")
-    match_restarts: int = 10
-    match_bootstrap: int = 100
+    match_restarts: int = 5
+    match_bootstrap: int = 50
     retrieval_k: int = 10  #: CSLS neighbourhood of open-vocabulary retrieval (objalign.evaluate.retrieval)
     #: kernel ridge: ``auto`` (exact up to ``max_exact_samples`` training objects, then Nystroem), ``exact``
     #: or ``nystroem`` (with ``nystroem_components`` centres)
