@@ -12,15 +12,17 @@ protocol are pooled: every test object is scored once. Then, per method and prot
   ridge and kernel ridge. The baselines get none: the mean predictor does not depend on the pairing, and the
   shuffled map *is* a draw from the null;
 - per-category breakdowns; similarity measures (CKA, mutual k-NN, CKNNA, SVCCA) between the PCA'd held-out
-  vision features and their text targets (held-out-image split).
+  vision features and their text targets (held-out-image split), each with its calibrated score;
+- with a distractor vocabulary, open-vocabulary precision@k per row; blind matching and RSA of the categories
+  (:mod:`objalign.evaluate.category_level`).
 
 A protocol with several folds (``heldout_categories``) reports, at the top of its row, the most frequent
 hyperparameters and PCA dimension over folds and the mean number of training objects per fold; each fold's
 own values are in the row's ``folds`` list.
 
 Files written (read by the report stage, which never sees a model): ``results.json`` (rows),
-``per_category.json``, ``similarity.json``, ``pca.json``, ``per_instance.npz``, ``nulls.npz``,
-``projection.npz``.
+``per_category.json``, ``similarity.json``, ``pca.json``, ``category_level.json``, ``per_instance.npz``,
+``nulls.npz``, ``projection.npz``.
 """
 
 from __future__ import annotations
@@ -176,7 +178,9 @@ def _similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConf
     -------
     dict with ``values`` (measure -> float or None), ``values_shuffled`` (the same measures after one
     image-block shuffle of the pairing: what unrelated spaces with these marginals score), ``n``, ``k``,
-    ``svcca_dim``, ``chance_mutual_knn`` and, for measures that could not be computed, ``errors``.
+    ``svcca_dim``, ``chance_mutual_knn``, ``calibrated`` (measure -> threshold, p-value, BH-adjusted p-value and
+    calibrated score against ``align.similarity_permutations`` image-block permutations,
+    :func:`objalign.evaluate.calibrate.calibrate_measures`) and, for measures that could not be computed, ``errors``.
     """
     from ..evaluate import similarity as sim
     from ..evaluate.nulls import single_threaded_blas
