@@ -96,7 +96,9 @@ def test_embed_stage_keys_prompts_dtype_and_records_skips(small_demo, tmp_path, 
     capsys.readouterr()
     assert main(["cache", "ls", str(out)]) == 0
     listing = capsys.readouterr().out
-    assert listing.count("key=") == 4 and "dtype=bfloat16" in listing and f"skipped={n_bad}" in listing
+    # 2 text + 2 vision stores, and the LVIS distractor vocabulary embedded with each of the two prompt sets
+    assert listing.count("key=") == 6 and listing.count("vectors=1203") == 2
+    assert "dtype=bfloat16" in listing and f"skipped={n_bad}" in listing
     victim = out / "embeddings" / stores(out, "text")[0]
     assert main(["cache", "rm", str(victim)]) == 0 and not victim.exists()
     assert main(["cache", "rm", str(out / "crop")]) == 2  # not a store: refused, nothing removed
