@@ -92,8 +92,11 @@ def test_embed_stage_keys_prompts_dtype_and_records_skips(small_demo, tmp_path, 
     capsys.readouterr()
     assert main(["cache", "ls", str(out)]) == 0
     listing = capsys.readouterr().out
-    assert listing.count("embeddings  encoder=") == 4 and listing.count("crops  mode=box") == 1
-    assert listing.count("key=") == 5 and "dtype=bfloat16" in listing and f"skipped={n_bad}" in listing
+    # 2 text + 2 vision stores, the crop store, and the LVIS distractor vocabulary embedded with each of the two
+    # prompt sets
+    assert listing.count("crops  mode=box") == 1 and listing.count("key=") == 7
+    assert listing.count("vectors=1203") == 2
+    assert "dtype=bfloat16" in listing and f"skipped={n_bad}" in listing
     victim = out / "embeddings" / stores(out, "text")[0]
     assert main(["cache", "rm", str(victim)]) == 0 and not victim.exists()
     assert main(["cache", "rm", str(out / "crop")]) == 2  # not a store: refused, nothing removed

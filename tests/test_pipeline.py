@@ -97,3 +97,20 @@ def test_reference_pipeline_report_names(run_dir):
     assert (out / "reports" / "alignment_hist.png").read_bytes() == (out / "alignment_hist.png").read_bytes()
     assert (out / "reports" / "alignment_report.txt").read_text() == (out / "report.txt").read_text()
     assert main(args) == 0  # back to the default for the other tests (the copies stay; nothing is deleted)
+
+
+def test_open_vocabulary_calibration_and_matching_in_the_report(run_dir):
+    out, _ = run_dir
+    info = json.loads((out / "embeddings" / "vocab.json").read_text())
+    assert info["source"] == "lvis" and 1150 < info["n_distractors"] <= 1203
+    rep = json.loads((out / "report.json").read_text())
+    for r in rep["results"]:
+        ov = r["open_vocabulary"]
+        assert ov["n_candidates"] == rep["n_categories"] + info["n_distractors"]
+        assert 0 <= ov["csls"]["p@1"] <= ov["csls"]["p@5"] <= ov["csls"]["p@100"] <= 1
+    seen = [r for r in rep["results"] if r["split"] == "heldout_images" and r["method"] == "ridge"][0]
+    assert seen["open_vocabulary"]["nn"]["p@10"] > 10 / seen["open_vocabulary"]["n_candidates"]
+    assert {"cka_linear", "mutual_knn", "svcca"} <= set(rep["similarity"]["calibrated"])
+    assert set(rep["category_level"]["matching"]["methods"]) == {"faq", "local_cka"}
+    for f in ("calibrated.png", "matching_shuffle.png", "open_vocabulary.png"):
+        assert (out / f).is_file(), f

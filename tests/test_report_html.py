@@ -35,7 +35,8 @@ def _fake_run(out: Path, seed: int = 0, crop: str = "box", align: AlignConfig = 
     write_stage(out, "embed", "k", {"n_vision": len(X), "n_skipped": 0,
                                     "vision_encoder": {"name": "made-up-vision", "dim": X.shape[1], "pooling": "cls"},
                                     "text_encoder": {"name": "made-up-text", "dim": E.shape[1], "template": "{}"}}, t)
-    res = evaluate(X, Y, groups, lab, E, align, names, np.arange(len(E)) + 1)
+    distractors = np.random.default_rng(seed + 1).normal(size=(25, E.shape[1]))  # an open vocabulary's extra names
+    res = evaluate(X, Y, groups, lab, E, align, names, np.arange(len(E)) + 1, vocabulary=distractors)
     write_results(out / "align", res, {"image_id": groups})
     write_stage(out, "align", "k", {}, t)
     return out
@@ -51,7 +52,7 @@ def run(tmp_path_factory):
 
 
 FIGURE_FILES = ("intervals.png", "alignment_hist.png", "per_category.png", "null_distributions.png",
-                "pca_variance.png", "projection.png")
+                "pca_variance.png", "projection.png", "calibrated.png", "matching_shuffle.png", "open_vocabulary.png")
 
 
 def test_report_json_rows_have_intervals_pvalues_and_breakdowns(run):
@@ -145,6 +146,12 @@ def test_compare_puts_runs_side_by_side(run, tmp_path, capsys):
     r = next(r for r in rows if r["crop"] == "gt-mask" and r["method"] == "ridge")
     assert r["split"] == "heldout_images" and len(r["ci"]["top1"]) == 2 and "top1" in r["pvalue"]
     assert f"{r['top1']:.3f} [{r['ci']['top1'][0]:.3f},{r['ci']['top1'][1]:.3f}]" in table
+    from objalign.evaluate import bh_adjust
+    from objalign.report.compare import calibrated_rows
+
+    cal = calibrated_rows([run, other])
+    assert len(cal) == 12 and "calibrated similarity (p(BH)" in table  # 6 measures x 2 runs, adjusted together
+    np.testing.assert_allclose([c["pvalue_bh_all"] for c in cal], bh_adjust([c["pvalue"] for c in cal]))
 
 
 def test_compare_without_a_report_is_one_line(tmp_path, capsys):
@@ -153,3 +160,31 @@ def test_compare_without_a_report_is_one_line(tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no report.json" in err and err.count("\n") == 1
+
+
+def test_report_has_calibrated_scores_matching_rsa_and_open_vocabulary(run):
+    rep = json.loads((run / "report.json").read_text())
+    cal = rep["similarity"]["calibrated"]
+    assert set(cal) >= {"cka_linear", "cka_linear_unbiased", "cka_rbf", "mutual_knn", "cknna", "svcca"}
+    for name, v in cal.items():
+        assert {"score", "threshold", "pvalue", "pvalue_bh", "calibrated"} <= set(v)
+        assert v["score"] == pytest.approx(rep["similarity"]["values"][name], abs=1e-12)
+        assert v["n_permutations"] == CFG.similarity_permutations and v["pvalue_bh"] >= v["pvalue"]
+    m = rep["category_level"]["matching"]
+    assert set(m["methods"]) == {"faq", "local_cka"} and m["chance"] == pytest.approx(1 / m["n_categories"])
+    for r in m["methods"].values():
+        assert 0 <= r["ci"][0] <= r["ci"][1] <= 1 and [p["fraction"] for p in r["shuffle_curve"]][0] == 0.0
+        assert sorted(r["assignment"]) == list(range(m["n_categories"]))
+    assert {"correlation/spearman", "euclidean/kendall"} <= set(rep["category_level"]["rsa"]["values"])
+    fitted = [r for r in rep["results"] if r["method"] == "ridge"]
+    for r in fitted:
+        ov = r["open_vocabulary"]
+        assert ov["n_candidates"] == 12 + 25 and set(ov) >= {"nn", "csls"}
+        assert ov["csls"]["p@1"] <= ov["csls"]["p@5"] <= ov["csls"]["p@100"] == 1.0
+    txt = (run / "report.txt").read_text()
+    for phrase in ("calibrated similarity", "blind matching of", "RSA over", "open-vocabulary retrieval among 37"):
+        assert phrase in txt
+    html = (run / "report.html").read_text()
+    for phrase in ("calibrated vs raw similarity", "blind matching", "representational similarity analysis",
+                   "open-vocabulary retrieval"):
+        assert phrase in html

@@ -136,6 +136,9 @@ class EmbedConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     shard_size: int = 1024  #: vectors per ``.npy`` shard
+    #: distractor names for open-vocabulary retrieval: ``lvis`` (the shipped 1,203 LVIS v1 names), a text file
+    #: with one name per line, or null (none); see objalign.data.vocab
+    vocabulary: str | None = "lvis"
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,16 @@ class AlignConfig:
     similarity_k: int = 10  #: k of mutual_knn and cknna on held-out features
     svcca_dim: int = 10  #: SVCCA dimension (capped at the rank of the held-out text targets)
     similarity_max_n: int = 2000  #: similarity measures use (n, n) matrices: at most this many test objects (seeded)
+    #: calibrated similarity scores: image-block permutations of each measure (0 turns calibration off) and the
+    #: level of the threshold (Gröger et al. 2026; objalign.evaluate.calibrate)
+    similarity_permutations: int = 1000
+    similarity_alpha: float = 0.05
+    #: blind matching of category prototypes to names (objalign.evaluate.matching): methods (``faq``,
+    #: ``local_cka``, ``exact``; [] turns it off), FAQ restarts, image resamples for its interval
+    match_methods: tuple[str, ...] = ("faq", "local_cka")
+    match_restarts: int = 5
+    match_bootstrap: int = 50
+    retrieval_k: int = 10  #: CSLS neighbourhood of open-vocabulary retrieval (objalign.evaluate.retrieval)
     #: kernel ridge: ``auto`` (exact up to ``max_exact_samples`` training objects, then Nystroem), ``exact``
     #: or ``nystroem`` (with ``nystroem_components`` centres)
     kernel_approx: str = "auto"

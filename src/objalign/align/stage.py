@@ -13,15 +13,17 @@ protocol are pooled: every test object is scored once. Then, per method and prot
   ridge and kernel ridge. The baselines get none: the mean predictor does not depend on the pairing, and the
   shuffled map *is* a draw from the null;
 - per-category breakdowns; similarity measures (CKA, mutual k-NN, CKNNA, SVCCA) between the PCA'd held-out
-  vision features and their text targets (held-out-image split).
+  vision features and their text targets (held-out-image split), each with its calibrated score;
+- with a distractor vocabulary, open-vocabulary precision@k per row; blind matching and RSA of the categories
+  (:mod:`objalign.evaluate.category_level`).
 
 A protocol with several folds (``heldout_categories``) reports, at the top of its row, the most frequent
 hyperparameters and PCA dimension over folds and the mean number of training objects per fold; each fold's
 own values are in the row's ``folds`` list.
 
 Files written (read by the report stage, which never sees a model): ``results.json`` (rows),
-``per_category.json``, ``similarity.json``, ``pca.json``, ``per_instance.npz``, ``nulls.npz``,
-``projection.npz``.
+``per_category.json``, ``similarity.json``, ``pca.json``, ``category_level.json``, ``per_instance.npz``,
+``nulls.npz``, ``projection.npz``.
 """
 
 from __future__ import annotations
@@ -78,6 +80,19 @@ def _methods(cfg: AlignConfig) -> list[str]:
     check_null(cfg.null)
     if 0 < cfg.n_permutations < 100:
         raise ObjalignError(f"align.n_permutations = {cfg.n_permutations}: use at least 100 (or 0 to turn nulls off)")
+    if cfg.similarity_permutations < 0:
+        raise ObjalignError(f"align.similarity_permutations = {cfg.similarity_permutations}: expected 0 (off) or a "
+                            "positive count, e.g. 1000")
+    from ..evaluate.matching import METHODS as MATCH_METHODS
+
+    if any(m not in MATCH_METHODS for m in cfg.match_methods):
+        raise ObjalignError(f"align.match_methods = {list(cfg.match_methods)}: expected any of "
+                            f"{', '.join(MATCH_METHODS)} (or [] to turn blind matching off)")
+    if cfg.retrieval_k < 1 or cfg.match_restarts < 1 or cfg.match_bootstrap < 0:
+        raise ObjalignError(f"align.retrieval_k = {cfg.retrieval_k}, match_restarts = {cfg.match_restarts}, "
+                            f"match_bootstrap = {cfg.match_bootstrap}: expected k >= 1, restarts >= 1, bootstrap >= 0")
+    if not 0 < cfg.similarity_alpha < 1:
+        raise ObjalignError(f"align.similarity_alpha = {cfg.similarity_alpha}: expected a level in (0, 1), e.g. 0.05")
     if not 0 < cfg.confidence < 1:
         raise ObjalignError(f"align.confidence = {cfg.confidence}: expected a coverage in (0, 1), e.g. 0.95")
     return names
@@ -180,7 +195,9 @@ def _similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConf
     -------
     dict with ``values`` (measure -> float or None), ``values_shuffled`` (the same measures after one
     image-block shuffle of the pairing: what unrelated spaces with these marginals score), ``n``, ``k``,
-    ``svcca_dim``, ``chance_mutual_knn`` and, for measures that could not be computed, ``errors``.
+    ``svcca_dim``, ``chance_mutual_knn``, ``calibrated`` (measure -> threshold, p-value, BH-adjusted p-value and
+    calibrated score against ``align.similarity_permutations`` image-block permutations,
+    :func:`objalign.evaluate.calibrate.calibrate_measures`) and, for measures that could not be computed, ``errors``.
     """
     from ..evaluate import similarity as sim
     from ..evaluate.nulls import single_threaded_blas
@@ -225,12 +242,20 @@ def _similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConf
                     values[name] = None
                     out.setdefault("errors", {})[name] = str(exc)
             result[key] = values
+        if cfg.similarity_permutations > 0:  # each measure against its image-block permutation threshold
+            from ..evaluate.calibrate import calibrate_measures
+
+            spec = {"cka_linear": ("cka_linear", {}), "cka_linear_unbiased": ("cka_linear_unbiased", {}),
+                    "cka_rbf": ("cka_rbf", {}), "mutual_knn": ("mutual_knn", {"k": k}),
+                    "cknna": ("cknna", {"k": max(k, 2)}), **({"svcca": ("svcca", {"dim": dim})} if dim >= 1 else {})}
+            result["calibrated"] = calibrate_measures(spec, Z, Y, groups, cfg.similarity_permutations,
+                                                      cfg.similarity_alpha, cfg.seed)
     return {**out, "k": k, "svcca_dim": dim, **result, "chance_mutual_knn": float(k / (n - 1))}
 
 
 def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.ndarray, class_emb: np.ndarray,
              cfg: AlignConfig, category_names: list[str] | None = None,
-             category_ids: np.ndarray | None = None) -> dict:
+             category_ids: np.ndarray | None = None, vocabulary: np.ndarray | None = None) -> dict:
     """Run every protocol, method and statistic on one set of embeddings.
 
     Parameters
@@ -242,12 +267,15 @@ def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.n
     class_emb : (c, d_text) all category embeddings (retrieval candidates)
     cfg : AlignConfig
     category_names, category_ids : length-c names and dataset ids (default: row numbers)
+    vocabulary : (m, d_text) distractor name embeddings: each row adds ``open_vocabulary`` (precision@k among the
+        c + m names, :func:`objalign.evaluate.category_level.open_vocabulary`)
 
     Returns
     -------
     dict with ``rows`` (list of result rows), ``per_category`` (list), ``similarity`` (dict), ``pca`` (dict),
     ``per_instance`` (dict of arrays), ``nulls`` (dict of arrays), ``projection`` (dict of arrays), ``skipped``
-    (protocol -> reason, for ``heldout_categories`` when the data are too few for its folds)
+    (protocol -> reason, for ``heldout_categories`` when the data are too few for its folds), ``category_level``
+    (blind matching and RSA, :func:`objalign.evaluate.category_level.category_level`)
     """
     from ..evaluate.intervals import bootstrap_figures
     from ..evaluate.metrics import per_category, per_instance, r2_uniform, r2_variance_weighted, \
@@ -308,6 +336,10 @@ def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.n
                 row["folds"] = [{"unseen": [names[u] for u in f.unseen], "n_train": fit["n_train"],
                                  "n_test": int(len(f.test)), "pca_dim": fit["pca_dim"],
                                  "hyperparameters": fit["methods"][method]["hp"]} for f, fit in zip(folds, fits)]
+            if vocabulary is not None and len(vocabulary):
+                from ..evaluate.category_level import open_vocabulary
+
+                row["open_vocabulary"] = open_vocabulary(pred, lab, class_emb, vocabulary, cfg.retrieval_k)
             if cfg.n_bootstrap > 0:
                 row["ci"] = bootstrap_figures(pred, Y[test], inst, g, cfg.n_bootstrap, cfg.confidence, cfg.seed)
                 row["ci_level"] = cfg.confidence
@@ -356,6 +388,9 @@ def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.n
             proj["mapped_method"] = np.asarray(best)
             proj["class_name"] = np.asarray(names)
             res["projection"] = proj
+    from ..evaluate.category_level import category_level
+
+    res["category_level"] = category_level(X, label_index, class_emb, groups, cfg)
     return res
 
 
@@ -388,6 +423,7 @@ def write_results(d: Path, res: dict, meta: dict[str, np.ndarray] | None = None)
     atomic_write_json(d / "similarity.json", res["similarity"])
     atomic_write_json(d / "pca.json", res["pca"])
     atomic_write_json(d / "skipped.json", res.get("skipped", {}))
+    atomic_write_json(d / "category_level.json", res.get("category_level", {}))
     atomic_write_json(d / "results.json", res["rows"])
 
 
@@ -417,8 +453,12 @@ def run_align(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     Y = T[label_index]
     names = [str(x) for x in tm["category"]] if "category" in tm else None
     dtype = compute_dtype(cfg.align, len(X))
+    from ..embed.vocab import load_vocabulary_embeddings
+
+    vocab = load_vocabulary_embeddings(out)
     res = evaluate(X.astype(dtype, copy=False), Y.astype(dtype, copy=False), vm["image_id"], label_index,
-                   T.astype(dtype), cfg.align, names, np.asarray(tm["category_id"]))
+                   T.astype(dtype), cfg.align, names, np.asarray(tm["category_id"]),
+                   vocabulary=None if vocab is None else vocab[1].astype(dtype))
     write_results(out / "align", res, {k: vm[k] for k in ("annotation_id", "category_id", "image_id")})
     summary = {"n_instances": int(len(X)), "protocols": list(cfg.align.protocols), "methods": _methods(cfg.align),
                "n_test": {r["split"]: r["n_test"] for r in res["rows"]}}

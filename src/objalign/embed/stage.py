@@ -201,6 +201,10 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
                                     "prompt": np.asarray(first_prompt, dtype=object)}, [])
     tman = tstore.finalize(1, text_enc.dim, {"n_templates": len(templates)})
     pointer("text", tstore.path)
+    from .vocab import embed_vocabulary
+
+    vocab = embed_vocabulary(cfg.embed.vocabulary, text_enc, templates, t.normalize, t.prompts, names, emb_dir,
+                             home, shared)
     del text_enc
 
     # vision: one vector per sampled object, shard by shard, on whichever executor
@@ -248,6 +252,7 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
                "text_encoder": {"name": tman["key_fields"]["encoder"]["name"], "dim": tman["dim"],
                                 "template": t.template if t.prompts == "template" else t.prompts,
                                 "prompts": t.prompts, "n_templates": len(templates)},
+               "vocabulary": vocab,
                "n_vision": vman["n_vectors"], "n_skipped": len(vman["skipped"]), "skipped": vman["skipped"],
                "n_shards": n_shards, "shards_reused": n_shards - len(receipts), **computed}
     return {**write_stage(out, "embed", key, summary, started), "reused": False}

@@ -2,7 +2,8 @@
 
 Each run folder must hold a ``report.json``. The table has one row per (run, split, method), grouped by
 split so held-out-image and held-out-category figures are never mixed up; each figure shows its bootstrap
-interval when the run has one, and the permutation p-value of top-1 when there is one.
+interval when the run has one, and the permutation p-value of top-1 when there is one. Below it, every run's
+calibrated similarity scores, their p-values Benjamini-Hochberg adjusted over all runs and measures together.
 """
 
 from __future__ import annotations
@@ -71,4 +72,21 @@ def compare_runs(run_dirs: list[str | Path], json_out: str | Path | None = None)
                          f"{r['method']:<14}" + "".join(f"{_cell(r, k):<{widths[k]}}" for k in figs)
                          + f"{'-' if p is None else f'{p:.2g}':>8}")
         lines.append("")
+    cal = calibrated_rows(run_dirs)
+    if cal:
+        lines += ["calibrated similarity (p(BH): Benjamini-Hochberg over every run and measure below)",
+                  f"{'run':<28}{'measure':<22}{'raw':>8}{'tau':>8}{'calibrated':>12}{'p':>10}{'p(BH)':>10}"]
+        lines += [f"{r['run'][-27:]:<28}{r['measure']:<22}{r['score']:>8.3f}{r['threshold']:>8.3f}"
+                  f"{r['calibrated']:>12.3f}{r['pvalue']:>10.3g}{r['pvalue_bh_all']:>10.3g}" for r in cal]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def calibrated_rows(run_dirs: list[str | Path]) -> list[dict]:
+    """Every run's calibrated similarity measures, with p-values BH-adjusted over all runs and measures together."""
+    from ..evaluate.calibrate import bh_adjust
+
+    rows = [{"run": d, "measure": m, **v} for d, rep in load_reports(run_dirs)
+            for m, v in ((rep.get("similarity") or {}).get("calibrated") or {}).items() if "pvalue" in v]
+    for r, q in zip(rows, bh_adjust([r["pvalue"] for r in rows])):
+        r["pvalue_bh_all"] = float(q)
+    return rows

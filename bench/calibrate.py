@@ -1,0 +1,78 @@
+"""Benchmark of calibrated similarity scores (not a test): 1,000 permutations of every measure on 3,000 objects.
+
+Made-up data shaped like the thesis configuration after PCA: 3,000 objects in images of 1-13 objects (COCO
+averages ~7), 256-d vision features, 80 categories with 512-d text embeddings (so the text targets repeat per
+category), and a weak vision-text relation. For every measure of :data:`objalign.evaluate.calibrate.MEASURES`,
+:func:`objalign.evaluate.calibrated` runs 1,000 image-block permutations (engines: fixed Gram matrices, neighbour
+graphs and subspaces, permutations applied as indices). Side by side, the baseline recomputes the measure from
+scratch (:mod:`objalign.evaluate.similarity`) on ``--check`` of the same permutations: the values are checked to
+agree and its time is extrapolated to 1,000 permutations for the ratio.
+
+    python bench/calibrate.py [--n 3000] [--perms 1000] [--check 3]
+
+Last line: ``seconds=<total for all measures> measures=<count>`` (floor: seconds <= 60 on the 2-core machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def thesis_like(n=3000, d=256, c=80, q=512, seed=0):
+    rng = np.random.default_rng(seed)
+    E = rng.normal(size=(c, q))
+    E /= np.linalg.norm(E, axis=1, keepdims=True)
+    sizes = []
+    while sum(sizes) < n:
+        sizes.append(int(rng.integers(1, 14)))
+    groups = np.repeat(np.arange(len(sizes)), sizes)[:n]
+    lab = rng.integers(0, c, n)
+    X = 0.3 * E[lab] @ rng.normal(size=(q, d)) / np.sqrt(q) + rng.normal(size=(n, d)) / np.sqrt(d)
+    return X, E[lab], groups
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=3000)
+    ap.add_argument("--perms", type=int, default=1000)
+    ap.add_argument("--check", type=int, default=3, help="permutations recomputed from scratch (the baseline)")
+    args = ap.parse_args(argv)
+
+    from objalign.evaluate import similarity as sim
+    from objalign.evaluate.calibrate import MEASURES, calibrated
+    from objalign.evaluate.nulls import single_threaded_blas
+    from objalign.evaluate.stats import group_permutations
+
+    X, Y, groups = thesis_like(args.n)
+    print(f"data: {X.shape[0]} objects, {len(np.unique(groups))} images, vision {X.shape[1]}-d, "
+          f"text {Y.shape[1]}-d with {len(np.unique(Y, axis=0))} distinct rows; {args.perms} permutations")
+    options = {"mutual_knn": {"k": 10}, "cknna": {"k": 10}, "svcca": {"dim": 10}}
+    naive = {"cka_linear": lambda a, b: sim.cka(a, b), "cka_linear_unbiased": lambda a, b: sim.cka(a, b, unbiased=True),
+             "cka_rbf": lambda a, b: sim.cka(a, b, kernel="rbf"),
+             "mutual_knn": lambda a, b: sim.mutual_knn(a, b, k=10), "cknna": lambda a, b: sim.cknna(a, b, k=10),
+             "svcca": lambda a, b: sim.svcca(a, b, dim=10)}
+    check = group_permutations(groups, args.perms, seed=0)[: args.check]
+    total = 0.0
+    print(f"{'measure':<22}{'seconds':>9}{'recompute est.':>16}{'ratio':>9}{'score':>9}{'tau':>9}{'p':>8}"
+          f"{'max |diff|':>12}")
+    with single_threaded_blas():
+        for name in MEASURES:
+            t0 = time.perf_counter()
+            r = calibrated(name, X, Y, groups=groups, n_permutations=args.perms, seed=0, **options.get(name, {}))
+            dt = time.perf_counter() - t0
+            total += dt
+            t0 = time.perf_counter()
+            ref = [naive[name](X, Y[p]) for p in check]
+            per = (time.perf_counter() - t0) / max(len(check), 1)
+            diff = max(abs(a - b) for a, b in zip(ref, r["null"][: len(check)]))
+            est = per * args.perms
+            print(f"{name:<22}{dt:>9.2f}{est:>16.1f}{est / dt:>9.1f}{r['score']:>9.4f}{r['threshold']:>9.4f}"
+                  f"{r['pvalue']:>8.3f}{diff:>12.1e}")
+    print(f"seconds={total:.1f} measures={len(MEASURES)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,556 @@
+"""Calibrated similarity scores: a permutation threshold for every measure (Gröger, Wen & Brbić 2026).
+
+Raw CKA-type scores have a chance level of order ``d / n``: two unrelated representations with many features and
+few samples already score well above 0. The calibration asks what the measure scores when the pairing is broken and
+reports only what exceeds that:
+
+- a permutation null: ``K`` shufflings of the rows of ``Y`` against ``X`` that move the exchangeable unit as a block
+  (whole images, so an image's objects keep their labels together; ``groups=None`` shuffles single rows, e.g.
+  categories for category-level measures; :func:`objalign.evaluate.stats.group_permutations`);
+- the threshold ``tau``: the ``ceil((1 - alpha)(K + 1))``-th smallest of the observed score together with the ``K``
+  null scores;
+- the p-value ``(1 + #{null >= observed}) / (K + 1)``;
+- the calibrated score ``max((s - tau) / (s_max - tau), 0)`` (``s_max = 1`` for every measure here), positive only
+  when the observed score beats the threshold (which implies ``p <= alpha``);
+- across many comparisons (several measures, protocols, a model matrix) Benjamini-Hochberg adjusted p-values
+  (:func:`bh_adjust`).
+
+Fast permutations
+-----------------
+A permutation ``pi`` of the rows of ``Y`` only reorders what was computed from ``Y`` alone: Gram matrices become
+``L[pi][:, pi]``, neighbour graphs ``W[pi][:, pi]``, principal subspaces ``U[pi]``. Each measure's engine computes
+those once and evaluates a permutation by indexing into them:
+
+``cka_linear`` / ``cka_linear_unbiased`` / ``cka_rbf``
+    The only permutation-dependent term is ``sum(A * L[pi][:, pi])`` (``A`` the fixed, possibly centred, Gram of
+    ``X``); the unbiased estimator adds ``O(n)`` diagonal and row-sum terms. When ``Y`` has few distinct rows (text
+    targets repeat per category) ``L = M Lu M^T`` with ``M`` the one-hot code matrix, and the term is
+    ``sum(Lu * (M_pi^T A M_pi))``: group sums of the rows of ``A`` (or of its factor ``F``, ``A = F F^T``, for the
+    linear kernel) under the permuted codes. Otherwise the linear kernel uses ``||G[pi]^T F||_F^2`` with the
+    centred features as factors, and the RBF kernel a gather of ``L``.
+``mutual_knn``
+    ``sum(W_X * W_Y[pi][:, pi]) / (n k)`` over the nonzeros of the sparser neighbour-weight matrix.
+``cknna``
+    The self-alignments do not change; the cross term is an unbiased HSIC of two matrices supported on ``X``'s
+    neighbour graph, evaluated from the ``O(n k)`` entries looked up at ``(pi[i], pi[j])``.
+``svcca``
+    Singular values of ``U_Y[pi]^T U_X`` with the top singular subspaces computed once.
+
+A callable ``f(X, Y) -> float`` is simply re-evaluated on each ``Y[pi]``. Every fast engine's null equals the
+measure recomputed from scratch on the permuted data (``tests/test_calibrate.py``); ``bench/calibrate.py`` times
+1,000 permutations of every measure on 3,000 objects against the recomputation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from objalign.errors import ObjalignError
+from objalign.evaluate import similarity as sim
+
+__all__ = ["MEASURES", "bh_adjust", "calibrate_measures", "calibrated", "calibration_summary", "permutation_engine"]
+
+_UNIQUE_FRACTION = 0.5  # Y is treated as coded (repeated rows) when it has at most this fraction of distinct rows
+
+
+# ------------------------------------------------------------------------------------------ validation
+def check_alpha(alpha) -> float:
+    """``alpha`` as a float in ``(0, 1)``, or one clear error naming the value."""
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        raise ObjalignError(f"alpha={alpha!r} must be a number in (0, 1), e.g. 0.05") from None
+    if not 0 < a < 1:
+        raise ObjalignError(f"alpha={alpha!r} is outside (0, 1): pass a significance level such as 0.05")
+    return a
+
+
+def _check_count(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ObjalignError(f"{name}={value!r} must be a positive integer, e.g. 1000")
+    return int(value)
+
+
+# --------------------------------------------------------------------------------------- Y-side kernel
+class _CodedKernel:
+    """A kernel ``L`` ``(n, n)`` of rows that repeat: ``L[i, j] = Lu[codes[i], codes[j]]``."""
+
+    def __init__(self, codes: np.ndarray, Lu: np.ndarray):
+        self.codes, self.Lu = codes, Lu
+        self.counts = np.bincount(codes, minlength=len(Lu)).astype(np.float64)
+
+    def diag(self) -> np.ndarray:
+        return np.diag(self.Lu)[self.codes]
+
+    def rowsums(self) -> np.ndarray:
+        return (self.Lu @ self.counts)[self.codes]
+
+    def total(self) -> float:
+        return float(self.counts @ self.Lu @ self.counts)
+
+    def sq_norm(self) -> float:
+        return float(np.sum(np.outer(self.counts, self.counts) * self.Lu ** 2))
+
+
+def _unique_codes(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(first_index (u,), codes (n,))`` when ``Y`` has at most ``_UNIQUE_FRACTION * n`` distinct rows, else None."""
+    _, first, codes = np.unique(Y, axis=0, return_index=True, return_inverse=True)
+    if len(first) > _UNIQUE_FRACTION * len(Y):
+        return None
+    return first, codes.ravel().astype(np.intp)
+
+
+def _stacked_codes(codes: np.ndarray, P: np.ndarray, u: int, dtype=np.float64):
+    """Sparse one-hot ``(B * u, n)`` (CSC) of permuted codes: block ``b``, row ``a`` sums ``{i: codes[P[b, i]] = a}``.
+
+    ``stacked @ A`` reads each row of ``A`` once for all ``B`` permutations of the chunk.
+    """
+    from scipy.sparse import csc_matrix
+
+    B, n = P.shape
+    rows = (np.arange(B)[:, None] * u + codes[P]).ravel()
+    cols = np.broadcast_to(np.arange(n), (B, n)).ravel()
+    return csc_matrix((np.ones(B * n, dtype=dtype), (rows, cols)), shape=(B * u, n))
+
+
+def _factor(Xc: np.ndarray) -> np.ndarray:
+    """``F`` with ``F F^T = Xc Xc^T`` and at most ``min(n, d)`` columns (``U S`` of a thin SVD when ``d > n``)."""
+    n, d = Xc.shape
+    if d <= n:
+        return np.ascontiguousarray(Xc)
+    U, s, _ = np.linalg.svd(Xc, full_matrices=False)
+    return U * s
+
+
+_DENSE_CHUNK = 4  # permutations per stacked product against a dense (n, n) matrix (its rows stay in cache)
+_FACTOR_CHUNK = 64  # the same against an (n, r) factor
+
+
+def _quad(A_factor, A_dense, Y_factor, Y_dense, Y_coded: _CodedKernel | None, P: np.ndarray) -> np.ndarray:
+    """``sum(A * L[pi][:, pi])`` ``(B,)`` for each row ``pi`` of ``P`` ``(B, n)``.
+
+    ``A`` is fixed (``F F^T`` given by its factor, or dense); ``L`` is coded (repeated rows), factored or dense.
+    """
+    out = np.empty(len(P))
+    if Y_coded is not None:
+        u, Lu = len(Y_coded.Lu), Y_coded.Lu
+        chunk = _FACTOR_CHUNK if A_factor is not None else _DENSE_CHUNK
+        for s in range(0, len(P), chunk):
+            Pc = P[s:s + chunk]
+            B = len(Pc)
+            S = _stacked_codes(Y_coded.codes, Pc, u)
+            if A_factor is not None:
+                G = (S @ A_factor).reshape(B, u, -1)  # group sums of the factor's rows, per permutation
+                out[s:s + B] = np.einsum("bur,bur->b", np.matmul(Lu, G), G)
+            else:
+                G = (S @ A_dense).reshape(B, u, -1)  # (B, u, n): M_pi^T A
+                C = Y_coded.codes[Pc]
+                for b in range(B):  # sum_{a, j} G[a, j] Lu[a, c_pi(j)]
+                    out[s + b] = np.einsum("aj,aj->", G[b], Lu[:, C[b]])
+        return out
+    if A_factor is not None and Y_factor is not None:
+        for b, pi in enumerate(P):
+            C = Y_factor[pi].T @ A_factor
+            out[b] = np.sum(C * C)
+        return out
+    A = A_dense if A_dense is not None else A_factor @ A_factor.T
+    for b, pi in enumerate(P):
+        out[b] = np.sum(A * Y_dense[np.ix_(pi, pi)])
+    return out
+
+
+# ----------------------------------------------------------------------------------------- engines
+MEASURES: dict[str, type] = {}
+"""Measure name -> permutation engine class (options are the class's keyword arguments)."""
+
+
+def _register(name: str):
+    def deco(cls):
+        cls.name = name
+        MEASURES[name] = cls
+        return cls
+    return deco
+
+
+class _Engine:
+    """Fixed precomputations of one measure on ``(X, Y)``.
+
+    :meth:`scores` gives the measure on ``(X, Y[pi])`` for every row ``pi`` of ``P`` ``(B, n)``; :meth:`score` on
+    one permutation (``None``: the observed pairing).
+    """
+
+    name = "?"
+    s_max = 1.0
+    n = 0
+
+    def scores(self, P: np.ndarray) -> np.ndarray:  # pragma: no cover - every engine overrides it
+        raise NotImplementedError
+
+    def score(self, pi: np.ndarray | None = None) -> float:
+        pi = np.arange(self.n) if pi is None else np.asarray(pi)
+        return float(self.scores(pi[None, :])[0])
+
+
+class _CKA(_Engine):
+    kernel = "linear"
+    unbiased = False
+
+    def __init__(self, X, Y, sigma: float | None = None):
+        if sigma is not None and self.kernel != "rbf":
+            raise ObjalignError(f"{self.name}: sigma only applies to the RBF kernel; drop it")
+        sig = 0.8 if sigma is None else sigma
+        if not (isinstance(sig, (int, float, np.floating)) and np.isfinite(sig) and sig > 0):
+            raise ObjalignError(f"sigma={sigma!r} must be a positive number (a fraction of the median distance)")
+        X, Y = sim._validate_pair(X, Y, 4 if self.unbiased else 2, self.name)
+        self.n = len(X)
+        Xc, Yc = sim._center(X), sim._center(Y)
+        coded = _unique_codes(Y)
+        self.F = self.A = self.G = self.L = self.coded = None
+        if self.kernel == "linear":
+            self.F = F = _factor(Xc)  # K = F F^T is already centred
+            FtF = F.T @ F
+            dK, rK, sK = np.einsum("ij,ij->i", F, F), F @ F.sum(0), float(np.sum(F.sum(0) ** 2))
+            kk = float(np.sum(FtF ** 2))
+            if coded is not None:
+                U = Yc[coded[0]]
+                self.coded = _CodedKernel(coded[1], U @ U.T)
+            else:
+                self.G = _factor(Yc)
+        else:
+            K = sim._rbf_gram(Xc, float(sig), "X")
+            L = sim._rbf_gram(Yc, float(sig), "Y")
+            Kc = sim._double_center(K)
+            self.A = K if self.unbiased else Kc
+            dK, rK, sK = np.diag(K).copy(), K.sum(1), float(K.sum())
+            kk = float(np.sum(K * K)) if self.unbiased else float(np.sum(Kc * Kc))
+            ll_biased = float(np.sum(sim._double_center(L) ** 2))
+            if coded is not None:
+                self.coded = _CodedKernel(coded[1], L[np.ix_(coded[0], coded[0])])
+            else:
+                self.L = L
+        if self.coded is not None:
+            c = self.coded
+            dL, rL, sL, ll = c.diag(), c.rowsums(), c.total(), c.sq_norm()
+        elif self.G is not None:
+            G = self.G
+            dL, rL, sL = np.einsum("ij,ij->i", G, G), G @ G.sum(0), float(np.sum(G.sum(0) ** 2))
+            ll = float(np.sum((G.T @ G) ** 2))
+        else:
+            dL, rL, sL, ll = np.diag(self.L).copy(), self.L.sum(1), float(self.L.sum()), float(np.sum(self.L ** 2))
+        if self.kernel == "rbf" and not self.unbiased:
+            ll = ll_biased
+        if self.unbiased:  # zero-diagonal row sums and totals of the unbiased estimator
+            self.dK, self.dL = dK, dL
+            self.rK, self.rL = rK - dK, rL - dL
+            self.sK, self.sL = sK - dK.sum(), sL - dL.sum()
+            hxx = self._hsic_u(kk, dK @ dK, self.rK @ self.rK, self.sK * self.sK)
+            hyy = self._hsic_u(ll, dL @ dL, self.rL @ self.rL, self.sL * self.sL)
+        else:
+            hxx, hyy = kk, ll
+        sim._check_self(hxx, "X")
+        sim._check_self(hyy, "Y")
+        self.denominator = math.sqrt(hxx * hyy)
+
+    def _hsic_u(self, q, diag, rows, sums):
+        """Song et al.'s unbiased HSIC from ``sum(K * L)``, ``diag(K) . diag(L)``, zero-diagonal row sums and totals."""
+        n = self.n
+        return (q - diag + sums / ((n - 1) * (n - 2)) - 2.0 * rows / (n - 2)) / (n * (n - 3))
+
+    def scores(self, P):
+        q = _quad(self.F, self.A, self.G, self.L, self.coded, P)
+        if self.unbiased:
+            q = self._hsic_u(q, self.dL[P] @ self.dK, self.rL[P] @ self.rK, self.sK * self.sL)
+        return q / self.denominator
+
+
+@_register("cka_linear")
+class _CKALinear(_CKA):
+    pass
+
+
+@_register("cka_linear_unbiased")
+class _CKALinearUnbiased(_CKA):
+    unbiased = True
+
+
+@_register("cka_rbf")
+class _CKARBF(_CKA):
+    kernel = "rbf"
+
+
+class _Lookup:
+    """An ``(n, n)`` matrix read at ``(P[:, r], P[:, c])`` for off-diagonal positions ``r != c``.
+
+    When ``Y`` repeats rows (``codes`` ``(n,)``) and the matrix is a function of the two codes off the diagonal, it is
+    kept as a ``(u, u)`` table (cache-resident); otherwise dense.
+    """
+
+    def __init__(self, W: np.ndarray, coded: tuple[np.ndarray, np.ndarray] | None):
+        self.W, self.codes = W, None
+        if coded is None:
+            return
+        first, codes = coded
+        u = len(first)
+        counts = np.bincount(codes, minlength=u)
+        order = np.argsort(codes, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        second = np.where(counts > 1, order[np.minimum(starts + 1, len(codes) - 1)], first)
+        table = W[np.ix_(first, first)].copy()
+        table[np.diag_indices(u)] = W[first, second] * (counts > 1)
+        full = table[np.ix_(codes, codes)]
+        np.fill_diagonal(full, np.diag(W))
+        if np.allclose(full, W, rtol=0.0, atol=1e-12):  # the table reproduces W (to rounding): use it
+            self.W, self.codes, self.table = None, codes, table.ravel()
+            self.u = u
+
+    def at(self, P: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        if self.codes is None:
+            return self.W[P[:, r], P[:, c]]
+        C = self.codes[P]
+        return self.table[C[:, r] * self.u + C[:, c]]
+
+
+def _sparse_entries(W: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r, c = np.nonzero(W)
+    return r, c, W[r, c]
+
+
+_KNN_CHUNK = 32  # permutations evaluated together on a neighbour graph
+
+
+@_register("mutual_knn")
+class _MutualKNN(_Engine):
+    def __init__(self, X, Y, k: int = 10):
+        X, Y = sim._validate_pair(X, Y, 2, "mutual_knn")
+        self.n = n = len(X)
+        self.k = sim._check_k(k, n)
+        WX = sim._neighbour_weights(sim._cosine_gram(X, "X"), self.k, "average")
+        WY = sim._neighbour_weights(sim._cosine_gram(Y, "Y"), self.k, "average")
+        # the sum runs over the sparser matrix's nonzeros; the other is looked up at the permuted positions
+        self.x_sparse = np.count_nonzero(WX) <= np.count_nonzero(WY)
+        self.r, self.c, self.w = _sparse_entries(WX if self.x_sparse else WY)
+        self.D = _Lookup(WY, _unique_codes(Y)) if self.x_sparse else _Lookup(WX, _unique_codes(X))
+
+    def scores(self, P):
+        if not self.x_sparse:  # sum_ij W_X[i, j] W_Y[pi i, pi j] = sum_ab W_X[pinv a, pinv b] W_Y[a, b]
+            P = np.argsort(P, axis=1)
+        out = np.empty(len(P))
+        for s in range(0, len(P), _KNN_CHUNK):
+            out[s:s + _KNN_CHUNK] = self.D.at(P[s:s + _KNN_CHUNK], self.r, self.c) @ self.w
+        return out / (self.n * self.k)
+
+
+@_register("cknna")
+class _CKNNA(_Engine):
+    def __init__(self, X, Y, k: int = 10):
+        from scipy.sparse import csr_matrix
+
+        X, Y = sim._validate_pair(X, Y, 4, "cknna")
+        self.n = n = len(X)
+        self.k = sim._check_k(k, n, minimum=2)
+        K, L = sim._cosine_gram(X, "X"), sim._cosine_gram(Y, "Y")
+        WK = sim._neighbour_weights(K, self.k, "average")
+        WL = sim._neighbour_weights(L, self.k, "average")
+        kk = sim._hsic_unbiased(WK * K, WK * K)  # neither self-alignment depends on the pairing
+        ll = sim._hsic_unbiased(WL * L, WL * L)
+        if not kk * ll > 0:
+            raise ObjalignError(
+                f"CKNNA is undefined here: the k-NN self-alignments of X and Y are {kk:.3g} and {ll:.3g} "
+                f"(their product must be positive); use a larger k or check for constant features")
+        self.denominator = math.sqrt(kk * ll)
+        coded = _unique_codes(Y)
+        self.WL, self.L = _Lookup(WL, coded), _Lookup(L, coded)
+        self.r, self.c, self.wk = _sparse_entries(WK)  # the cross term lives on X's neighbour graph
+        self.kw = self.wk * K[self.r, self.c]
+        key, tkey = self.r * n + self.c, self.c * n + self.r  # each entry (i, j) and its transpose (j, i)
+        pos = np.minimum(np.searchsorted(key, tkey), len(key) - 1)  # np.nonzero's keys are sorted (row-major)
+        self.has_t = key[pos] == tkey
+        self.t = pos[self.has_t]
+        m = len(self.r)
+        self.col_sum = csr_matrix((np.ones(m), (np.arange(m), self.c)), shape=(m, n))
+        self.row_sum = csr_matrix((np.ones(m), (np.arange(m), self.r)), shape=(m, n))
+
+    def scores(self, P):
+        n = self.n
+        out = np.empty(len(P))
+        for s in range(0, len(P), _KNN_CHUNK):
+            Pc = P[s:s + _KNN_CHUNK]
+            wl = self.WL.at(Pc, self.r, self.c)
+            a = self.kw * wl  # (M o K) on the graph, M = W_K o W_L[pi][:, pi]
+            b = self.wk * wl * self.L.at(Pc, self.r, self.c)  # M o L[pi][:, pi]
+            trace = np.einsum("bm,bm->b", a[:, self.has_t], b[:, self.t])
+            cross = np.einsum("bj,bj->b", (self.col_sum.T @ a.T).T, (self.row_sum.T @ b.T).T)
+            kl = (trace + a.sum(1) * b.sum(1) / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
+            out[s:s + len(Pc)] = kl
+        return out / self.denominator
+
+
+@_register("svcca")
+class _SVCCA(_Engine):
+    def __init__(self, X, Y, dim: int = 10):
+        X, Y = sim._validate_pair(X, Y, 2, "svcca")
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ObjalignError(f"dim must be a positive integer, got {dim!r}: pass e.g. dim=10")
+        limit = min(X.shape[0] - 1, X.shape[1], Y.shape[1])
+        if dim > limit:
+            raise ObjalignError(f"dim={dim} is too large: expected dim <= min(n_samples - 1, n_features_x, "
+                                f"n_features_y) = {limit}")
+        self.n = len(X)
+        self.Ux = sim._top_subspace(sim._center(X), int(dim), "X")
+        self.Uy = sim._top_subspace(sim._center(Y), int(dim), "Y")
+
+    def scores(self, P):
+        out = np.empty(len(P))
+        for s in range(0, len(P), _KNN_CHUNK):
+            C = np.matmul(self.Uy[P[s:s + _KNN_CHUNK]].transpose(0, 2, 1), self.Ux)  # (B, dim, dim)
+            out[s:s + len(C)] = np.mean(np.clip(np.linalg.svd(C, compute_uv=False), 0.0, 1.0), axis=1)
+        return out
+
+
+class _Callable(_Engine):
+    """Any ``f(X, Y) -> float``, recomputed on each permuted ``Y``."""
+
+    def __init__(self, f: Callable, X, Y, **options):
+        self.name = getattr(f, "__name__", "callable")
+        self.s_max = float(options.pop("s_max", 1.0))
+        self.f, self.options = f, options
+        self.X, self.Y = sim._validate_pair(X, Y, 2, self.name)
+        self.n = len(self.X)
+
+    def scores(self, P):
+        out = np.array([float(self.f(self.X, self.Y[pi], **self.options)) for pi in P])
+        if not np.all(np.isfinite(out)):
+            raise ObjalignError(f"measure {self.name} returned a non-finite value on a permuted pairing: it must "
+                                "return a finite number for any pairing")
+        return out
+
+
+def permutation_engine(measure, X, Y, **options) -> _Engine:
+    """The engine of ``measure`` (a name in :data:`MEASURES` or a callable ``f(X, Y) -> float``) on ``(X, Y)``.
+
+    ``engine.score(pi)`` returns the measure on ``(X, Y[pi])`` (``pi=None``: the observed pairing).
+    """
+    if callable(measure):
+        return _Callable(measure, X, Y, **options)
+    if measure not in MEASURES:
+        import difflib
+
+        close = difflib.get_close_matches(str(measure), list(MEASURES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ObjalignError(f"unknown similarity measure {measure!r}{hint}: expected one of "
+                            f"{', '.join(sorted(MEASURES))} or a callable f(X, Y) -> float")
+    try:
+        return MEASURES[measure](X, Y, **options)
+    except TypeError as exc:
+        raise ObjalignError(f"bad options {sorted(options)} for measure {measure!r}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------- results
+def calibration_summary(score: float, null: np.ndarray, alpha: float, s_max: float = 1.0) -> dict:
+    """Threshold, p-value and calibrated score of an observed ``score`` against its permutation ``null`` ``(K,)``."""
+    alpha = check_alpha(alpha)
+    null = np.asarray(null, dtype=np.float64)
+    K = null.size
+    pooled = np.sort(np.concatenate([[score], null]))
+    rank = min(max(math.ceil((1 - alpha) * (K + 1) - 1e-9), 1), K + 1)  # 1-based order statistic
+    tau = float(pooled[rank - 1])
+    p = (1 + int(np.count_nonzero(null >= score))) / (K + 1)
+    cal = max((score - tau) / (s_max - tau), 0.0) if s_max > tau else 0.0
+    return {"score": float(score), "threshold": tau, "pvalue": float(p), "calibrated": float(cal),
+            "null_mean": float(null.mean()) if K else float("nan"), "n_permutations": int(K), "alpha": alpha}
+
+
+def calibrated(measure, X, Y, groups=None, n_permutations: int = 1000, alpha: float = 0.05, seed=0,
+               **options) -> dict:
+    """A similarity measure with its permutation threshold, p-value and calibrated score.
+
+    Parameters
+    ----------
+    measure : str or callable
+        A name in :data:`MEASURES` (``"cka_linear"``, ``"cka_linear_unbiased"``, ``"cka_rbf"``,
+        ``"mutual_knn"``, ``"cknna"``, ``"svcca"``) with its keyword ``options`` (``k``,
+        ``dim``, ``sigma``), or a callable ``f(X, Y, **options) -> float`` (re-evaluated per permutation; pass
+        ``s_max=`` if its maximum is not 1).
+    X : array-like of shape (n_samples, n_features_x)
+    Y : array-like of shape (n_samples, n_features_y)
+        Paired features (row ``i`` of both describes sample ``i``).
+    groups : array-like of shape (n_samples,), optional
+        Exchangeable units (image ids): permutations move whole groups as blocks. None: single rows are exchanged
+        (e.g. categories, for category-level measures).
+    n_permutations : int, default 1000
+        ``K``, the number of permutations.
+    alpha : float in (0, 1), default 0.05
+        Level of the threshold.
+    seed : int, default 0
+
+    Returns
+    -------
+    dict
+        ``score`` (observed), ``threshold`` (tau), ``pvalue``, ``calibrated``, ``null`` (ndarray ``(K,)``),
+        ``null_mean``, ``n_permutations``, ``alpha``, ``measure`` (its name) and ``scheme``
+        (``"image-blocks"`` or ``"rows"``).
+    """
+    from objalign.evaluate.stats import group_permutations
+
+    alpha = check_alpha(alpha)
+    K = _check_count(n_permutations, "n_permutations")
+    engine = permutation_engine(measure, X, Y, **options)
+    n = engine.n
+    if groups is not None and len(np.asarray(groups)) != n:
+        raise ObjalignError(f"groups has {len(np.asarray(groups))} labels for {n} samples: pass one image id per row")
+    perms = group_permutations(n if groups is None else groups, K, seed=seed)
+    score = engine.score()
+    null = engine.scores(perms)
+    out = calibration_summary(score, null, alpha, engine.s_max)
+    return {**out, "null": null, "measure": engine.name, "scheme": "rows" if groups is None else "image-blocks"}
+
+
+def bh_adjust(pvalues) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values ``(m,)``: ``min_{j: p_j >= p_i} min(1, m p_j / rank_j)``."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    if p.ndim != 1:
+        raise ObjalignError(f"pvalues must be 1-D, got shape {p.shape}")
+    if p.size and (not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1):
+        raise ObjalignError("pvalues must be finite numbers in [0, 1]")
+    m = p.size
+    order = np.argsort(p)
+    scaled = p[order] * m / np.arange(1, m + 1)
+    adjusted = np.minimum.accumulate(scaled[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def calibrate_measures(measures: dict[str, tuple], X, Y, groups=None, n_permutations: int = 1000,
+                       alpha: float = 0.05, seed=0) -> dict[str, dict]:
+    """:func:`calibrated` for several measures on one pairing (one set of permutations), BH-adjusted together.
+
+    Parameters
+    ----------
+    measures : dict
+        Result name -> ``(measure, options)``, e.g. ``{"mutual_knn": ("mutual_knn", {"k": 10})}``.
+    X, Y, groups, n_permutations, alpha, seed
+        As in :func:`calibrated`.
+
+    Returns
+    -------
+    dict
+        Result name -> :func:`calibrated`'s dict without ``null``, plus ``pvalue_bh`` (adjusted over the measures
+        that could be computed) or ``error`` (the measure's message) for a measure that could not be computed.
+    """
+    out: dict[str, dict] = {}
+    for name, (measure, options) in measures.items():
+        try:
+            r = calibrated(measure, X, Y, groups, n_permutations, alpha, seed, **options)
+        except ObjalignError as exc:
+            out[name] = {"error": str(exc)}
+            continue
+        r.pop("null")
+        out[name] = r
+    done = [k for k, v in out.items() if "pvalue" in v]
+    for k, q in zip(done, bh_adjust([out[k]["pvalue"] for k in done])):
+        out[k]["pvalue_bh"] = float(q)
+    return out
