@@ -43,24 +43,13 @@ def test_grabcut_mode_on_the_demo(ds):
 
 
 def test_sam_mode_encodes_each_image_once_and_records_fallbacks(ds):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
     from objalign.crops.modes import sam_mode
     from objalign.crops.sam import SamSegmenter
+    from tiny_models import tiny_sam
 
-    cfg = transformers.SamConfig(
-        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=8,
-                           output_channels=32, window_size=4, global_attn_indexes=[1], num_pos_feats=16, mlp_dim=64),
-        prompt_encoder_config=dict(hidden_size=32, image_size=64, patch_size=8, mask_input_channels=8),
-        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2,
-                                 iou_head_hidden_dim=32))
-    torch.manual_seed(0)
-    model = transformers.SamModel(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    processor = transformers.SamProcessor(image_processor=transformers.SamImageProcessorPil(
-        size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}))
+    model, processor = tiny_sam()
     mode = sam_mode(segmenter=SamSegmenter.from_model(model, processor))
     inst = sample_instances(ds, n=30, seed=0, strategy="images_first")
     table, summary = decide_crops(ds, inst, mode, 0.1, True)

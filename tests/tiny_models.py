@@ -77,13 +77,10 @@ def make_tiny_dinov2(pooling="cls", model_path=None, device="cpu", dtype="float3
                        cls=FaultyTiny)
 
 
-def make_tiny_sam_mode(sam_model=None, sam_model_path=None, device="cpu", dtype="float32", **_):
-    """The ``sam`` crop mode with a randomly initialised 64-pixel SAM (every parameter perturbed, seed 0)."""
+def tiny_sam():
+    """A randomly initialised 64-pixel SAM (every parameter perturbed, seed 0) and its processor."""
     import torch
     from transformers import SamConfig, SamImageProcessorPil, SamModel, SamProcessor
-
-    from objalign.crops.modes import SegmenterMode
-    from objalign.crops.sam import SamSegmenter
 
     cfg = SamConfig(
         vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=8,
@@ -98,7 +95,15 @@ def make_tiny_sam_mode(sam_model=None, sam_model_path=None, device="cpu", dtype=
             p.add_(0.05 * torch.randn_like(p))
     processor = SamProcessor(image_processor=SamImageProcessorPil(size={"longest_edge": 64},
                                                                   pad_size={"height": 64, "width": 64}))
-    return SegmenterMode(SamSegmenter.from_model(model, processor))
+    return model, processor
+
+
+def make_tiny_sam_mode(sam_model=None, sam_model_path=None, device="cpu", dtype="float32", **_):
+    """The ``sam`` crop mode with :func:`tiny_sam`."""
+    from objalign.crops.modes import SegmenterMode
+    from objalign.crops.sam import SamSegmenter
+
+    return SegmenterMode(SamSegmenter.from_model(*tiny_sam()))
 
 
 def store_files(store: Path) -> dict[str, bytes]:
@@ -139,5 +144,5 @@ def one_process_reference(main, folder: Path, data) -> tuple[Path, dict[str, byt
     return base, store_files(vision_store(one))
 
 
-__all__ = ["cli_args", "make_tiny_dinov2", "tiny_dinov2", "make_tiny_sam_mode", "one_process_reference", "store_files",
-           "temporaries", "vision_store"]
+__all__ = ["cli_args", "make_tiny_dinov2", "make_tiny_sam_mode", "one_process_reference", "store_files",
+           "temporaries", "tiny_dinov2", "tiny_sam", "vision_store"]
