@@ -176,7 +176,9 @@ def test_a_second_run_with_the_cache_computes_nothing(prepared, small_demo, tmp_
     monkeypatch.delenv("OBJALIGN_CACHE")
     assert main(["cache", "ls", str(cache)]) == 0
     listing = capsys.readouterr().out
-    assert listing.count("crops  mode=box") == 1 and listing.count("embeddings  encoder=") == 2
+    # one crop store and one text, one vision and one distractor-vocabulary store, all shared by both runs
+    assert listing.count("crops  mode=box") == 1 and listing.count("embeddings  encoder=") == 3
+    assert listing.count("vectors=1203") == 1 and not list((runs[1] / "embeddings").glob("vocab-*"))
     assert "complete=True" in listing
     entry = next((cache / "embeddings").glob("vision-*"))
     assert main(["cache", "rm", str(entry)]) == 0 and not entry.exists()
