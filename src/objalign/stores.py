@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from .errors import ObjalignError
-from .runs import atomic_write_json
+from .runs import atomic_write_json, is_stale_temporary
 
 MANIFEST = "manifest.json"
 
@@ -45,6 +45,19 @@ def open_manifest(path: Path, key_fields: dict, new: dict, subdirs: tuple[str, .
     manifest = {"key": key, "key_fields": key_fields, **new, "complete": False}
     atomic_write_json(mf, manifest)
     return manifest, True
+
+
+def remove_stale_temporaries(path: Path, subdirs: tuple[str, ...]) -> int:
+    """Delete the temporaries a killed writer left in ``path`` and its ``subdirs`` (never a live writer's: several
+    processes may fill one store, see :func:`objalign.runs.is_stale_temporary`); returns how many."""
+    n = 0
+    for sub in ("",) + tuple(subdirs):
+        d = Path(path) / sub
+        for f in d.glob(".*.tmp-*") if d.is_dir() else ():
+            if is_stale_temporary(f):
+                f.unlink(missing_ok=True)
+                n += 1
+    return n
 
 
 def differences(a, b, prefix: str = "") -> list[str]:

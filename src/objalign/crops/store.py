@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 
 from ..errors import ObjalignError
-from ..runs import atomic_write_bytes, atomic_write_json, is_stale_temporary
-from ..stores import MANIFEST, open_manifest
+from ..runs import atomic_write_bytes, atomic_write_json
+from ..stores import MANIFEST, open_manifest, remove_stale_temporaries
 
 
 class CropStore:
@@ -79,13 +79,8 @@ class CropStore:
         return {"shard": int(i), "rows": int(n), "sha256": hashlib.sha256(data).hexdigest()[:16]}
 
     def remove_temporaries(self) -> int:
-        n = 0
-        for d in (self.path, self.path / "shards"):
-            for f in d.glob(".*.tmp-*") if d.is_dir() else ():
-                if is_stale_temporary(f):
-                    f.unlink(missing_ok=True)
-                    n += 1
-        return n
+        """Delete the temporaries a killed writer left behind; returns how many."""
+        return remove_stale_temporaries(self.path, ("shards",))
 
     def read(self) -> tuple[dict, list[dict]]:
         """The whole crop table (every shard, in order) and the shards' stats; every shard must be done."""

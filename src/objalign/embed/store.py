@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ObjalignError
-from ..runs import atomic_write_bytes, atomic_write_json, is_stale_temporary
-from ..stores import MANIFEST, find_stores, open_manifest, remove_store, store_key
+from ..runs import atomic_write_bytes, atomic_write_json
+from ..stores import MANIFEST, find_stores, open_manifest, remove_stale_temporaries, remove_store, store_key
 
 __all__ = ["EmbeddingStore", "find_stores", "read_embeddings", "remove_store", "store_key"]
 
@@ -56,15 +56,7 @@ class EmbeddingStore:
     def remove_temporaries(self) -> int:
         """Delete the temporaries a killed writer left behind (never a live writer's: several processes may
         fill one store, see :func:`objalign.runs.is_stale_temporary`); returns how many."""
-        n = 0
-        for sub in ("", "emb", "metadata", "skipped"):
-            d = self.path / sub
-            if d.is_dir():
-                for f in d.glob(".*.tmp-*"):
-                    if is_stale_temporary(f):
-                        f.unlink(missing_ok=True)
-                        n += 1
-        return n
+        return remove_stale_temporaries(self.path, ("emb", "metadata", "skipped"))
 
     def manifest(self) -> dict:
         mf = self.path / MANIFEST
