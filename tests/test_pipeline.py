@@ -1,7 +1,6 @@
 """The whole pipeline through the CLI on a small generated demo, with the real offline encoders."""
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -56,15 +55,23 @@ def test_report_files_and_schema(run_dir):
     assert "kernel_ridge" in text and "heldout_images" in text and "heldout_categories" in text
 
 
-def test_second_run_reuses_finished_stages(run_dir, capsys):
+def test_second_run_reuses_finished_stages(run_dir, capsys, monkeypatch):
+    """A second run loads no model and fits no map (any attempt fails the test, whatever the machine's load)."""
+    import objalign.align.stage as align_stage
+    import objalign.embed.stage as embed_stage
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a reused stage recomputed its work")
+
+    for module, name in ((embed_stage, "build_text_encoder"), (embed_stage, "build_vision_encoder"),
+                         (align_stage, "evaluate")):
+        monkeypatch.setattr(module, name, refuse)
     out, args = run_dir
     before = {s: json.loads((out / s / "stage.json").read_text())["key"] for s in ("sample", "crop", "embed", "align")}
-    t0 = time.time()
     assert main(args) == 0
     log = capsys.readouterr().out
     for s in ("sample", "crop", "embed", "align"):
         assert f"[{s:<6}] reused" in log
-    assert time.time() - t0 < 20
     after = {s: json.loads((out / s / "stage.json").read_text())["key"] for s in before}
     assert before == after
 
