@@ -7,14 +7,13 @@ exactly how it was made. Unknown keys are errors (with "did you mean"), never si
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from .errors import ObjalignError
+from .errors import ObjalignError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -336,8 +335,7 @@ def _build(cls: type, values: dict, where: str = "") -> Any:
         if key is None and "null" in names:  # YAML reads a bare ``null:`` key (align.null) as None
             key = "null"
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {where + '.' if where else ''}{close[0]!r}?" if close else ""
+            hint = did_you_mean(key, names, prefix=where + "." if where else "")
             raise ObjalignError(
                 f"config: unknown key {(where + '.' if where else '') + str(key)!r}{hint} "
                 f"(known: {', '.join(names)})"

@@ -12,6 +12,15 @@ class MissingDependencyError(ObjalignError, ImportError):
     """An optional dependency is not installed; the message gives the exact ``pip install`` line."""
 
 
+def did_you_mean(value, choices, n: int = 1, cutoff: float = 0.6, prefix: str = "") -> str:
+    """``"; did you mean 'x'?"`` (up to ``n`` close matches of ``value`` among ``choices``, each written as
+    ``prefix`` + the choice), or ``""`` when nothing is close: the hint every unknown-name error carries."""
+    import difflib
+
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=n, cutoff=cutoff)
+    return f"; did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ""
+
+
 def require(module: str, extra: str, package: str | None = None):
     """Import ``module`` or raise :class:`MissingDependencyError` naming the extra that provides it."""
     import importlib

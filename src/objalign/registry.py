@@ -6,13 +6,12 @@ transformers; the target is imported only when :meth:`Registry.get` is called.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import ObjalignError
+from .errors import ObjalignError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -74,8 +73,7 @@ class Registry:
         for prefix, e in self._prefixes.items():
             if name.startswith(prefix) and len(name) > len(prefix):
                 return e, {"name": name[len(prefix):]}
-        close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, self._entries, n=3, cutoff=0.5)
         known = ", ".join(self.names()) or "(none)"
         raise ObjalignError(f"unknown {self.kind} {name!r}{hint} (known: {known})")
 

@@ -53,11 +53,9 @@ def arch_family(arch: str) -> str:
         return arch
     archs = _all_archs()
     if arch not in archs:
-        import difflib
+        from ..errors import did_you_mean
 
-        close = difflib.get_close_matches(str(arch), list(archs), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ObjalignError(f"unknown checkpoint arch {arch!r}{hint} (known: {', '.join(archs)}, or the family "
+        raise ObjalignError(f"unknown checkpoint arch {arch!r}{did_you_mean(arch, archs)} (known: {', '.join(archs)}, or the family "
                             "names sam, dinov2, clip to take the architecture from the file)")
     return archs[arch]
 

@@ -436,11 +436,9 @@ def permutation_engine(measure, X, Y, **options) -> _Engine:
     if callable(measure):
         return _Callable(measure, X, Y, **options)
     if measure not in MEASURES:
-        import difflib
+        from ..errors import did_you_mean
 
-        close = difflib.get_close_matches(str(measure), list(MEASURES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ObjalignError(f"unknown similarity measure {measure!r}{hint}: expected one of "
+        raise ObjalignError(f"unknown similarity measure {measure!r}{did_you_mean(measure, MEASURES)}; expected one of "
                             f"{', '.join(sorted(MEASURES))} or a callable f(X, Y) -> float")
     try:
         return MEASURES[measure](X, Y, **options)

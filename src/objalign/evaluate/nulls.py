@@ -219,12 +219,11 @@ NULL_DESCRIPTIONS = {
 
 def check_null(name: str) -> str:
     """``name`` if it is a known null (:data:`NULLS`), else one line with "did you mean"."""
-    import difflib
+    from ..errors import did_you_mean
 
     if name in NULLS:
         return name
-    close = difflib.get_close_matches(str(name), NULLS, n=1, cutoff=0.4)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, NULLS, cutoff=0.4)
     raise ObjalignError(f"align.null = {name!r} is not a null{hint} (expected one of {', '.join(NULLS)})")
 
 
