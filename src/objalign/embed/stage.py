@@ -90,10 +90,11 @@ def check_layers(cfg: RunConfig) -> None:
         if check_layer_spec(sc.layers, where) == "last":
             continue
         factory, bound = registry.load(sc.name)
-        if not getattr(factory, "supports_layers", False):
+        if getattr(factory, "supports_layers", None) is False:  # a plain factory function: known once built
             raise no_layers_error(sc.name, side)
         extra = {"checkpoint": sc.checkpoint} if getattr(sc, "checkpoint", None) else {}
-        n = factory.layer_count(**bound, model_path=sc.model_path, **extra)
+        count = getattr(factory, "layer_count", None)
+        n = count(**bound, model_path=sc.model_path, **extra) if count else None
         if n is not None:
             resolve_layers(sc.layers, n, sc.name, where)
 
