@@ -130,8 +130,8 @@ class TextConfig:
     #: OpenAI CLIP checkpoint (``~/.cache/clip/ViT-B-32.pt``, official SHA-256 only, or a saved state dict) for
     #: ``name: clip_vit_b32|clip_vit_b16|clip_vit_l14``; found in ``~/.cache/clip`` when empty
     checkpoint: str | None = None
-    #: CLIP text only: ``float32``, ``float16`` or ``auto`` (float16 on CUDA, float32 elsewhere: what OpenAI's
-    #: ``clip.load`` does)
+    #: CLIP text: ``float32``, ``float16`` or ``auto`` (float16 on CUDA, float32 elsewhere: what OpenAI's
+    #: ``clip.load`` does); ``hf-lm:``: ``float32``, ``float16`` or ``bfloat16``
     dtype: str = "float32"
     #: ``last``, ``all`` or a list of ints, as ``embed.vision.layers`` (hidden states as the model returns them)
     layers: str | tuple[int, ...] = "last"
