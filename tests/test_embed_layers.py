@@ -250,3 +250,12 @@ def test_stage_layers_stores_and_run_alignment_input(small_demo, tmp_path, tiny_
 
     with pytest.raises(ObjalignError, match="layer 4 is out of range for 'tiny-dinov2-layers', which has 3 blocks"):
         embed_vision_store(load_config(overrides={**sets, "embed.vision.layers": [4]}), out, progress=False)
+
+    # a static partition: the first worker's call leaves shards to the other, whose call finishes the store
+    part = {**sets, "embed.vision.layers": [1, -1], "compute.num_workers": 2}
+    with pytest.raises(ObjalignError, match=r"2 of 3 shards are left to the other workers"):
+        embed_vision_store(load_config(overrides={**part, "compute.worker_index": 0}), out, progress=False)
+    done = EmbeddingStore(embed_vision_store(load_config(overrides={**part, "compute.worker_index": 1}), out,
+                                             progress=False))
+    assert done.layers() == [1, 3]
+    np.testing.assert_array_equal(done.read(layer=3)[1], X_last)
