@@ -109,6 +109,10 @@ class VisionConfig:
     #: DINOv2 position-embedding resizing: ``auto`` (``hub`` for hub checkpoints, else ``transformers``),
     #: ``transformers`` or ``hub`` (the hub code's ``scale_factor`` with its +0.1 offset)
     pos_interpolation: str = "auto"
+    #: which blocks to embed: ``last`` (the model's output, as always), ``all`` (blocks 1..n) or a list of ints
+    #: (``0`` = the embedding output, ``k`` = block ``k``, negative from the end), all in one forward pass; DINOv2
+    #: applies its final LayerNorm to every layer (see README "Layers")
+    layers: str | tuple[int, ...] = "last"
 
 
 @dataclass(frozen=True)
@@ -125,9 +129,14 @@ class TextConfig:
     #: OpenAI CLIP checkpoint (``~/.cache/clip/ViT-B-32.pt``, official SHA-256 only, or a saved state dict) for
     #: ``name: clip_vit_b32|clip_vit_b16|clip_vit_l14``; found in ``~/.cache/clip`` when empty
     checkpoint: str | None = None
-    #: CLIP text only: ``float32``, ``float16`` or ``auto`` (float16 on CUDA, float32 elsewhere: what OpenAI's
-    #: ``clip.load`` does)
+    #: CLIP text: ``float32``, ``float16`` or ``auto`` (float16 on CUDA, float32 elsewhere: what OpenAI's
+    #: ``clip.load`` does); ``hf-lm:``: ``float32``, ``float16`` or ``bfloat16``
     dtype: str = "float32"
+    #: ``last``, ``all`` or a list of ints, as ``embed.vision.layers`` (hidden states as the model returns them)
+    layers: str | tuple[int, ...] = "last"
+    #: ``hf-lm:`` only: ``default`` (= ``mean``), ``mean`` (over non-padding tokens) or ``last`` (last non-padding
+    #: token); other text encoders take ``default`` only
+    pooling: str = "default"
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,9 @@ class EmbedConfig:
     #: distractor names for open-vocabulary retrieval: ``lvis`` (the shipped 1,203 LVIS v1 names), a text file
     #: with one name per line, or null (none); see objalign.data.vocab
     vocabulary: str | None = "lvis"
+    #: dtype of the vision store's shards: ``float32`` or ``float16`` (half the disk: 25 layers x 1024-d x 860k
+    #: objects is 44 GB); readers get float32 back from load_run_embeddings
+    storage_dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -319,6 +331,9 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     if value is None:
         return None
     args = getattr(typ, "__args__", ())
+    seq = [a for a in args if getattr(a, "__origin__", None) is tuple]
+    if seq and (isinstance(value, (list, tuple)) or (isinstance(value, int) and not isinstance(value, bool))):
+        return _coerce(value, seq[0], where)  # ``str | tuple[int, ...]``: a list (or one int) is the tuple
     if str in args:
         return str(value)
     for a in (int, float):

@@ -138,13 +138,21 @@ def plan(cfg: RunConfig, out: str | Path) -> str:
                  f"{'square' if c.square else 'aspect as is'}, background {c.background}"
                  + (f"; SAM {c.sam_path_or_model()} on {c.device}/{c.dtype}" if c.mode == "sam" else ""))
     ve, te = VISION_ENCODERS.entry(e.vision.name), TEXT_ENCODERS.entry(e.text.name)
+
+    def layers(spec) -> str:
+        shown = spec if isinstance(spec, str) else list(spec)
+        return "" if spec == "last" else f", layers {shown} (the run aligns the last)"
     lines.append(f"vision    {e.vision.name}: {ve.description}; pooling {e.vision.pooling}, batch {e.vision.batch_size}, "
                  f"{e.vision.device}/{e.vision.dtype}" + (f", weights from {e.vision.model_path}" if e.vision.model_path else "")
                  + (f", original checkpoint {e.vision.checkpoint}" if e.vision.checkpoint else "")
-                 + (f", preprocess {e.vision.preprocess}" if e.vision.preprocess != "default" else ""))
+                 + (f", preprocess {e.vision.preprocess}" if e.vision.preprocess != "default" else "")
+                 + layers(e.vision.layers)
+                 + (f", stored as {e.storage_dtype}" if e.storage_dtype != "float32" else ""))
     lines.append(f"text      {e.text.name}: {te.description}; prompt {e.text.template!r}"
                  + (f", weights from {e.text.model_path}" if e.text.model_path else "")
-                 + (f", original checkpoint {e.text.checkpoint}" if e.text.checkpoint else ""))
+                 + (f", original checkpoint {e.text.checkpoint}" if e.text.checkpoint else "")
+                 + (f", pooling {e.text.pooling}" if e.text.pooling != "default" else "")
+                 + layers(e.text.layers))
     lines.append(f"align     {', '.join(a.methods)} (+ baselines {', '.join(a.baselines) or 'none'}); PCA to <= "
                  f"{a.common_dim}; {a.cv_folds}-fold grouped CV over {len(a.alphas)} alphas x {len(a.gammas)} gammas; "
                  f"protocols {', '.join(a.protocols)}; {a.n_permutations} permutations ({a.null} null), "

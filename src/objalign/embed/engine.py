@@ -40,7 +40,8 @@ def _make_pool(executor: str, num_workers: int):
 def extract_vision(table: dict[str, np.ndarray], images, encoder, store, shard_size: int,
                    batch_size: int, fill, num_workers: int = 2, progress: bool = True, background: str = "fill",
                    on_batch: Callable[[int], None] | None = None, executor: str = "thread",
-                   prefetch_batches: int = 4, shards: list[int] | None = None) -> dict:
+                   prefetch_batches: int = 4, shards: list[int] | None = None,
+                   layers: list[int] | None = None) -> dict:
     """Embed every row of ``table`` (the crop table: one row per object, sorted by image) into ``store``.
 
     Parameters
@@ -62,6 +63,9 @@ def extract_vision(table: dict[str, np.ndarray], images, encoder, store, shard_s
         How many batches of crops may wait ahead of the model: memory is bounded by the batch, not the dataset.
     shards : list of int, optional
         Compute only these shards (a worker's share; see :mod:`objalign.compute`); default all of them.
+    layers : list of int, optional
+        Model layer numbers: each crop's ``(len(layers), dim)`` vectors come from ``encoder.encode_layers`` (one
+        forward pass) into a layered store; default the encoder's usual ``(dim,)`` vector.
 
     Returns
     -------
@@ -107,10 +111,12 @@ def extract_vision(table: dict[str, np.ndarray], images, encoder, store, shard_s
     n_embedded = 0
     receipts: list[dict] = []
 
+    row_shape = (encoder.dim,) if layers is None else (len(layers), encoder.dim)
+
     def write(s: int) -> None:
         rows = sorted(got[s])
         keep = np.asarray(rows, dtype=np.int64)
-        arr = np.stack([got[s][r] for r in rows]) if rows else np.zeros((0, encoder.dim), np.float32)
+        arr = np.stack([got[s][r] for r in rows]) if rows else np.zeros((0, *row_shape), np.float32)
         meta = {c: np.asarray(table[c])[keep] for c in meta_cols}
         receipts.append(store.write_shard(s, arr, meta, sorted(skipped_by_shard[s], key=lambda d: d["annotation_id"])))
         del got[s], skipped_by_shard[s], remaining[s]
@@ -135,8 +141,9 @@ def extract_vision(table: dict[str, np.ndarray], images, encoder, store, shard_s
         if not buf_rows:
             return
         k = len(buf_rows)
-        emb = np.asarray(encoder.encode(buf[:k]), dtype=np.float32)
-        finite = np.isfinite(emb).all(axis=1)
+        emb = np.asarray(encoder.encode(buf[:k]) if layers is None else encoder.encode_layers(buf[:k], layers),
+                         dtype=np.float32)
+        finite = np.isfinite(emb.reshape(k, -1)).all(axis=1)
         for row, v, ok in zip(buf_rows, emb, finite):
             if ok:
                 got[row // shard_size][row] = v
@@ -218,7 +225,7 @@ class VisionShardWork:
         An :class:`EmbeddingStore` opened by the stage (its manifest is there).
     options : dict
         ``extract_vision`` keyword arguments: ``shard_size``, ``batch_size``, ``fill``, ``background``,
-        ``num_workers``, ``executor``.
+        ``num_workers``, ``executor`` and (optional) ``layers``.
     """
 
     name = "embed"
@@ -243,5 +250,6 @@ class VisionShardWork:
         o = self.options
         stats = extract_vision(self.table, self.images, encoder, EmbeddingStore(self.store_path), o["shard_size"],
                                o["batch_size"], o["fill"], num_workers=o["num_workers"], progress=progress,
-                               background=o["background"], executor=o["executor"], shards=shards)
+                               background=o["background"], executor=o["executor"], shards=shards,
+                               layers=o.get("layers"))
         return stats["receipts"]

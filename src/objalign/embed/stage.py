@@ -48,6 +48,8 @@ def check_encoder_names(cfg: RunConfig) -> None:
         raise ObjalignError(f"embed.vision.{parity_vision[0]} applies to DINOv2 encoders (facebook/dinov2-*, "
                             f"dinov2_vit*14), not {v.name!r}; unset it or pick a DINOv2 encoder")
     parity_text = [k for k, val in (("checkpoint", t.checkpoint), ("dtype", t.dtype)) if val not in (None, "float32")]
+    if parity_text == ["dtype"] and text.target.endswith(":HFLanguageModelText"):
+        parity_text = []  # a language model may run in half precision too
     if parity_text and not text.target.endswith(":HFClipText"):
         from ..errors import ObjalignError
 
@@ -63,6 +65,48 @@ def check_encoder_names(cfg: RunConfig) -> None:
 
         raise ObjalignError(f"embed.vision.batch_size = {cfg.embed.vision.batch_size}, embed.shard_size = "
                             f"{cfg.embed.shard_size}: both must be at least 1")
+
+
+def check_layers(cfg: RunConfig) -> None:
+    """Fail with one line, before any model loads, on ``embed.*.layers`` that cannot be served: a malformed
+    value, an encoder that cannot expose hidden states, or a layer number outside the model's blocks (when the
+    count is known without loading it: the shipped defaults, DINOv2's releases, a local transformers folder or
+    the hub cache; otherwise the same check runs once the model is loaded, before anything is embedded). Also
+    checks ``embed.text.pooling`` and ``embed.storage_dtype``."""
+    from ..encoders import TEXT_ENCODERS, VISION_ENCODERS
+    from ..encoders.layers import check_layer_spec, no_layers_error, resolve_layers
+    from ..errors import ObjalignError
+    from .store import STORAGE_DTYPES
+
+    if cfg.embed.storage_dtype not in STORAGE_DTYPES:
+        raise ObjalignError(f"embed.storage_dtype = {cfg.embed.storage_dtype!r}: expected one of "
+                            f"{', '.join(STORAGE_DTYPES)}")
+    t = cfg.embed.text
+    if t.pooling != "default" and not TEXT_ENCODERS.entry(t.name).target.endswith(":HFLanguageModelText"):
+        raise ObjalignError(f"embed.text.pooling = {t.pooling!r} applies to hf-lm: language models, not {t.name!r}; "
+                            "use pooling: default")
+    for side, registry, sc in (("vision", VISION_ENCODERS, cfg.embed.vision), ("text", TEXT_ENCODERS, t)):
+        where = f"embed.{side}.layers"
+        if check_layer_spec(sc.layers, where) == "last":
+            continue
+        factory, bound = registry.load(sc.name)
+        if getattr(factory, "supports_layers", None) is False:  # a plain factory function: known once built
+            raise no_layers_error(sc.name, side)
+        extra = {"checkpoint": sc.checkpoint} if getattr(sc, "checkpoint", None) else {}
+        count = getattr(factory, "layer_count", None)
+        n = count(**bound, model_path=sc.model_path, **extra) if count else None
+        if n is not None:
+            resolve_layers(sc.layers, n, sc.name, where)
+
+
+def model_layers(encoder, spec, side: str) -> list[int] | None:
+    """The positive layer numbers ``spec`` (``embed.<side>.layers``) asks of a loaded ``encoder``, None for
+    ``last``; one error line for a layer out of range or an encoder without hidden states."""
+    from ..encoders.layers import check_layer_spec, resolve_layers
+
+    if check_layer_spec(spec, f"embed.{side}.layers") == "last":
+        return None
+    return resolve_layers(spec, encoder.n_layers, encoder.name, f"embed.{side}.layers")
 
 
 def vision_encoder_spec(cfg: RunConfig, device: str | None = None):
@@ -90,7 +134,8 @@ def build_text_encoder(cfg: RunConfig):
 
     _quiet_transformers()
     t = cfg.embed.text
-    extra = {k: val for k, val in (("checkpoint", t.checkpoint), ("dtype", t.dtype)) if val not in (None, "float32")}
+    extra = {k: val for k, val in (("checkpoint", t.checkpoint), ("dtype", t.dtype), ("pooling", t.pooling))
+             if val not in (None, "float32", "default")}
     return TEXT_ENCODERS.get(t.name, model_path=t.model_path, device=t.device, **extra)
 
 
@@ -109,13 +154,14 @@ def prompts_for(names: list[str], template: str) -> list[str]:
     return [row[0] for row in fill_templates(names, resolve_templates("template", template))]
 
 
-def embed_texts(encoder, names: list[str], template: str | tuple[str, ...], normalize: bool) -> np.ndarray:
+def embed_texts(encoder, names: list[str], template: str | tuple[str, ...], normalize: bool,
+                layers: list[int] | None = None) -> np.ndarray:
     """``(n_names, dim)`` float32 text embeddings of the prompts (one template, or the normalised-mean
-    ensemble of several), L2-normalised if ``normalize``."""
+    ensemble of several), L2-normalised if ``normalize``; ``(n_names, len(layers), dim)`` with ``layers``."""
     from ..encoders.prompts import embed_prompts, resolve_templates
 
     templates = resolve_templates("template", template) if isinstance(template, str) else tuple(template)
-    return embed_prompts(encoder, names, templates, normalize)
+    return embed_prompts(encoder, names, templates, normalize, layers=layers)
 
 
 def vision_key_fields(dataset_fingerprint: str, table: dict, fill, background: str, encoder_key: dict,
@@ -155,14 +201,145 @@ def resolve_background(cfg: RunConfig, ds, table: dict, max_images: int = 200) -
     return tuple(int(round(v)) for v in np.mean(means, 0)), "fill"
 
 
+def _text_store(cfg: RunConfig, home: Path, ds) -> dict:
+    """Build the text encoder and make sure the text store (one row per dataset category, category-id order) is
+    complete; returns ``store``, ``manifest``, ``encoder``, ``templates``, ``names`` and ``layers``."""
+    t = cfg.embed.text
+    templates = text_templates(cfg)
+    text_enc = build_text_encoder(cfg)
+    layers = model_layers(text_enc, t.layers, "text")
+    cat_ids = sorted(ds.categories)
+    names = [ds.categories[c] for c in cat_ids]
+    fields = {"categories": [[int(c), n] for c, n in zip(cat_ids, names)], "encoder": text_enc.key(),
+              "prompts": t.prompts, "templates": list(templates), "normalize": t.normalize}
+    if layers is not None:
+        fields["layers"] = layers
+    store = EmbeddingStore.open(home / f"text-{store_key(fields)}", fields, shard_size=max(1, len(names)),
+                                n_rows=len(names), layers=layers)
+    if not store.shard_done(0):
+        vec = embed_texts(text_enc, names, templates, t.normalize, layers=layers)
+        first_prompt = [row[0] if len(row) == 1 else f"mean of {len(row)} prompts, e.g. {row[0]!r}"
+                        for row in fill_templates(names, templates)]
+        store.write_shard(0, vec, {"category_id": np.asarray(cat_ids), "category": np.asarray(names, dtype=object),
+                                   "prompt": np.asarray(first_prompt, dtype=object)}, [])
+    manifest = store.finalize(1, text_enc.dim, {"n_templates": len(templates)})
+    return {"store": store, "manifest": manifest, "encoder": text_enc, "templates": templates, "names": names,
+            "layers": layers}
+
+
+def _vision_store(cfg: RunConfig, out: Path, home: Path, ds, executor, progress: bool) -> dict:
+    """Compute this process's share of the vision store's shards on ``executor`` (all of them unless a static
+    partition splits them) and finish the store if every shard is then done. Returns ``store``, ``layers``,
+    ``missing`` (shards left to other workers), ``n_shards``, ``receipts``, ``seconds``, ``computed`` (executor
+    figures), ``encoder`` (what the summary records) and ``manifest`` (None while shards are missing)."""
+    from ..compute import partition
+    from ..errors import ObjalignError
+
+    v, c = cfg.embed.vision, cfg.compute
+    crops = out / "crop" / "crops.parquet"
+    if not crops.is_file():
+        raise ObjalignError(f"{crops} does not exist: run the crop stage into {out} first (objalign crop)")
+    enc = build_vision_encoder(cfg, device=None if executor.runs_here else "cpu")  # remote: only for the key
+    layers = model_layers(enc, v.layers, "vision")
+    table = read_table(crops)
+    fill, background = resolve_background(cfg, ds, table)
+    fields = vision_key_fields(ds.fingerprint, table, fill, background, enc.key(), cfg.embed.shard_size)
+    if layers is not None:
+        fields["layers"] = layers
+    if cfg.embed.storage_dtype != "float32":
+        fields["storage_dtype"] = cfg.embed.storage_dtype
+    n_rows = len(table["annotation_id"])
+    store = EmbeddingStore.open(home / f"vision-{store_key(fields)}", fields, cfg.embed.shard_size, n_rows,
+                                layers=layers, storage_dtype=cfg.embed.storage_dtype)
+    n_shards = max(1, -(-n_rows // cfg.embed.shard_size))
+    todo = [s for s in partition(n_shards, c.num_workers, c.worker_index) if not store.shard_done(s)]
+    options = {"shard_size": cfg.embed.shard_size, "batch_size": v.batch_size, "fill": fill,
+               "background": background, "num_workers": v.num_workers, "executor": v.executor}
+    if layers is not None:
+        options["layers"] = layers
+    work = VisionShardWork(table, ds.image_source(), vision_encoder_spec(cfg), store.path, options)
+    info = {"name": enc.name, "dim": enc.dim, "pooling": enc.pooling, "preprocess": enc.key()["preprocess"],
+            "revision": enc.revision, "dtype": v.dtype, "device": enc.device if executor.runs_here else v.device,
+            "layers": layers, "storage_dtype": cfg.embed.storage_dtype}
+    if not executor.runs_here:
+        enc = None  # each worker builds its own
+    t0 = time.perf_counter()
+    receipts = executor.run(work, todo, progress=progress, state=enc)
+    seconds = time.perf_counter() - t0
+    del enc
+    computed = {"executor": executor.name, "workers": executor.workers, "shards_computed": len(receipts),
+                **{f"workers_{k}": round(v, 3) for k, v in getattr(executor, "stats", {}).items() if k.endswith("_s")},
+                "objects_per_s": (round(sum(r["rows"] for r in receipts) / seconds, 2)
+                                  if seconds > 0 and receipts else None)}
+    missing = [s for s in range(n_shards) if not store.shard_done(s)]
+    manifest = None
+    if not missing:
+        store.remove_temporaries()
+        manifest = store.finalize(n_shards, info["dim"], {"seconds": round(seconds, 3)})
+    return {"store": store, "layers": layers, "missing": missing, "n_shards": n_shards, "receipts": receipts,
+            "seconds": seconds, "computed": computed, "encoder": info, "manifest": manifest}
+
+
+def _executor(cfg: RunConfig):
+    from ..compute import make_executor
+
+    executor = make_executor(cfg.compute)
+    if not executor.runs_here:
+        executor.connect()  # an unreachable cluster or an impossible request fails before any model loads
+    return executor
+
+
+def embed_text_store(cfg: RunConfig, out: str | Path) -> Path:
+    """The complete text store for ``cfg.embed.text`` (one row per dataset category, in category-id order; a layer
+    axis when ``embed.text.layers`` is not ``last``), computed unless it exists; its home follows ``cfg.cache``
+    (``<out>/embeddings`` without a cache). Returns the store's folder (read it with :class:`EmbeddingStore`)."""
+    from ..runs import store_home
+
+    check_encoder_names(cfg)
+    check_layers(cfg)
+    home, _ = store_home(cfg.cache.dir, ensure_out(out), "embeddings")
+    return _text_store(cfg, home, open_dataset(cfg.data))["store"].path
+
+
+def embed_vision_store(cfg: RunConfig, out: str | Path, progress: bool = True) -> Path:
+    """The complete vision store of the objects cropped into ``out`` (``out/crop/crops.parquet``: the crop stage
+    has run there) for ``cfg.embed.vision``, its layers and ``embed.storage_dtype``, computed with
+    ``cfg.compute``'s executor unless it exists; its home follows ``cfg.cache``. Returns the store's folder.
+
+    Raises
+    ------
+    ObjalignError
+        Bad layers, an unknown encoder, a missing crop table (before any model loads), or shards left to other
+        workers of a static partition (``compute.num_workers`` > 1: run the other workers, then call again).
+    """
+    from ..errors import ObjalignError
+    from ..runs import store_home
+
+    check_encoder_names(cfg)
+    check_layers(cfg)
+    out = ensure_out(out)
+    if not (out / "crop" / "crops.parquet").is_file():
+        raise ObjalignError(f"{out / 'crop' / 'crops.parquet'} does not exist: run the crop stage into {out} first")
+    executor = _executor(cfg)
+    home, _ = store_home(cfg.cache.dir, out, "embeddings")
+    res = _vision_store(cfg, out, home, open_dataset(cfg.data), executor, progress)
+    if res["missing"]:
+        raise ObjalignError(f"{res['store'].path}: {len(res['missing'])} of {res['n_shards']} shards are left to the "
+                            f"other workers of the static partition (compute.num_workers = {cfg.compute.num_workers});"
+                            " run them, then call again")
+    return res["store"].path
+
+
 def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = True) -> dict:
     """Embed the crops (vision store, computed by ``compute.executor``) and the category names (text store).
+
+    With ``embed.*.layers`` other than ``last`` the stores hold every requested layer; the run's alignment uses
+    the last layer of each list (:func:`load_run_embeddings`).
 
     With a static partition (``compute.num_workers`` > 1) this process computes its share of the vision shards;
     the process that then finds every shard done finishes the stores and records the stage. The others return
     ``{"partial": True, ...}`` and record nothing, so the next stage never reads an unfinished store.
     """
-    from ..compute import make_executor, partition
     from ..runs import store_home
 
     out = ensure_out(out)
@@ -172,9 +349,8 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
     if not force and is_current(out, "embed", key):
         return {**stage_record(out, "embed"), "reused": True}
     check_encoder_names(cfg)
-    executor = make_executor(cfg.compute)
-    if not executor.runs_here:
-        executor.connect()  # an unreachable cluster or an impossible request fails before any model loads
+    check_layers(cfg)
+    executor = _executor(cfg)
     emb_dir = out / "embeddings"
     emb_dir.mkdir(exist_ok=True)
     home, shared = store_home(cfg.cache.dir, out, "embeddings")
@@ -185,62 +361,24 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
 
     # text: one vector per dataset category, in category-id order (tiny: always computed here)
     t = cfg.embed.text
-    templates = text_templates(cfg)
-    text_enc = build_text_encoder(cfg)
-    cat_ids = sorted(ds.categories)
-    names = [ds.categories[c] for c in cat_ids]
-    tkey_fields = {"categories": [[int(c), n] for c, n in zip(cat_ids, names)], "encoder": text_enc.key(),
-                   "prompts": t.prompts, "templates": list(templates), "normalize": t.normalize}
-    tstore = EmbeddingStore.open(home / f"text-{store_key(tkey_fields)}", tkey_fields, shard_size=max(1, len(names)),
-                                 n_rows=len(names))
-    if not tstore.shard_done(0):
-        vec = embed_texts(text_enc, names, templates, t.normalize)
-        first_prompt = [row[0] if len(row) == 1 else f"mean of {len(row)} prompts, e.g. {row[0]!r}"
-                        for row in fill_templates(names, templates)]
-        tstore.write_shard(0, vec, {"category_id": np.asarray(cat_ids), "category": np.asarray(names, dtype=object),
-                                    "prompt": np.asarray(first_prompt, dtype=object)}, [])
-    tman = tstore.finalize(1, text_enc.dim, {"n_templates": len(templates)})
+    text = _text_store(cfg, home, ds)
+    tstore, tman, templates = text["store"], text["manifest"], text["templates"]
     pointer("text", tstore.path)
     from .vocab import embed_vocabulary
 
-    vocab = embed_vocabulary(cfg.embed.vocabulary, text_enc, templates, t.normalize, t.prompts, names, emb_dir,
-                             home, shared)
-    del text_enc
+    vocab = embed_vocabulary(cfg.embed.vocabulary, text["encoder"], templates, t.normalize, t.prompts, text["names"],
+                             emb_dir, home, shared, layer=None if text["layers"] is None else text["layers"][-1])
+    del text
 
-    # vision: one vector per sampled object, shard by shard, on whichever executor
-    v, c = cfg.embed.vision, cfg.compute
-    enc = build_vision_encoder(cfg, device=None if executor.runs_here else "cpu")  # remote: only for the key
-    table = read_table(out / "crop" / "crops.parquet")
-    fill, background = resolve_background(cfg, ds, table)
-    vkey_fields = vision_key_fields(ds.fingerprint, table, fill, background, enc.key(), cfg.embed.shard_size)
-    n_rows = len(table["annotation_id"])
-    vstore = EmbeddingStore.open(home / f"vision-{store_key(vkey_fields)}", vkey_fields, cfg.embed.shard_size, n_rows)
-    n_shards = max(1, -(-n_rows // cfg.embed.shard_size))
-    todo = [s for s in partition(n_shards, c.num_workers, c.worker_index) if not vstore.shard_done(s)]
-    work = VisionShardWork(table, ds.image_source(), vision_encoder_spec(cfg), vstore.path,
-                           {"shard_size": cfg.embed.shard_size, "batch_size": v.batch_size, "fill": fill,
-                            "background": background, "num_workers": v.num_workers, "executor": v.executor})
-    dim, enc_info = enc.dim, {"name": enc.name, "dim": enc.dim, "pooling": enc.pooling,
-                              "preprocess": enc.key()["preprocess"], "revision": enc.revision, "dtype": v.dtype,
-                              "device": enc.device if executor.runs_here else v.device}
-    if not executor.runs_here:
-        del enc  # each worker builds its own
-        enc = None
-    t0 = time.perf_counter()
-    receipts = executor.run(work, todo, progress=progress, state=enc)
-    seconds = time.perf_counter() - t0
-    del enc
-    computed = {"executor": executor.name, "workers": executor.workers, "shards_computed": len(receipts),
-                **{f"workers_{k}": round(v, 3) for k, v in getattr(executor, "stats", {}).items() if k.endswith("_s")},
-                "objects_per_s": (round(sum(r["rows"] for r in receipts) / seconds, 2)
-                                  if seconds > 0 and receipts else None)}
-    missing = [s for s in range(n_shards) if not vstore.shard_done(s)]
-    if missing:
-        summary = {"vision_store": str(vstore.path), "n_shards": n_shards, "shards_missing": len(missing), **computed,
-                   "worker": f"{c.worker_index}/{c.num_workers}"}
+    # vision: one vector (or one per layer) per sampled object, shard by shard, on whichever executor
+    c = cfg.compute
+    vis = _vision_store(cfg, out, home, ds, executor, progress)
+    vstore, n_shards, computed = vis["store"], vis["n_shards"], vis["computed"]
+    if vis["missing"]:
+        summary = {"vision_store": str(vstore.path), "n_shards": n_shards, "shards_missing": len(vis["missing"]),
+                   **computed, "worker": f"{c.worker_index}/{c.num_workers}"}
         return {"stage": "embed", "key": key, "summary": summary, "partial": True, "reused": False}
-    vstore.remove_temporaries()
-    vman = vstore.finalize(n_shards, dim, {"seconds": round(seconds, 3)})
+    vman = vis["manifest"]
     pointer("vision", vstore.path)
     if vman["skipped"]:
         first = vman["skipped"][0]
@@ -248,21 +386,28 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
               f"{first['annotation_id']}: {first['reason']}); see {vstore.path / 'manifest.json'}")
     summary = {"vision_store": vstore.path.name, "text_store": tstore.path.name,
                "store_folder": str(home.resolve()) if shared else "embeddings",
-               "vision_encoder": enc_info,
+               "vision_encoder": vis["encoder"],
                "text_encoder": {"name": tman["key_fields"]["encoder"]["name"], "dim": tman["dim"],
                                 "template": t.template if t.prompts == "template" else t.prompts,
-                                "prompts": t.prompts, "n_templates": len(templates)},
+                                "prompts": t.prompts, "n_templates": len(templates),
+                                "layers": tman.get("layers")},
+               "aligned_layers": {"vision": (vis["layers"] or ["last"])[-1],
+                                  "text": (tman.get("layers") or ["last"])[-1]},
                "vocabulary": vocab,
                "n_vision": vman["n_vectors"], "n_skipped": len(vman["skipped"]), "skipped": vman["skipped"],
-               "n_shards": n_shards, "shards_reused": n_shards - len(receipts), **computed}
+               "n_shards": n_shards, "shards_reused": n_shards - len(vis["receipts"]), **computed}
     return {**write_stage(out, "embed", key, summary, started), "reused": False}
 
 
 def load_run_embeddings(out: Path) -> tuple[dict, np.ndarray, dict, np.ndarray]:
-    """``(vision metadata, vision array, text metadata, text array)`` of a run."""
+    """``(vision metadata, (n, dim) vision array, text metadata, (c, q) text array)`` of a run, float32.
+
+    A layered store gives its last layer (the deepest of ``embed.*.layers``): the one ``objalign run`` aligns.
+    """
     emb_dir = Path(out) / "embeddings"
     v = EmbeddingStore(emb_dir / json.loads((emb_dir / "vision.json").read_text())["store"])
     t = EmbeddingStore(emb_dir / json.loads((emb_dir / "text.json").read_text())["store"])
-    vm, va = v.read()
-    tm, ta = t.read()
+    vl, tl = v.layers(), t.layers()
+    vm, va = v.read(layer=None if vl is None else vl[-1])
+    tm, ta = t.read(layer=None if tl is None else tl[-1])
     return vm, va, tm, ta

@@ -3,7 +3,7 @@
 Layout (clip-retrieval's convention, readable by embedding-reader)::
 
     <store>/manifest.json            key, the fields hashed into it, dim, shard size, status
-    <store>/emb/emb_00000.npy        float32 (rows, dim)
+    <store>/emb/emb_00000.npy        float32 (rows, dim); a layered store: (rows, L, dim) in its storage dtype
     <store>/metadata/metadata_00000.parquet   one row per vector (annotation_id, image_id, category_id, ...)
     <store>/skipped/skipped_00000.json        instances of that shard that could not be embedded, with reasons
 
@@ -14,6 +14,10 @@ and started again removes the temporaries it left, recomputes only the shards th
 cuts batches at shard boundaries, so a recomputed shard sees the same batches), and ends with exactly the
 bytes an uninterrupted run gives. A store whose key does not match the request is never reused: the error
 names the key fields that differ. One writer per store at a time.
+
+A layered store (``embed.*.layers`` other than ``last``) holds every requested layer of each object on a layer
+axis; its manifest records ``layers`` (the model's layer numbers, in axis order) and ``storage_dtype``
+(``float32`` or ``float16``). A ``last`` store in float32 records neither, so it is laid out and keyed as before.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from ..errors import ObjalignError
 from ..runs import atomic_write_bytes, atomic_write_json
 from ..stores import MANIFEST, find_stores, open_manifest, remove_stale_temporaries, remove_store, store_key
 
+#: dtypes a store's shards may be kept in (``embed.storage_dtype``)
+STORAGE_DTYPES = ("float32", "float16")
+
 __all__ = ["EmbeddingStore", "find_stores", "read_embeddings", "remove_store", "store_key"]
 
 
@@ -38,16 +45,26 @@ class EmbeddingStore:
 
     # -- writing -------------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, key_fields: dict, shard_size: int, n_rows: int) -> "EmbeddingStore":
+    def open(cls, path: str | Path, key_fields: dict, shard_size: int, n_rows: int, layers: list[int] | None = None,
+             storage_dtype: str = "float32") -> "EmbeddingStore":
         """Open (or create) the store at ``path`` for the request described by ``key_fields``.
+
+        ``layers`` (model layer numbers) makes a layered store, ``(rows, len(layers), dim)`` shards;
+        ``storage_dtype`` is the shards' dtype (``float32`` or ``float16``). Both must also be in ``key_fields``
+        when they are not the defaults (the caller's key says what the content is).
 
         Raises :class:`ObjalignError` if a store already sits there with a different key (naming the fields
         that differ). Temporary files left by a killed writer are removed.
         """
+        if storage_dtype not in STORAGE_DTYPES:
+            raise ObjalignError(f"embed.storage_dtype = {storage_dtype!r}: expected one of {', '.join(STORAGE_DTYPES)}")
         store = cls(path)
+        extra = {} if layers is None else {"layers": [int(k) for k in layers]}
+        if layers is not None or storage_dtype != "float32":
+            extra["storage_dtype"] = storage_dtype
         _, created = open_manifest(store.path, key_fields, {
             "kind": "embeddings", "shard_size": int(shard_size), "n_requested": int(n_rows),
-            "layout": "clip-retrieval: emb/emb_NNNNN.npy + metadata/metadata_NNNNN.parquet"},
+            "layout": "clip-retrieval: emb/emb_NNNNN.npy + metadata/metadata_NNNNN.parquet", **extra},
             ("emb", "metadata", "skipped"))
         if not created:
             store.remove_temporaries()
@@ -63,6 +80,17 @@ class EmbeddingStore:
         if not mf.is_file():
             raise ObjalignError(f"{self.path}: no {MANIFEST}; this is not an objalign embedding store")
         return json.loads(mf.read_text())
+
+    def layers(self) -> list[int] | None:
+        """The model layer numbers on a layered store's layer axis, or None (a ``last`` store: ``(n, dim)``)."""
+        layers = self.manifest().get("layers")
+        return None if layers is None else [int(k) for k in layers]
+
+    def storage_dtype(self) -> str:
+        """``float32`` or ``float16``: the dtype of the shards on disk."""
+        if not hasattr(self, "_dtype"):
+            self._dtype = str(self.manifest().get("storage_dtype", "float32"))
+        return self._dtype
 
     def shard_paths(self, i: int) -> tuple[Path, Path, Path]:
         return (self.path / "emb" / f"emb_{i:05d}.npy", self.path / "metadata" / f"metadata_{i:05d}.parquet",
@@ -113,7 +141,7 @@ class EmbeddingStore:
         emb, meta, skip = self.shard_paths(i)
         atomic_write_json(skip, skipped)
         buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(vectors, dtype=np.float32))
+        np.save(buf, np.ascontiguousarray(vectors, dtype=self.storage_dtype()))
         atomic_write_bytes(emb, buf.getvalue())
         sink = pa.BufferOutputStream()
         pq.write_table(pa.table({k: np.asarray(v) for k, v in metadata.items()}), sink)
@@ -143,8 +171,20 @@ class EmbeddingStore:
         return mf
 
     # -- reading -------------------------------------------------------------------------------------------
-    def read(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """All metadata columns and the ``(n, dim)`` float32 array, in shard order."""
+    def read(self, layer: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """All metadata columns and the float32 array, in shard order.
+
+        Parameters
+        ----------
+        layer : int, optional
+            A layered store: only this model layer (one of :meth:`layers`; negative counts from the end of that
+            list), read shard by shard so memory holds one layer, not all.
+
+        Returns
+        -------
+        cols : dict of (n,) arrays
+        array : (n, dim) float32, or (n, L, dim) for a layered store read without ``layer``
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -152,14 +192,24 @@ class EmbeddingStore:
         if not mf.get("complete"):
             raise ObjalignError(f"{self.path}: the store is incomplete (an interrupted run?); run the embed stage "
                                 "again to finish it")
+        layers = mf.get("layers")
+        pick = None
+        if layer is not None:
+            if layers is None:
+                raise ObjalignError(f"{self.path}: layer={layer} asked of a store without a layer axis (layers: last)")
+            if not (layer in layers or -len(layers) <= layer < 0):
+                raise ObjalignError(f"{self.path}: layer {layer} is not in this store (layers {layers})")
+            pick = layers.index(layer) if layer in layers else layer
         arrays, tables = [], []
         for i in range(mf["n_shards"]):
             emb, meta, _ = self.shard_paths(i)
-            arrays.append(np.load(emb))
+            arr = np.load(emb, mmap_mode="r" if pick is not None else None)
+            arrays.append(np.asarray(arr[:, pick] if pick is not None else arr, dtype=np.float32))
             tables.append(pq.read_table(meta))
         table = pa.concat_tables(tables) if tables else pa.table({})
         cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-        array = np.concatenate(arrays) if arrays else np.zeros((0, mf.get("dim", 0)), np.float32)
+        shape = (0, mf.get("dim", 0)) if layers is None or pick is not None else (0, len(layers), mf.get("dim", 0))
+        array = np.concatenate(arrays) if arrays else np.zeros(shape, np.float32)
         return cols, array
 
 
@@ -177,7 +227,7 @@ def read_embeddings(path_or_run_dir: str | Path, kind: str = "vision") -> tuple[
     -------
     ids : (n,) int64
         ``annotation_id`` for vision stores, ``category_id`` for text stores.
-    array : (n, dim) float32
+    array : (n, dim) float32, or (n, L, dim) for a layered store (see :meth:`EmbeddingStore.read`)
     """
     if kind not in ("vision", "text"):
         raise ObjalignError(f"kind={kind!r}: expected 'vision' or 'text'")

@@ -22,10 +22,12 @@ __all__ = ["embed_vocabulary", "load_vocabulary_embeddings"]
 
 
 def embed_vocabulary(spec: str | None, text_enc, templates, normalize: bool, prompts: str, dataset_names: list[str],
-                     emb_dir: Path, home: Path | None = None, shared: bool = False) -> dict | None:
+                     emb_dir: Path, home: Path | None = None, shared: bool = False,
+                     layer: int | None = None) -> dict | None:
     """Embed the distractor names of vocabulary ``spec`` (None: none) into a store under ``home`` (default
     ``emb_dir``; with ``shared``, a cache folder outside the run, recorded by absolute path); returns what
-    ``emb_dir/vocab.json`` records."""
+    ``emb_dir/vocab.json`` records. ``layer``: the model layer the run aligns (layered text stores), else the
+    encoder's usual output."""
     from .stage import embed_texts
 
     record = Path(emb_dir) / "vocab.json"
@@ -36,10 +38,15 @@ def embed_vocabulary(spec: str | None, text_enc, templates, normalize: bool, pro
     extra = [n for n in load_vocabulary(spec) if n.lower() not in known]
     fields = {"vocabulary": extra, "encoder": text_enc.key(), "prompts": prompts, "templates": list(templates),
               "normalize": normalize}
+    if layer is not None:
+        fields["layer"] = int(layer)
     name = f"vocab-{store_key(fields)}"
     store = EmbeddingStore.open(Path(home or emb_dir) / name, fields, shard_size=max(1, len(extra)), n_rows=len(extra))
     if not store.shard_done(0):
-        vec = embed_texts(text_enc, extra, templates, normalize)
+        if layer is None:
+            vec = embed_texts(text_enc, extra, templates, normalize)
+        else:
+            vec = embed_texts(text_enc, extra, templates, normalize, layers=[layer])[:, 0]
         store.write_shard(0, vec, {"name": np.asarray(extra, dtype=object)}, [])
     store.finalize(1, text_enc.dim, {})
     info = {"store": str(store.path.resolve()) if shared else name, "source": spec, "n_distractors": len(extra)}

@@ -46,6 +46,9 @@ TEXT_ENCODERS.register_prefix("hf-clip:", "objalign.encoders.hf_clip_text:HFClip
                               "any transformers CLIP text tower, projected (hf-clip:<model id or path>)")
 TEXT_ENCODERS.register_prefix("hf:", "objalign.encoders.hf_text:HFMeanPoolText",
                               "any transformers text model, mean pooling (hf:<model id or path>)")
+TEXT_ENCODERS.register_prefix("hf-lm:", "objalign.encoders.hf_lm:HFLanguageModelText",
+                              "any transformers causal or masked language model, per layer (hf-lm:<model id or path>; "
+                              "pooling mean|last)")
 TEXT_ENCODERS.register_prefix("open_clip:", "objalign.encoders.open_clip_text:OpenClipText",
                               "open_clip text tower, projected (open_clip:<arch>/<pretrained>; extra 'open_clip')")
 TEXT_ENCODERS.register_prefix("st:", "objalign.encoders.st_text:SentenceTransformerText",

@@ -193,17 +193,49 @@ class VisionEncoder:
 
     def encode_tensor(self, pixel_values) -> np.ndarray:
         """Embed a normalised ``(B, 3, H, W)`` tensor -> ``(B, dim)`` float32 (the model's forward alone)."""
+        return self._run(self._forward, pixel_values)
+
+    def _run(self, fn, *args) -> np.ndarray:
+        """``fn(*args)`` without autograd, under autocast for a reduced dtype -> float32 numpy."""
         import torch
 
         with torch.inference_mode():
             if self.dtype != torch.float32:
                 with torch.autocast(device_type=self.device.split(":")[0], dtype=self.dtype):
-                    out = self._forward(pixel_values)
+                    out = fn(*args)
             else:
-                out = self._forward(pixel_values)
+                out = fn(*args)
         return out.float().cpu().numpy()
 
     def _forward(self, pixel_values):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    #: whether :meth:`encode_layers` works (the model exposes its hidden states)
+    supports_layers: bool = False
+
+    @classmethod
+    def layer_count(cls, **kwargs) -> int | None:
+        """The number of blocks of the model these constructor arguments load, known without loading it (None:
+        known only once loaded); lets a bad ``layers`` fail before any model loads."""
+        return None
+
+    @property
+    def n_layers(self) -> int:
+        """Number of blocks (layers ``1..n_layers``; ``0`` is the embedding output)."""
+        from .layers import no_layers_error
+
+        raise no_layers_error(self.name, "vision")
+
+    def encode_layers(self, crops: np.ndarray, layers: list[int]) -> np.ndarray:
+        """Embed crops ``(B, S, S, 3)`` uint8 at each of ``layers`` (positive numbers, see
+        :mod:`objalign.encoders.layers`) in one forward pass -> ``(B, len(layers), dim)`` float32."""
+        from .layers import no_layers_error
+
+        if not self.supports_layers:
+            raise no_layers_error(self.name, "vision")
+        return self._run(self._forward_layers, self.to_tensor(crops), list(layers))
+
+    def _forward_layers(self, pixel_values, layers: list[int]):  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -220,6 +252,27 @@ class TextEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    #: whether :meth:`encode_layers` works (the model exposes its hidden states)
+    supports_layers: bool = False
+
+    @classmethod
+    def layer_count(cls, **kwargs) -> int | None:
+        """As :meth:`VisionEncoder.layer_count`."""
+        return None
+
+    @property
+    def n_layers(self) -> int:
+        """Number of blocks (layers ``1..n_layers``; ``0`` is the embedding output)."""
+        from .layers import no_layers_error
+
+        raise no_layers_error(self.name, "text")
+
+    def encode_layers(self, texts: list[str], layers: list[int]) -> np.ndarray:
+        """``n`` strings at each of ``layers`` (one forward pass per batch) -> ``(n, len(layers), dim)`` float32."""
+        from .layers import no_layers_error
+
+        raise no_layers_error(self.name, "text")
+
 
 class TokenizedTextEncoder(TextEncoder):
     """A transformers tokenizer + model: texts are tokenised and run in batches; subclasses set ``_embed``."""
@@ -234,7 +287,22 @@ class TokenizedTextEncoder(TextEncoder):
         """``tok`` (BatchEncoding on the device) -> ``(B, dim)`` tensor."""
         raise NotImplementedError
 
+    def _embed_layers(self, tok, layers: list[int]):  # pragma: no cover - abstract
+        """``tok`` -> ``(B, len(layers), dim)`` tensor (see :meth:`encode_layers`)."""
+        raise NotImplementedError
+
     def encode(self, texts: list[str]) -> np.ndarray:
+        return self._batches(texts, self._embed, (0, self.dim))
+
+    def encode_layers(self, texts: list[str], layers: list[int]) -> np.ndarray:
+        from .layers import no_layers_error
+
+        if not self.supports_layers:
+            raise no_layers_error(self.name, "text")
+        layers = list(layers)
+        return self._batches(texts, lambda tok: self._embed_layers(tok, layers), (0, len(layers), self.dim))
+
+    def _batches(self, texts: list[str], embed, empty: tuple) -> np.ndarray:
         import torch
 
         out = []
@@ -242,8 +310,8 @@ class TokenizedTextEncoder(TextEncoder):
             for i in range(0, len(texts), self.batch_size):
                 tok = self.tokenizer(list(texts[i:i + self.batch_size]), padding=True, truncation=True,
                                      max_length=self.max_length, return_tensors="pt").to(self.device)
-                out.append(self._embed(tok).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+                out.append(embed(tok).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(empty, np.float32)
 
 
 POOLINGS = ("cls", "mean", "cls+mean")

@@ -7,8 +7,11 @@ import os
 
 from ..errors import ObjalignError
 from .base import Preprocess, VisionEncoder, check_pooling, hub_load, pool_tokens
+from .layers import config_layer_count, normed_token_layers
 
 PREPROCESS_KINDS = ("default", "hub")
+#: blocks of the released sizes (``facebook/dinov2-<size>``, ``dinov2_vit<k>14``), known before loading
+DEPTHS = {"small": 12, "base": 12, "large": 24, "giant": 40, "vits14": 12, "vitb14": 12, "vitl14": 24, "vitg14": 40}
 POS_INTERPOLATIONS = ("auto", "transformers", "hub")
 
 
@@ -94,3 +97,25 @@ class HFDinov2(VisionEncoder):
     def _forward(self, pixel_values):
         out = self.model(pixel_values=pixel_values.to(self.model.dtype))
         return pool_tokens(out.last_hidden_state, out.pooler_output, self.pooling, self.n_prefix)
+
+    supports_layers = True
+
+    @classmethod
+    def layer_count(cls, name: str = "", model_path: str | None = None, checkpoint: str | None = None,
+                    **_) -> int | None:
+        if model_path:
+            return config_layer_count(model_path, "vision")
+        tail = os.path.basename(os.fspath(checkpoint or name or "")).replace("dinov2-with-registers-", "dinov2-")
+        for size, depth in DEPTHS.items():
+            if tail.endswith(f"dinov2-{size}") or tail.startswith(f"dinov2_{size}"):
+                return depth
+        return None if checkpoint else config_layer_count(name, "vision")
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    def _forward_layers(self, pixel_values, layers):
+        """Each layer through the final LayerNorm, pooled as the last (:func:`normed_token_layers`)."""
+        return normed_token_layers(self.model, pixel_values.to(self.model.dtype), layers, self.pooling,
+                                   self.n_prefix)

