@@ -178,6 +178,7 @@ def run_matrix(mcfg: MatrixConfig | str | Path, out: str | Path, overrides: list
     """Run the matrix (see the module docstring); returns ``matrix.json``'s content."""
     from ..align.stage import compute_dtype
     from ..config import dump_config
+    from ..evaluate.nulls import single_threaded_blas
     from ..pipeline import stage_function
     from ..runs import atomic_write_bytes, atomic_write_json, ensure_out
     from ..stores import store_key
@@ -246,8 +247,9 @@ def run_matrix(mcfg: MatrixConfig | str | Path, out: str | Path, overrides: list
             key = store_key({**shared, "X": content_hash(X)})
 
             def compute(X=X, vspec=vspec, vl=vl):
-                try:
-                    res = evaluate_targets(X, groups, label_index, targets, base.align, names, cat_ids)
+                try:  # one BLAS thread: the many small products of a cell only lose to threads' synchronisation
+                    with single_threaded_blas():
+                        res = evaluate_targets(X, groups, label_index, targets, base.align, names, cat_ids)
                 except ObjalignError as exc:  # concerns X itself (e.g. too few objects for the folds)
                     res = {k: {"error": str(exc)} for k in targets}
                 rows, nulls = [], {}
