@@ -258,22 +258,14 @@ def test_layer_out_of_range_names_the_model_and_its_layer_count(small_demo, tmp_
 # -- the demo matrix's last-layer cell equals `objalign run` ----------------------------------------------------
 
 
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 @pytest.mark.slow
 def test_demo_layers_last_cell_equals_objalign_run(small_demo, tmp_path):
     pytest.importorskip("onnx")
+    from objalign.matrix.config import _flatten
+
     doc = yaml.safe_load((ROOT / "configs" / "demo_layers.yaml").read_text())
     assert doc["matrix"]["vision"][0]["layers"] == "all" and doc["matrix"]["text"][0]["layers"] == "all"
-    small = ["data.kind=coco", f"data.root={small_demo}", "sample.n=80", "align.cv_folds=3",
+    small = ["data.kind=coco", f"data.root={small_demo}", "sample.n=60", "align.cv_folds=3",
              "align.category_folds=3", "align.n_bootstrap=50", "align.similarity_permutations=50"]
     # the same file with each model at its last layer only (the full 12 x 6 grid is the demo itself)
     doc["base"] = str(DEMO)

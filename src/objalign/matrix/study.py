@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -39,10 +38,6 @@ COLUMNS = ("vision_model", "vision_name", "vision_layer", "text_model", "text_na
 BEST_COLUMNS = ("vision_model", "text_model", "protocol", "method", "measure", "vision_layer", "text_layer", "value",
                 "pvalue_cell", "pvalue_max", "n_cells", "n_permutations", "status", "reason")
 BLOCKS = "matrix_blocks"
-
-
-def _safe(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-") or "model"
 
 
 def cell_rows(res: dict, base: dict) -> list[dict]:
@@ -117,7 +112,9 @@ def _block(out: Path, key: str, vlabel: str, layer: int, compute, force: bool = 
     ``compute()`` -> (rows, nulls) written atomically (``block.json`` last). Returns ``(rows, nulls, reused)``."""
     from ..runs import atomic_write_bytes, atomic_write_json
 
-    d = out / BLOCKS / f"{_safe(vlabel)}__L{layer}"
+    from ..report.matrix import file_label
+
+    d = out / BLOCKS / f"{file_label(vlabel)}__L{layer}"
     done = d / "block.json"
     if done.is_file() and not force:
         try:

@@ -38,7 +38,8 @@ def _rows(path: Path) -> list[dict]:
     return pq.read_table(str(path)).to_pylist() if path.is_file() else []
 
 
-def _safe(label: str) -> str:
+def file_label(label: str) -> str:
+    """A model label as a file-name part (``facebook/dinov2-base`` -> ``facebook-dinov2-base``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-") or "model"
 
 
@@ -62,6 +63,16 @@ def _find_best(best: list[dict], v: str, t: str, protocol: str, method: str, mea
     return None
 
 
+def _annotate(ax, grid: np.ndarray, labels: dict) -> None:
+    """Write ``labels[(i, j)]`` on cell (i, j), dark on the bright end of viridis and light elsewhere."""
+    finite = grid[np.isfinite(grid)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    for (i, j), text in labels.items():
+        v = grid[i, j]
+        bright = np.isfinite(v) and hi > lo and (v - lo) / (hi - lo) > 0.6
+        ax.text(j, i, text, ha="center", va="center", fontsize=7, color="k" if bright else "w")
+
+
 def heatmap(rows, best, vision: dict, text: dict, protocols: list[str], method: str, measures: dict,
             path: Path) -> None:
     """One model pair's layer x layer heatmaps (one panel per protocol) into ``path``."""
@@ -78,10 +89,8 @@ def heatmap(rows, best, vision: dict, text: dict, protocols: list[str], method: 
         ax.set_xlabel(f"{text['label']} layer")
         ax.set_ylabel(f"{vision['label']} layer")
         if g.size <= 400:
-            for i in range(g.shape[0]):
-                for j in range(g.shape[1]):
-                    ax.text(j, i, "x" if np.isnan(g[i, j]) else f"{g[i, j]:.2f}", ha="center", va="center",
-                            fontsize=7, color="w")
+            _annotate(ax, g, {(i, j): "x" if np.isnan(g[i, j]) else f"{g[i, j]:.2f}"
+                              for i in range(g.shape[0]) for j in range(g.shape[1])})
         b = _find_best(best, vision["label"], text["label"], protocol, method, m)
         title = f"{SPLIT_TITLES.get(protocol, protocol)}: {m} ({method})"
         if b:
@@ -115,8 +124,7 @@ def models_figure(best, visions: list[dict], texts: list[dict], protocols: list[
         im = ax.imshow(np.ma.masked_invalid(g), aspect="auto", cmap="viridis")
         ax.set_xticks(range(len(texts)), [t["label"] for t in texts], rotation=20, ha="right")
         ax.set_yticks(range(len(visions)), [v["label"] for v in visions])
-        for (i, j), s in notes.items():
-            ax.text(j, i, s, ha="center", va="center", fontsize=7, color="w")
+        _annotate(ax, g, notes)
         ax.set_title(f"{SPLIT_TITLES.get(protocol, protocol)}: best-layer {m} ({method})", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
@@ -193,7 +201,7 @@ def write_matrix_report(out: str | Path) -> list[str]:
     if protocols:
         for v in meta["vision"]:
             for t in meta["text"]:
-                p = out / f"heatmap_{_safe(v['label'])}__{_safe(t['label'])}.png"
+                p = out / f"heatmap_{file_label(v['label'])}__{file_label(t['label'])}.png"
                 heatmap(rows, best, v, t, protocols, method, measures, p)
                 figures.append((f"{v['label']} x {t['label']}: layer x layer", p,
                                 f"{', '.join(measures.get(x, 'top1') for x in protocols)} of {method} per vision "
