@@ -265,7 +265,7 @@ def test_demo_layers_last_cell_equals_objalign_run(small_demo, tmp_path):
 
     doc = yaml.safe_load((ROOT / "configs" / "demo_layers.yaml").read_text())
     assert doc["matrix"]["vision"][0]["layers"] == "all" and doc["matrix"]["text"][0]["layers"] == "all"
-    small = ["data.kind=coco", f"data.root={small_demo}", "sample.n=60", "align.cv_folds=3",
+    small = ["data.kind=coco", f"data.root={small_demo}", "sample.n=80", "align.cv_folds=3",
              "align.category_folds=3", "align.n_bootstrap=50", "align.similarity_permutations=50"]
     # the same file with each model at its last layer only (the full 12 x 6 grid is the demo itself)
     doc["base"] = str(DEMO)
