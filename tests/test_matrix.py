@@ -178,7 +178,7 @@ def test_figures_and_self_contained_page(tiny):
     assert "best layer pair per model pair" in html and "p_max" in html
 
 
-def test_rerun_reuses_every_block_and_recomputes_only_a_lost_one(tiny, capsys):
+def test_rerun_reuses_every_block_and_recomputes_only_lost_ones(tiny, capsys):
     from objalign.matrix.study import BLOCKS
 
     cfg, out = tiny
@@ -188,11 +188,14 @@ def test_rerun_reuses_every_block_and_recomputes_only_a_lost_one(tiny, capsys):
     log = capsys.readouterr().out
     assert log.count("reused") >= 4 + 2 and "(4 of 4 vision-layer blocks reused)" in log
     assert (out / "matrix.parquet").read_bytes() == before
-    (out / BLOCKS / "tiny-cls__L1" / "block.json").unlink()  # as if killed before its marker was written
-    assert main(["matrix", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    for lost in ("tiny-cls__L1", "tiny-mean__L2"):  # as if killed before their markers were written
+        (out / BLOCKS / lost / "block.json").unlink()
+    # the two lost blocks recomputed at once in worker processes: the same table, in the same order
+    assert main(["matrix", str(cfg), "--out", str(out), "--no-progress", "--jobs", "2"]) == 0
     log = capsys.readouterr().out
-    assert "(3 of 4 vision-layer blocks reused)" in log and "tiny-cls layer 1: 2 cell(s) in" in log
-    assert (out / "matrix.parquet").read_bytes() == before  # the recomputed block gives the same figures
+    assert "(2 of 4 vision-layer blocks reused)" in log and "tiny-cls layer 1: 2 cell(s) in" in log
+    assert "tiny-mean layer 2: 2 cell(s) in" in log
+    assert (out / "matrix.parquet").read_bytes() == before
 
 
 def test_too_few_objects_for_the_folds_is_recorded_per_cell(tiny, tmp_path):

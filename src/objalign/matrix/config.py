@@ -11,6 +11,7 @@
         - {name: minilm-l6-v2, layers: all}
       method: ridge                 # headline method of the figures (default: the first of align.methods)
       measure: {heldout_images: top1, heldout_categories: top1_unseen}   # headline measure per protocol
+      jobs: 2                       # vision layers evaluated at once (processes, one BLAS thread each; default 1)
 
 Each encoder entry has ``name`` (a registered encoder), ``layers`` (``last``, ``all`` — the default — an int or
 a list of ints; 0 is the embedding output, ``k`` the output of block ``k``, negative ints count from the end),
@@ -33,7 +34,7 @@ from ..evaluate.metrics import FIGURES, UNSEEN_FIGURES
 #: Run-config sections a matrix file may hold beside ``base`` and ``matrix``.
 SECTIONS = tuple(f.name for f in fields(RunConfig))
 TOP_KEYS = ("base", "matrix") + SECTIONS
-MATRIX_KEYS = ("vision", "text", "method", "measure")
+MATRIX_KEYS = ("vision", "text", "method", "measure", "jobs")
 DEFAULT_MEASURE = {"heldout_images": "top1", "heldout_categories": "top1_unseen"}
 
 
@@ -61,6 +62,7 @@ class MatrixConfig:
     text: tuple[ModelSpec, ...]
     method: str
     measure: dict = field(default_factory=dict)  #: protocol -> headline measure
+    jobs: int = 1  #: vision layers evaluated at once, each in its own process with one BLAS thread
     source: dict = field(default_factory=dict)  #: the matrix section as resolved (written to the outputs)
 
 
@@ -126,9 +128,9 @@ def _model(kind: str, i: int, entry: Any, base_raw: dict, overrides: list[str]) 
     return ModelSpec(kind, label, entry["name"], layers, settings, cfg)
 
 
-def load_matrix(path: str | Path, overrides: list[str] | None = None) -> MatrixConfig:
+def load_matrix(path: str | Path, overrides: list[str] | None = None, jobs: int | None = None) -> MatrixConfig:
     """Read and check a matrix file (see the module docstring); ``overrides`` (``KEY=VALUE``) apply to the run
-    config of every cell, as ``objalign run --set`` does. Loads no model."""
+    config of every cell, as ``objalign run --set`` does; ``jobs`` replaces ``matrix.jobs``. Loads no model."""
     import yaml
 
     p = Path(path)
@@ -199,12 +201,15 @@ def load_matrix(path: str | Path, overrides: list[str] | None = None) -> MatrixC
             raise ObjalignError(f"{p}: matrix.measure.{proto} = {name!r} is not a measure{hint} "
                                 f"(expected one of {', '.join(allowed)})")
         measure[proto] = name
+    jobs = m.get("jobs", 1) if jobs is None else jobs
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ObjalignError(f"{p}: matrix.jobs = {jobs!r}: expected a positive number of processes, e.g. 2")
     source = {"vision": [{"label": s.label, "name": s.name, "layers": _plain(s.layers), **s.settings}
                          for s in models["vision"]],
               "text": [{"label": s.label, "name": s.name, "layers": _plain(s.layers), **s.settings}
                        for s in models["text"]],
-              "method": method, "measure": measure}
-    return MatrixConfig(base, models["vision"], models["text"], method, measure, source)
+              "method": method, "measure": measure, "jobs": jobs}
+    return MatrixConfig(base, models["vision"], models["text"], method, measure=measure, jobs=jobs, source=source)
 
 
 def _plain(layers):

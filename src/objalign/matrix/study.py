@@ -107,30 +107,61 @@ def _npz_bytes(arrays: dict) -> bytes:
     return buf.getvalue()
 
 
-def _block(out: Path, key: str, vlabel: str, layer: int, compute, force: bool = False) -> tuple[list[dict], dict, bool]:
-    """Rows and nulls of one (vision model, layer) block: read back if finished with this key, else
-    ``compute()`` -> (rows, nulls) written atomically (``block.json`` last). Returns ``(rows, nulls, reused)``."""
-    from ..runs import atomic_write_bytes, atomic_write_json
-
+def _block_dir(out: Path, vlabel: str, layer: int) -> Path:
     from ..report.matrix import file_label
 
-    d = out / BLOCKS / f"{file_label(vlabel)}__L{layer}"
+    return out / BLOCKS / f"{file_label(vlabel)}__L{layer}"
+
+
+def _load_block(out: Path, key: str, vlabel: str, layer: int) -> tuple[list[dict], dict] | None:
+    """Rows and nulls of a finished (vision model, layer) block whose key is ``key``; ``None`` if there is none."""
+    d = _block_dir(out, vlabel, layer)
     done = d / "block.json"
-    if done.is_file() and not force:
+    if done.is_file():
         try:
             if json.loads(done.read_text()).get("key") == key:
                 with np.load(d / "nulls.npz") as z:
-                    return _read_rows(d / "cells.parquet"), {k: z[k] for k in z.files}, True
+                    return _read_rows(d / "cells.parquet"), {k: z[k] for k in z.files}
         except (OSError, ValueError, json.JSONDecodeError):
             pass  # an unreadable block is recomputed
-    t0 = time.time()
-    rows, nulls = compute()
+    return None
+
+
+def _save_block(out: Path, key: str, vlabel: str, layer: int, rows: list[dict], nulls: dict, seconds: float) -> None:
+    """Write a block's rows and nulls atomically, ``block.json`` (the completion mark) last."""
+    from ..runs import atomic_write_bytes, atomic_write_json
+
+    d = _block_dir(out, vlabel, layer)
     d.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(d / "cells.parquet", _table_bytes(rows, COLUMNS))
     atomic_write_bytes(d / "nulls.npz", _npz_bytes(nulls))
-    atomic_write_json(done, {"key": key, "vision_model": vlabel, "vision_layer": layer,
-                             "seconds": round(time.time() - t0, 3), "n_rows": len(rows)})
-    return rows, nulls, False
+    atomic_write_json(d / "block.json", {"key": key, "vision_model": vlabel, "vision_layer": layer,
+                                         "seconds": round(seconds, 3), "n_rows": len(rows)})
+
+
+def evaluate_block(X, groups, label_index, targets: dict, align, names, category_ids, vision: dict,
+                   text_of: dict) -> tuple[list[dict], dict, float]:
+    """One vision layer against every target: ``(matrix.parquet rows, nulls by "<target>__<null key>", seconds)``.
+
+    ``vision`` holds the block's ``vision_model``, ``vision_name`` and ``vision_layer`` columns, ``text_of`` maps
+    each target key to its ``text_model``, ``text_name`` and ``text_layer`` columns (plain values: this runs in
+    worker processes with ``matrix.jobs`` > 1).
+    """
+    from ..evaluate.nulls import single_threaded_blas
+    from .sources import evaluate_targets
+
+    t0 = time.time()
+    try:  # one BLAS thread: the many small products of a cell only lose to threads' synchronisation
+        with single_threaded_blas():
+            res = evaluate_targets()(X, groups, label_index, targets, align, names, category_ids)
+    except ObjalignError as exc:  # concerns X itself (e.g. too few objects for the folds)
+        res = {k: {"error": str(exc)} for k in targets}
+    rows, nulls = [], {}
+    for k, r in res.items():
+        rows += cell_rows(r, {**vision, **text_of[k]})
+        for nk, arr in (r.get("nulls") or {}).items():
+            nulls[f"{k}__{nk}"] = np.asarray(arr)
+    return rows, nulls, time.time() - t0
 
 
 def best_cells(rows: list[dict], nulls: dict[tuple, np.ndarray]) -> list[dict]:
@@ -171,11 +202,11 @@ def best_cells(rows: list[dict], nulls: dict[tuple, np.ndarray]) -> list[dict]:
 
 
 def run_matrix(mcfg: MatrixConfig | str | Path, out: str | Path, overrides: list[str] | None = None,
-               force: bool = False, progress: bool = True, log=print) -> dict:
-    """Run the matrix (see the module docstring); returns ``matrix.json``'s content."""
+               force: bool = False, progress: bool = True, log=print, jobs: int | None = None) -> dict:
+    """Run the matrix (see the module docstring); returns ``matrix.json``'s content. ``jobs`` replaces the
+    file's ``matrix.jobs``."""
     from ..align.stage import compute_dtype
     from ..config import dump_config
-    from ..evaluate.nulls import single_threaded_blas
     from ..pipeline import stage_function
     from ..runs import atomic_write_bytes, atomic_write_json, ensure_out
     from ..stores import store_key
@@ -183,7 +214,7 @@ def run_matrix(mcfg: MatrixConfig | str | Path, out: str | Path, overrides: list
     from . import sources
 
     if not isinstance(mcfg, MatrixConfig):
-        mcfg = load_matrix(mcfg, overrides)
+        mcfg = load_matrix(mcfg, overrides, jobs)
     base = mcfg.base
     if base.compute.num_workers > 1:
         raise ObjalignError("--num-workers (the static partition) is for `objalign crop` / `objalign embed`; "
@@ -225,7 +256,6 @@ def run_matrix(mcfg: MatrixConfig | str | Path, out: str | Path, overrides: list
     cat_row = {int(c): j for j, c in enumerate(cat_ids)}
     label_index = np.asarray([cat_row[int(c)] for c in np.asarray(first["category_id"])[rows0]])
     dtype = compute_dtype(base.align, len(common))
-    evaluate_targets = sources.evaluate_targets()
     targets, target_of = {}, {}
     for ti, (spec, _, T, layers) in enumerate(texts):
         for j, tl in enumerate(layers):
@@ -235,41 +265,45 @@ def run_matrix(mcfg: MatrixConfig | str | Path, out: str | Path, overrides: list
     shared = {"align": asdict(base.align), "dtype": np.dtype(dtype).name, "names": names,
               "groups": content_hash(groups), "labels": content_hash(label_index),
               "targets": {k: [target_of[k][0].label, target_of[k][1], content_hash(T)] for k, T in targets.items()}}
-    all_rows, all_nulls, blocks = [], {}, []
-    for vspec, cols, V, vlayers in visions:
+    text_of = {k: {"text_model": t.label, "text_name": t.name, "text_layer": int(tl)} for k, (t, tl) in target_of.items()}
+    args = (groups, label_index, targets, base.align, names, cat_ids)
+    done, todo = {}, []
+    for vi, (vspec, cols, V, vlayers) in enumerate(visions):
         pos = {a: i for i, a in enumerate(np.asarray(cols["annotation_id"]).astype(np.int64))}
         idx = np.asarray([pos[a] for a in common])
         for j, vl in enumerate(vlayers):
             X = np.ascontiguousarray(V[idx, j], dtype=dtype)
             key = store_key({**shared, "X": content_hash(X)})
+            got = None if force else _load_block(out, key, vspec.label, vl)
+            if got is not None:
+                done[vi, j] = (*got, True)
+                log(f"[align ] {vspec.label} layer {vl}: {len(targets)} cell(s) reused")
+            else:
+                todo.append(((vi, j), key, X, {"vision_model": vspec.label, "vision_name": vspec.name,
+                                               "vision_layer": int(vl)}))
 
-            def compute(X=X, vspec=vspec, vl=vl):
-                try:  # one BLAS thread: the many small products of a cell only lose to threads' synchronisation
-                    with single_threaded_blas():
-                        res = evaluate_targets(X, groups, label_index, targets, base.align, names, cat_ids)
-                except ObjalignError as exc:  # concerns X itself (e.g. too few objects for the folds)
-                    res = {k: {"error": str(exc)} for k in targets}
-                rows, nulls = [], {}
-                for k, r in res.items():
-                    tspec, tl = target_of[k]
-                    rows += cell_rows(r, {"vision_model": vspec.label, "vision_name": vspec.name, "vision_layer": vl,
-                                          "text_model": tspec.label, "text_name": tspec.name, "text_layer": tl})
-                    for nk, arr in (r.get("nulls") or {}).items():
-                        nulls[f"{k}__{nk}"] = np.asarray(arr)
-                return rows, nulls
+    def finished(slot, key, vision, rows, nulls, seconds):
+        _save_block(out, key, vision["vision_model"], vision["vision_layer"], rows, nulls, seconds)
+        done[slot] = (rows, nulls, False)
+        n_err = sum(r["status"] == "error" for r in rows)
+        log(f"[align ] {vision['vision_model']} layer {vision['vision_layer']}: {len(targets)} cell(s) in "
+            f"{seconds:.1f} s" + (f"; {n_err} row(s) failed (see matrix.parquet status/reason)" if n_err else ""))
 
-            t0 = time.time()
-            rows, nulls, reused = _block(out, key, vspec.label, vl, compute, force)
-            n_err = sum(r["status"] == "error" for r in rows)
-            log(f"[align ] {vspec.label} layer {vl}: {len(targets)} cell(s) "
-                + ("reused" if reused else f"in {time.time() - t0:.1f} s")
-                + (f"; {n_err} row(s) failed (see matrix.parquet status/reason)" if n_err else ""))
-            blocks.append({"vision_model": vspec.label, "vision_layer": vl, "reused": reused})
-            all_rows += rows
-            for nk, arr in nulls.items():
-                tkey, protocol, method, figure = nk.split("__")
-                tspec, tl = target_of[tkey]
-                all_nulls[(vspec.label, vl, tspec.label, tl, protocol, method, figure)] = arr
+    if mcfg.jobs > 1 and len(todo) > 1:
+        _run_parallel(todo, args, text_of, mcfg.jobs, finished)
+    else:
+        for slot, key, X, vision in todo:
+            finished(slot, key, vision, *evaluate_block(X, *args, vision, text_of))
+    all_rows, all_nulls, blocks = [], {}, []
+    for slot in sorted(done):  # vision model, then layer: the same table whatever order the blocks finished in
+        rows, nulls, reused = done[slot]
+        vspec, vl = visions[slot[0]][0], visions[slot[0]][3][slot[1]]
+        blocks.append({"vision_model": vspec.label, "vision_layer": vl, "reused": reused})
+        all_rows += rows
+        for nk, arr in nulls.items():
+            tkey, protocol, method, figure = nk.split("__")
+            tspec, tl = target_of[tkey]
+            all_nulls[(vspec.label, vl, tspec.label, tl, protocol, method, figure)] = arr
     atomic_write_bytes(out / "matrix.parquet", _table_bytes(all_rows, COLUMNS))
     best = best_cells(all_rows, all_nulls)
     atomic_write_bytes(out / "best.parquet", _table_bytes(best, BEST_COLUMNS))
@@ -292,6 +326,27 @@ def run_matrix(mcfg: MatrixConfig | str | Path, out: str | Path, overrides: list
     summary["files"] = write_matrix_report(out)
     atomic_write_json(out / "matrix.json", summary)
     return summary
+
+
+def _run_parallel(todo: list, args: tuple, text_of: dict, jobs: int, finished) -> None:
+    """Evaluate the blocks of ``todo`` in ``jobs`` worker processes (at most ``2 jobs`` blocks in flight, so memory
+    holds a few layers' features, not all of them); ``finished(slot, key, vision, rows, nulls, seconds)`` is called
+    here as each one completes."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    queue = list(todo)
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context(method)) as pool:
+        running = {}
+        while queue or running:
+            while queue and len(running) < 2 * jobs:
+                slot, key, X, vision = queue.pop(0)
+                running[pool.submit(evaluate_block, X, *args, vision, text_of)] = (slot, key, vision)
+            ready, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in ready:
+                slot, key, vision = running.pop(fut)
+                finished(slot, key, vision, *fut.result())
 
 
 def _intersect(arrays: list[np.ndarray]) -> np.ndarray:
