@@ -173,16 +173,20 @@ def build_matrix_html(meta: dict, rows: list[dict], best: list[dict], figures: l
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         parts.append("<h2>cells not computed</h2><table><tr><th class=l>vision</th><th>layer</th><th class=l>text</th>"
-                     "<th>layer</th><th class=l>protocol</th><th class=l>status</th><th class=l>reason</th></tr>")
+                     "<th>layer</th><th class=l>protocol</th><th class=l>measure</th><th class=l>status</th>"
+                     "<th class=l>reason</th></tr>")
         seen = set()
         for r in bad:
-            k = (r["vision_model"], r["vision_layer"], r["text_model"], r["text_layer"], r["protocol"], r["reason"])
+            k = (r["vision_model"], r["vision_layer"], r["text_model"], r["text_layer"], r["protocol"], r["measure"],
+                 r["reason"])
             if k in seen:
                 continue
             seen.add(k)
             parts.append(f"<tr><td class=l>{_e(r['vision_model'])}</td><td>{r['vision_layer']}</td>"
                          f"<td class=l>{_e(r['text_model'])}</td><td>{r['text_layer']}</td>"
-                         f"<td class=l>{_e(r['protocol'] or '-')}</td><td class=l>{_e(r['status'])}</td>"
+                         f"<td class=l>{_e(r['protocol'] or '-')}</td>"
+                         f"<td class=l>{_e(' '.join(x for x in (r['method'], r['measure']) if x) or '-')}</td>"
+                         f"<td class=l>{_e(r['status'])}</td>"
                          f"<td class=l>{_e(r['reason'])}</td></tr>")
         parts.append("</table>")
     parts.append(f"<h2>how to read this</h2><p class=note>{_e(NOTE)}</p>")
