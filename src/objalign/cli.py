@@ -122,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run-config value for every cell, e.g. --set sample.n=500 (repeatable)")
     p.add_argument("--jobs", type=int, help="vision layers evaluated at once, in processes (matrix.jobs; default 1)")
-    p.add_argument("--force", action="store_true", help="recompute sample, crop and every block (stores are content-addressed "
-                                                    "and still reused)")
+    p.add_argument("--force", action="store_true",
+                   help="recompute sample, crop and every block (stores are content-addressed and still reused)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("compare", help="put several runs (model pairs, crop modes) side by side")

@@ -265,7 +265,8 @@ def run_matrix(mcfg: MatrixConfig | str | Path, out: str | Path, overrides: list
     shared = {"align": asdict(base.align), "dtype": np.dtype(dtype).name, "names": names,
               "groups": content_hash(groups), "labels": content_hash(label_index),
               "targets": {k: [target_of[k][0].label, target_of[k][1], content_hash(T)] for k, T in targets.items()}}
-    text_of = {k: {"text_model": t.label, "text_name": t.name, "text_layer": int(tl)} for k, (t, tl) in target_of.items()}
+    text_of = {k: {"text_model": t.label, "text_name": t.name, "text_layer": int(tl)}
+               for k, (t, tl) in target_of.items()}
     args = (groups, label_index, targets, base.align, names, cat_ids)
     done, todo = {}, []
     for vi, (vspec, cols, V, vlayers) in enumerate(visions):

@@ -96,7 +96,8 @@ def heatmap(rows, best, vision: dict, text: dict, protocols: list[str], method: 
         if b:
             i, j = vl.index(b["vision_layer"]), tl.index(b["text_layer"])
             ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-            title += f"\nbest ({b['vision_layer']}, {b['text_layer']}) = {b['value']:.3f}, p_max = {b['pvalue_max']:.3g}"
+            title += (f"\nbest ({b['vision_layer']}, {b['text_layer']}) = {b['value']:.3f}, "
+                      f"p_max = {b['pvalue_max']:.3g}")
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(f"{vision['label']} x {text['label']}", fontsize=10)
@@ -120,7 +121,8 @@ def models_figure(best, visions: list[dict], texts: list[dict], protocols: list[
                 b = _find_best(best, v["label"], t["label"], protocol, method, m)
                 if b:
                     g[i, j] = b["value"]
-                    notes[i, j] = f"{b['value']:.3f}\nL{b['vision_layer']} x L{b['text_layer']}\np_max {b['pvalue_max']:.2g}"
+                    notes[i, j] = (f"{b['value']:.3f}\nL{b['vision_layer']} x L{b['text_layer']}\n"
+                                   f"p_max {b['pvalue_max']:.2g}")
         im = ax.imshow(np.ma.masked_invalid(g), aspect="auto", cmap="viridis")
         ax.set_xticks(range(len(texts)), [t["label"] for t in texts], rotation=20, ha="right")
         ax.set_yticks(range(len(visions)), [v["label"] for v in visions])
@@ -147,7 +149,8 @@ def build_matrix_html(meta: dict, rows: list[dict], best: list[dict], figures: l
                         f"{meta['n_categories']} categories"),
             ("vision", "; ".join(f"{v['label']} ({v['name']}, {v['dim']}-d, layers {v['layers']})"
                                  for v in meta["vision"])),
-            ("text", "; ".join(f"{t['label']} ({t['name']}, {t['dim']}-d, layers {t['layers']})" for t in meta["text"])),
+            ("text", "; ".join(f"{t['label']} ({t['name']}, {t['dim']}-d, layers {t['layers']})"
+                               for t in meta["text"])),
             ("cells", f"{meta['n_cells']} (vision layer x text layer x model pair)"),
             ("null", f"{meta['null']}, B = {meta['n_permutations']}")]
     parts.append("<table>" + "".join(f"<tr><td class=l>{_e(k)}</td><td class=l>{_e(v)}</td></tr>" for k, v in info)
@@ -159,7 +162,8 @@ def build_matrix_html(meta: dict, rows: list[dict], best: list[dict], figures: l
                      "<th class=l>protocol</th><th class=l>method</th><th class=l>measure</th><th>vision layer</th>"
                      "<th>text layer</th><th>value</th><th>p (cell)</th><th>p_max (corrected)</th><th>cells</th>"
                      "<th>B</th></tr>")
-        for b in sorted(shown, key=lambda b: (b["protocol"], b["method"] != method, b["vision_model"], b["text_model"])):
+        order = sorted(shown, key=lambda b: (b["protocol"], b["method"] != method, b["vision_model"], b["text_model"]))
+        for b in order:
             parts.append(f"<tr><td class=l>{_e(b['vision_model'])}</td><td class=l>{_e(b['text_model'])}</td>"
                          f"<td class=l>{_e(b['protocol'])}</td><td class=l>{_e(b['method'])}</td>"
                          f"<td class=l>{_e(b['measure'])}</td><td>{b['vision_layer']}</td><td>{b['text_layer']}</td>"
