@@ -114,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("matrix", help="every vision layer x text layer of several models (stores computed once), "
+                                      "best layer pairs with corrected p-values")
+    p.add_argument("config", help="matrix YAML: base config + vision and text encoders and layers, e.g. "
+                                  "configs/demo_layers.yaml")
+    p.add_argument("--out", required=True, help="folder for the stores, matrix.parquet, figures and matrix.html")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run-config value for every cell, e.g. --set sample.n=500 (repeatable)")
+    p.add_argument("--jobs", type=int, help="vision layers evaluated at once, in processes (matrix.jobs; default 1)")
+    p.add_argument("--force", action="store_true",
+                   help="recompute sample, crop and every block (stores are content-addressed and still reused)")
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("compare", help="put several runs (model pairs, crop modes) side by side")
     p.add_argument("runs", nargs="+", help="run folders holding report.json")
     p.add_argument("--out", help="also write the comparison as JSON to this file")
@@ -217,6 +229,15 @@ def main(argv: list[str] | None = None) -> int:
 
             print(sweep(args.config, args.out, args.overrides, force=args.force,
                         progress=not args.no_progress and sys.stderr.isatty()))
+            return 0
+        if args.command == "matrix":
+            from .matrix import run_matrix
+
+            res = run_matrix(args.config, args.out, args.overrides, force=args.force,
+                             progress=not args.no_progress and sys.stderr.isatty(), jobs=args.jobs)
+            print(f"[matrix] {res['n_cells']} cells on {res['n_objects']} objects in {res['seconds']} s "
+                  f"({res['blocks_reused']} of {res['blocks']} vision-layer blocks reused); "
+                  f"{args.out}/matrix.html, matrix.parquet, best.parquet")
             return 0
         if args.command == "compare":
             from .report.compare import compare_runs
