@@ -254,7 +254,7 @@ def test_layer_out_of_range_names_the_model_and_its_layer_count(small_demo, tmp_
                        [{"name": "minilm-l6-v2", "layers": [2, 7]}])
     code = main(["matrix", str(cfg), "--out", str(tmp_path / "out"), "--set", "sample.n=20", "--no-progress"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "\n" not in err and "minilm-l6-v2" in err and "6 layers" in err and "7" in err
+    assert code == 2 and "\n" not in err and "minilm-l6-v2" in err and "6 blocks" in err and "7" in err
     assert not list((tmp_path / "out").glob("embeddings/vision-*"))  # failed before any vision extraction
 
 
