@@ -185,8 +185,9 @@ class AlignConfig:
     prototype_k: tuple[str, ...] = ("1", "2", "5", "10", "20", "all")
     prototype_draws: int = 20
     #: convergence curves (objalign.evaluate.convergence): numbers of objects (whole-image subsamples, each at most
-    #: the run's n; the curve ends at n by itself; [] turns the curves off), draws per size, methods refitted
-    convergence_sizes: tuple[int, ...] = ()
+    #: the run's n; values in (0, 1) are fractions of n; the curve ends at n by itself; [] turns the curves off),
+    #: draws per size, methods refitted
+    convergence_sizes: tuple[float, ...] = ()
     convergence_repeats: int = 5
     convergence_methods: tuple[str, ...] = ("ridge",)
     #: kernel ridge: ``auto`` (exact up to ``max_exact_samples`` training objects, then Nystroem), ``exact``

@@ -1,6 +1,6 @@
 """Convergence curves: each headline figure against the number of sampled objects.
 
-For every size ``s`` in ``align.convergence_sizes`` the run's images are shuffled (seeded, one shuffle per draw)
+For every size ``s`` in ``align.convergence_sizes`` (a number of objects, or a fraction of the run in (0, 1)) the run's images are shuffled (seeded, one shuffle per draw)
 and the shortest prefix whose objects number at least ``s`` is kept: subsamples are **whole images**, so a
 subsample has between ``s`` and ``s + (largest image's object count) - 1`` objects. The whole evaluation (splits,
 PCA, CV search, maps) is repeated on each of ``align.convergence_repeats`` draws with every null, bootstrap and
@@ -24,15 +24,20 @@ CURVE_FIGURES = ("r2", "cosine_mean", "top1", "top1_unseen")
 
 
 def check_sizes(sizes, n: int) -> list[int]:
-    """``align.convergence_sizes`` validated against the run's ``n`` objects (one line naming a bad size)."""
+    """``align.convergence_sizes`` as numbers of objects, validated against the run's ``n`` objects (one line
+    naming a bad size). A size in (0, 1) is a fraction of ``n`` (rounded up); a size >= 1 is a count (an integer)."""
     out = []
     for s in sizes:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
-            raise ObjalignError(f"align.convergence_sizes: {s!r} is not a number of objects; expected integers >= 1")
-        if s > n:
-            raise ObjalignError(f"align.convergence_sizes: {s} is larger than the run's {n} embedded objects; use "
-                                f"sizes up to {n} (the curve ends at {n} by itself)")
-        out.append(int(s))
+        ok = not isinstance(s, bool) and isinstance(s, (int, float, np.integer, np.floating)) and s > 0 \
+            and (s < 1 or float(s).is_integer())
+        if not ok:
+            raise ObjalignError(f"align.convergence_sizes: {s!r} is not a number of objects; expected integers >= 1 "
+                                "(counts) or fractions of the run in (0, 1)")
+        size = int(np.ceil(s * n)) if s < 1 else int(s)
+        if size > n:
+            raise ObjalignError(f"align.convergence_sizes: {s:g} is larger than the run's {n} embedded objects; use "
+                                f"sizes up to {n} or fractions in (0, 1) (the curve ends at {n} by itself)")
+        out.append(max(size, 1))
     return sorted(set(out))
 
 

@@ -119,7 +119,7 @@ def image_level(X_img: np.ndarray, image_ids: np.ndarray, label_index: np.ndarra
     -------
     dict with ``rows`` (one per method and protocol: :data:`UNIT_FIGURES`, ``n_test`` images, ``n_train``,
     ``n_candidates`` (mean per fold), ``chance_top1``, ``ci``), ``n_images``, ``n_images_without_embedding``,
-    ``skipped`` (protocol -> reason) and the definitions in words
+    ``skipped_protocols`` (protocol -> reason) and the definitions in words
     """
     from ..evaluate import protocols
     from .intervals import bootstrap_figures
@@ -144,7 +144,7 @@ def image_level(X_img: np.ndarray, image_ids: np.ndarray, label_index: np.ndarra
            "heldout_categories": "fold f tests every image holding an object of an unseen category and trains on "
                                  "images holding none; an image with unseen categories in several folds is scored "
                                  "in each",
-           "methods": methods, "rows": [], "skipped": {}}
+           "methods": methods, "rows": [], "skipped_protocols": {}}
     for protocol in cfg.protocols:
         try:
             if protocol == "heldout_images":
@@ -161,7 +161,7 @@ def image_level(X_img: np.ndarray, image_ids: np.ndarray, label_index: np.ndarra
                 cand, col = np.unique(W[te], axis=0, return_inverse=True)
                 parts.append((tr, te, cand @ np.asarray(class_emb, dtype=np.float64), col.ravel()))
         except ObjalignError as exc:
-            out["skipped"][protocol] = str(exc)
+            out["skipped_protocols"][protocol] = str(exc)
             continue
         for method in methods:
             preds, insts, alphas = [], [], []
