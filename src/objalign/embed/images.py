@@ -4,9 +4,11 @@ With ``image`` among ``align.units`` the embed stage also embeds every sampled i
 on the window ``(0, 0, width, height)`` of each image, rendered at the encoder's own preprocessing (its resize
 policy, ``crop_pct``, size and interpolation), one row per image in crop-table (image) order. The rows go into their
 own content-addressed store ``embeddings/image-<key>`` (the key: the dataset, the sampled images, their windows, the
-encoder and its preprocessing, the shard size); ``embeddings/image.json`` names it. The rows are computed in this
-process (a few hundred to a few thousand images) with the extraction engine the object crops use; an image that
-cannot be read is skipped and recorded in the store's manifest, like an object.
+encoder and its preprocessing, the shard size); ``embeddings/image.json`` names it. The rows are computed in the
+process that finishes the embed stage (a few hundred to a few thousand images: one per sampled image) with the
+extraction engine the object crops use, on ``embed.vision.device`` (on the CPU when ``compute.executor`` is remote,
+as the driver may have no accelerator); an image that cannot be read is skipped and recorded in the store's
+manifest, like an object.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def embed_image_store(cfg, out: str | Path, progress: bool = True) -> dict | Non
         return None
     ds = open_dataset(cfg.data)
     table = image_table(read_table(out / "crop" / "crops.parquet"))
-    enc = build_vision_encoder(cfg)
+    # this process embeds the images; with a remote executor (Ray) it may have no accelerator: its CPU then
+    enc = build_vision_encoder(cfg, device="cpu" if cfg.compute.executor != "local" else None)
     fill = tuple(int(v) for v in cfg.crop.fill)
     fields = {**vision_key_fields(ds.fingerprint, table, fill, "fill", enc.key(), cfg.embed.shard_size),
               "unit": "whole image"}

@@ -64,7 +64,7 @@ def text_lines(report: dict) -> list[str]:
     pairs = side_by_side(report)
     if pairs:
         lines += ["", f"unit of analysis, object vs image on the same images ({img['n_images']} images; image target = "
-                      "mean of its objects' label embeddings):",
+                      "mean of its objects' label embeddings; n: test objects / test images, scored once per fold):",
                   f"  {'split':<20}{'method':<8}{'unit':<8}{'n':>6}{'cand.':>7}{'chance':>8}"
                   + "".join(f"{h:>9}" for _, h in FIGS)]
         for r in pairs:
