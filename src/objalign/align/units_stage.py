@@ -51,37 +51,12 @@ def unit_studies(out: str | Path, X: np.ndarray, Y: np.ndarray, groups: np.ndarr
     -------
     dict with ``units`` and ``convergence`` (what the two files hold; ``{}`` for what was not asked for)
     """
-    import time
-
-    from ..evaluate.units import check_units, image_level, object_rows, prototype_curve
+    from ..evaluate.nulls import single_threaded_blas
     from ..runs import atomic_write_json
 
     out = Path(out)
-    units = check_units(cfg.units)
-    res: dict = {"units": {}, "convergence": {}}
-    if "image" in units or "prototype" in units:
-        res["units"] = {"units": ["object", *[u for u in units if u != "object"]], "object": object_rows(rows)}
-    if "image" in units:
-        from ..embed.images import load_image_embeddings
-
-        t0 = time.perf_counter()
-        loaded = load_image_embeddings(out)
-        if loaded is None:
-            res["units"]["image"] = {"skipped": "no whole-image store (embeddings/image.json): run the embed stage "
-                                                "again with image in align.units (objalign embed --force)"}
-        else:
-            ids, X_img, info = loaded
-            res["units"]["image"] = {**image_level(X_img.astype(X.dtype), ids, label_index, groups, class_emb, cfg),
-                                     "n_images_skipped_while_embedding": info.get("n_skipped", 0),
-                                     "seconds": round(time.perf_counter() - t0, 3)}
-    if "prototype" in units:
-        t0 = time.perf_counter()
-        try:
-            res["units"]["prototype"] = prototype_curve(X, label_index, class_emb, cfg.prototype_k,
-                                                        cfg.prototype_draws, cfg)
-            res["units"]["prototype"]["seconds"] = round(time.perf_counter() - t0, 3)
-        except ObjalignError as exc:  # e.g. fewer than 3 categories: say why, keep the rest
-            res["units"]["prototype"] = {"skipped": str(exc)}
+    with single_threaded_blas():  # small matrices (images, categories): BLAS threads only contend
+        res = {"units": _units(out, X, groups, label_index, class_emb, cfg, rows), "convergence": {}}
     if cfg.convergence_sizes:
         from ..evaluate.convergence import convergence
 
@@ -90,3 +65,36 @@ def unit_studies(out: str | Path, X: np.ndarray, Y: np.ndarray, groups: np.ndarr
     atomic_write_json(d / "units.json", res["units"])
     atomic_write_json(d / "convergence.json", res["convergence"])
     return res
+
+
+def _units(out: Path, X, groups, label_index, class_emb, cfg, rows) -> dict:
+    """``align/units.json``'s content: object rows, image level and prototype curve as ``cfg.units`` asks."""
+    import time
+
+    from ..evaluate.units import check_units, image_level, object_rows, prototype_curve
+
+    units = check_units(cfg.units)
+    u: dict = {}
+    if "image" in units or "prototype" in units:
+        u = {"units": ["object", *[x for x in units if x != "object"]], "object": object_rows(rows)}
+    if "image" in units:
+        from ..embed.images import load_image_embeddings
+
+        t0 = time.perf_counter()
+        loaded = load_image_embeddings(out)
+        if loaded is None:
+            u["image"] = {"skipped": "no whole-image store (embeddings/image.json): run the embed stage again "
+                                     "with image in align.units (objalign embed --force)"}
+        else:
+            ids, X_img, info = loaded
+            u["image"] = {**image_level(X_img.astype(X.dtype), ids, label_index, groups, class_emb, cfg),
+                          "n_images_skipped_while_embedding": info.get("n_skipped", 0),
+                          "seconds": round(time.perf_counter() - t0, 3)}
+    if "prototype" in units:
+        t0 = time.perf_counter()
+        try:
+            u["prototype"] = prototype_curve(X, label_index, class_emb, cfg.prototype_k, cfg.prototype_draws, cfg)
+            u["prototype"]["seconds"] = round(time.perf_counter() - t0, 3)
+        except ObjalignError as exc:  # e.g. fewer than 3 categories: say why, keep the rest
+            u["prototype"] = {"skipped": str(exc)}
+    return u
