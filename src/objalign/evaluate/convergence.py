@@ -1,10 +1,11 @@
 """Convergence curves: each headline figure against the number of sampled objects.
 
-For every size ``s`` in ``align.convergence_sizes`` (a number of objects, or a fraction of the run in (0, 1)) the run's images are shuffled (seeded, one shuffle per draw)
-and the shortest prefix whose objects number at least ``s`` is kept: subsamples are **whole images**, so a
-subsample has between ``s`` and ``s + (largest image's object count) - 1`` objects. The whole evaluation (splits,
-PCA, CV search, maps) is repeated on each of ``align.convergence_repeats`` draws with every null, bootstrap and
-blind matching turned off, and each figure is summarised by its mean and a percentile interval over the draws.
+For every size ``s`` in ``align.convergence_sizes`` (a number of objects, or a fraction of the run in (0, 1)) the
+run's images are shuffled (seeded, one shuffle per draw) and the shortest prefix whose objects number at least
+``s`` is kept: subsamples are **whole images**, so a subsample has between ``s`` and ``s + (largest image's object
+count) - 1`` objects. The whole evaluation (splits, PCA, CV search, maps) is repeated on each of
+``align.convergence_repeats`` draws with every null, bootstrap and blind matching turned off, and each figure is
+summarised by its mean and a percentile interval over the draws.
 The curve ends at the run's own size ``n`` (one draw: the whole run), where the figures equal the align stage's
 own. A draw that a protocol cannot run on (too few categories for its folds) is counted in ``n_failed``.
 """
@@ -133,7 +134,8 @@ def convergence(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: n
         for size in sizes:
             v = np.asarray(by_size.get(size, []), dtype=np.float64)
             c = np.asarray(counts[size])
-            points.append({"size": size, "n_objects_mean": float(c[:, 0].mean()), "n_images_mean": float(c[:, 1].mean()),
+            points.append({"size": size, "n_objects_mean": float(c[:, 0].mean()),
+                           "n_images_mean": float(c[:, 1].mean()),
                            "n_draws": int(len(v)), "n_failed": failed.get((split, size), 0),
                            "mean": float(v.mean()) if len(v) else None,
                            "low": float(np.quantile(v, lo_q)) if len(v) else None,

@@ -102,7 +102,8 @@ def html_parts(report: dict) -> list[str]:
     img = u.get("image") or {}
     pairs = side_by_side(report)
     if pairs:
-        parts.append(f"<h2>unit of analysis: object vs image</h2><p class=note>The same held-out images; {_e(img['target'])}; "
+        parts.append("<h2>unit of analysis: object vs image</h2><p class=note>The same held-out images; "
+                     f"{_e(img['target'])}; "
                      f"retrieval: {_e(img['retrieval'])}; held-out categories: {_e(img['heldout_categories'])}. "
                      f"{img['n_images']} images with a whole-image embedding.</p>")
         parts.append(_table(["split", "method", "unit", "n test", "candidates", "chance top-1"] + [h for _, h in FIGS],
