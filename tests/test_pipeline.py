@@ -17,7 +17,9 @@ DEMO_CONFIG = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "c
 def run_dir(small_demo, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     args = ["run", DEMO_CONFIG, "--out", str(out), "--set", "data.kind=coco", "--set", f"data.root={small_demo}",
-            "--set", "align.cv_folds=3", "--set", "align.gammas=[0.5,1]", "--no-progress"]
+            "--set", "align.cv_folds=3", "--set", "align.gammas=[0.5,1]", "--no-progress",
+            # the units of analysis and convergence curves are tested with a tiny encoder (test_units.py)
+            "--set", "align.units=[object]", "--set", "align.convergence_sizes=[]"]
     assert main(args) == 0
     return out, args
 

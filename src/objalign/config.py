@@ -188,6 +188,19 @@ class AlignConfig:
     match_restarts: int = 5
     match_bootstrap: int = 50
     retrieval_k: int = 10  #: CSLS neighbourhood of open-vocabulary retrieval (objalign.evaluate.retrieval)
+    #: units of analysis (objalign.evaluate.units): ``object`` (the object crops: always computed), ``image`` (whole
+    #: images against the mean of their objects' label embeddings, on the same splits; ``embed`` then also embeds
+    #: every sampled image whole) and ``prototype`` (category prototypes of k objects vs the category names)
+    units: tuple[str, ...] = ("object",)
+    #: ``prototype``: objects per prototype, swept (integers >= 1 and ``all``), and draws per k for the intervals
+    prototype_k: tuple[str, ...] = ("1", "2", "5", "10", "20", "all")
+    prototype_draws: int = 20
+    #: convergence curves (objalign.evaluate.convergence): numbers of objects (whole-image subsamples, each at most
+    #: the run's n; values in (0, 1) are fractions of n; the curve ends at n by itself; [] turns the curves off),
+    #: draws per size, methods refitted
+    convergence_sizes: tuple[float, ...] = ()
+    convergence_repeats: int = 5
+    convergence_methods: tuple[str, ...] = ("ridge",)
     #: kernel ridge: ``auto`` (exact up to ``max_exact_samples`` training objects, then Nystroem), ``exact``
     #: or ``nystroem`` (with ``nystroem_components`` centres)
     kernel_approx: str = "auto"

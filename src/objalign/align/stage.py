@@ -453,6 +453,9 @@ def run_align(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     Y = T[label_index]
     names = [str(x) for x in tm["category"]] if "category" in tm else None
     dtype = compute_dtype(cfg.align, len(X))
+    from .units_stage import check_unit_studies, unit_studies
+
+    check_unit_studies(cfg.align, len(X))  # align.units, prototype_k, convergence_sizes: before any fit
     from ..embed.vocab import load_vocabulary_embeddings
 
     vocab = load_vocabulary_embeddings(out)
@@ -460,6 +463,10 @@ def run_align(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
                    T.astype(dtype), cfg.align, names, np.asarray(tm["category_id"]),
                    vocabulary=None if vocab is None else vocab[1].astype(dtype))
     write_results(out / "align", res, {k: vm[k] for k in ("annotation_id", "category_id", "image_id")})
+    studies = unit_studies(out, X.astype(dtype, copy=False), Y.astype(dtype, copy=False), vm["image_id"], label_index,
+                           T.astype(dtype), cfg.align, res["rows"], evaluate)  # align/units.json, convergence.json
     summary = {"n_instances": int(len(X)), "protocols": list(cfg.align.protocols), "methods": _methods(cfg.align),
-               "n_test": {r["split"]: r["n_test"] for r in res["rows"]}}
+               "n_test": {r["split"]: r["n_test"] for r in res["rows"]},
+               "units": list(studies["units"].get("units", ["object"])),
+               "convergence_seconds": studies["convergence"].get("seconds")}
     return {**write_stage(out, "align", key, summary, started), "reused": False}

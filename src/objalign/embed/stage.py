@@ -345,7 +345,9 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
     out = ensure_out(out)
     started = time.time()
     crop_key = stage_key(out, "crop")
-    key = cfg.section_key("embed", "crop.fill", "crop.background", extra={"crop": crop_key})
+    from .images import embed_image_store, image_key_extra
+
+    key = cfg.section_key("embed", "crop.fill", "crop.background", extra={"crop": crop_key, **image_key_extra(cfg)})
     if not force and is_current(out, "embed", key):
         return {**stage_record(out, "embed"), "reused": True}
     check_encoder_names(cfg)
@@ -384,7 +386,8 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
         first = vman["skipped"][0]
         print(f"objalign: {len(vman['skipped'])} object(s) skipped while embedding (first: annotation "
               f"{first['annotation_id']}: {first['reason']}); see {vstore.path / 'manifest.json'}")
-    summary = {"vision_store": vstore.path.name, "text_store": tstore.path.name,
+    images = embed_image_store(cfg, out, progress=progress)  # align.units: image (None otherwise)
+    summary = {"vision_store": vstore.path.name, "text_store": tstore.path.name, "image_store": images,
                "store_folder": str(home.resolve()) if shared else "embeddings",
                "vision_encoder": vis["encoder"],
                "text_encoder": {"name": tman["key_fields"]["encoder"]["name"], "dim": tman["dim"],

@@ -116,9 +116,9 @@ def build_html(report: dict, title: str, figures: list[tuple[str, Path, str]], n
             body += ("<tr class=base><td class=l>shuffled images</td>"
                      + "".join(f"<td>{_num(sim['values_shuffled'].get(k))}</td>" for k in sim["values"]) + "</tr>")
         parts.append("<table>" + head + body + "</table>")
-    from .beyond import html_parts
+    from . import beyond, units
 
-    parts += html_parts(report)
+    parts += beyond.html_parts(report) + units.html_parts(report)
     for heading, path, caption in figures:
         parts.append(f"<h2>{_e(heading)}</h2><figure><img src=\"{_png(path)}\" alt=\"{_e(heading)}\">"
                      f"<figcaption>{_e(caption)}</figcaption></figure>")

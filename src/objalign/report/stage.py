@@ -22,8 +22,10 @@ Reads only the stage records and the align stage's result tables (never a model)
 Beside them: ``per_category`` (one entry per split, method and category), ``similarity`` (CKA, mutual k-NN,
 CKNNA, SVCCA on held-out features; ``calibrated``: each measure's permutation threshold, p-value, BH-adjusted p-value
 and calibrated score), ``pca`` (explained variance), ``protocols`` (what each split means), ``category_level``
-(``matching``: blind matching accuracy, interval and shuffle curve; ``rsa``), and per result row
-``open_vocabulary`` (precision@k among the dataset's names plus distractors, NN and CSLS).
+(``matching``: blind matching accuracy, interval and shuffle curve; ``rsa``), per result row
+``open_vocabulary`` (precision@k among the dataset's names plus distractors, NN and CSLS), ``units`` (``object`` and
+``image`` rows side by side, ``prototype`` per-k curve; :mod:`objalign.evaluate.units`) and ``convergence``
+(figures per subsample size; :mod:`objalign.evaluate.convergence`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import numpy as np
 from ..config import RunConfig, dump_config
 from ..evaluate.nulls import describe_null
 from ..runs import atomic_write_json, ensure_out, stage_key, stage_record, write_stage
-from . import beyond
+from . import beyond, units
 
 COLUMNS = ("method", "split", "r2", "cosine_mean", "residual_mean", "residual_median", "top1", "top5", "mean_rank")
 
@@ -107,6 +109,8 @@ def build_report(out: Path) -> dict:
         "pca": opt("pca.json", {}),
         "skipped_protocols": opt("skipped.json", {}),
         "category_level": opt("category_level.json", {}),
+        "units": opt("units.json", {}),
+        "convergence": opt("convergence.json", {}),
     }
 
 
@@ -188,13 +192,13 @@ def format_text(report: dict, title: str) -> str:
             lines.append("  shuffled pairing: " + "  ".join(f"{k} {'-' if v is None else f'{v:.3f}'}"
                                                           for k, v in sim["values_shuffled"].items()))
         lines.append(f"  (mutual k-NN chance level ~ {sim.get('chance_mutual_knn', 0):.3f})")
-    lines += beyond.text_lines(report)
+    lines += beyond.text_lines(report) + units.text_lines(report)
     pc = [r for r in report.get("per_category", []) if r["method"] == "ridge"]
     for split in dict.fromkeys(r["split"] for r in pc):
         worst = sorted((r for r in pc if r["split"] == split), key=lambda r: r["top1"])[:5]
         lines += ["", f"hardest categories, ridge, {split} (top-1, n):",
                   "  " + ", ".join(f"{r['category']} {r['top1']:.2f} ({r['n']})" for r in worst)]
-    lines += [""] + [f"- {n}" for n in NOTES + [beyond.NOTE]]
+    lines += [""] + [f"- {n}" for n in NOTES + [beyond.NOTE] + ([units.NOTE] if units.present(report) else [])]
     return "\n".join(lines) + "\n"
 
 
@@ -241,7 +245,7 @@ def write_figures(out: Path, report: dict) -> list[tuple[str, Path, str]]:
         made.append(("2-D projection of both spaces", out / "projection.png",
                      "Left: held-out objects in vision space. Right: category embeddings and mapped objects in "
                      "language space; colours are categories."))
-    made += beyond.figures(report, out)
+    made += beyond.figures(report, out) + units.figures(report, out)
     return made
 
 
@@ -273,7 +277,8 @@ def run_report(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     if cfg.report.html:
         from .html import build_html
 
-        (out / "report.html").write_text(build_html(report, cfg.report.title, made, NOTES + [beyond.NOTE]),
+        (out / "report.html").write_text(build_html(report, cfg.report.title, made, NOTES + [beyond.NOTE]
+                                                    + ([units.NOTE] if units.present(report) else [])),
                                          encoding="utf-8")
         files.append("report.html")
     atomic_write_json(out / "report.json", report)
