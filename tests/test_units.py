@@ -191,3 +191,14 @@ def test_a_run_reports_object_and_image_side_by_side(small_demo, tmp_path, tiny_
         assert needle in txt and needle in html, needle
     for f in ("units.png", "prototype_k.png", "convergence.png"):
         assert (out / f).is_file() and f in rep["figures"], f
+    # with every layer stored, the whole images are embedded at the layer the objects are aligned at
+    from objalign.embed.images import load_image_embeddings
+    from objalign.embed.stage import load_run_embeddings
+
+    last = load_image_embeddings(out)[1]
+    assert main(args + ["--set", "embed.vision.layers=[1]"]) == 0
+    info = json.loads((out / "embeddings" / "image.json").read_text())
+    assert json.loads((out / "embeddings" / info["store"] / "manifest.json").read_text())["layers"] == [1]
+    first = load_image_embeddings(out)[1]
+    assert first.shape == last.shape and not np.allclose(first, last)
+    assert load_run_embeddings(out)[1].shape[1] == first.shape[1]

@@ -2,9 +2,10 @@
 
 With ``image`` among ``align.units`` the embed stage also embeds every sampled image whole: the run's vision encoder
 on the window ``(0, 0, width, height)`` of each image, rendered at the encoder's own preprocessing (its resize
-policy, ``crop_pct``, size and interpolation), one row per image in crop-table (image) order. The rows go into their
-own content-addressed store ``embeddings/image-<key>`` (the key: the dataset, the sampled images, their windows, the
-encoder and its preprocessing, the shard size); ``embeddings/image.json`` names it. The rows are computed in the
+policy, ``crop_pct``, size and interpolation), one row per image in crop-table (image) order, at the layer the
+object level aligns (the last of ``embed.vision.layers``). The rows go into their own content-addressed store
+``embeddings/image-<key>`` (the key: the dataset, the sampled images, their windows, the encoder and its
+preprocessing, the layer, the shard size); ``embeddings/image.json`` names it. The rows are computed in the
 process that finishes the embed stage (a few hundred to a few thousand images: one per sampled image) with the
 extraction engine the object crops use, on ``embed.vision.device`` (on the CPU when ``compute.executor`` is remote,
 as the driver may have no accelerator); an image that cannot be read is skipped and recorded in the store's
@@ -62,7 +63,7 @@ def embed_image_store(cfg, out: str | Path, progress: bool = True) -> dict | Non
     from ..runs import store_home
     from ..tables import read_table
     from .engine import extract_vision
-    from .stage import build_vision_encoder, vision_key_fields
+    from .stage import build_vision_encoder, model_layers, vision_key_fields
 
     out = Path(out)
     record = out / "embeddings" / "image.json"
@@ -76,14 +77,20 @@ def embed_image_store(cfg, out: str | Path, progress: bool = True) -> dict | Non
     fill = tuple(int(v) for v in cfg.crop.fill)
     fields = {**vision_key_fields(ds.fingerprint, table, fill, "fill", enc.key(), cfg.embed.shard_size),
               "unit": "whole image"}
+    # the layer the object level aligns (the last requested one), so both levels compare the same features
+    layers = model_layers(enc, cfg.embed.vision.layers, "vision")
+    layers = None if layers is None else layers[-1:]
+    if layers is not None:
+        fields["layers"] = layers
     home, shared = store_home(cfg.cache.dir, out, "embeddings")
     name = f"image-{store_key(fields)}"
     n = len(table["image_id"])
-    store = EmbeddingStore.open(home / name, fields, cfg.embed.shard_size, n)
+    store = EmbeddingStore.open(home / name, fields, cfg.embed.shard_size, n, layers=layers)
     n_shards = max(1, -(-n // cfg.embed.shard_size))
     v = cfg.embed.vision
     stats = extract_vision(table, ds.image_source(), enc, store, cfg.embed.shard_size, v.batch_size, fill,
-                           num_workers=v.num_workers, progress=progress, background="fill", executor=v.executor)
+                           num_workers=v.num_workers, progress=progress, background="fill", executor=v.executor,
+                           layers=layers)
     man = store.finalize(n_shards, enc.dim, {"seconds": round(stats["seconds"], 3)})
     info = {"store": str(store.path.resolve()) if shared else name, "n_images": int(man["n_vectors"]),
             "n_skipped": len(man["skipped"]), "seconds": round(stats["seconds"], 3),
@@ -99,4 +106,6 @@ def load_image_embeddings(out: str | Path) -> tuple[np.ndarray, np.ndarray, dict
         return None
     info = json.loads(record.read_text())
     meta, arr = EmbeddingStore(record.parent / info["store"]).read()
+    if arr.ndim == 3:  # one layer (the one the object level aligns) on a layer axis
+        arr = arr[:, -1]
     return np.asarray(meta["image_id"]), arr, info
