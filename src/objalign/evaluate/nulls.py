@@ -124,6 +124,11 @@ class CategoryScorer:
         return out
 
 
+def _check_permutations(n_permutations) -> None:
+    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
+        raise ObjalignError(f"n_permutations must be a positive integer (e.g. 1000), got {n_permutations!r}")
+
+
 def smoother_null(blocks: list[dict], class_emb: np.ndarray, n_permutations: int, seed: int = 0,
                   candidates: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Null distributions of every figure for one or several pooled linear-smoother fits.
@@ -150,41 +155,80 @@ def smoother_null(blocks: list[dict], class_emb: np.ndarray, n_permutations: int
     -------
     dict figure -> (B,) array
     """
+    _check_permutations(n_permutations)
+    choices = {0: [b.get("choice") for b in blocks]}
+    shared = [{**b, "S": b["S"] if isinstance(b["S"], dict) else {0: b["S"]}} for b in blocks]
+    for f, b in enumerate(blocks):
+        if not isinstance(b["S"], dict):
+            choices[0][f] = np.zeros(int(n_permutations), dtype=int)
+    return smoother_nulls(shared, {0: class_emb}, choices, n_permutations, seed, candidates)[0]
+
+
+def smoother_nulls(blocks: list[dict], class_embs: dict, choices: dict, n_permutations: int, seed: int = 0,
+                   candidates: np.ndarray | None = None) -> dict:
+    """:func:`smoother_null` for several target sets that share the fits' smoothers and permutations.
+
+    Parameters
+    ----------
+    blocks : list of dict
+        As in :func:`smoother_null`, with ``S`` always a dict (grid index -> smoother) holding every grid point
+        any target set selects.
+    class_embs : dict key -> (c, q_key)
+        Each target set's category text embeddings (the same c categories, in the same order).
+    choices : dict key -> list (one per block) of (B,) int
+        The grid index target set ``key`` selected under each permutation of each block (its real-pairing
+        choice repeated, for the fixed null).
+    n_permutations, seed, candidates :
+        As in :func:`smoother_null`.
+
+    Returns
+    -------
+    dict key -> (dict figure -> (B,) array)
+
+    Notes
+    -----
+    A permutation's category coefficients ``S onehot(c[pi])`` depend on the smoother only, not on the targets:
+    each is computed once (one sparse product per block and grid point for every row any set needs, exactly
+    the rows of a single set's product) and scored by each set's :class:`CategoryScorer`.
+    """
     from ..align._permuted_cv import _indicator
 
-    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
-        raise ObjalignError(f"n_permutations must be a positive integer (e.g. 1000), got {n_permutations!r}")
-    c = len(class_emb)
+    _check_permutations(n_permutations)
+    keys = list(class_embs)
+    c = len(class_embs[keys[0]])
     labels = np.concatenate([b["test_labels"] for b in blocks])
-    scorer = CategoryScorer(class_emb, labels, candidates)
+    scorers = {k: CategoryScorer(class_embs[k], labels, candidates) for k in keys}
     perms = [block_permutations(b["train_groups"], int(n_permutations), seed, f) for f, b in enumerate(blocks)]
-    ST = [{k: np.ascontiguousarray(S.T) for k, S in b["S"].items()} if isinstance(b["S"], dict)
-          else np.ascontiguousarray(b["S"].T) for b in blocks]
-    out: dict[str, list[float]] = {}
+    ST = [{k: np.ascontiguousarray(S.T) for k, S in b["S"].items()} for b in blocks]
+    out: dict = {k: {} for k in keys}
     train_labels = [np.asarray(b["train_labels"]) for b in blocks]
     # The per-permutation products are small: threaded BLAS only adds synchronisation there (measured
     # ~20x slower per permutation with 2 threads on a shared 2-core machine). A chunk of permutations shares one
     # sparse product per block (and per selected grid point): (chunk * c, n_train_f) indicators times S^T.
     n_test = sum(len(b["test_labels"]) for b in blocks)
-    step = max(1, min(int(n_permutations), (64 * 2**20) // max(8 * c * n_test, 1)))
+    step = max(1, min(int(n_permutations), (64 * 2**20) // max(8 * c * n_test * len(keys), 1)))
     with single_threaded_blas():
         for p0 in range(0, int(n_permutations), step):
             p1 = min(int(n_permutations), p0 + step)
-            coef = []
+            coef = {k: [] for k in keys}
             for f, b in enumerate(blocks):
                 labs = train_labels[f][perms[f][p0:p1]]  # (chunk, n_train_f)
-                Cf = np.empty((p1 - p0, c, len(b["test_labels"])))
-                choice = np.asarray(b["choice"][p0:p1]) if isinstance(ST[f], dict) else np.zeros(p1 - p0, int)
-                for key in np.unique(choice):
-                    rows = np.flatnonzero(choice == key)
-                    St = ST[f][int(key)] if isinstance(ST[f], dict) else ST[f]
-                    Cf[rows] = (_indicator(labs[rows], c) @ St).reshape(len(rows), c, -1)
-                coef.append(Cf)
-            for i in range(p1 - p0):
-                C = np.vstack([Cf[i].T for Cf in coef])  # (n_test, c)
-                for k, v in scorer.figures(C).items():
-                    out.setdefault(k, []).append(v)
-    return {k: np.asarray(v) for k, v in out.items()}
+                chosen = np.stack([np.asarray(choices[k][f][p0:p1]) for k in keys])  # (n_keys, chunk)
+                Cf = {k: np.empty((p1 - p0, c, len(b["test_labels"]))) for k in keys}
+                for point in np.unique(chosen):
+                    rows = np.flatnonzero((chosen == point).any(axis=0))
+                    P = (_indicator(labs[rows], c) @ ST[f][int(point)]).reshape(len(rows), c, -1)
+                    for j, k in enumerate(keys):
+                        mine = chosen[j, rows] == point
+                        Cf[k][rows[mine]] = P[mine]
+                for k in keys:
+                    coef[k].append(Cf[k])
+            for k in keys:
+                for i in range(p1 - p0):
+                    C = np.vstack([Cf[i].T for Cf in coef[k]])  # (n_test, c)
+                    for name, v in scorers[k].figures(C).items():
+                        out[k].setdefault(name, []).append(v)
+    return {k: {name: np.asarray(v) for name, v in out[k].items()} for k in keys}
 
 
 def single_threaded_blas():
