@@ -47,6 +47,16 @@ class _Smoothers:
     def __init__(self, Ztr, Zte):
         self.Ztr, self.Zte, self.cache = Ztr, Zte, {}
 
+    def coef(self, method: str, point: dict, labels: np.ndarray, c: int, pairing: str) -> np.ndarray:
+        """(n_test, c) category coefficients ``S onehot(labels)``: predictions for targets ``T[labels]`` are
+        ``coef @ T`` for every target set ``T`` (cached per pairing name)."""
+        key = (method, tuple(sorted(point.items())), pairing)
+        if key not in self.cache:
+            from ._permuted_cv import _indicator
+
+            self.cache[key] = np.ascontiguousarray((_indicator(labels[None], c) @ self.get(method, point).T).T)
+        return self.cache[key]
+
     def get(self, method: str, point: dict) -> np.ndarray:
         from ..evaluate.nulls import smoother_operator
         from . import KernelRidge, Ridge
@@ -120,6 +130,7 @@ def _fit_methods(Ztr, Zte, gtr, ltr, methods, cfg: AlignConfig, fold_no: int, wh
     shared = n_train <= cfg.null_max_train  # (n_test, n_train) operators are affordable
     pi = group_permutations(gtr, 1, seed=cfg.seed + _SHUFFLE_SEED + fold_no)[0]
     Ys = {k: np.asarray(T)[ltr] for k, T in targets.items()}
+    c = len(next(iter(targets.values())))
     smoothers = _Smoothers(Ztr, Zte) if shared else None
     ridge_rows = {}
     if shared and any(m in methods for m in ("ridge", "shuffled")):
@@ -135,8 +146,8 @@ def _fit_methods(Ztr, Zte, gtr, ltr, methods, cfg: AlignConfig, fold_no: int, wh
             for k in keys:
                 ch = ridge_rows["choice"][k]
                 i = int(ch[0] if method == "ridge" else ch[1])
-                S = smoothers.get("ridge", grid[i])
-                pred = S @ (Ys[k] if method == "ridge" else Ys[k][pi])
+                pairing = ltr if method == "ridge" else ltr[pi]
+                pred = smoothers.coef("ridge", grid[i], pairing, c, method) @ targets[k]
                 null = None
                 if method == "ridge" and null_ok:
                     null = _null_entry(smoothers, "ridge", grid, ch[2:] if select else np.full(n_perm, i))
@@ -154,7 +165,7 @@ def _fit_methods(Ztr, Zte, gtr, ltr, methods, cfg: AlignConfig, fold_no: int, wh
             for k in keys:
                 ch = rows["choice"][k]
                 i = int(ch[0])
-                pred = smoothers.get("kernel_ridge", grid[i]) @ Ys[k]
+                pred = smoothers.coef("kernel_ridge", grid[i], ltr, c, method) @ targets[k]
                 null = None
                 if null_ok:
                     null = _null_entry(smoothers, "kernel_ridge", grid, ch[1:] if select else np.full(n_perm, i))

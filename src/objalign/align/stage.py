@@ -257,6 +257,19 @@ def evaluate_targets(X: np.ndarray, groups: np.ndarray, label_index: np.ndarray,
                      dict(vocabularies or {}), strict=False)
 
 
+def category_variance_ratio(class_emb: np.ndarray, labels: np.ndarray, n_components: int) -> list[float]:
+    """Explained-variance ratios of the PCA of the targets ``class_emb[labels]`` (what ``PCAMatch`` reports on
+    them), from the (c, c) category Gram: targets repeat one row per category, so their scatter is
+    ``A' A`` with ``A = sqrt(counts) (class_emb - mean)`` and shares its nonzero eigenvalues with ``A A'``."""
+    E = np.asarray(class_emb, dtype=np.float64)
+    cnt = np.bincount(np.asarray(labels), minlength=len(E)).astype(np.float64)
+    A = np.sqrt(cnt)[:, None] * (E - cnt @ E / cnt.sum())
+    total = float(np.sum(A * A))
+    ev = np.maximum(np.linalg.eigvalsh(A @ A.T)[::-1], 0.0)
+    ev = np.concatenate([ev, np.zeros(max(0, n_components - len(ev)))])[:n_components]
+    return (ev / total if total > 0 else np.zeros_like(ev)).tolist()
+
+
 def _check_targets(X, groups, label_index, targets: dict, strict: bool) -> tuple[dict, dict]:
     """``(usable targets, key -> {"error": ...})``; with ``strict`` the first error raises."""
     from . import check_xy
@@ -386,8 +399,8 @@ def _evaluate(X, groups, label_index, targets: dict, cfg: AlignConfig, category_
                 res["similarity"] = _similarity(fit["Zte"], Y[fold.test], groups[fold.test], cfg)
                 res["pca"] = {"vision_explained_variance_ratio": fit["pca"].explained_variance_ratio_.tolist(),
                               "pca_dim": fit["pca_dim"], "fitted_on": "heldout_images training objects"}
-                tp = PCAMatch(n_components=int(min(len(fold.train), Y.shape[1], c))).fit(Y[fold.train])
-                res["pca"]["text_explained_variance_ratio"] = tp.explained_variance_ratio_.tolist()
+                res["pca"]["text_explained_variance_ratio"] = category_variance_ratio(
+                    class_emb, label_index[fold.train], int(min(len(fold.train), Y.shape[1], c)))
                 # 2-D views: vision test features on their top two principal axes; category embeddings and the
                 # ridge-mapped test objects on the top two axes of the category embeddings.
                 cp = PCAMatch(n_components=2).fit(class_emb)
