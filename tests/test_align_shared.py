@@ -123,3 +123,20 @@ def test_bad_target_is_recorded_and_the_others_complete():
     # evaluate insists on targets that are the category rows of class_emb
     with pytest.raises(ObjalignError, match="class_emb"):
         evaluate(X, targets["wide"][lab] + 1.0, groups, lab, targets["wide"], cfg)
+
+
+def test_bootstrap_from_category_sums_equals_the_plain_sums():
+    from objalign.evaluate.intervals import bootstrap_figures
+    from objalign.evaluate.metrics import per_instance
+
+    rng = np.random.default_rng(4)
+    E = rng.normal(size=(6, 7))
+    lab = rng.integers(0, 6, 80)
+    groups = np.repeat(np.arange(40), 2)
+    pred = E[lab] + rng.normal(size=(80, 7))
+    inst = per_instance(pred, E[lab], lab, E)
+    plain = bootstrap_figures(pred, E[lab], inst, groups, 50, 0.9, 3)
+    fast = bootstrap_figures(pred, E[lab], inst, groups, 50, 0.9, 3, categories=(lab, E))
+    assert plain.keys() == fast.keys()
+    for k in plain:
+        np.testing.assert_allclose(fast[k], plain[k], rtol=0, atol=1e-12)

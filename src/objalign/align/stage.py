@@ -378,7 +378,8 @@ def _evaluate(X, groups, label_index, targets: dict, cfg: AlignConfig, category_
 
                     row["open_vocabulary"] = open_vocabulary(pred, lab, class_emb, vocabulary, cfg.retrieval_k)
                 if cfg.n_bootstrap > 0:
-                    row["ci"] = bootstrap_figures(pred, Y[test], inst, g, cfg.n_bootstrap, cfg.confidence, cfg.seed)
+                    row["ci"] = bootstrap_figures(pred, Y[test], inst, g, cfg.n_bootstrap, cfg.confidence, cfg.seed,
+                                                  categories=(lab, class_emb))
                     row["ci_level"] = cfg.confidence
                 rows[k] = (row, figs, fits)
                 for r in per_category(inst, lab, names, cids):
@@ -413,8 +414,9 @@ def _evaluate(X, groups, label_index, targets: dict, cfg: AlignConfig, category_
                 res["projection"] = proj
     from ..evaluate.category_level import category_level
 
+    vision_side: dict = {}  # prototypes, kernels and RDMs of X: computed once for every target set
     for k in keys:
-        results[k]["category_level"] = category_level(X, label_index, live[k], groups, cfg)
+        results[k]["category_level"] = category_level(X, label_index, live[k], groups, cfg, cache=vision_side)
     return {k: results.get(k, errors.get(k)) for k in targets}
 
 

@@ -83,7 +83,7 @@ def _r2_from_sums(ss_res: np.ndarray, ss_tot: np.ndarray) -> tuple[np.ndarray, n
 
 
 def figures_for_weights(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.ndarray],
-                        weights: np.ndarray) -> dict[str, np.ndarray]:
+                        weights: np.ndarray, categories: tuple | None = None) -> dict[str, np.ndarray]:
     """Every figure of a row on weighted resamples.
 
     Parameters
@@ -94,6 +94,9 @@ def figures_for_weights(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.n
         :func:`objalign.evaluate.metrics.per_instance` output for them.
     weights : (B, n) non-negative integers
         How often each object occurs in each resample.
+    categories : (labels (n,), class_emb (c, q)), optional
+        When ``true`` is ``class_emb[labels]``: its weighted sums then come from per-category weights
+        (``(B, c)`` times ``(c, q)`` instead of ``(B, n)`` times ``(n, q)``).
 
     Returns
     -------
@@ -102,8 +105,17 @@ def figures_for_weights(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.n
     """
     w = np.asarray(weights, dtype=np.float64)
     W = w.sum(axis=1)
-    yc = true - true.mean(axis=0)  # shift-invariant; keeps the weighted sums well conditioned
-    s_y, s_y2 = w @ yc, w @ (yc ** 2)
+    if categories is None:
+        yc = true - true.mean(axis=0)  # shift-invariant; keeps the weighted sums well conditioned
+        s_y, s_y2 = w @ yc, w @ (yc ** 2)
+    else:
+        labels, E = np.asarray(categories[0]), np.asarray(categories[1], dtype=np.float64)
+        cnt = np.bincount(labels, minlength=len(E)).astype(np.float64)
+        Ec = E - cnt @ E / max(cnt.sum(), 1.0)
+        onehot = np.zeros((len(labels), len(E)))
+        onehot[np.arange(len(labels)), labels] = 1.0
+        wc = w @ onehot  # per-category resample weights (B, c): integer sums, exact
+        s_y, s_y2 = wc @ Ec, wc @ (Ec ** 2)
     ss_tot = s_y2 - s_y ** 2 / W[:, None]
     ss_res = w @ ((pred - true) ** 2)
     r2, r2w = _r2_from_sums(ss_res, ss_tot)
@@ -120,7 +132,8 @@ def figures_for_weights(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.n
 
 
 def bootstrap_figures(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.ndarray], groups: np.ndarray,
-                      n_resamples: int = 1000, confidence: float = 0.95, seed=0) -> dict[str, list[float]]:
+                      n_resamples: int = 1000, confidence: float = 0.95, seed=0,
+                      categories: tuple | None = None) -> dict[str, list[float]]:
     """Percentile bootstrap intervals of every figure, resampling groups (images) with replacement.
 
     Parameters
@@ -134,6 +147,8 @@ def bootstrap_figures(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.nda
     n_resamples : int, default 1000
     confidence : float, default 0.95
     seed : int
+    categories : (labels, class_emb), optional
+        ``true`` is ``class_emb[labels]`` (:func:`figures_for_weights`).
 
     Returns
     -------
@@ -152,7 +167,7 @@ def bootstrap_figures(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.nda
     chunk = max(1, _CHUNK_ELEMENTS // max(len(pred), n_groups, 1))  # bounds the (chunk, n) weight matrix
     parts: dict[str, list[np.ndarray]] = {}
     for counts in _iter_counts(n_groups, int(n_resamples), seed, chunk):
-        for k, v in figures_for_weights(pred, true, inst, counts[:, codes]).items():
+        for k, v in figures_for_weights(pred, true, inst, counts[:, codes], categories).items():
             parts.setdefault(k, []).append(v)
     q = [(1 - confidence) / 2, (1 + confidence) / 2]
     order = [f for f in FIGURES + UNSEEN_FIGURES if f in parts]
