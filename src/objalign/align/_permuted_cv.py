@@ -7,15 +7,19 @@ they are; only the category of each row moves. Targets are one text embedding pe
 permutation costs products with its indicator:
 
 - **Ridge** (with intercept): per fold, the eigendecomposition ``C = V diag(lam) V'`` of the centred training
-  Gram matrix, the rows ``U = (X - mean_train) V`` and the test block's Gram ``U_te' U_te`` do not depend on the
-  targets. A permutation's training and test statistics in that basis are per-category sums of rows of ``U``
-  (one sparse product), and every alpha's held-out weighted residual follows as in
-  :func:`objalign.align._ridge_stats._fold_eig`: ``O(p^2 C)`` per fold and permutation, no factorisation.
+  Gram matrix and the rows ``U = (X - mean_train) V`` do not depend on the targets. Per alpha, the held-out
+  predictions of centred training targets are ``H' Y_tr`` with ``H = U_tr diag(1 / (lam + alpha)) U_te'``
+  (n_train x n_fold, computed once), so a permutation's held-out residuals in category space are its test
+  indicator, centred on its training category frequencies, minus per-category sums of rows of ``H`` (one
+  sparse product), and the residual Gram ``R' R`` (C x C) is the same object as kernel ridge's below.
 - **Kernel ridge**: the held-out residuals of fold ``f`` are ``R_f = A_f T`` with the residual operator
   ``A_f = [I_f | -K_fR (K_RR + alpha I)^-1]`` (rows: fold ``f``; columns: all training rows). ``A_f`` is
   computed once per (alpha, gamma) with one Cholesky per fold; a permutation's residuals are its fold indicator
   minus per-category sums of rows of ``X_f = (K_RR + alpha I)^-1 K_Rf`` (one sparse product, about ``0.8 n^2``
   additions per grid point for 5 folds), then ``R_f' R_f`` (C x C).
+
+Neither Gram depends on the targets: several target sets (``Z`` a list, e.g. every text layer of a layer x
+layer matrix) share them, and each contracts them with its own ``M = Z diag(1 / ss_tot) Z'``.
 
 Both score each fold with scikit-learn's ``"r2"`` (uniform over the ``q`` text dimensions):
 ``1 - sum_j ||R z_j||^2 / ss_tot_j / q`` with ``ss_tot`` of the permuted held-out targets from category counts;
@@ -37,7 +41,6 @@ __all__ = ["ridge_choices", "kernel_choices", "select_best"]
 _WEIGHTS_BYTES = 256 * 2**20  # per-chunk (permutation, fold) weight matrices, C x C each
 _GATHER_BYTES = 32 * 2**20  # per-category sums of one sparse product
 _TILE_BYTES = 512 * 2**10  # columns of a residual operator summed at once: they stay in L2 while a chunk streams
-_RIDGE_CHUNK_BYTES = 32 * 2**20  # (chunk, p, p) products of the ridge engine
 
 
 def select_best(scores):
@@ -177,7 +180,7 @@ def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False):
     X = np.asarray(X, dtype=np.float64)
     Zs, single = _target_list(Z)
     alphas = np.asarray(alphas, dtype=np.float64)
-    n, p = X.shape
+    n = X.shape[0]
     C = Zs[0].shape[0]
     B = perms.shape[0]
     folds = []
@@ -185,45 +188,34 @@ def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False):
         mx = X[train].mean(axis=0)
         Xc = X[train] - mx
         lam, V = sla.eigh(Xc.T @ Xc, check_finite=False, driver="evd")
-        Ute = (X[test] - mx) @ V
-        F = 1.0 / (lam[None, :] + alphas[:, None])  # (n_alphas, p)
-        G = Ute.T @ Ute
-        # f' (G o K) f = <(f f') o G, K>: one (p^2, n_alphas) product per chunk serves every alpha
-        W = (F[:, :, None] * F[:, None, :] * G[None]).reshape(len(alphas), p * p)
-        tile = _tile(n)
-        folds.append(dict(train=train, test=test, Utr=_tiles(Xc @ V, tile), Ute=_tiles(Ute, tile), W=W,
-                          u=Ute.sum(axis=0), F=F))
+        folds.append((train, test, lam, Xc @ V, (X[test] - mx) @ V))
     scores = [np.empty((B, len(alphas), len(splits))) for _ in Zs]
     refit = [np.zeros(B, dtype=bool) for _ in Zs]
-    per_perm = p * p * 8 * 3
-    for w0, w1 in _chunks(B, len(splits) * C * C * 8 * 2 * len(Zs), _WEIGHTS_BYTES):
-        weights = [_FoldWeights(codes[perms[w0:w1]], [t for _, t in splits], z) for z in Zs]
-        for s0, s1 in _chunks(w1 - w0, per_perm, _RIDGE_CHUNK_BYTES):  # (chunk, p, p) products stay small
-            labels = codes[perms[w0 + s0 : w0 + s1]]
-            Bc = s1 - s0
-            for f, fd in enumerate(folds):
-                train, test = fd["train"], fd["test"]
-                nR, nT = len(train), len(test)
-                # per-category sums of the rows of U = (X - mean_train) V: training rows (= V'B, transposed: the
-                # training rows of U sum to zero, so the targets need no centring) and test rows
-                Bpt = _category_sums(_indicator(labels[:, train], C), fd["Utr"]).reshape(Bc, C, p)
-                E_te = _category_sums(_indicator(labels[:, test], C), fd["Ute"]).reshape(Bc, C, p)
-                cnt_te = weights[0].counts[f][s0:s1]
-                mt = (np.bincount(codes, minlength=C)[None, :] - cnt_te) / nR
-                Ecpt = E_te - mt[:, :, None] * fd["u"][None, None, :]
-                for k, z in enumerate(Zs):  # the target-dependent contraction
-                    M = weights[k].M[f][s0:s1]
-                    Mm = np.einsum("bcd,bd->bc", M, mt)
-                    # tr(TTc M) for the test targets centred on the training means
-                    t0 = (np.einsum("bc,bcc->b", cnt_te, M) - 2 * np.einsum("bc,bc->b", cnt_te, Mm)
-                          + nT * np.einsum("bc,bc->b", mt, Mm))
-                    BMt = np.matmul(M, Bpt)  # (Bc, C, p)
-                    h = np.einsum("bck,bck->bk", Ecpt, BMt)
-                    K2 = np.matmul(np.ascontiguousarray(BMt.transpose(0, 2, 1)), Bpt)  # (Bc, p, p)
-                    s = t0[:, None] - 2 * h @ fd["F"].T + K2.reshape(Bc, p * p) @ fd["W"].T
-                    scores[k][w0 + s0 : w0 + s1, :, f] = _fold_r2(s, z.shape[1], nT)
-        for k in range(len(Zs)):
-            refit[k][w0:w1] = ~weights[k].ok
+    total = np.bincount(codes, minlength=C)[None, :]
+    tile = _tile(n)
+    for w0, w1 in _chunks(B, len(splits) * C * C * 8 * (1 + len(Zs)), _WEIGHTS_BYTES):
+        labels = codes[perms[w0:w1]]
+        weights = [_FoldWeights(labels, [t for _, t in splits], z) for z in Zs]
+        for f, (train, test, lam, Utr, Ute) in enumerate(folds):
+            nR, nT = len(train), len(test)
+            mt = (total - weights[0].counts[f]) / nR  # (Bc, C) training category frequencies
+            gather = _chunks(w1 - w0, C * max(nT, 1) * 8 * 2, _GATHER_BYTES)
+            indicators = [_indicator(labels[g0:g1][:, train], C) for g0, g1 in gather]
+            own = np.arange(nT)
+            for a, alpha in enumerate(alphas):
+                # H = U_tr diag(1 / (lam + alpha)) U_te': held-out predictions are H' (centred training targets)
+                tiles = _tiles(Utr @ (Ute / (lam + alpha)).T, tile)
+                for (g0, g1), Tt in zip(gather, indicators):
+                    Rt = _category_sums(Tt, tiles).reshape(g1 - g0, C, nT)  # P = T_tr' H (per-category sums)
+                    np.negative(Rt, out=Rt)
+                    Rt -= mt[g0:g1, :, None]  # residuals^T: (T_te - 1 m')' - P, m the training means
+                    Rt[np.arange(g1 - g0)[:, None], labels[g0:g1][:, test], own] += 1.0
+                    Q = np.matmul(Rt, Rt.transpose(0, 2, 1))  # (chunk, C, C): the only per-permutation Gram
+                    for j, z in enumerate(Zs):
+                        s = np.einsum("bcd,bcd->b", Q, weights[j].M[f][g0:g1])
+                        scores[j][w0 + g0 : w0 + g1, a, f] = _fold_r2(s, z.shape[1], nT)
+        for j in range(len(Zs)):
+            refit[j][w0:w1] = ~weights[j].ok
     return _finish(scores, refit, single, return_scores)
 
 
