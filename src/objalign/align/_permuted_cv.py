@@ -40,6 +40,7 @@ __all__ = ["ridge_choices", "kernel_choices", "select_best"]
 
 _WEIGHTS_BYTES = 256 * 2**20  # per-chunk (permutation, fold) weight matrices, C x C each
 _GATHER_BYTES = 32 * 2**20  # per-category sums of one sparse product
+_RIDGE_CHUNK_BYTES = 32 * 2**20  # (chunk, p, p) products of the ridge moments engine
 _TILE_BYTES = 512 * 2**10  # columns of a residual operator summed at once: they stay in L2 while a chunk streams
 
 
@@ -151,7 +152,7 @@ def _finish(scores, refit, single, return_scores):
     return (best, scores) if return_scores else best
 
 
-def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False):
+def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False, engine="auto"):
     """Alpha index :class:`RidgeCV` (with intercept) picks for every relabelling ``codes[perms[b]]``.
 
     Parameters
@@ -169,6 +170,12 @@ def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False):
     perms : ndarray of shape (B, n), int
         Permutation ``b`` gives row ``i`` the category of row ``perms[b, i]`` (the identity gives the choice
         on the real pairing).
+    engine : {"auto", "moments", "residuals"}
+        ``moments`` contracts each target set's weights with per-category sums of the rows of ``U`` in the
+        (p x p) eigenbasis (``O(p^2 C)`` per permutation, fold and target set); ``residuals`` builds the
+        category-space residual Gram of every alpha (``O(alpha n_train n_fold + alpha C^2 n_fold)`` per
+        permutation and fold, shared by every target set, plus ``H`` once per alpha). ``auto`` takes the one
+        with fewer operations for this problem; both give the same scores up to rounding.
 
     Returns
     -------
@@ -180,7 +187,6 @@ def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False):
     X = np.asarray(X, dtype=np.float64)
     Zs, single = _target_list(Z)
     alphas = np.asarray(alphas, dtype=np.float64)
-    n = X.shape[0]
     C = Zs[0].shape[0]
     B = perms.shape[0]
     folds = []
@@ -189,13 +195,73 @@ def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False):
         Xc = X[train] - mx
         lam, V = sla.eigh(Xc.T @ Xc, check_finite=False, driver="evd")
         folds.append((train, test, lam, Xc @ V, (X[test] - mx) @ V))
-    scores = [np.empty((B, len(alphas), len(splits))) for _ in Zs]
+    if engine == "auto":
+        p, A = X.shape[1], len(alphas)
+        moments = len(Zs) * len(splits) * B * (p * p * (C + A) + C * C * p)
+        # a sparse per-category addition costs about ten BLAS flops (measured on the demo's folds)
+        residuals = sum(A * (len(tr) * len(te) * (10 * B + p) + B * C * C * len(te)) for tr, te in splits)
+        engine = "moments" if moments < residuals else "residuals"
+    score = _ridge_moment_scores if engine == "moments" else _ridge_residual_scores
+    scores, refit = score(folds, codes, Zs, alphas, perms, _tile(X.shape[0]))
+    return _finish(scores, refit, single, return_scores)
+
+
+def _ridge_moment_scores(folds, codes, Zs, alphas, perms, tile):
+    """Per target set: (B, n_alphas, n_folds) scores and the (B,) permutations to refit, from per-category sums
+    of the rows of ``U`` (see :func:`ridge_choices`)."""
+    C, B, p = Zs[0].shape[0], perms.shape[0], folds[0][3].shape[1]
+    total = np.bincount(codes, minlength=C)[None, :]
+    prepared = []
+    for train, test, lam, Utr, Ute in folds:
+        F = 1.0 / (lam[None, :] + alphas[:, None])  # (n_alphas, p)
+        G = Ute.T @ Ute
+        # f' (G o K) f = <(f f') o G, K>: one (p^2, n_alphas) product per chunk serves every alpha
+        W = (F[:, :, None] * F[:, None, :] * G[None]).reshape(len(alphas), p * p)
+        prepared.append(dict(train=train, test=test, Utr=_tiles(Utr, tile), Ute=_tiles(Ute, tile), W=W,
+                             u=Ute.sum(axis=0), F=F))
+    scores = [np.empty((B, len(alphas), len(folds))) for _ in Zs]
+    refit = [np.zeros(B, dtype=bool) for _ in Zs]
+    for w0, w1 in _chunks(B, len(folds) * C * C * 8 * (1 + len(Zs)), _WEIGHTS_BYTES):
+        weights = [_FoldWeights(codes[perms[w0:w1]], [fd["test"] for fd in prepared], z) for z in Zs]
+        for s0, s1 in _chunks(w1 - w0, p * p * 8 * 3, _RIDGE_CHUNK_BYTES):  # (chunk, p, p) products stay small
+            labels = codes[perms[w0 + s0 : w0 + s1]]
+            Bc = s1 - s0
+            for f, fd in enumerate(prepared):
+                train, test = fd["train"], fd["test"]
+                nR, nT = len(train), len(test)
+                # per-category sums of the rows of U = (X - mean_train) V: training rows (= V'B, transposed: the
+                # training rows of U sum to zero, so the targets need no centring) and test rows
+                Bpt = _category_sums(_indicator(labels[:, train], C), fd["Utr"]).reshape(Bc, C, p)
+                E_te = _category_sums(_indicator(labels[:, test], C), fd["Ute"]).reshape(Bc, C, p)
+                cnt_te = weights[0].counts[f][s0:s1]
+                mt = (total - cnt_te) / nR
+                Ecpt = E_te - mt[:, :, None] * fd["u"][None, None, :]
+                for k, z in enumerate(Zs):  # the target-dependent contraction
+                    M = weights[k].M[f][s0:s1]
+                    Mm = np.einsum("bcd,bd->bc", M, mt)
+                    # tr(TTc M) for the test targets centred on the training means
+                    t0 = (np.einsum("bc,bcc->b", cnt_te, M) - 2 * np.einsum("bc,bc->b", cnt_te, Mm)
+                          + nT * np.einsum("bc,bc->b", mt, Mm))
+                    BMt = np.matmul(M, Bpt)  # (Bc, C, p)
+                    h = np.einsum("bck,bck->bk", Ecpt, BMt)
+                    K2 = np.matmul(np.ascontiguousarray(BMt.transpose(0, 2, 1)), Bpt)  # (Bc, p, p)
+                    s = t0[:, None] - 2 * h @ fd["F"].T + K2.reshape(Bc, p * p) @ fd["W"].T
+                    scores[k][w0 + s0 : w0 + s1, :, f] = _fold_r2(s, z.shape[1], nT)
+        for k in range(len(Zs)):
+            refit[k][w0:w1] = ~weights[k].ok
+    return scores, refit
+
+
+def _ridge_residual_scores(folds, codes, Zs, alphas, perms, tile):
+    """Per target set: (B, n_alphas, n_folds) scores and the (B,) permutations to refit, from category-space
+    residual Grams shared by every target set (see :func:`ridge_choices`)."""
+    C, B = Zs[0].shape[0], perms.shape[0]
+    scores = [np.empty((B, len(alphas), len(folds))) for _ in Zs]
     refit = [np.zeros(B, dtype=bool) for _ in Zs]
     total = np.bincount(codes, minlength=C)[None, :]
-    tile = _tile(n)
-    for w0, w1 in _chunks(B, len(splits) * C * C * 8 * (1 + len(Zs)), _WEIGHTS_BYTES):
+    for w0, w1 in _chunks(B, len(folds) * C * C * 8 * (1 + len(Zs)), _WEIGHTS_BYTES):
         labels = codes[perms[w0:w1]]
-        weights = [_FoldWeights(labels, [t for _, t in splits], z) for z in Zs]
+        weights = [_FoldWeights(labels, [f[1] for f in folds], z) for z in Zs]
         for f, (train, test, lam, Utr, Ute) in enumerate(folds):
             nR, nT = len(train), len(test)
             mt = (total - weights[0].counts[f]) / nR  # (Bc, C) training category frequencies
@@ -216,7 +282,7 @@ def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False):
                         scores[j][w0 + g0 : w0 + g1, a, f] = _fold_r2(s, z.shape[1], nT)
         for j in range(len(Zs)):
             refit[j][w0:w1] = ~weights[j].ok
-    return _finish(scores, refit, single, return_scores)
+    return scores, refit
 
 
 def _residual_operators(K, bounds, alpha, blas):
