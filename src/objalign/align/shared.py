@@ -110,14 +110,13 @@ def fit_fold(X, groups, label_index, fold, methods, cfg: AlignConfig, fold_no: i
         Ztr, Zte = pca.transform(Xtr), pca.transform(X[test])
         del Xtr
         group = {k: targets[k] for k in keys}
-        fits = _fit_methods(Ztr, Zte, groups[train], label_index[train], methods, cfg, fold_no, where, group,
-                            null_n_train)
+        fits = _fit_methods(Ztr, Zte, groups[train], label_index[train], methods, cfg, fold_no, group, null_n_train)
         for k in keys:
             out["keys"][k] = {"pca": pca, "Zte": Zte, "pca_dim": d, "methods": fits[k]}
     return out
 
 
-def _fit_methods(Ztr, Zte, gtr, ltr, methods, cfg: AlignConfig, fold_no: int, where: str, targets: dict,
+def _fit_methods(Ztr, Zte, gtr, ltr, methods, cfg: AlignConfig, fold_no: int, targets: dict,
                  null_n_train: int) -> dict:
     """key -> method -> fit (see :func:`fit_fold`) on one fold's PCA'd features."""
     from ..evaluate.stats import group_permutations
@@ -136,7 +135,7 @@ def _fit_methods(Ztr, Zte, gtr, ltr, methods, cfg: AlignConfig, fold_no: int, wh
     if shared and any(m in methods for m in ("ridge", "shuffled")):
         t0 = time.time()
         n_perm = cfg.n_permutations if (select and "ridge" in methods) else 0
-        ridge_rows = _choices("ridge", Ztr, gtr, ltr, targets, cfg, fold_no, where, n_perm, extra=[pi])
+        ridge_rows = _choices("ridge", Ztr, gtr, ltr, targets, cfg, fold_no, n_perm, extra=[pi])
         ridge_rows["seconds"] = time.time() - t0
     for method in methods:
         t0 = time.time()
@@ -160,7 +159,7 @@ def _fit_methods(Ztr, Zte, gtr, ltr, methods, cfg: AlignConfig, fold_no: int, wh
             if select:
                 n_perm, reason = selection_permutations(cfg.n_permutations, null_n_train or n_train,
                                                         cfg.null_selection_max_train)
-            rows = _choices("kernel_ridge", Ztr, gtr, ltr, targets, cfg, fold_no, where, n_perm if select else 0)
+            rows = _choices("kernel_ridge", Ztr, gtr, ltr, targets, cfg, fold_no, n_perm if select else 0)
             grid, scale = rows["grid"], rows["scale"]
             for k in keys:
                 ch = rows["choice"][k]
@@ -209,52 +208,24 @@ def _fit_estimator(method, Ztr, Zte, gtr, Ytr, pi, cfg: AlignConfig):
     return np.repeat(Ytr.mean(0, keepdims=True), len(Zte), 0), {}  # mean: the training mean text embedding
 
 
-def _choices(method, Ztr, gtr, ltr, targets: dict, cfg: AlignConfig, fold_no: int, where: str, n_perm: int,
-             extra=()) -> dict:
+def _choices(method, Ztr, gtr, ltr, targets: dict, cfg: AlignConfig, fold_no: int, n_perm: int, extra=()) -> dict:
     """The grid index the CV search picks, per target set, on the real pairing (row 0), on each pairing of
     ``extra`` (rows 1..) and under each of the ``n_perm`` null permutations of block ``fold_no`` (the rest).
 
     Rows the permuted engine cannot decide (a held-out output constant) are refitted from scratch with the
     estimator, as :func:`objalign.evaluate.nulls.selection_smoothers` does.
     """
-    from sklearn.model_selection import GroupKFold
-
-    from ..evaluate.nulls import block_permutations, single_threaded_blas
-    from . import KernelRidgeCV, RidgeCV
-    from ._permuted_cv import kernel_choices, ridge_choices
-    from ._search import param_grid
-    from ._splits import resolve_splits
+    from ..evaluate.nulls import block_permutations, search_choices
     from .stage import median_sq_distance
 
-    present, codes = np.unique(ltr, return_inverse=True)
-    cv = GroupKFold(n_splits=cfg.cv_folds)
-    splits = resolve_splits(cv, Ztr, None, gtr, len(Ztr))
     rows = [np.arange(len(Ztr))] + [np.asarray(p) for p in extra]
     if n_perm:
         rows += list(block_permutations(gtr, n_perm, cfg.seed, fold_no))
-    perms = np.stack(rows)
     keys = list(targets)
-    Zc = [np.asarray(targets[k], dtype=np.float64)[present] for k in keys]
-    alphas = np.asarray(cfg.alphas, dtype=np.float64)
-    out = {}
-    if method == "ridge":
-        grid = param_grid(alphas)
-        with single_threaded_blas():  # many small products per permutation: threads only add synchronisation
-            best = ridge_choices(Ztr, codes, Zc, splits, alphas, perms)
-
-        def search():
-            return RidgeCV(alphas=alphas, cv=cv)
-    else:
-        scale = median_sq_distance(Ztr, seed=cfg.seed)
-        gammas = np.asarray([g / scale for g in cfg.gammas], dtype=np.float64)
-        grid = param_grid(alphas, gammas)
-        best = kernel_choices(Ztr, codes, Zc, splits, alphas, gammas, perms, n_jobs=cfg.n_jobs)
-        out["scale"] = scale
-
-        def search():
-            return KernelRidgeCV(alphas=alphas, gammas=gammas, kernel="rbf", cv=cv, approx="exact", n_jobs=cfg.n_jobs)
-    for k, b in zip(keys, best):
-        for r in np.flatnonzero(b < 0):
-            Y = np.asarray(targets[k])[ltr[perms[r]]].astype(Ztr.dtype, copy=False)
-            b[r] = search().fit(Ztr, Y, groups=gtr).best_index_
-    return {**out, "grid": grid, "choice": dict(zip(keys, best))}
+    out, gammas = {}, None
+    if method == "kernel_ridge":
+        out["scale"] = median_sq_distance(Ztr, seed=cfg.seed)
+        gammas = [g / out["scale"] for g in cfg.gammas]
+    grid, choices, _ = search_choices(method, Ztr, ltr, gtr, [targets[k] for k in keys], np.stack(rows),
+                                      cv_folds=cfg.cv_folds, alphas=cfg.alphas, gammas=gammas, n_jobs=cfg.n_jobs)
+    return {**out, "grid": grid, "choice": dict(zip(keys, choices))}

@@ -340,49 +340,79 @@ def selection_smoothers(method: str, Z_train: np.ndarray, Z_test: np.ndarray, tr
     ObjalignError
         Before any permutation runs, if the training images are fewer than the CV folds.
     """
+    from ..align import KernelRidge, Ridge
+
+    check_cv_images(train_groups, cv_folds, where)
+    if method not in ("ridge", "kernel_ridge"):
+        raise ObjalignError(f"selection null: method {method!r} is not ridge or kernel_ridge")
+    perms = block_permutations(train_groups, n_permutations, seed, block)
+    grid, (choice,), refits = search_choices(method, Z_train, train_labels, train_groups, [class_emb], perms,
+                                             cv_folds=cv_folds, alphas=alphas, gammas=gammas, n_jobs=n_jobs)
+
+    def estimator(p):
+        if method == "ridge":
+            return Ridge(alpha=p["alpha"])
+        return KernelRidge(alpha=p["alpha"], kernel="rbf", gamma=p["gamma"], approx="exact")
+
+    S = {int(i): smoother_operator(estimator(grid[i]), Z_train, Z_test) for i in np.unique(choice)}
+    return {"S": S, "choice": choice, "n_refits": int(refits[0]), "grid": grid}
+
+
+def search_choices(method: str, Z_train: np.ndarray, train_labels: np.ndarray, train_groups: np.ndarray,
+                   class_embs: list, perms: np.ndarray, *, cv_folds: int, alphas, gammas=None,
+                   n_jobs: int = 1) -> tuple[list[dict], list[np.ndarray], list[int]]:
+    """The grid point the grouped CV search picks for every target set under every relabelling ``perms``.
+
+    Parameters
+    ----------
+    method : ``"ridge"`` or ``"kernel_ridge"`` (exact RBF)
+    Z_train : (n_train, d); train_labels : (n_train,) category rows; train_groups : (n_train,) image ids
+    class_embs : list of (c, q_k) category text embeddings (target sets sharing features and folds)
+    perms : (B, n_train) int; row ``b`` gives row ``i`` the category of row ``perms[b, i]`` (the identity gives
+        the choice on the real pairing)
+    cv_folds, alphas, gammas, n_jobs : the search (``GroupKFold(cv_folds)``; gammas absolute, kernel ridge only)
+
+    Returns
+    -------
+    grid : list of dict (``GridSearchCV`` order)
+    choices : per target set, (B,) grid index
+    n_refits : per target set, how many rows were refitted from scratch (a held-out output was constant)
+    """
     from sklearn.model_selection import GroupKFold
 
-    from ..align import KernelRidge, KernelRidgeCV, Ridge, RidgeCV
+    from ..align import KernelRidgeCV, RidgeCV
     from ..align._permuted_cv import kernel_choices, ridge_choices
     from ..align._search import param_grid
     from ..align._splits import resolve_splits
 
-    check_cv_images(train_groups, cv_folds, where)
     labels = np.asarray(train_labels)
     present, codes = np.unique(labels, return_inverse=True)
-    Zc = np.asarray(class_emb, dtype=np.float64)[present]
+    Zc = [np.asarray(E, dtype=np.float64)[present] for E in class_embs]
     cv = GroupKFold(n_splits=cv_folds)
     splits = resolve_splits(cv, Z_train, None, train_groups, len(Z_train))
-    perms = block_permutations(train_groups, n_permutations, seed, block)
     alphas = np.asarray(alphas, dtype=np.float64)
     if method == "ridge":
         grid = param_grid(alphas)
         with single_threaded_blas():  # many small products per permutation: threads only add synchronisation
-            choice = ridge_choices(Z_train, codes, Zc, splits, alphas, perms)
+            choices = ridge_choices(Z_train, codes, Zc, splits, alphas, perms)
 
         def search():
             return RidgeCV(alphas=alphas, cv=cv)
-
-        def estimator(p):
-            return Ridge(alpha=p["alpha"])
-    elif method == "kernel_ridge":
+    else:
         gammas = np.asarray(gammas, dtype=np.float64)
         grid = param_grid(alphas, gammas)
-        choice = kernel_choices(Z_train, codes, Zc, splits, alphas, gammas, perms, n_jobs=n_jobs)
+        choices = kernel_choices(Z_train, codes, Zc, splits, alphas, gammas, perms, n_jobs=n_jobs)
 
         def search():
             return KernelRidgeCV(alphas=alphas, gammas=gammas, kernel="rbf", cv=cv, approx="exact")
-
-        def estimator(p):
-            return KernelRidge(alpha=p["alpha"], kernel="rbf", gamma=p["gamma"], approx="exact")
-    else:
-        raise ObjalignError(f"selection null: method {method!r} is not ridge or kernel_ridge")
-    refits = np.flatnonzero(choice < 0)
-    for b in refits:
-        Y = np.asarray(class_emb)[labels[perms[b]]].astype(Z_train.dtype, copy=False)
-        choice[b] = search().fit(Z_train, Y, groups=train_groups).best_index_
-    S = {int(i): smoother_operator(estimator(grid[i]), Z_train, Z_test) for i in np.unique(choice)}
-    return {"S": S, "choice": choice, "n_refits": int(refits.size), "grid": grid}
+    n_refits = []
+    for E, choice in zip(class_embs, choices):
+        refits = np.flatnonzero(choice < 0)
+        for b in refits:
+            Y = np.asarray(E)[labels[perms[b]]].astype(Z_train.dtype, copy=False)
+            choice[b] = search().fit(Z_train, Y, groups=train_groups).best_index_
+        n_refits.append(int(refits.size))
+    return grid, list(choices), n_refits
 
 
 def describe_null(null: dict | None) -> str:
