@@ -128,7 +128,6 @@ def _fit_methods(Ztr, Zte, gtr, ltr, methods, cfg: AlignConfig, fold_no: int, ta
     select = null_ok and cfg.null == "selection"
     shared = n_train <= cfg.null_max_train  # (n_test, n_train) operators are affordable
     pi = group_permutations(gtr, 1, seed=cfg.seed + _SHUFFLE_SEED + fold_no)[0]
-    Ys = {k: np.asarray(T)[ltr] for k, T in targets.items()}
     c = len(next(iter(targets.values())))
     smoothers = _Smoothers(Ztr, Zte) if shared else None
     ridge_rows = {}
@@ -174,7 +173,7 @@ def _fit_methods(Ztr, Zte, gtr, ltr, methods, cfg: AlignConfig, fold_no: int, ta
             continue
         for k in keys:  # estimators per target set: large folds, Nystroem kernel ridge, the mean baseline
             t1 = time.time()
-            pred, hp = _fit_estimator(method, Ztr, Zte, gtr, Ys[k], pi, cfg)
+            pred, hp = _fit_estimator(method, Ztr, Zte, gtr, np.asarray(targets[k])[ltr], pi, cfg)
             out[k][method] = {"pred": pred, "hp": hp, "S": None, "n_permutations": n_perm, "null_reason": None,
                               "seconds": time.time() - t1}
     return out

@@ -83,7 +83,8 @@ def _r2_from_sums(ss_res: np.ndarray, ss_tot: np.ndarray) -> tuple[np.ndarray, n
 
 
 def figures_for_weights(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.ndarray],
-                        weights: np.ndarray, categories: tuple | None = None) -> dict[str, np.ndarray]:
+                        weights: np.ndarray, categories: tuple | None = None,
+                        group_codes: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every figure of a row on weighted resamples.
 
     Parameters
@@ -97,6 +98,10 @@ def figures_for_weights(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.n
     categories : (labels (n,), class_emb (c, q)), optional
         When ``true`` is ``class_emb[labels]``: its weighted sums then come from per-category weights
         (``(B, c)`` times ``(c, q)`` instead of ``(B, n)`` times ``(n, q)``).
+    group_codes : (n,) int, optional
+        With it ``weights`` are (B, n_groups) group draw counts and object ``i`` weighs
+        ``weights[:, group_codes[i]]``: per-object values are summed per group first, so every weighted sum is a
+        (B, n_groups) product.
 
     Returns
     -------
@@ -104,27 +109,41 @@ def figures_for_weights(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.n
         :data:`~objalign.evaluate.metrics.FIGURES` (and the ``*_unseen`` ones when ``inst`` has ``rank_unseen``).
     """
     w = np.asarray(weights, dtype=np.float64)
-    W = w.sum(axis=1)
+    if group_codes is None:
+        def wsum(a):  # sum over objects of each resample's weights times a (n, k)
+            return w @ a
+    else:
+        from scipy import sparse
+
+        codes = np.asarray(group_codes)
+        per_group = sparse.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))),
+                                      shape=(w.shape[1], len(codes)))
+
+        def wsum(a):
+            return w @ (per_group @ a)
+
+        weights = weights[:, codes]
+    W = wsum(np.ones((len(pred), 1)))[:, 0]
     if categories is None:
         yc = true - true.mean(axis=0)  # shift-invariant; keeps the weighted sums well conditioned
-        s_y, s_y2 = w @ yc, w @ (yc ** 2)
+        s_y, s_y2 = wsum(yc), wsum(yc ** 2)
     else:
         labels, E = np.asarray(categories[0]), np.asarray(categories[1], dtype=np.float64)
         cnt = np.bincount(labels, minlength=len(E)).astype(np.float64)
         Ec = E - cnt @ E / max(cnt.sum(), 1.0)
         onehot = np.zeros((len(labels), len(E)))
         onehot[np.arange(len(labels)), labels] = 1.0
-        wc = w @ onehot  # per-category resample weights (B, c): integer sums, exact
+        wc = wsum(onehot)  # per-category resample weights (B, c): integer sums, exact
         s_y, s_y2 = wc @ Ec, wc @ (Ec ** 2)
     ss_tot = s_y2 - s_y ** 2 / W[:, None]
-    ss_res = w @ ((pred - true) ** 2)
+    ss_res = wsum((pred - true) ** 2)
     r2, r2w = _r2_from_sums(ss_res, ss_tot)
     cols = [inst["cosine"], inst["residual_l2"], inst["rank"] <= 1, inst["rank"] <= 5, inst["rank"]]
     names = ["cosine_mean", "residual_mean", "top1", "top5", "mean_rank"]
     if "rank_unseen" in inst:
         cols += [inst["rank_unseen"] <= 1, inst["rank_unseen"] <= 5, inst["rank_unseen"]]
         names += ["top1_unseen", "top5_unseen", "mean_rank_unseen"]
-    means = (w @ np.column_stack(cols).astype(np.float64)) / W[:, None]
+    means = wsum(np.column_stack(cols).astype(np.float64)) / W[:, None]
     out = {"r2": r2, "r2_variance_weighted": r2w}
     out.update({k: means[:, j] for j, k in enumerate(names)})
     out["residual_median"] = _weighted_median(inst["residual_l2"], weights)
@@ -167,7 +186,7 @@ def bootstrap_figures(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.nda
     chunk = max(1, _CHUNK_ELEMENTS // max(len(pred), n_groups, 1))  # bounds the (chunk, n) weight matrix
     parts: dict[str, list[np.ndarray]] = {}
     for counts in _iter_counts(n_groups, int(n_resamples), seed, chunk):
-        for k, v in figures_for_weights(pred, true, inst, counts[:, codes], categories).items():
+        for k, v in figures_for_weights(pred, true, inst, counts, categories, group_codes=codes).items():
             parts.setdefault(k, []).append(v)
     q = [(1 - confidence) / 2, (1 + confidence) / 2]
     order = [f for f in FIGURES + UNSEEN_FIGURES if f in parts]
