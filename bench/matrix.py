@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-#: the align settings of the demo matrix (configs/demo.yaml's align section with these changes): 72 cells in
-#: about 5 minutes with sharing on 2 cores
+#: the align settings of the demo matrix (configs/demo.yaml's align section with these changes). Measured with
+#: sharing: 70 s per vision layer (6 cells) with the load average at 4-9 on the 2 shared cores, i.e. about 14 min
+#: for the 72 cells under that load; an idle machine is several times faster (about 5 min expected, not measured)
 MATRIX_ALIGN = ["align.n_permutations=100", "align.n_bootstrap=200", "align.similarity_permutations=200",
                 "align.match_bootstrap=20"]
 
