@@ -7,15 +7,19 @@ they are; only the category of each row moves. Targets are one text embedding pe
 permutation costs products with its indicator:
 
 - **Ridge** (with intercept): per fold, the eigendecomposition ``C = V diag(lam) V'`` of the centred training
-  Gram matrix, the rows ``U = (X - mean_train) V`` and the test block's Gram ``U_te' U_te`` do not depend on the
-  targets. A permutation's training and test statistics in that basis are per-category sums of rows of ``U``
-  (one sparse product), and every alpha's held-out weighted residual follows as in
-  :func:`objalign.align._ridge_stats._fold_eig`: ``O(p^2 C)`` per fold and permutation, no factorisation.
+  Gram matrix and the rows ``U = (X - mean_train) V`` do not depend on the targets. Per alpha, the held-out
+  predictions of centred training targets are ``H' Y_tr`` with ``H = U_tr diag(1 / (lam + alpha)) U_te'``
+  (n_train x n_fold, computed once), so a permutation's held-out residuals in category space are its test
+  indicator, centred on its training category frequencies, minus per-category sums of rows of ``H`` (one
+  sparse product), and the residual Gram ``R' R`` (C x C) is the same object as kernel ridge's below.
 - **Kernel ridge**: the held-out residuals of fold ``f`` are ``R_f = A_f T`` with the residual operator
   ``A_f = [I_f | -K_fR (K_RR + alpha I)^-1]`` (rows: fold ``f``; columns: all training rows). ``A_f`` is
   computed once per (alpha, gamma) with one Cholesky per fold; a permutation's residuals are its fold indicator
   minus per-category sums of rows of ``X_f = (K_RR + alpha I)^-1 K_Rf`` (one sparse product, about ``0.8 n^2``
   additions per grid point for 5 folds), then ``R_f' R_f`` (C x C).
+
+Neither Gram depends on the targets: several target sets (``Z`` a list, e.g. every text layer of a layer x
+layer matrix) share them, and each contracts them with its own ``M = Z diag(1 / ss_tot) Z'``.
 
 Both score each fold with scikit-learn's ``"r2"`` (uniform over the ``q`` text dimensions):
 ``1 - sum_j ||R z_j||^2 / ss_tot_j / q`` with ``ss_tot`` of the permuted held-out targets from category counts;
@@ -36,8 +40,8 @@ __all__ = ["ridge_choices", "kernel_choices", "select_best"]
 
 _WEIGHTS_BYTES = 256 * 2**20  # per-chunk (permutation, fold) weight matrices, C x C each
 _GATHER_BYTES = 32 * 2**20  # per-category sums of one sparse product
+_RIDGE_CHUNK_BYTES = 32 * 2**20  # (chunk, p, p) products of the ridge moments engine
 _TILE_BYTES = 512 * 2**10  # columns of a residual operator summed at once: they stay in L2 while a chunk streams
-_RIDGE_CHUNK_BYTES = 32 * 2**20  # (chunk, p, p) products of the ridge engine
 
 
 def select_best(scores):
@@ -133,7 +137,22 @@ def _fold_r2(s, q, n_test):
     return np.full_like(s, np.nan) if n_test < 2 else 1.0 - s / q
 
 
-def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False):
+def _target_list(Z):
+    """``(list of (C, q_k) float64 arrays, whether one array was given)``."""
+    single = isinstance(Z, np.ndarray) or (len(Z) and np.ndim(Z[0]) == 1)
+    Zs = [Z] if single else list(Z)
+    return [np.asarray(z, dtype=np.float64) for z in Zs], single
+
+
+def _finish(scores, refit, single, return_scores):
+    """Per target set: the chosen grid index (-1 to refit) and, optionally, the scores."""
+    best = [np.where(r, -1, select_best(s)) for s, r in zip(scores, refit)]
+    if single:
+        best, scores = best[0], scores[0]
+    return (best, scores) if return_scores else best
+
+
+def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False, engine="auto"):
     """Alpha index :class:`RidgeCV` (with intercept) picks for every relabelling ``codes[perms[b]]``.
 
     Parameters
@@ -141,71 +160,129 @@ def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False):
     X : ndarray of shape (n, p)
     codes : ndarray of shape (n,), int
         Category (row of ``Z``) of each training row.
-    Z : ndarray of shape (C, q)
-        Category text embeddings (targets are ``Z[codes]``).
+    Z : ndarray of shape (C, q), or a list of such arrays (q may differ)
+        Category text embeddings (targets are ``Z[codes]``). With a list, every target set is scored on the
+        same permutations and the feature-side work (eigendecompositions, per-category sums of the rows) is
+        done once; each set only contracts it with its own weights, in the same arithmetic as alone.
     splits : list of (train, test) index arrays
         The CV folds (they depend on the groups only, so every permutation shares them).
     alphas : ndarray of shape (n_alphas,)
     perms : ndarray of shape (B, n), int
-        Permutation ``b`` gives row ``i`` the category of row ``perms[b, i]``.
+        Permutation ``b`` gives row ``i`` the category of row ``perms[b, i]`` (the identity gives the choice
+        on the real pairing).
+    engine : {"auto", "moments", "residuals"}
+        ``moments`` contracts each target set's weights with per-category sums of the rows of ``U`` in the
+        (p x p) eigenbasis (``O(p^2 C)`` per permutation, fold and target set); ``residuals`` builds the
+        category-space residual Gram of every alpha (``O(alpha n_train n_fold + alpha C^2 n_fold)`` per
+        permutation and fold, shared by every target set, plus ``H`` once per alpha). ``auto`` takes the one
+        with fewer operations for this problem; both give the same scores up to rounding.
 
     Returns
     -------
-    best : ndarray of shape (B,), int
+    best : ndarray of shape (B,), int (a list of them, one per target set, when ``Z`` is a list)
         Index into ``alphas``; -1 where a held-out output is constant (refit those from scratch).
-    scores : ndarray of shape (B, n_alphas, n_folds)
+    scores : ndarray of shape (B, n_alphas, n_folds) (a list when ``Z`` is a list)
         Only with ``return_scores``: every fold's R² (those of the -1 rows are not meaningful).
     """
     X = np.asarray(X, dtype=np.float64)
-    Z = np.asarray(Z, dtype=np.float64)
+    Zs, single = _target_list(Z)
     alphas = np.asarray(alphas, dtype=np.float64)
-    n, p = X.shape
-    C, q = Z.shape
+    C = Zs[0].shape[0]
     B = perms.shape[0]
     folds = []
     for train, test in splits:
         mx = X[train].mean(axis=0)
         Xc = X[train] - mx
         lam, V = sla.eigh(Xc.T @ Xc, check_finite=False, driver="evd")
-        Ute = (X[test] - mx) @ V
+        folds.append((train, test, lam, Xc @ V, (X[test] - mx) @ V))
+    if engine == "auto":
+        p, A = X.shape[1], len(alphas)
+        moments = len(Zs) * len(splits) * B * (p * p * (C + A) + C * C * p)
+        # a sparse per-category addition costs about ten BLAS flops (measured on the demo's folds)
+        residuals = sum(A * (len(tr) * len(te) * (10 * B + p) + B * C * C * len(te)) for tr, te in splits)
+        engine = "moments" if moments < residuals else "residuals"
+    score = _ridge_moment_scores if engine == "moments" else _ridge_residual_scores
+    scores, refit = score(folds, codes, Zs, alphas, perms, _tile(X.shape[0]))
+    return _finish(scores, refit, single, return_scores)
+
+
+def _ridge_moment_scores(folds, codes, Zs, alphas, perms, tile):
+    """Per target set: (B, n_alphas, n_folds) scores and the (B,) permutations to refit, from per-category sums
+    of the rows of ``U`` (see :func:`ridge_choices`)."""
+    C, B, p = Zs[0].shape[0], perms.shape[0], folds[0][3].shape[1]
+    total = np.bincount(codes, minlength=C)[None, :]
+    prepared = []
+    for train, test, lam, Utr, Ute in folds:
         F = 1.0 / (lam[None, :] + alphas[:, None])  # (n_alphas, p)
         G = Ute.T @ Ute
         # f' (G o K) f = <(f f') o G, K>: one (p^2, n_alphas) product per chunk serves every alpha
         W = (F[:, :, None] * F[:, None, :] * G[None]).reshape(len(alphas), p * p)
-        tile = _tile(n)
-        folds.append(dict(train=train, test=test, Utr=_tiles(Xc @ V, tile), Ute=_tiles(Ute, tile), W=W,
-                          u=Ute.sum(axis=0), F=F))
-    scores = np.empty((B, len(alphas), len(splits)))
-    refit = np.zeros(B, dtype=bool)
-    per_perm = p * p * 8 * 3
-    for w0, w1 in _chunks(B, len(splits) * C * C * 8 * 2, _WEIGHTS_BYTES):
-        weights = _FoldWeights(codes[perms[w0:w1]], [t for _, t in splits], Z)
-        for s0, s1 in _chunks(w1 - w0, per_perm, _RIDGE_CHUNK_BYTES):  # (chunk, p, p) products stay small
+        prepared.append(dict(train=train, test=test, Utr=_tiles(Utr, tile), Ute=_tiles(Ute, tile), W=W,
+                             u=Ute.sum(axis=0), F=F))
+    scores = [np.empty((B, len(alphas), len(folds))) for _ in Zs]
+    refit = [np.zeros(B, dtype=bool) for _ in Zs]
+    for w0, w1 in _chunks(B, len(folds) * C * C * 8 * (1 + len(Zs)), _WEIGHTS_BYTES):
+        weights = [_FoldWeights(codes[perms[w0:w1]], [fd["test"] for fd in prepared], z) for z in Zs]
+        for s0, s1 in _chunks(w1 - w0, p * p * 8 * 3, _RIDGE_CHUNK_BYTES):  # (chunk, p, p) products stay small
             labels = codes[perms[w0 + s0 : w0 + s1]]
             Bc = s1 - s0
-            for f, fd in enumerate(folds):
+            for f, fd in enumerate(prepared):
                 train, test = fd["train"], fd["test"]
                 nR, nT = len(train), len(test)
                 # per-category sums of the rows of U = (X - mean_train) V: training rows (= V'B, transposed: the
                 # training rows of U sum to zero, so the targets need no centring) and test rows
                 Bpt = _category_sums(_indicator(labels[:, train], C), fd["Utr"]).reshape(Bc, C, p)
                 E_te = _category_sums(_indicator(labels[:, test], C), fd["Ute"]).reshape(Bc, C, p)
-                cnt_te = weights.counts[f][s0:s1]
-                mt = (np.bincount(codes, minlength=C)[None, :] - cnt_te) / nR
+                cnt_te = weights[0].counts[f][s0:s1]
+                mt = (total - cnt_te) / nR
                 Ecpt = E_te - mt[:, :, None] * fd["u"][None, None, :]
-                M = weights.M[f][s0:s1]
-                Mm = np.einsum("bcd,bd->bc", M, mt)
-                # tr(TTc M) for the test targets centred on the training means
-                t0 = (np.einsum("bc,bcc->b", cnt_te, M) - 2 * np.einsum("bc,bc->b", cnt_te, Mm)
-                      + nT * np.einsum("bc,bc->b", mt, Mm))
-                BMt = np.matmul(M, Bpt)  # (Bc, C, p)
-                h = np.einsum("bck,bck->bk", Ecpt, BMt)
-                K2 = np.matmul(np.ascontiguousarray(BMt.transpose(0, 2, 1)), Bpt)  # (Bc, p, p)
-                s = t0[:, None] - 2 * h @ fd["F"].T + K2.reshape(Bc, p * p) @ fd["W"].T
-                scores[w0 + s0 : w0 + s1, :, f] = _fold_r2(s, q, nT)
-        refit[w0:w1] = ~weights.ok
-    best = np.where(refit, -1, select_best(scores))
-    return (best, scores) if return_scores else best
+                for k, z in enumerate(Zs):  # the target-dependent contraction
+                    M = weights[k].M[f][s0:s1]
+                    Mm = np.einsum("bcd,bd->bc", M, mt)
+                    # tr(TTc M) for the test targets centred on the training means
+                    t0 = (np.einsum("bc,bcc->b", cnt_te, M) - 2 * np.einsum("bc,bc->b", cnt_te, Mm)
+                          + nT * np.einsum("bc,bc->b", mt, Mm))
+                    BMt = np.matmul(M, Bpt)  # (Bc, C, p)
+                    h = np.einsum("bck,bck->bk", Ecpt, BMt)
+                    K2 = np.matmul(np.ascontiguousarray(BMt.transpose(0, 2, 1)), Bpt)  # (Bc, p, p)
+                    s = t0[:, None] - 2 * h @ fd["F"].T + K2.reshape(Bc, p * p) @ fd["W"].T
+                    scores[k][w0 + s0 : w0 + s1, :, f] = _fold_r2(s, z.shape[1], nT)
+        for k in range(len(Zs)):
+            refit[k][w0:w1] = ~weights[k].ok
+    return scores, refit
+
+
+def _ridge_residual_scores(folds, codes, Zs, alphas, perms, tile):
+    """Per target set: (B, n_alphas, n_folds) scores and the (B,) permutations to refit, from category-space
+    residual Grams shared by every target set (see :func:`ridge_choices`)."""
+    C, B = Zs[0].shape[0], perms.shape[0]
+    scores = [np.empty((B, len(alphas), len(folds))) for _ in Zs]
+    refit = [np.zeros(B, dtype=bool) for _ in Zs]
+    total = np.bincount(codes, minlength=C)[None, :]
+    for w0, w1 in _chunks(B, len(folds) * C * C * 8 * (1 + len(Zs)), _WEIGHTS_BYTES):
+        labels = codes[perms[w0:w1]]
+        weights = [_FoldWeights(labels, [f[1] for f in folds], z) for z in Zs]
+        for f, (train, test, lam, Utr, Ute) in enumerate(folds):
+            nR, nT = len(train), len(test)
+            mt = (total - weights[0].counts[f]) / nR  # (Bc, C) training category frequencies
+            gather = _chunks(w1 - w0, C * max(nT, 1) * 8 * 2, _GATHER_BYTES)
+            indicators = [_indicator(labels[g0:g1][:, train], C) for g0, g1 in gather]
+            own = np.arange(nT)
+            for a, alpha in enumerate(alphas):
+                # H = U_tr diag(1 / (lam + alpha)) U_te': held-out predictions are H' (centred training targets)
+                tiles = _tiles(Utr @ (Ute / (lam + alpha)).T, tile)
+                for (g0, g1), Tt in zip(gather, indicators):
+                    Rt = _category_sums(Tt, tiles).reshape(g1 - g0, C, nT)  # P = T_tr' H (per-category sums)
+                    np.negative(Rt, out=Rt)
+                    Rt -= mt[g0:g1, :, None]  # residuals^T: (T_te - 1 m')' - P, m the training means
+                    Rt[np.arange(g1 - g0)[:, None], labels[g0:g1][:, test], own] += 1.0
+                    Q = np.matmul(Rt, Rt.transpose(0, 2, 1))  # (chunk, C, C): the only per-permutation Gram
+                    for j, z in enumerate(Zs):
+                        s = np.einsum("bcd,bcd->b", Q, weights[j].M[f][g0:g1])
+                        scores[j][w0 + g0 : w0 + g1, a, f] = _fold_r2(s, z.shape[1], nT)
+        for j in range(len(Zs)):
+            refit[j][w0:w1] = ~weights[j].ok
+    return scores, refit
 
 
 def _residual_operators(K, bounds, alpha, blas):
@@ -252,7 +329,9 @@ def kernel_choices(X, codes, Z, splits, alphas, gammas, perms, kernel="rbf", deg
     ----------
     X : ndarray of shape (n, p)
     codes, Z, splits, perms :
-        As in :func:`ridge_choices`; ``splits`` must partition the rows (as ``GroupKFold`` does).
+        As in :func:`ridge_choices` (``Z`` one array or a list of them: the kernel matrices, Cholesky factors,
+        residual operators and per-permutation residual Grams are then computed once for every target set);
+        ``splits`` must partition the rows (as ``GroupKFold`` does).
     alphas, gammas : ndarray
         The grid; index ``a * len(gammas) + g`` as ``GridSearchCV`` orders it (alpha outer).
     kernel, degree, coef0 :
@@ -263,9 +342,9 @@ def kernel_choices(X, codes, Z, splits, alphas, gammas, perms, kernel="rbf", deg
 
     Returns
     -------
-    best : ndarray of shape (B,), int
+    best : ndarray of shape (B,), int (a list of them when ``Z`` is a list)
         Grid index; -1 where a held-out output is constant (refit those from scratch).
-    scores : ndarray of shape (B, n_points, n_folds)
+    scores : ndarray of shape (B, n_points, n_folds) (a list when ``Z`` is a list)
         Only with ``return_scores``.
     """
     from concurrent.futures import ThreadPoolExecutor
@@ -277,7 +356,7 @@ def kernel_choices(X, codes, Z, splits, alphas, gammas, perms, kernel="rbf", deg
     from objalign.errors import ObjalignError
 
     X = np.asarray(X, dtype=np.float64)
-    Z = np.asarray(Z, dtype=np.float64)
+    Zs, single = _target_list(Z)
     alphas = np.asarray(alphas, dtype=np.float64)
     n = X.shape[0]
     part = find_partition(splits, n)
@@ -289,23 +368,24 @@ def kernel_choices(X, codes, Z, splits, alphas, gammas, perms, kernel="rbf", deg
     workers = max(1, min(int(n_jobs or 1), len(alphas)))
     tile = _tile(n)
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-        scores, refit = _kernel_scores(base, order, bounds, codes, Z, splits, alphas, gammas, perms, tile, pool)
-    best = np.where(refit, -1, select_best(scores))
-    return (best, scores) if return_scores else best
+        scores, refit = _kernel_scores(base, order, bounds, codes, Zs, splits, alphas, gammas, perms, tile, pool)
+    return _finish(scores, refit, single, return_scores)
 
 
-def _kernel_scores(base, order, bounds, codes, Z, splits, alphas, gammas, perms, tile, pool):
-    """(B, n_points, n_folds) scores and the (B,) permutations to refit (see :func:`kernel_choices`)."""
+def _kernel_scores(base, order, bounds, codes, Zs, splits, alphas, gammas, perms, tile, pool):
+    """Per target set: (B, n_points, n_folds) scores and the (B,) permutations to refit (see
+    :func:`kernel_choices`). The residual Grams ``Q`` (C x C per permutation and fold) do not depend on the
+    targets: each is computed once and contracted with every set's weights."""
     from objalign.align._blas import Blas
 
     B, k, ng = perms.shape[0], len(splits), len(gammas)
-    C, q = Z.shape
+    C = Zs[0].shape[0]
     sizes = np.diff(bounds)
-    scores = np.empty((B, len(alphas) * ng, k))
-    refit = np.zeros(B, dtype=bool)
-    for s0, s1 in _chunks(B, k * C * C * 8 * 2, _WEIGHTS_BYTES):
+    scores = [np.empty((B, len(alphas) * ng, k)) for _ in Zs]
+    refit = [np.zeros(B, dtype=bool) for _ in Zs]
+    for s0, s1 in _chunks(B, k * C * C * 8 * (1 + len(Zs)), _WEIGHTS_BYTES):
         labels = codes[perms[s0:s1]]
-        weights = _FoldWeights(labels, [t for _, t in splits], Z)
+        weights = [_FoldWeights(labels, [t for _, t in splits], z) for z in Zs]
         lab_ord = labels[:, order]
         gather = _chunks(s1 - s0, C * int(sizes.max()) * 8, _GATHER_BYTES)
         n = lab_ord.shape[1]
@@ -315,7 +395,7 @@ def _kernel_scores(base, order, bounds, codes, Z, splits, alphas, gammas, perms,
 
         def point(K, a):
             ops = _residual_operators(K, bounds, float(alphas[a]), Blas(np.float64))
-            res = np.empty((s1 - s0, k))
+            res = np.empty((len(Zs), s1 - s0, k))
             for f in range(k):
                 Q = np.empty((s1 - s0, C, C))
                 tiles = _tiles(ops[f], tile)
@@ -326,12 +406,15 @@ def _kernel_scores(base, order, bounds, codes, Z, splits, alphas, gammas, perms,
                     np.negative(Rt, out=Rt)
                     Rt[np.arange(g1 - g0)[:, None], lab_ord[g0:g1, bounds[f] : bounds[f + 1]], own] += 1.0
                     Q[g0:g1] = np.matmul(Rt, Rt.transpose(0, 2, 1))
-                res[:, f] = _fold_r2(np.einsum("bcd,bcd->b", Q, weights.M[f]), q, sizes[f])
+                for j, z in enumerate(Zs):
+                    res[j, :, f] = _fold_r2(np.einsum("bcd,bcd->b", Q, weights[j].M[f]), z.shape[1], sizes[f])
             return res
 
         for g, gamma in enumerate(gammas):
             K = base.matrix(float(gamma))
             for a, res in enumerate(pool.map(lambda a: point(K, a), range(len(alphas)))):
-                scores[s0:s1, a * ng + g] = res
-        refit[s0:s1] = ~weights.ok
+                for j in range(len(Zs)):
+                    scores[j][s0:s1, a * ng + g] = res[j]
+        for j in range(len(Zs)):
+            refit[j][s0:s1] = ~weights[j].ok
     return scores, refit

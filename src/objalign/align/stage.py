@@ -106,75 +106,6 @@ def _folds(protocol: str, groups, label_index, cfg: AlignConfig):
     return protocols.heldout_categories(label_index, groups, cfg.category_folds, cfg.seed)
 
 
-def _fit_fold(X, Y, groups, label_index, fold, methods, cfg: AlignConfig, fold_no: int, protocol: str,
-              class_emb=None, null_n_train: int = 0) -> dict:
-    """Fit every method on one fold; predictions on its test objects and the smoother(s) of each fitted map
-    (for the selection null, those of the maps selected under each permutation: ``null_n_train``, the largest
-    training set of the protocol, sets how many permutations kernel ridge runs)."""
-    from sklearn.model_selection import GroupKFold
-
-    from ..evaluate.nulls import check_cv_images, selection_permutations, selection_smoothers
-    from ..evaluate.stats import group_permutations
-    from . import KernelRidge, KernelRidgeCV, PCAMatch, Ridge, RidgeCV
-
-    train, test = fold.train, fold.test
-    where = "the training split" if protocol == "heldout_images" else f"{protocol} fold {fold_no}'s training set"
-    check_cv_images(groups[train], cfg.cv_folds, where)
-    d = int(min(cfg.common_dim, X.shape[1], Y.shape[1], len(train) - 1))
-    Xtr = X[train]  # one copy of the training rows, dropped once projected
-    pca = PCAMatch(n_components=d).fit(Xtr)
-    Ztr, Zte = pca.transform(Xtr), pca.transform(X[test])
-    del Xtr
-    Ytr, gtr = Y[train], groups[train]
-    cv = GroupKFold(n_splits=cfg.cv_folds)
-    null_ok = cfg.n_permutations > 0 and len(train) <= cfg.null_max_train
-    out = {"pca": pca, "Zte": Zte, "pca_dim": d, "n_train": int(len(train)), "methods": {}}
-    for method in methods:
-        t0 = time.time()
-        smoother = selection = None
-        select = null_ok and cfg.null == "selection"
-        if method == "ridge":
-            model = RidgeCV(alphas=list(cfg.alphas), cv=cv).fit(Ztr, Ytr, groups=gtr)
-            pred, hp = model.predict(Zte), dict(model.best_params_)
-            if null_ok:
-                smoother = None if select else Ridge(alpha=model.alpha_)
-                selection = {"alphas": list(cfg.alphas)} if select else None
-        elif method == "kernel_ridge":
-            scale = median_sq_distance(Ztr, seed=cfg.seed)
-            model = KernelRidgeCV(alphas=list(cfg.alphas), gammas=[g / scale for g in cfg.gammas], kernel="rbf", cv=cv,
-                                  approx=cfg.kernel_approx, n_components=cfg.nystroem_components,
-                                  max_exact_samples=cfg.max_exact_samples, random_state=cfg.seed, n_jobs=cfg.n_jobs)
-            model.fit(Ztr, Ytr, groups=gtr)
-            pred, hp = model.predict(Zte), dict(model.best_params_)
-            hp["gamma_times_median_sqdist"] = float(hp["gamma"] * scale)
-            if null_ok and model.approx_ == "exact" and select:
-                selection = {"alphas": list(cfg.alphas), "gammas": [g / scale for g in cfg.gammas]}
-            elif null_ok and model.approx_ == "exact":
-                smoother = KernelRidge(alpha=model.alpha_, kernel="rbf", gamma=model.gamma_, approx="exact")
-        elif method == "shuffled":  # ridge, CV and all, on an image-block shuffle of the training pairing
-            pi = group_permutations(gtr, 1, seed=cfg.seed + _SHUFFLE_SEED + fold_no)[0]
-            model = RidgeCV(alphas=list(cfg.alphas), cv=cv).fit(Ztr, Ytr[pi], groups=gtr)
-            pred, hp = model.predict(Zte), dict(model.best_params_)
-        else:  # mean: the training mean text embedding for every object
-            pred, hp = np.repeat(Ytr.mean(0, keepdims=True), len(test), 0), {}
-        S = None
-        if smoother is not None:
-            from ..evaluate.nulls import smoother_operator
-
-            S = smoother_operator(smoother, Ztr, Zte)
-        n_perm, reason = cfg.n_permutations, None
-        if selection is not None:
-            if method == "kernel_ridge":
-                n_perm, reason = selection_permutations(cfg.n_permutations, null_n_train or len(train),
-                                                        cfg.null_selection_max_train)
-            S = selection_smoothers(method, Ztr, Zte, label_index[train], gtr, class_emb, cv_folds=cfg.cv_folds,
-                                    n_permutations=n_perm, seed=cfg.seed, block=fold_no, n_jobs=cfg.n_jobs,
-                                    where=where, **selection)
-        out["methods"][method] = {"pred": pred, "hp": {k: float(v) for k, v in hp.items()}, "S": S,
-                                  "n_permutations": n_perm, "null_reason": reason, "seconds": time.time() - t0}
-    return out
-
-
 def _mode(values: list[float]) -> float:
     counts = Counter(values)
     top = max(counts.values())
@@ -256,12 +187,13 @@ def _similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConf
 def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.ndarray, class_emb: np.ndarray,
              cfg: AlignConfig, category_names: list[str] | None = None,
              category_ids: np.ndarray | None = None, vocabulary: np.ndarray | None = None) -> dict:
-    """Run every protocol, method and statistic on one set of embeddings.
+    """Run every protocol, method and statistic on one set of embeddings (:func:`evaluate_targets` for one
+    target set: ``objalign run``, ``sweep`` and ``matrix`` share that engine).
 
     Parameters
     ----------
     X : (n, d_vision) vision embeddings
-    Y : (n, d_text) text embedding of each object's category (``class_emb[label_index]``)
+    Y : (n, d_text) text embedding of each object's category; must be ``class_emb[label_index]``
     groups : (n,) image ids
     label_index : (n,) row of ``class_emb`` holding each object's category
     class_emb : (c, d_text) all category embeddings (retrieval candidates)
@@ -277,31 +209,127 @@ def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.n
     (protocol -> reason, for ``heldout_categories`` when the data are too few for its folds), ``category_level``
     (blind matching and RSA, :func:`objalign.evaluate.category_level.category_level`)
     """
+    from . import check_xy
+
+    check_xy(X, Y, groups, name_x="vision embeddings", name_y="text targets")
+    label_index = np.asarray(label_index)
+    class_emb = np.asarray(class_emb)
+    if class_emb.ndim != 2 or len(label_index) != len(Y) or not np.array_equal(class_emb[label_index], Y):
+        raise ObjalignError("text targets: each object's row must be its category's embedding "
+                            "(Y = class_emb[label_index]); pass the category embeddings and the labels that index them")
+    return _evaluate(X, groups, label_index, {"": class_emb}, cfg, category_names, category_ids,
+                     {"": vocabulary}, strict=True)[""]
+
+
+def evaluate_targets(X: np.ndarray, groups: np.ndarray, label_index: np.ndarray, targets: dict[str, np.ndarray],
+                     cfg: AlignConfig, category_names: list[str] | None = None, category_ids: np.ndarray | None = None,
+                     vocabularies: dict[str, np.ndarray | None] | None = None) -> dict[str, dict]:
+    """:func:`evaluate` for several text target sets against the same vision features, sharing the work.
+
+    Every key's result is what ``evaluate(X, T[label_index], groups, label_index, T, cfg, ...)`` returns for
+    ``T = targets[key]`` (the same numbers; ``fit_seconds`` is the shared fit time). What does not depend on the
+    targets is done once per fold: the folds, PCA (per PCA dimension), the CV factorisations of ridge and kernel
+    ridge, the choices on the real pairing, the shuffled baseline and every permutation of the selection null
+    (each target set still chooses its own hyperparameters, exactly as alone), the smoother operators of the
+    selected maps and the permutations' category coefficients (:mod:`objalign.align.shared`,
+    :func:`objalign.evaluate.nulls.smoother_nulls`). ``nulls`` use the same permutations for every key.
+
+    Parameters
+    ----------
+    X : (n, d) vision features of one vision layer
+    groups : (n,) image ids
+    label_index : (n,) row of every target matrix holding each object's category
+    targets : dict key -> (c, q_key) category text embeddings (one per text model x text layer; q may differ)
+    cfg : AlignConfig
+    category_names, category_ids : length-c names and dataset ids (default: row numbers)
+    vocabularies : dict key -> (m, q_key) distractor embeddings or None (open-vocabulary retrieval)
+
+    Returns
+    -------
+    dict key -> :func:`evaluate`'s dict, or ``{"error": "<one line>"}`` for a key that cannot be computed (bad
+    targets). An error that concerns X itself (bad features, too few images for the folds) raises
+    ObjalignError, as :func:`evaluate` does.
+    """
+    from . import check_xy
+
+    check_xy(X, np.zeros((len(X), 1)), groups, name_x="vision embeddings", name_y="text targets")
+    return _evaluate(X, groups, np.asarray(label_index), dict(targets), cfg, category_names, category_ids,
+                     dict(vocabularies or {}), strict=False)
+
+
+def category_variance_ratio(class_emb: np.ndarray, labels: np.ndarray, n_components: int) -> list[float]:
+    """Explained-variance ratios of the PCA of the targets ``class_emb[labels]`` (what ``PCAMatch`` reports on
+    them), from the (c, c) category Gram: targets repeat one row per category, so their scatter is
+    ``A' A`` with ``A = sqrt(counts) (class_emb - mean)`` and shares its nonzero eigenvalues with ``A A'``."""
+    E = np.asarray(class_emb, dtype=np.float64)
+    cnt = np.bincount(np.asarray(labels), minlength=len(E)).astype(np.float64)
+    A = np.sqrt(cnt)[:, None] * (E - cnt @ E / cnt.sum())
+    total = float(np.sum(A * A))
+    ev = np.maximum(np.linalg.eigvalsh(A @ A.T)[::-1], 0.0)
+    ev = np.concatenate([ev, np.zeros(max(0, n_components - len(ev)))])[:n_components]
+    return (ev / total if total > 0 else np.zeros_like(ev)).tolist()
+
+
+def _check_targets(X, groups, label_index, targets: dict, strict: bool) -> tuple[dict, dict]:
+    """``(usable targets, key -> {"error": ...})``; with ``strict`` the first error raises."""
+    from . import check_xy
+
+    live, errors = {}, {}
+    c = None
+    for key, T in targets.items():
+        try:
+            T = np.asarray(T)
+            if T.ndim != 2 or not np.issubdtype(T.dtype, np.number):
+                raise ObjalignError(f"targets[{key!r}]: expected a (categories, dim) numeric matrix, got shape "
+                                    f"{T.shape}")
+            if len(label_index) and (label_index.min() < 0 or label_index.max() >= len(T)):
+                raise ObjalignError(f"targets[{key!r}] has {len(T)} rows but labels index up to "
+                                    f"{label_index.max()}: one row per category expected")
+            if c is not None and len(T) != c:
+                raise ObjalignError(f"targets[{key!r}] has {len(T)} rows, the others {c}: every target set needs "
+                                    "one row per category, in the same order")
+            check_xy(X, T[label_index], groups, name_x="vision embeddings", name_y=f"text targets {key!r}".strip())
+            c = len(T) if c is None else c
+            live[key] = T
+        except ObjalignError as exc:
+            if strict:
+                raise
+            errors[key] = {"error": str(exc)}
+    return live, errors
+
+
+def _evaluate(X, groups, label_index, targets: dict, cfg: AlignConfig, category_names, category_ids,
+              vocabularies: dict, strict: bool) -> dict:
+    """The engine of :func:`evaluate` and :func:`evaluate_targets` (``strict``: a bad target set raises)."""
     from ..evaluate.intervals import bootstrap_figures
     from ..evaluate.metrics import per_category, per_instance, r2_uniform, r2_variance_weighted, \
         figures_from_instances
-    from ..evaluate.nulls import NULL_DESCRIPTIONS, pvalues, smoother_null
-    from . import PCAMatch, check_xy
+    from ..evaluate.nulls import NULL_DESCRIPTIONS, pvalues, smoother_nulls
+    from . import PCAMatch
+    from .shared import fit_fold
 
     methods = _methods(cfg)
-    check_xy(X, Y, groups, name_x="vision embeddings", name_y="text targets")
-    label_index = np.asarray(label_index)
-    c = len(class_emb)
+    live, errors = _check_targets(X, groups, label_index, targets, strict)
+    if not live:
+        return errors
+    keys = list(live)
+    c = len(live[keys[0]])
     names = list(category_names) if category_names is not None else [str(i) for i in range(c)]
     cids = np.asarray(category_ids) if category_ids is not None else np.arange(c)
-    res = {"rows": [], "per_category": [], "similarity": {}, "pca": {}, "per_instance": {}, "nulls": {},
-           "projection": {}, "skipped": {}}
+    results = {k: {"rows": [], "per_category": [], "similarity": {}, "pca": {}, "per_instance": {}, "nulls": {},
+                   "projection": {}, "skipped": {}} for k in keys}
     for protocol in cfg.protocols:
         try:
             folds = _folds(protocol, groups, label_index, cfg)
             n_big = max(len(f.train) for f in folds)
-            fits = [_fit_fold(X, Y, groups, label_index, f, methods, cfg, i, protocol, class_emb, n_big)
-                    for i, f in enumerate(folds)]
+            fold_fits = [fit_fold(X, groups, label_index, f, methods, cfg, i, protocol, live, n_big)
+                         for i, f in enumerate(folds)]
         except ObjalignError as exc:
             # Too little data for held-out categories (e.g. a 40-object smoke run) must not hide the other
             # protocol's results: record why it was skipped (report.json "skipped", report.txt), fail otherwise.
             if protocol == "heldout_categories" and len(cfg.protocols) > 1:
-                res["skipped"][protocol] = str(exc)
+                for k in keys:
+                    results[k]["skipped"][protocol] = str(exc)
                 continue
             raise
         test = np.concatenate([f.test for f in folds])
@@ -314,84 +342,121 @@ def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.n
             for f in folds:
                 cand_mask[start:start + len(f.test), f.unseen] = True
                 start += len(f.test)
-        res["per_instance"][f"{protocol}__index"] = test
+        for k in keys:
+            results[k]["per_instance"][f"{protocol}__index"] = test
         for method in methods:
-            pred = np.vstack([fit["methods"][method]["pred"] for fit in fits])
-            inst_parts = [per_instance(fit["methods"][method]["pred"], Y[f.test], label_index[f.test], class_emb,
-                                       f.unseen if unseen else None) for f, fit in zip(folds, fits)]
-            inst = {k: np.concatenate([p[k] for p in inst_parts]) for k in inst_parts[0]}
-            figs = {"r2": r2_uniform(Y[test], pred), "r2_variance_weighted": r2_variance_weighted(Y[test], pred),
-                    **figures_from_instances(inst)}
-            hps = [fit["methods"][method]["hp"] for fit in fits]
-            row = {"method": method, "split": protocol, **figs, "n_test": int(len(test)), "n_candidates": int(c),
-                   "chance_top1": 1.0 / c,
-                   "hyperparameters": {k: _mode([h[k] for h in hps]) for k in hps[0]},
-                   "pca_dim": int(_mode([fit["pca_dim"] for fit in fits])),
-                   "n_train": int(round(np.mean([fit["n_train"] for fit in fits]))),
-                   "n_images_test": int(len(np.unique(g))),
-                   "fit_seconds": round(sum(fit["methods"][method]["seconds"] for fit in fits), 3)}
-            if unseen:
-                row["n_candidates_unseen"] = float(np.mean([len(f.unseen) for f in folds]))
-                row["chance_top1_unseen"] = float(np.mean(1.0 / cand_mask.sum(1)))
-                row["folds"] = [{"unseen": [names[u] for u in f.unseen], "n_train": fit["n_train"],
-                                 "n_test": int(len(f.test)), "pca_dim": fit["pca_dim"],
-                                 "hyperparameters": fit["methods"][method]["hp"]} for f, fit in zip(folds, fits)]
-            if vocabulary is not None and len(vocabulary):
-                from ..evaluate.category_level import open_vocabulary
+            rows = {}
+            for k in keys:
+                class_emb = live[k]
+                Y = class_emb[label_index]
+                res = results[k]
+                fits = [{"pca_dim": ff["keys"][k]["pca_dim"], "n_train": ff["n_train"],
+                         **ff["keys"][k]["methods"][method]} for ff in fold_fits]
+                pred = np.vstack([fit["pred"] for fit in fits])
+                inst_parts = [per_instance(fit["pred"], Y[f.test], label_index[f.test], class_emb,
+                                           f.unseen if unseen else None) for f, fit in zip(folds, fits)]
+                inst = {n: np.concatenate([p[n] for p in inst_parts]) for n in inst_parts[0]}
+                figs = {"r2": r2_uniform(Y[test], pred), "r2_variance_weighted": r2_variance_weighted(Y[test], pred),
+                        **figures_from_instances(inst)}
+                hps = [fit["hp"] for fit in fits]
+                row = {"method": method, "split": protocol, **figs, "n_test": int(len(test)), "n_candidates": int(c),
+                       "chance_top1": 1.0 / c,
+                       "hyperparameters": {h: _mode([x[h] for x in hps]) for h in hps[0]},
+                       "pca_dim": int(_mode([fit["pca_dim"] for fit in fits])),
+                       "n_train": int(round(np.mean([fit["n_train"] for fit in fits]))),
+                       "n_images_test": int(len(np.unique(g))),
+                       "fit_seconds": round(sum(fit["seconds"] for fit in fits), 3)}
+                if unseen:
+                    row["n_candidates_unseen"] = float(np.mean([len(f.unseen) for f in folds]))
+                    row["chance_top1_unseen"] = float(np.mean(1.0 / cand_mask.sum(1)))
+                    row["folds"] = [{"unseen": [names[u] for u in f.unseen], "n_train": fit["n_train"],
+                                     "n_test": int(len(f.test)), "pca_dim": fit["pca_dim"],
+                                     "hyperparameters": fit["hp"]} for f, fit in zip(folds, fits)]
+                vocabulary = vocabularies.get(k)
+                if vocabulary is not None and len(vocabulary):
+                    from ..evaluate.category_level import open_vocabulary
 
-                row["open_vocabulary"] = open_vocabulary(pred, lab, class_emb, vocabulary, cfg.retrieval_k)
-            if cfg.n_bootstrap > 0:
-                row["ci"] = bootstrap_figures(pred, Y[test], inst, g, cfg.n_bootstrap, cfg.confidence, cfg.seed)
-                row["ci_level"] = cfg.confidence
-            smoothers = [fit["methods"][method]["S"] for fit in fits]
+                    row["open_vocabulary"] = open_vocabulary(pred, lab, class_emb, vocabulary, cfg.retrieval_k)
+                if cfg.n_bootstrap > 0:
+                    row["ci"] = bootstrap_figures(pred, Y[test], inst, g, cfg.n_bootstrap, cfg.confidence, cfg.seed,
+                                                  categories=(lab, class_emb))
+                    row["ci_level"] = cfg.confidence
+                rows[k] = (row, figs, fits)
+                for r in per_category(inst, lab, names, cids):
+                    res["per_category"].append({"split": protocol, "method": method, **r})
+                for n, v in inst.items():
+                    res["per_instance"][f"{protocol}__{method}__{n}"] = v
             if method in METHODS and cfg.n_permutations > 0:
-                if all(S is not None for S in smoothers):
-                    blocks = [{"S": S, "train_labels": label_index[f.train], "train_groups": groups[f.train],
-                               "test_labels": label_index[f.test]} for S, f in zip(smoothers, folds)]
-                    for b in blocks:
-                        if isinstance(b["S"], dict) and "choice" in b["S"]:  # selection null
-                            b.update(choice=b["S"]["choice"], S=b["S"]["S"])
-                    n_perm = fits[0]["methods"][method]["n_permutations"]
-                    null = smoother_null(blocks, class_emb, n_perm, cfg.seed, cand_mask)
-                    row["pvalue"] = pvalues(figs, null)
-                    row["null_mean"] = {k: float(v.mean()) for k, v in null.items()}
-                    row["null"] = {"kind": cfg.null, "n_permutations": int(n_perm), "scheme": "image-blocks",
-                                   "hyperparameters": NULL_DESCRIPTIONS[cfg.null]}
-                    reason = fits[0]["methods"][method]["null_reason"]
-                    if reason:
-                        row["null"]["reduced"] = reason
-                    for k, v in null.items():
-                        res["nulls"][f"{protocol}__{method}__{k}"] = v
-                else:
-                    row["pvalue"] = {}
-                    row["null"] = {"skipped": f"a fit has more than align.null_max_train = {cfg.null_max_train} "
-                                              "training objects (or kernel ridge ran in Nystroem mode)"}
-            res["rows"].append(row)
-            for r in per_category(inst, lab, names, cids):
-                res["per_category"].append({"split": protocol, "method": method, **r})
-            for k, v in inst.items():
-                res["per_instance"][f"{protocol}__{method}__{k}"] = v
+                _null_rows(rows, folds, fold_fits, live, label_index, groups, cand_mask, protocol, method, cfg,
+                           results, smoother_nulls, pvalues, NULL_DESCRIPTIONS)
+            for k in keys:
+                results[k]["rows"].append(rows[k][0])
         if protocol == "heldout_images":
-            fit, fold = fits[0], folds[0]
-            res["similarity"] = _similarity(fit["Zte"], Y[fold.test], groups[fold.test], cfg)
-            res["pca"] = {"vision_explained_variance_ratio": fit["pca"].explained_variance_ratio_.tolist(),
-                          "pca_dim": fit["pca_dim"], "fitted_on": "heldout_images training objects"}
-            tp = PCAMatch(n_components=int(min(len(fold.train), Y.shape[1], c))).fit(Y[fold.train])
-            res["pca"]["text_explained_variance_ratio"] = tp.explained_variance_ratio_.tolist()
-            # 2-D views: vision test features on their top two principal axes; category embeddings and the
-            # ridge-mapped test objects on the top two axes of the category embeddings.
-            cp = PCAMatch(n_components=2).fit(class_emb)
-            proj = {"vision_2d": fit["Zte"][:, :2], "label": label_index[fold.test],
-                    "class_2d": cp.transform(class_emb)}
-            best = "ridge" if "ridge" in methods else methods[0]
-            proj["mapped_2d"] = cp.transform(fit["methods"][best]["pred"])
-            proj["mapped_method"] = np.asarray(best)
-            proj["class_name"] = np.asarray(names)
-            res["projection"] = proj
+            fold = folds[0]
+            for k in keys:
+                class_emb, res = live[k], results[k]
+                Y = class_emb[label_index]
+                fit = fold_fits[0]["keys"][k]
+                res["similarity"] = _similarity(fit["Zte"], Y[fold.test], groups[fold.test], cfg)
+                res["pca"] = {"vision_explained_variance_ratio": fit["pca"].explained_variance_ratio_.tolist(),
+                              "pca_dim": fit["pca_dim"], "fitted_on": "heldout_images training objects"}
+                res["pca"]["text_explained_variance_ratio"] = category_variance_ratio(
+                    class_emb, label_index[fold.train], int(min(len(fold.train), Y.shape[1], c)))
+                # 2-D views: vision test features on their top two principal axes; category embeddings and the
+                # ridge-mapped test objects on the top two axes of the category embeddings.
+                cp = PCAMatch(n_components=2).fit(class_emb)
+                proj = {"vision_2d": fit["Zte"][:, :2], "label": label_index[fold.test],
+                        "class_2d": cp.transform(class_emb)}
+                best = "ridge" if "ridge" in methods else methods[0]
+                proj["mapped_2d"] = cp.transform(fit["methods"][best]["pred"])
+                proj["mapped_method"] = np.asarray(best)
+                proj["class_name"] = np.asarray(names)
+                res["projection"] = proj
     from ..evaluate.category_level import category_level
 
-    res["category_level"] = category_level(X, label_index, class_emb, groups, cfg)
-    return res
+    vision_side: dict = {}  # prototypes, kernels and RDMs of X: computed once for every target set
+    for k in keys:
+        results[k]["category_level"] = category_level(X, label_index, live[k], groups, cfg, cache=vision_side)
+    return {k: results.get(k, errors.get(k)) for k in targets}
+
+
+def _null_rows(rows, folds, fold_fits, live, label_index, groups, cand_mask, protocol, method, cfg, results,
+               smoother_nulls, pvalues, descriptions) -> None:
+    """Permutation p-values of one method and protocol for every target set (one shared pass over the
+    permutations: the category coefficients of a smoother serve every set that selected it)."""
+    keys = list(rows)
+    ready = [k for k in keys if all(fit["S"] is not None for fit in rows[k][2])]
+    for k in keys:
+        if k not in ready:
+            rows[k][0]["pvalue"] = {}
+            rows[k][0]["null"] = {"skipped": f"a fit has more than align.null_max_train = {cfg.null_max_train} "
+                                             "training objects (or kernel ridge ran in Nystroem mode)"}
+    by_fit: dict[tuple, list[str]] = {}  # sets fitted on the same PCA features share smoothers
+    for k in ready:
+        fits = rows[k][2]
+        by_fit.setdefault((int(fits[0]["n_permutations"]), tuple(f["pca_dim"] for f in fits)), []).append(k)
+    for (n_perm, _), ks in by_fit.items():
+        blocks = []
+        for i, f in enumerate(folds):
+            S = {}
+            for k in ks:
+                S.update(rows[k][2][i]["S"]["S"])
+            blocks.append({"S": S, "train_labels": label_index[f.train], "train_groups": groups[f.train],
+                           "test_labels": label_index[f.test]})
+        choices = {k: [fit["S"]["choice"] for fit in rows[k][2]] for k in ks}
+        nulls = smoother_nulls(blocks, {k: live[k] for k in ks}, choices, n_perm, cfg.seed, cand_mask)
+        for k in ks:
+            row, figs, fits = rows[k]
+            null = nulls[k]
+            row["pvalue"] = pvalues(figs, null)
+            row["null_mean"] = {n: float(v.mean()) for n, v in null.items()}
+            row["null"] = {"kind": cfg.null, "n_permutations": int(n_perm), "scheme": "image-blocks",
+                           "hyperparameters": descriptions[cfg.null]}
+            reason = fits[0]["null_reason"]
+            if reason:
+                row["null"]["reduced"] = reason
+            for n, v in null.items():
+                results[k]["nulls"][f"{protocol}__{method}__{n}"] = v
 
 
 def fit_and_score(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.ndarray,

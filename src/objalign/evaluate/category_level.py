@@ -17,14 +17,16 @@ __all__ = ["category_level", "open_vocabulary", "rsa_study"]
 
 
 def rsa_study(X, label_index, class_emb, groups, n_permutations: int = 1000, alpha: float = 0.05,
-              seed: int = 0) -> dict:
+              seed: int = 0, cache: dict | None = None) -> dict:
     """RSA between vision category prototypes and text embeddings, every RDM and comparison, with a calibration.
 
     Returns
     -------
     dict with ``n_categories``, ``values`` (``"<rdm>/<compare>"`` -> score; ``crossval_euclidean`` compares the
     cross-validated vision RDM with the text embeddings' squared Euclidean RDM) and ``calibrated`` (correlation RDM,
-    Spearman, categories permuted; :func:`~objalign.evaluate.calibrate.calibrated`'s summary)
+    Spearman, categories permuted; :func:`~objalign.evaluate.calibrate.calibrated`'s summary). ``cache`` (a dict
+    shared by the studies of several text embeddings of the same ``X``) keeps the vision prototypes and the
+    cross-validated vision RDM.
     """
     from .matching import category_prototypes
     from .rsa import compare_rdms, crossval_rdm, rdm, rsa
@@ -35,14 +37,24 @@ def rsa_study(X, label_index, class_emb, groups, n_permutations: int = 1000, alp
         raise ObjalignError(f"RSA needs at least 3 categories with objects, got {len(present)}")
     remap = np.full(len(class_emb), -1)
     remap[present] = np.arange(len(present))
-    P = category_prototypes(X, remap[label_index], len(present))
+    cache = {} if cache is None else cache
+    if "prototypes" not in cache:
+        cache["prototypes"] = category_prototypes(X, remap[label_index], len(present))
+    P = cache["prototypes"]
     T = np.asarray(class_emb, dtype=np.float64)[present]
     values = {f"{kind}/{cmp}": rsa(P, T, rdm=kind, compare=cmp)
               for kind in ("correlation", "euclidean") for cmp in ("spearman", "kendall")}
     out = {"n_categories": int(len(present)), "values": values,
            "rdm_vision": "category prototypes (mean of L2-normalised object embeddings)"}
     try:
-        cv, cats = crossval_rdm(X, label_index, groups, seed=seed)
+        if "crossval" not in cache:
+            try:
+                cache["crossval"] = crossval_rdm(X, label_index, groups, seed=seed)
+            except ObjalignError as exc:
+                cache["crossval"] = exc
+        if isinstance(cache["crossval"], ObjalignError):
+            raise cache["crossval"]
+        cv, cats = cache["crossval"]
         text_sq = rdm(np.asarray(class_emb, dtype=np.float64)[cats], "euclidean") ** 2
         for cmp in ("spearman", "kendall"):
             values[f"crossval_euclidean/{cmp}"] = compare_rdms(cv, text_sq, cmp)
@@ -106,13 +118,16 @@ def open_vocabulary(pred, label_index, class_emb, vocab_emb, k: int = 10) -> dic
     return out
 
 
-def category_level(X, label_index, class_emb, groups, cfg) -> dict:
+def category_level(X, label_index, class_emb, groups, cfg, cache: dict | None = None) -> dict:
     """Blind matching (:func:`objalign.evaluate.matching.match_study`) and RSA (:func:`rsa_study`) of one pair.
 
     ``cfg`` is the :class:`~objalign.config.AlignConfig` (``match_methods``, ``match_restarts``, ``match_bootstrap``,
     ``similarity_permutations``, ``similarity_alpha``, ``confidence``, ``seed``). A study the data are too small for
-    records why (``{"skipped": reason}``) instead of failing the run.
+    records why (``{"skipped": reason}``) instead of failing the run. ``cache`` (a dict shared by the calls for
+    several text embeddings of the same ``X``, labels and groups) keeps the vision-side prototypes, kernels and
+    RDMs, which do not depend on ``class_emb``.
     """
+    cache = {} if cache is None else cache
     from .matching import match_study
 
     out = {}
@@ -120,12 +135,13 @@ def category_level(X, label_index, class_emb, groups, cfg) -> dict:
         try:
             out["matching"] = match_study(X, label_index, class_emb, groups, methods=tuple(cfg.match_methods),
                                           restarts=cfg.match_restarts, n_bootstrap=cfg.match_bootstrap,
-                                          confidence=cfg.confidence, seed=cfg.seed)
+                                          confidence=cfg.confidence, seed=cfg.seed,
+                                          cache=cache.setdefault("matching", {}))
         except ObjalignError as exc:
             out["matching"] = {"skipped": str(exc)}
     try:
         out["rsa"] = rsa_study(X, label_index, class_emb, groups, cfg.similarity_permutations, cfg.similarity_alpha,
-                               cfg.seed)
+                               cfg.seed, cache=cache.setdefault("rsa", {}))
     except ObjalignError as exc:
         out["rsa"] = {"skipped": str(exc)}
     return out

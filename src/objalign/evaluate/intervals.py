@@ -83,7 +83,8 @@ def _r2_from_sums(ss_res: np.ndarray, ss_tot: np.ndarray) -> tuple[np.ndarray, n
 
 
 def figures_for_weights(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.ndarray],
-                        weights: np.ndarray) -> dict[str, np.ndarray]:
+                        weights: np.ndarray, categories: tuple | None = None,
+                        group_codes: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every figure of a row on weighted resamples.
 
     Parameters
@@ -94,6 +95,13 @@ def figures_for_weights(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.n
         :func:`objalign.evaluate.metrics.per_instance` output for them.
     weights : (B, n) non-negative integers
         How often each object occurs in each resample.
+    categories : (labels (n,), class_emb (c, q)), optional
+        When ``true`` is ``class_emb[labels]``: its weighted sums then come from per-category weights
+        (``(B, c)`` times ``(c, q)`` instead of ``(B, n)`` times ``(n, q)``).
+    group_codes : (n,) int, optional
+        With it ``weights`` are (B, n_groups) group draw counts and object ``i`` weighs
+        ``weights[:, group_codes[i]]``: per-object values are summed per group first, so every weighted sum is a
+        (B, n_groups) product.
 
     Returns
     -------
@@ -101,18 +109,41 @@ def figures_for_weights(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.n
         :data:`~objalign.evaluate.metrics.FIGURES` (and the ``*_unseen`` ones when ``inst`` has ``rank_unseen``).
     """
     w = np.asarray(weights, dtype=np.float64)
-    W = w.sum(axis=1)
-    yc = true - true.mean(axis=0)  # shift-invariant; keeps the weighted sums well conditioned
-    s_y, s_y2 = w @ yc, w @ (yc ** 2)
+    if group_codes is None:
+        def wsum(a):  # sum over objects of each resample's weights times a (n, k)
+            return w @ a
+    else:
+        from scipy import sparse
+
+        codes = np.asarray(group_codes)
+        per_group = sparse.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))),
+                                      shape=(w.shape[1], len(codes)))
+
+        def wsum(a):
+            return w @ (per_group @ a)
+
+        weights = weights[:, codes]
+    W = wsum(np.ones((len(pred), 1)))[:, 0]
+    if categories is None:
+        yc = true - true.mean(axis=0)  # shift-invariant; keeps the weighted sums well conditioned
+        s_y, s_y2 = wsum(yc), wsum(yc ** 2)
+    else:
+        labels, E = np.asarray(categories[0]), np.asarray(categories[1], dtype=np.float64)
+        cnt = np.bincount(labels, minlength=len(E)).astype(np.float64)
+        Ec = E - cnt @ E / max(cnt.sum(), 1.0)
+        onehot = np.zeros((len(labels), len(E)))
+        onehot[np.arange(len(labels)), labels] = 1.0
+        wc = wsum(onehot)  # per-category resample weights (B, c): integer sums, exact
+        s_y, s_y2 = wc @ Ec, wc @ (Ec ** 2)
     ss_tot = s_y2 - s_y ** 2 / W[:, None]
-    ss_res = w @ ((pred - true) ** 2)
+    ss_res = wsum((pred - true) ** 2)
     r2, r2w = _r2_from_sums(ss_res, ss_tot)
     cols = [inst["cosine"], inst["residual_l2"], inst["rank"] <= 1, inst["rank"] <= 5, inst["rank"]]
     names = ["cosine_mean", "residual_mean", "top1", "top5", "mean_rank"]
     if "rank_unseen" in inst:
         cols += [inst["rank_unseen"] <= 1, inst["rank_unseen"] <= 5, inst["rank_unseen"]]
         names += ["top1_unseen", "top5_unseen", "mean_rank_unseen"]
-    means = (w @ np.column_stack(cols).astype(np.float64)) / W[:, None]
+    means = wsum(np.column_stack(cols).astype(np.float64)) / W[:, None]
     out = {"r2": r2, "r2_variance_weighted": r2w}
     out.update({k: means[:, j] for j, k in enumerate(names)})
     out["residual_median"] = _weighted_median(inst["residual_l2"], weights)
@@ -120,7 +151,8 @@ def figures_for_weights(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.n
 
 
 def bootstrap_figures(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.ndarray], groups: np.ndarray,
-                      n_resamples: int = 1000, confidence: float = 0.95, seed=0) -> dict[str, list[float]]:
+                      n_resamples: int = 1000, confidence: float = 0.95, seed=0,
+                      categories: tuple | None = None) -> dict[str, list[float]]:
     """Percentile bootstrap intervals of every figure, resampling groups (images) with replacement.
 
     Parameters
@@ -134,6 +166,8 @@ def bootstrap_figures(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.nda
     n_resamples : int, default 1000
     confidence : float, default 0.95
     seed : int
+    categories : (labels, class_emb), optional
+        ``true`` is ``class_emb[labels]`` (:func:`figures_for_weights`).
 
     Returns
     -------
@@ -152,7 +186,7 @@ def bootstrap_figures(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.nda
     chunk = max(1, _CHUNK_ELEMENTS // max(len(pred), n_groups, 1))  # bounds the (chunk, n) weight matrix
     parts: dict[str, list[np.ndarray]] = {}
     for counts in _iter_counts(n_groups, int(n_resamples), seed, chunk):
-        for k, v in figures_for_weights(pred, true, inst, counts[:, codes]).items():
+        for k, v in figures_for_weights(pred, true, inst, counts, categories, group_codes=codes).items():
             parts.setdefault(k, []).append(v)
     q = [(1 - confidence) / 2, (1 + confidence) / 2]
     order = [f for f in FIGURES + UNSEEN_FIGURES if f in parts]

@@ -253,7 +253,8 @@ def category_prototypes(X, label_index, n_categories: int, weights=None) -> np.n
 
 def match_study(X, label_index, class_emb, groups, methods=("faq", "local_cka"), restarts: int = 10,
                 n_bootstrap: int = 100, confidence: float = 0.95,
-                shuffle_fractions=(0.0, 0.25, 0.5, 0.75, 1.0), shuffle_repeats: int = 3, seed: int = 0) -> dict:
+                shuffle_fractions=(0.0, 0.25, 0.5, 0.75, 1.0), shuffle_repeats: int = 3, seed: int = 0,
+                cache: dict | None = None) -> dict:
     """Blind matching of a run's categories: accuracy, chance, a bootstrap interval and the shuffle curve.
 
     Parameters
@@ -270,6 +271,10 @@ def match_study(X, label_index, class_emb, groups, methods=("faq", "local_cka"),
     shuffle_fractions : fractions of object-label pairs shuffled for the degradation curve
     shuffle_repeats : random shuffles per fraction (the curve reports their mean and standard deviation)
     seed : random seed
+    cache : dict, optional
+        Vision prototype kernels by resample, filled on first use: pass the same dict to the studies of several
+        text embeddings of the same ``X``, labels, groups and seed (the resamples and shuffles do not depend on
+        the text side) and each kernel is computed once.
 
     Returns
     -------
@@ -289,12 +294,17 @@ def match_study(X, label_index, class_emb, groups, methods=("faq", "local_cka"),
     lab = remap[label_index]
     m = len(present)
 
-    def kx(weights=None, labels=lab, fallback=None):
+    cache = {} if cache is None else cache
+
+    def kx(weights=None, labels=lab, fallback=None, tag=("all",)):
+        if tag in cache:
+            return cache[tag]
         P = category_prototypes(X, labels, m, weights)
         if fallback is not None:
             missing = ~np.all(np.isfinite(P), axis=1)
             P[missing] = fallback[missing]
-        return cosine_kernel(P), P
+        cache[tag] = cosine_kernel(P), P
+        return cache[tag]
 
     K0, P0 = kx()
     out = {"n_categories": int(m), "chance": 1.0 / m, "confidence": confidence,
@@ -306,19 +316,19 @@ def match_study(X, label_index, class_emb, groups, methods=("faq", "local_cka"),
     curves = {}
     for frac in shuffle_fractions:
         ks = []
-        for _ in range(shuffle_repeats if frac > 0 else 1):
+        for r in range(shuffle_repeats if frac > 0 else 1):
             idx = rng.choice(len(lab), int(round(frac * len(lab))), replace=False)
             shuffled = lab.copy()
             shuffled[idx] = lab[rng.permutation(idx)]
-            ks.append(kx(labels=shuffled, fallback=P0)[0])
+            ks.append(kx(labels=shuffled, fallback=P0, tag=("shuffle", float(frac), r))[0])
         curves[float(frac)] = ks
     for method in methods:
         perm = blind_match(K0, Ky, method=method, restarts=restarts, random_state=seed)
         acc = match_accuracy(perm)
         row = {"accuracy": acc, "assignment": present[perm].tolist()}
         if n_bootstrap > 0:
-            accs = [match_accuracy(blind_match(kx(w, fallback=P0)[0], Ky, method=method, restarts=restarts,
-                                               random_state=seed)) for w in boot_w]
+            accs = [match_accuracy(blind_match(kx(w, fallback=P0, tag=("boot", b))[0], Ky, method=method,
+                                               restarts=restarts, random_state=seed)) for b, w in enumerate(boot_w)]
             a = (1 - confidence) / 2
             row["ci"] = [float(np.quantile(accs, a)), float(np.quantile(accs, 1 - a))]
         row["shuffle_curve"] = []

@@ -93,35 +93,45 @@ class CategoryScorer:
 
     def figures(self, C: np.ndarray) -> dict[str, float]:
         """All figures of predictions ``C @ class_emb`` for ``C`` of shape (n, c)."""
+        return {k: float(v[0]) for k, v in self.figures_batch(C[None]).items()}
+
+    def figures_batch(self, C: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`figures` of a stack of coefficient matrices ``C`` (m, n, c): figure -> (m,) array."""
         i, lab = self.rows, self.labels
-        CG = C @ self.G
-        p2 = np.maximum(np.sum(CG * C, axis=1), 0.0)
-        own = CG[i, lab]
+        CG = np.matmul(C, self.G)
+        p2 = np.maximum(np.sum(CG * C, axis=2), 0.0)
+        own = CG[:, i, lab]
         res2 = np.maximum(p2 - 2 * own + self.G[lab, lab], 0.0)
-        CGl = C @ self.Gl
-        res2_live = np.sum(CGl * C, axis=1) - 2 * CGl[i, lab] + self.Gl[lab, lab]
-        CGd = C @ self.Gd
-        wres = np.sum(CGd * C, axis=1) - 2 * CGd[i, lab] + self.Gd[lab, lab]
+        CGl = np.matmul(C, self.Gl)
+        res2_live = np.sum(CGl * C, axis=2) - 2 * CGl[:, i, lab] + self.Gl[lab, lab]
+        CGd = np.matmul(C, self.Gd)
+        wres = np.sum(CGd * C, axis=2) - 2 * CGd[:, i, lab] + self.Gd[lab, lab]
         pn = np.sqrt(np.maximum(p2, 1e-24))
         sims = CG / self.e_norm  # ranking within a row does not need ||P_i||
-        own_s = sims[i, lab]
-        rank = 1 + np.sum(sims > own_s[:, None], axis=1)
+        own_s = sims[:, i, lab]
+        above = sims > own_s[:, :, None]
+        rank = 1 + np.sum(above, axis=2)
         res = np.sqrt(res2)
         out = {
-            "r2": float(1.0 - wres.sum() / self.q),
-            "r2_variance_weighted": float(1.0 - res2_live.sum() / self.ss_tot),
-            "cosine_mean": float(np.mean(own / (pn * self.e_norm[lab]))),
-            "residual_mean": float(res.mean()),
-            "residual_median": float(np.median(res)),
-            "top1": float(np.mean(rank <= 1)),
-            "top5": float(np.mean(rank <= 5)),
-            "mean_rank": float(rank.mean()),
+            "r2": 1.0 - wres.sum(axis=1) / self.q,
+            "r2_variance_weighted": 1.0 - res2_live.sum(axis=1) / self.ss_tot,
+            "cosine_mean": np.mean(own / (pn * self.e_norm[lab]), axis=1),
+            "residual_mean": res.mean(axis=1),
+            "residual_median": np.median(res, axis=1),
+            "top1": np.mean(rank <= 1, axis=1),
+            "top5": np.mean(rank <= 5, axis=1),
+            "mean_rank": rank.mean(axis=1),
         }
         if self.candidates is not None:
-            ru = 1 + np.sum((sims > own_s[:, None]) & self.candidates, axis=1)
-            out.update(top1_unseen=float(np.mean(ru <= 1)), top5_unseen=float(np.mean(ru <= 5)),
-                       mean_rank_unseen=float(ru.mean()))
+            ru = 1 + np.sum(above & self.candidates, axis=2)
+            out.update(top1_unseen=np.mean(ru <= 1, axis=1), top5_unseen=np.mean(ru <= 5, axis=1),
+                       mean_rank_unseen=ru.mean(axis=1))
         return out
+
+
+def _check_permutations(n_permutations) -> None:
+    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
+        raise ObjalignError(f"n_permutations must be a positive integer (e.g. 1000), got {n_permutations!r}")
 
 
 def smoother_null(blocks: list[dict], class_emb: np.ndarray, n_permutations: int, seed: int = 0,
@@ -150,41 +160,80 @@ def smoother_null(blocks: list[dict], class_emb: np.ndarray, n_permutations: int
     -------
     dict figure -> (B,) array
     """
+    _check_permutations(n_permutations)
+    choices = {0: [b.get("choice") for b in blocks]}
+    shared = [{**b, "S": b["S"] if isinstance(b["S"], dict) else {0: b["S"]}} for b in blocks]
+    for f, b in enumerate(blocks):
+        if not isinstance(b["S"], dict):
+            choices[0][f] = np.zeros(int(n_permutations), dtype=int)
+    return smoother_nulls(shared, {0: class_emb}, choices, n_permutations, seed, candidates)[0]
+
+
+def smoother_nulls(blocks: list[dict], class_embs: dict, choices: dict, n_permutations: int, seed: int = 0,
+                   candidates: np.ndarray | None = None) -> dict:
+    """:func:`smoother_null` for several target sets that share the fits' smoothers and permutations.
+
+    Parameters
+    ----------
+    blocks : list of dict
+        As in :func:`smoother_null`, with ``S`` always a dict (grid index -> smoother) holding every grid point
+        any target set selects.
+    class_embs : dict key -> (c, q_key)
+        Each target set's category text embeddings (the same c categories, in the same order).
+    choices : dict key -> list (one per block) of (B,) int
+        The grid index target set ``key`` selected under each permutation of each block (its real-pairing
+        choice repeated, for the fixed null).
+    n_permutations, seed, candidates :
+        As in :func:`smoother_null`.
+
+    Returns
+    -------
+    dict key -> (dict figure -> (B,) array)
+
+    Notes
+    -----
+    A permutation's category coefficients ``S onehot(c[pi])`` depend on the smoother only, not on the targets:
+    each is computed once (one sparse product per block and grid point for every row any set needs, exactly
+    the rows of a single set's product) and scored by each set's :class:`CategoryScorer`.
+    """
     from ..align._permuted_cv import _indicator
 
-    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
-        raise ObjalignError(f"n_permutations must be a positive integer (e.g. 1000), got {n_permutations!r}")
-    c = len(class_emb)
+    _check_permutations(n_permutations)
+    keys = list(class_embs)
+    c = len(class_embs[keys[0]])
     labels = np.concatenate([b["test_labels"] for b in blocks])
-    scorer = CategoryScorer(class_emb, labels, candidates)
+    scorers = {k: CategoryScorer(class_embs[k], labels, candidates) for k in keys}
     perms = [block_permutations(b["train_groups"], int(n_permutations), seed, f) for f, b in enumerate(blocks)]
-    ST = [{k: np.ascontiguousarray(S.T) for k, S in b["S"].items()} if isinstance(b["S"], dict)
-          else np.ascontiguousarray(b["S"].T) for b in blocks]
-    out: dict[str, list[float]] = {}
+    ST = [{k: np.ascontiguousarray(S.T) for k, S in b["S"].items()} for b in blocks]
+    out: dict = {k: {} for k in keys}
     train_labels = [np.asarray(b["train_labels"]) for b in blocks]
     # The per-permutation products are small: threaded BLAS only adds synchronisation there (measured
     # ~20x slower per permutation with 2 threads on a shared 2-core machine). A chunk of permutations shares one
     # sparse product per block (and per selected grid point): (chunk * c, n_train_f) indicators times S^T.
     n_test = sum(len(b["test_labels"]) for b in blocks)
-    step = max(1, min(int(n_permutations), (64 * 2**20) // max(8 * c * n_test, 1)))
+    step = max(1, min(int(n_permutations), (64 * 2**20) // max(8 * c * n_test * len(keys), 1)))
     with single_threaded_blas():
         for p0 in range(0, int(n_permutations), step):
             p1 = min(int(n_permutations), p0 + step)
-            coef = []
+            coef = {k: [] for k in keys}
             for f, b in enumerate(blocks):
                 labs = train_labels[f][perms[f][p0:p1]]  # (chunk, n_train_f)
-                Cf = np.empty((p1 - p0, c, len(b["test_labels"])))
-                choice = np.asarray(b["choice"][p0:p1]) if isinstance(ST[f], dict) else np.zeros(p1 - p0, int)
-                for key in np.unique(choice):
-                    rows = np.flatnonzero(choice == key)
-                    St = ST[f][int(key)] if isinstance(ST[f], dict) else ST[f]
-                    Cf[rows] = (_indicator(labs[rows], c) @ St).reshape(len(rows), c, -1)
-                coef.append(Cf)
-            for i in range(p1 - p0):
-                C = np.vstack([Cf[i].T for Cf in coef])  # (n_test, c)
-                for k, v in scorer.figures(C).items():
-                    out.setdefault(k, []).append(v)
-    return {k: np.asarray(v) for k, v in out.items()}
+                chosen = np.stack([np.asarray(choices[k][f][p0:p1]) for k in keys])  # (n_keys, chunk)
+                Cf = {k: np.empty((p1 - p0, c, len(b["test_labels"]))) for k in keys}
+                for point in np.unique(chosen):
+                    rows = np.flatnonzero((chosen == point).any(axis=0))
+                    P = (_indicator(labs[rows], c) @ ST[f][int(point)]).reshape(len(rows), c, -1)
+                    for j, k in enumerate(keys):
+                        mine = chosen[j, rows] == point
+                        Cf[k][rows[mine]] = P[mine]
+                for k in keys:
+                    coef[k].append(Cf[k])
+            for k in keys:
+                C = np.concatenate([Cf.transpose(0, 2, 1) for Cf in coef[k]], axis=1)  # (chunk, n_test, c)
+                for s0 in range(0, p1 - p0, 32):  # a few permutations' (n_test, c) products at a time
+                    for name, v in scorers[k].figures_batch(C[s0:s0 + 32]).items():
+                        out[k].setdefault(name, []).append(v)
+    return {k: {name: np.concatenate(v) for name, v in out[k].items()} for k in keys}
 
 
 def single_threaded_blas():
@@ -290,49 +339,79 @@ def selection_smoothers(method: str, Z_train: np.ndarray, Z_test: np.ndarray, tr
     ObjalignError
         Before any permutation runs, if the training images are fewer than the CV folds.
     """
+    from ..align import KernelRidge, Ridge
+
+    check_cv_images(train_groups, cv_folds, where)
+    if method not in ("ridge", "kernel_ridge"):
+        raise ObjalignError(f"selection null: method {method!r} is not ridge or kernel_ridge")
+    perms = block_permutations(train_groups, n_permutations, seed, block)
+    grid, (choice,), refits = search_choices(method, Z_train, train_labels, train_groups, [class_emb], perms,
+                                             cv_folds=cv_folds, alphas=alphas, gammas=gammas, n_jobs=n_jobs)
+
+    def estimator(p):
+        if method == "ridge":
+            return Ridge(alpha=p["alpha"])
+        return KernelRidge(alpha=p["alpha"], kernel="rbf", gamma=p["gamma"], approx="exact")
+
+    S = {int(i): smoother_operator(estimator(grid[i]), Z_train, Z_test) for i in np.unique(choice)}
+    return {"S": S, "choice": choice, "n_refits": int(refits[0]), "grid": grid}
+
+
+def search_choices(method: str, Z_train: np.ndarray, train_labels: np.ndarray, train_groups: np.ndarray,
+                   class_embs: list, perms: np.ndarray, *, cv_folds: int, alphas, gammas=None,
+                   n_jobs: int = 1) -> tuple[list[dict], list[np.ndarray], list[int]]:
+    """The grid point the grouped CV search picks for every target set under every relabelling ``perms``.
+
+    Parameters
+    ----------
+    method : ``"ridge"`` or ``"kernel_ridge"`` (exact RBF)
+    Z_train : (n_train, d); train_labels : (n_train,) category rows; train_groups : (n_train,) image ids
+    class_embs : list of (c, q_k) category text embeddings (target sets sharing features and folds)
+    perms : (B, n_train) int; row ``b`` gives row ``i`` the category of row ``perms[b, i]`` (the identity gives
+        the choice on the real pairing)
+    cv_folds, alphas, gammas, n_jobs : the search (``GroupKFold(cv_folds)``; gammas absolute, kernel ridge only)
+
+    Returns
+    -------
+    grid : list of dict (``GridSearchCV`` order)
+    choices : per target set, (B,) grid index
+    n_refits : per target set, how many rows were refitted from scratch (a held-out output was constant)
+    """
     from sklearn.model_selection import GroupKFold
 
-    from ..align import KernelRidge, KernelRidgeCV, Ridge, RidgeCV
+    from ..align import KernelRidgeCV, RidgeCV
     from ..align._permuted_cv import kernel_choices, ridge_choices
     from ..align._search import param_grid
     from ..align._splits import resolve_splits
 
-    check_cv_images(train_groups, cv_folds, where)
     labels = np.asarray(train_labels)
     present, codes = np.unique(labels, return_inverse=True)
-    Zc = np.asarray(class_emb, dtype=np.float64)[present]
+    Zc = [np.asarray(E, dtype=np.float64)[present] for E in class_embs]
     cv = GroupKFold(n_splits=cv_folds)
     splits = resolve_splits(cv, Z_train, None, train_groups, len(Z_train))
-    perms = block_permutations(train_groups, n_permutations, seed, block)
     alphas = np.asarray(alphas, dtype=np.float64)
     if method == "ridge":
         grid = param_grid(alphas)
         with single_threaded_blas():  # many small products per permutation: threads only add synchronisation
-            choice = ridge_choices(Z_train, codes, Zc, splits, alphas, perms)
+            choices = ridge_choices(Z_train, codes, Zc, splits, alphas, perms)
 
         def search():
             return RidgeCV(alphas=alphas, cv=cv)
-
-        def estimator(p):
-            return Ridge(alpha=p["alpha"])
-    elif method == "kernel_ridge":
+    else:
         gammas = np.asarray(gammas, dtype=np.float64)
         grid = param_grid(alphas, gammas)
-        choice = kernel_choices(Z_train, codes, Zc, splits, alphas, gammas, perms, n_jobs=n_jobs)
+        choices = kernel_choices(Z_train, codes, Zc, splits, alphas, gammas, perms, n_jobs=n_jobs)
 
         def search():
             return KernelRidgeCV(alphas=alphas, gammas=gammas, kernel="rbf", cv=cv, approx="exact")
-
-        def estimator(p):
-            return KernelRidge(alpha=p["alpha"], kernel="rbf", gamma=p["gamma"], approx="exact")
-    else:
-        raise ObjalignError(f"selection null: method {method!r} is not ridge or kernel_ridge")
-    refits = np.flatnonzero(choice < 0)
-    for b in refits:
-        Y = np.asarray(class_emb)[labels[perms[b]]].astype(Z_train.dtype, copy=False)
-        choice[b] = search().fit(Z_train, Y, groups=train_groups).best_index_
-    S = {int(i): smoother_operator(estimator(grid[i]), Z_train, Z_test) for i in np.unique(choice)}
-    return {"S": S, "choice": choice, "n_refits": int(refits.size), "grid": grid}
+    n_refits = []
+    for E, choice in zip(class_embs, choices):
+        refits = np.flatnonzero(choice < 0)
+        for b in refits:
+            Y = np.asarray(E)[labels[perms[b]]].astype(Z_train.dtype, copy=False)
+            choice[b] = search().fit(Z_train, Y, groups=train_groups).best_index_
+        n_refits.append(int(refits.size))
+    return grid, list(choices), n_refits
 
 
 def describe_null(null: dict | None) -> str:
