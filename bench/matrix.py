@@ -29,11 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-#: the align settings of the demo matrix (configs/demo.yaml's align section with these changes). Measured with
-#: sharing: 70 s per vision layer (6 cells) with the load average at 4-9 on the 2 shared cores, i.e. about 14 min
-#: for the 72 cells under that load; an idle machine is several times faster (about 5 min expected, not measured)
-MATRIX_ALIGN = ["align.n_permutations=100", "align.n_bootstrap=200", "align.similarity_permutations=200",
-                "align.match_bootstrap=20"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_arrays(args):
@@ -92,16 +88,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--npz", default="/tmp/objalign-matrix-demo/layers.npz")
     ap.add_argument("--stores", nargs=2, metavar=("VISION", "TEXT"), default=None)
-    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"))
+    ap.add_argument("--matrix", default=str(ROOT / "configs" / "demo_layers.yaml"),
+                    help="matrix config whose align settings both sides use (default: the demo matrix's)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="align overrides on top of the matrix settings")
+                    help="align overrides on top of the matrix config's")
     ap.add_argument("--vision-layers", default=None, help="comma-separated vision layer indices (default: all)")
     args = ap.parse_args()
 
     from objalign.align.stage import compute_dtype, evaluate, evaluate_targets, write_results
-    from objalign.config import load_config
+    from objalign.matrix.config import load_matrix
 
-    cfg = load_config(args.config, MATRIX_ALIGN + list(args.set)).align
+    cfg = load_matrix(args.matrix, list(args.set)).base.align
     X, T, groups, labels = load_arrays(args)
     vis = list(range(X.shape[1])) if args.vision_layers is None else [int(v) for v in args.vision_layers.split(",")]
     dtype = compute_dtype(cfg, len(X))
