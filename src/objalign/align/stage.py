@@ -524,12 +524,12 @@ def run_align(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     from ..embed.vocab import load_vocabulary_embeddings
 
     vocab = load_vocabulary_embeddings(out)
-    res = evaluate(X.astype(dtype, copy=False), Y.astype(dtype, copy=False), vm["image_id"], label_index,
-                   T.astype(dtype), cfg.align, names, np.asarray(tm["category_id"]),
+    X, Y, T = X.astype(dtype, copy=False), Y.astype(dtype, copy=False), T.astype(dtype)  # one cast for both uses
+    res = evaluate(X, Y, vm["image_id"], label_index, T, cfg.align, names, np.asarray(tm["category_id"]),
                    vocabulary=None if vocab is None else vocab[1].astype(dtype))
     write_results(out / "align", res, {k: vm[k] for k in ("annotation_id", "category_id", "image_id")})
-    studies = unit_studies(out, X.astype(dtype, copy=False), Y.astype(dtype, copy=False), vm["image_id"], label_index,
-                           T.astype(dtype), cfg.align, res["rows"], evaluate)  # align/units.json, convergence.json
+    studies = unit_studies(out, X, Y, vm["image_id"], label_index, T, cfg.align, res["rows"],
+                           evaluate)  # align/units.json, convergence.json
     summary = {"n_instances": int(len(X)), "protocols": list(cfg.align.protocols), "methods": _methods(cfg.align),
                "n_test": {r["split"]: r["n_test"] for r in res["rows"]},
                "units": list(studies["units"].get("units", ["object"])),
