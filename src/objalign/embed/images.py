@@ -56,9 +56,12 @@ def image_table(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "mask_rle": np.asarray([""] * len(ids), dtype=object)}
 
 
-def embed_image_store(cfg, out: str | Path, progress: bool = True) -> dict | None:
+def embed_image_store(cfg, out: str | Path, progress: bool = True, encoder=None, ds=None) -> dict | None:
     """Embed every sampled image whole into its store (see the module docstring); returns what
-    ``embeddings/image.json`` records, or None (and removes that record) when ``align.units`` has no ``image``."""
+    ``embeddings/image.json`` records, or None (and removes that record) when ``align.units`` has no ``image``.
+
+    ``encoder`` and ``ds``: the vision encoder and dataset the embed stage already holds (built and opened here
+    when not given)."""
     from ..data import open_dataset
     from ..runs import store_home
     from ..tables import read_table
@@ -70,10 +73,11 @@ def embed_image_store(cfg, out: str | Path, progress: bool = True) -> dict | Non
     if not wants_images(cfg):
         record.unlink(missing_ok=True)
         return None
-    ds = open_dataset(cfg.data)
+    ds = ds if ds is not None else open_dataset(cfg.data)
     table = image_table(read_table(out / "crop" / "crops.parquet"))
     # this process embeds the images; with a remote executor (Ray) it may have no accelerator: its CPU then
-    enc = build_vision_encoder(cfg, device="cpu" if cfg.compute.executor != "local" else None)
+    enc = encoder if encoder is not None else build_vision_encoder(
+        cfg, device="cpu" if cfg.compute.executor != "local" else None)
     fill = tuple(int(v) for v in cfg.crop.fill)
     fields = {**vision_key_fields(ds.fingerprint, table, fill, "fill", enc.key(), cfg.embed.shard_size),
               "unit": "whole image"}

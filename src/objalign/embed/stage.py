@@ -231,7 +231,8 @@ def _vision_store(cfg: RunConfig, out: Path, home: Path, ds, executor, progress:
     """Compute this process's share of the vision store's shards on ``executor`` (all of them unless a static
     partition splits them) and finish the store if every shard is then done. Returns ``store``, ``layers``,
     ``missing`` (shards left to other workers), ``n_shards``, ``receipts``, ``seconds``, ``computed`` (executor
-    figures), ``encoder`` (what the summary records) and ``manifest`` (None while shards are missing)."""
+    figures), ``encoder`` (what the summary records), ``manifest`` (None while shards are missing) and ``model``
+    (the encoder this process ran, None under a remote executor)."""
     from ..compute import partition
     from ..errors import ObjalignError
 
@@ -266,7 +267,6 @@ def _vision_store(cfg: RunConfig, out: Path, home: Path, ds, executor, progress:
     t0 = time.perf_counter()
     receipts = executor.run(work, todo, progress=progress, state=enc)
     seconds = time.perf_counter() - t0
-    del enc
     computed = {"executor": executor.name, "workers": executor.workers, "shards_computed": len(receipts),
                 **{f"workers_{k}": round(v, 3) for k, v in getattr(executor, "stats", {}).items() if k.endswith("_s")},
                 "objects_per_s": (round(sum(r["rows"] for r in receipts) / seconds, 2)
@@ -277,7 +277,8 @@ def _vision_store(cfg: RunConfig, out: Path, home: Path, ds, executor, progress:
         store.remove_temporaries()
         manifest = store.finalize(n_shards, info["dim"], {"seconds": round(seconds, 3)})
     return {"store": store, "layers": layers, "missing": missing, "n_shards": n_shards, "receipts": receipts,
-            "seconds": seconds, "computed": computed, "encoder": info, "manifest": manifest}
+            "seconds": seconds, "computed": computed, "encoder": info, "manifest": manifest,
+            "model": enc}  # the encoder this process ran (None under a remote executor)
 
 
 def _executor(cfg: RunConfig):
@@ -386,7 +387,8 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
         first = vman["skipped"][0]
         print(f"objalign: {len(vman['skipped'])} object(s) skipped while embedding (first: annotation "
               f"{first['annotation_id']}: {first['reason']}); see {vstore.path / 'manifest.json'}")
-    images = embed_image_store(cfg, out, progress=progress)  # align.units: image (None otherwise)
+    # align.units: image (None otherwise), with the encoder this process already holds
+    images = embed_image_store(cfg, out, progress=progress, encoder=vis.pop("model"), ds=ds)
     summary = {"vision_store": vstore.path.name, "text_store": tstore.path.name, "image_store": images,
                "store_folder": str(home.resolve()) if shared else "embeddings",
                "vision_encoder": vis["encoder"],
