@@ -61,6 +61,39 @@ def test_fast_cv_scores_and_choices_equal_the_estimators_on_every_permutation():
         assert best_r[b] == ridge.best_index_ and best_k[b] == krr.best_index_
 
 
+def test_shared_weight_cache_gives_the_same_scores_and_reuses_rows():
+    from objalign.align._permuted_cv import WeightCache
+
+    Xtr, _, lab, _, E, g = _problem()
+    E2 = E + np.random.default_rng(1).normal(size=E.shape)  # a second target set
+    E2[:, 0] += 1e4  # a large common offset (transformer outlier dimension): the totals must not cancel
+    present, codes = np.unique(lab, return_inverse=True)
+    cv = GroupKFold(5)
+    splits = resolve_splits(cv, Xtr, None, g, len(Xtr))
+    perms = block_permutations(g, 6, seed=3, block=0)
+    Zs = [E[present], E2[present]]
+    cache = WeightCache()
+    best_r, sc_r = ridge_choices(Xtr, codes, Zs, splits, ALPHAS, perms, return_scores=True, cache=cache)
+    stored = len(cache.rows)
+    sub = np.vstack([perms[[0, 2, 5]], block_permutations(g, 1, seed=99, block=0)])  # three seen rows, one new
+    best_k, sc_k = kernel_choices(Xtr, codes, Zs, splits, ALPHAS, GAMMAS, sub, return_scores=True, cache=cache)
+    assert stored == 6 and len(cache.rows) == 7  # only the new row's weights were computed
+    ref_r = ridge_choices(Xtr, codes, Zs, splits, ALPHAS, perms, return_scores=True)
+    ref_k = kernel_choices(Xtr, codes, Zs, splits, ALPHAS, GAMMAS, sub, return_scores=True)
+    for j in range(2):  # (a row computed in another batch may differ in the last bit: BLAS blocks by batch size)
+        np.testing.assert_array_equal(best_r[j], ref_r[0][j])
+        np.testing.assert_array_equal(sc_r[j], ref_r[1][j])
+        np.testing.assert_array_equal(best_k[j], ref_k[0][j])
+        np.testing.assert_allclose(sc_k[j], ref_k[1][j], rtol=1e-11, atol=1e-12)
+    for b, pi in enumerate(sub):  # and they are scikit-learn's, offset dimension included
+        krr = KernelRidgeCV(alphas=ALPHAS, gammas=GAMMAS, cv=cv).fit(Xtr, E2[lab[pi]], groups=g)
+        np.testing.assert_allclose(sc_k[1][b], _cv_table(krr), atol=1e-8, rtol=1e-10)
+        assert best_k[1][b] == krr.best_index_
+    for b, pi in enumerate(perms):
+        ridge = RidgeCV(alphas=ALPHAS, cv=cv).fit(Xtr, E2[lab[pi]], groups=g)
+        np.testing.assert_allclose(sc_r[1][b], _cv_table(ridge), atol=1e-8, rtol=1e-10)
+
+
 @pytest.mark.parametrize("method", ["ridge", "kernel_ridge"])
 def test_selection_null_scores_equal_from_scratch_refits_per_permutation(method):
     """Every null figure of every permutation equals RidgeCV / KernelRidgeCV refitted on that permutation."""

@@ -77,34 +77,112 @@ def _indicator(labels, C):
 
 
 class _FoldWeights:
-    """Per (permutation, fold): category counts of the held-out rows and ``M = Z diag(1 / ss_tot) Z'``.
+    """Per (permutation, fold): category counts of the held-out rows and, per target set, ``M = Z diag(1 / ss_tot) Z'``.
 
-    ``ok`` is False where a held-out output is (nearly) constant: scikit-learn's exact arithmetic decides those
-    scores, so the caller refits that permutation from scratch instead.
+    Attributes
+    ----------
+    counts : list (one per fold) of (Bc, C) held-out category counts (they do not depend on the targets)
+    M : list (one per target set) of lists (one per fold) of (Bc, C, C)
+    ok : list (one per target set) of (Bc,) bool
+        False where a held-out output is (nearly) constant: scikit-learn's exact arithmetic decides those
+        scores, so the caller refits that permutation from scratch instead.
     """
 
-    def __init__(self, labels, tests, Z):
+    def __init__(self, labels, tests, Zs):
         Bc = labels.shape[0]
-        C, q = Z.shape
-        self.q = q
-        self.counts, self.M = [], []
-        self.ok = np.ones(Bc, dtype=bool)
-        Z2 = Z * Z
-        P = (Z.T[:, :, None] * Z.T[:, None, :]).reshape(q, C * C)  # M = w @ P for weights w (q,)
+        C = Zs[0].shape[0]
+        self.counts = []
         for test in tests:
             lab = labels[:, test]
             cnt = np.bincount((lab + (np.arange(Bc) * C)[:, None]).ravel(), minlength=Bc * C)
-            cnt = cnt.reshape(Bc, C).astype(np.float64)
-            nt = max(lab.shape[1], 1)
-            s1, s2 = cnt @ Z, cnt @ Z2  # (Bc, q)
-            tot = s2 - s1 * s1 / nt
-            near = (tot < 1e-3 * s2).any(axis=1)  # cancellation: the centred sum, as held_out_totals does
-            for b in np.flatnonzero(near):
-                tot[b] = cnt[b] @ (Z - s1[b] / nt) ** 2
-            self.ok &= (tot > 1e-9 * s2).all(axis=1)
-            w = np.where(tot > 0, 1.0 / np.where(tot > 0, tot, 1.0), 0.0)
-            self.counts.append(cnt)
-            self.M.append((w @ P).reshape(Bc, C, C))
+            self.counts.append(cnt.reshape(Bc, C).astype(np.float64))
+        self.M, self.ok = [], []
+        iu = np.triu_indices(C)
+        packed = np.empty((C, C), dtype=np.intp)  # (c, d) -> column of the upper triangle (M is symmetric)
+        packed[iu] = np.arange(len(iu[0]))
+        packed.T[iu] = packed[iu]
+        for Z in Zs:
+            # the totals are shift-invariant: centring Z on its category mean first keeps a dimension with a large
+            # common offset (outlier dimensions of transformer states) from cancelling in s2 - s1^2 / n
+            Zc = Z - Z.mean(axis=0)
+            Z2 = Zc * Zc
+            P = Z.T[:, iu[0]] * Z.T[:, iu[1]]  # (q, C (C + 1) / 2): M = w @ P for weights w (q,)
+            ok = np.ones(Bc, dtype=bool)
+            Ms = []
+            for test, cnt in zip(tests, self.counts):
+                nt = max(len(test), 1)
+                s1, s2 = cnt @ Zc, cnt @ Z2  # (Bc, q)
+                tot = s2 - s1 * s1 / nt
+                near = (tot < 1e-3 * s2).any(axis=1)  # cancellation left: the centred sum, as held_out_totals does
+                for b in np.flatnonzero(near):
+                    tot[b] = cnt[b] @ (Zc - s1[b] / nt) ** 2
+                ok &= (tot > 1e-9 * s2).all(axis=1)
+                w = np.where(tot > 0, 1.0 / np.where(tot > 0, tot, 1.0), 0.0)
+                Ms.append(np.ascontiguousarray((w @ P)[:, packed]))  # C order, as every caller expects
+            self.M.append(Ms)
+            self.ok.append(ok)
+
+    def take(self, index) -> "_FoldWeights":
+        """The rows ``index`` (a view-free copy)."""
+        out = object.__new__(_FoldWeights)
+        out.counts = [c[index] for c in self.counts]
+        out.M = [[m[index] for m in Ms] for Ms in self.M]
+        out.ok = [o[index] for o in self.ok]
+        return out
+
+
+class WeightCache:
+    """:class:`_FoldWeights` of label rows already computed, for the searches of one fit.
+
+    Ridge's and kernel ridge's searches on the same training rows share their CV folds, the target sets and all
+    but a few of their relabellings (the real pairing and every permutation of the selection null): a row's
+    weights depend on its labels, the folds and the targets only, so each is computed once. Used only while the
+    folds and targets are those of the first call (checked), and up to ``max_bytes`` of stored weights.
+    """
+
+    def __init__(self, max_bytes: int = _WEIGHTS_BYTES):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.tests = self.Zs = None
+        self.blocks, self.rows = [], {}  # row labels (bytes) -> (block, index)
+
+    def _same(self, tests, Zs) -> bool:
+        if self.tests is None:
+            self.tests, self.Zs = [np.asarray(t) for t in tests], [np.asarray(z) for z in Zs]
+            return True
+        return (len(tests) == len(self.tests) and all(np.array_equal(a, b) for a, b in zip(tests, self.tests))
+                and len(Zs) == len(self.Zs) and all(a.shape == b.shape and np.array_equal(a, b)
+                                                     for a, b in zip(Zs, self.Zs)))
+
+    def get(self, labels, tests, Zs) -> _FoldWeights:
+        """The weights of the label rows ``labels`` (Bc, n)."""
+        if not self._same(tests, Zs):
+            return _FoldWeights(labels, tests, Zs)
+        keys = [row.tobytes() for row in labels]
+        missing = [b for b, k in enumerate(keys) if k not in self.rows]
+        if missing:
+            fresh = _FoldWeights(labels[missing], tests, Zs)
+            size = sum(c.nbytes for c in fresh.counts) + sum(m.nbytes for Ms in fresh.M for m in Ms)
+            if self.bytes + size > self.max_bytes:
+                return fresh if len(missing) == len(keys) else _FoldWeights(labels, tests, Zs)
+            self.bytes += size
+            self.blocks.append(fresh)
+            for i, b in enumerate(missing):
+                self.rows.setdefault(keys[b], (len(self.blocks) - 1, i))
+        where = [self.rows[k] for k in keys]
+        blocks = {blk for blk, _ in where}
+        if len(blocks) == 1:
+            blk = blocks.pop()
+            return self.blocks[blk].take(np.asarray([i for _, i in where]))
+        parts = [self.blocks[blk].take(np.asarray([i])) for blk, i in where]
+        out = object.__new__(_FoldWeights)
+        out.counts = [np.concatenate([p.counts[f] for p in parts]) for f in range(len(tests))]
+        out.M = [[np.concatenate([p.M[j][f] for p in parts]) for f in range(len(tests))] for j in range(len(Zs))]
+        out.ok = [np.concatenate([p.ok[j] for p in parts]) for j in range(len(Zs))]
+        return out
+
+
+def _weights(labels, tests, Zs, cache: WeightCache | None) -> _FoldWeights:
+    return _FoldWeights(labels, tests, Zs) if cache is None else cache.get(labels, tests, Zs)
 
 
 def _tiles(A, tile):
@@ -152,7 +230,7 @@ def _finish(scores, refit, single, return_scores):
     return (best, scores) if return_scores else best
 
 
-def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False, engine="auto"):
+def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False, engine="auto", cache=None):
     """Alpha index :class:`RidgeCV` (with intercept) picks for every relabelling ``codes[perms[b]]``.
 
     Parameters
@@ -198,15 +276,16 @@ def ridge_choices(X, codes, Z, splits, alphas, perms, return_scores=False, engin
     if engine == "auto":
         p, A = X.shape[1], len(alphas)
         moments = len(Zs) * len(splits) * B * (p * p * (C + A) + C * C * p)
-        # a sparse per-category addition costs about ten BLAS flops (measured on the demo's folds)
-        residuals = sum(A * (len(tr) * len(te) * (10 * B + p) + B * C * C * len(te)) for tr, te in splits)
+        # a sparse per-category addition costs about five BLAS flops: measured on the demo's held-out-image and
+        # held-out-category folds with 1, 2 and 6 target sets (bench/matrix.py), this picks the faster engine in all
+        residuals = sum(A * (len(tr) * len(te) * (5 * B + p) + B * C * C * len(te)) for tr, te in splits)
         engine = "moments" if moments < residuals else "residuals"
     score = _ridge_moment_scores if engine == "moments" else _ridge_residual_scores
-    scores, refit = score(folds, codes, Zs, alphas, perms, _tile(X.shape[0]))
+    scores, refit = score(folds, codes, Zs, alphas, perms, _tile(X.shape[0]), cache)
     return _finish(scores, refit, single, return_scores)
 
 
-def _ridge_moment_scores(folds, codes, Zs, alphas, perms, tile):
+def _ridge_moment_scores(folds, codes, Zs, alphas, perms, tile, cache=None):
     """Per target set: (B, n_alphas, n_folds) scores and the (B,) permutations to refit, from per-category sums
     of the rows of ``U`` (see :func:`ridge_choices`)."""
     C, B, p = Zs[0].shape[0], perms.shape[0], folds[0][3].shape[1]
@@ -222,7 +301,7 @@ def _ridge_moment_scores(folds, codes, Zs, alphas, perms, tile):
     scores = [np.empty((B, len(alphas), len(folds))) for _ in Zs]
     refit = [np.zeros(B, dtype=bool) for _ in Zs]
     for w0, w1 in _chunks(B, len(folds) * C * C * 8 * (1 + len(Zs)), _WEIGHTS_BYTES):
-        weights = [_FoldWeights(codes[perms[w0:w1]], [fd["test"] for fd in prepared], z) for z in Zs]
+        weights = _weights(codes[perms[w0:w1]], [fd["test"] for fd in prepared], Zs, cache)
         for s0, s1 in _chunks(w1 - w0, p * p * 8 * 3, _RIDGE_CHUNK_BYTES):  # (chunk, p, p) products stay small
             labels = codes[perms[w0 + s0 : w0 + s1]]
             Bc = s1 - s0
@@ -233,11 +312,11 @@ def _ridge_moment_scores(folds, codes, Zs, alphas, perms, tile):
                 # training rows of U sum to zero, so the targets need no centring) and test rows
                 Bpt = _category_sums(_indicator(labels[:, train], C), fd["Utr"]).reshape(Bc, C, p)
                 E_te = _category_sums(_indicator(labels[:, test], C), fd["Ute"]).reshape(Bc, C, p)
-                cnt_te = weights[0].counts[f][s0:s1]
+                cnt_te = weights.counts[f][s0:s1]
                 mt = (total - cnt_te) / nR
                 Ecpt = E_te - mt[:, :, None] * fd["u"][None, None, :]
                 for k, z in enumerate(Zs):  # the target-dependent contraction
-                    M = weights[k].M[f][s0:s1]
+                    M = weights.M[k][f][s0:s1]
                     Mm = np.einsum("bcd,bd->bc", M, mt)
                     # tr(TTc M) for the test targets centred on the training means
                     t0 = (np.einsum("bc,bcc->b", cnt_te, M) - 2 * np.einsum("bc,bc->b", cnt_te, Mm)
@@ -248,11 +327,11 @@ def _ridge_moment_scores(folds, codes, Zs, alphas, perms, tile):
                     s = t0[:, None] - 2 * h @ fd["F"].T + K2.reshape(Bc, p * p) @ fd["W"].T
                     scores[k][w0 + s0 : w0 + s1, :, f] = _fold_r2(s, z.shape[1], nT)
         for k in range(len(Zs)):
-            refit[k][w0:w1] = ~weights[k].ok
+            refit[k][w0:w1] = ~weights.ok[k]
     return scores, refit
 
 
-def _ridge_residual_scores(folds, codes, Zs, alphas, perms, tile):
+def _ridge_residual_scores(folds, codes, Zs, alphas, perms, tile, cache=None):
     """Per target set: (B, n_alphas, n_folds) scores and the (B,) permutations to refit, from category-space
     residual Grams shared by every target set (see :func:`ridge_choices`)."""
     C, B = Zs[0].shape[0], perms.shape[0]
@@ -261,10 +340,10 @@ def _ridge_residual_scores(folds, codes, Zs, alphas, perms, tile):
     total = np.bincount(codes, minlength=C)[None, :]
     for w0, w1 in _chunks(B, len(folds) * C * C * 8 * (1 + len(Zs)), _WEIGHTS_BYTES):
         labels = codes[perms[w0:w1]]
-        weights = [_FoldWeights(labels, [f[1] for f in folds], z) for z in Zs]
+        weights = _weights(labels, [f[1] for f in folds], Zs, cache)
         for f, (train, test, lam, Utr, Ute) in enumerate(folds):
             nR, nT = len(train), len(test)
-            mt = (total - weights[0].counts[f]) / nR  # (Bc, C) training category frequencies
+            mt = (total - weights.counts[f]) / nR  # (Bc, C) training category frequencies
             gather = _chunks(w1 - w0, C * max(nT, 1) * 8 * 2, _GATHER_BYTES)
             indicators = [_indicator(labels[g0:g1][:, train], C) for g0, g1 in gather]
             own = np.arange(nT)
@@ -278,10 +357,10 @@ def _ridge_residual_scores(folds, codes, Zs, alphas, perms, tile):
                     Rt[np.arange(g1 - g0)[:, None], labels[g0:g1][:, test], own] += 1.0
                     Q = np.matmul(Rt, Rt.transpose(0, 2, 1))  # (chunk, C, C): the only per-permutation Gram
                     for j, z in enumerate(Zs):
-                        s = np.einsum("bcd,bcd->b", Q, weights[j].M[f][g0:g1])
+                        s = np.einsum("bcd,bcd->b", Q, weights.M[j][f][g0:g1])
                         scores[j][w0 + g0 : w0 + g1, a, f] = _fold_r2(s, z.shape[1], nT)
         for j in range(len(Zs)):
-            refit[j][w0:w1] = ~weights[j].ok
+            refit[j][w0:w1] = ~weights.ok[j]
     return scores, refit
 
 
@@ -322,7 +401,7 @@ def _residual_operators(K, bounds, alpha, blas):
 
 
 def kernel_choices(X, codes, Z, splits, alphas, gammas, perms, kernel="rbf", degree=3, coef0=1, n_jobs=1,
-                   return_scores=False):
+                   return_scores=False, cache=None):
     """Grid index :class:`KernelRidgeCV` (exact mode) picks for every relabelling ``codes[perms[b]]``.
 
     Parameters
@@ -368,11 +447,12 @@ def kernel_choices(X, codes, Z, splits, alphas, gammas, perms, kernel="rbf", deg
     workers = max(1, min(int(n_jobs or 1), len(alphas)))
     tile = _tile(n)
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-        scores, refit = _kernel_scores(base, order, bounds, codes, Zs, splits, alphas, gammas, perms, tile, pool)
+        scores, refit = _kernel_scores(base, order, bounds, codes, Zs, splits, alphas, gammas, perms, tile, pool,
+                                       cache)
     return _finish(scores, refit, single, return_scores)
 
 
-def _kernel_scores(base, order, bounds, codes, Zs, splits, alphas, gammas, perms, tile, pool):
+def _kernel_scores(base, order, bounds, codes, Zs, splits, alphas, gammas, perms, tile, pool, cache=None):
     """Per target set: (B, n_points, n_folds) scores and the (B,) permutations to refit (see
     :func:`kernel_choices`). The residual Grams ``Q`` (C x C per permutation and fold) do not depend on the
     targets: each is computed once and contracted with every set's weights."""
@@ -385,7 +465,7 @@ def _kernel_scores(base, order, bounds, codes, Zs, splits, alphas, gammas, perms
     refit = [np.zeros(B, dtype=bool) for _ in Zs]
     for s0, s1 in _chunks(B, k * C * C * 8 * (1 + len(Zs)), _WEIGHTS_BYTES):
         labels = codes[perms[s0:s1]]
-        weights = [_FoldWeights(labels, [t for _, t in splits], z) for z in Zs]
+        weights = _weights(labels, [t for _, t in splits], Zs, cache)
         lab_ord = labels[:, order]
         gather = _chunks(s1 - s0, C * int(sizes.max()) * 8, _GATHER_BYTES)
         n = lab_ord.shape[1]
@@ -407,7 +487,7 @@ def _kernel_scores(base, order, bounds, codes, Zs, splits, alphas, gammas, perms
                     Rt[np.arange(g1 - g0)[:, None], lab_ord[g0:g1, bounds[f] : bounds[f + 1]], own] += 1.0
                     Q[g0:g1] = np.matmul(Rt, Rt.transpose(0, 2, 1))
                 for j, z in enumerate(Zs):
-                    res[j, :, f] = _fold_r2(np.einsum("bcd,bcd->b", Q, weights[j].M[f]), z.shape[1], sizes[f])
+                    res[j, :, f] = _fold_r2(np.einsum("bcd,bcd->b", Q, weights.M[j][f]), z.shape[1], sizes[f])
             return res
 
         for g, gamma in enumerate(gammas):
@@ -416,5 +496,5 @@ def _kernel_scores(base, order, bounds, codes, Zs, splits, alphas, gammas, perms
                 for j in range(len(Zs)):
                     scores[j][s0:s1, a * ng + g] = res[j]
         for j in range(len(Zs)):
-            refit[j][s0:s1] = ~weights[j].ok
+            refit[j][s0:s1] = ~weights.ok[j]
     return scores, refit

@@ -120,6 +120,7 @@ def _fit_methods(Ztr, Zte, gtr, ltr, methods, cfg: AlignConfig, fold_no: int, ta
                  null_n_train: int) -> dict:
     """key -> method -> fit (see :func:`fit_fold`) on one fold's PCA'd features."""
     from ..evaluate.stats import group_permutations
+    from ._permuted_cv import WeightCache
 
     keys = list(targets)
     out = {k: {} for k in keys}
@@ -130,11 +131,12 @@ def _fit_methods(Ztr, Zte, gtr, ltr, methods, cfg: AlignConfig, fold_no: int, ta
     pi = group_permutations(gtr, 1, seed=cfg.seed + _SHUFFLE_SEED + fold_no)[0]
     c = len(next(iter(targets.values())))
     smoothers = _Smoothers(Ztr, Zte) if shared else None
+    weights = WeightCache()  # ridge's and kernel ridge's searches share their relabellings' target weights
     ridge_rows = {}
     if shared and any(m in methods for m in ("ridge", "shuffled")):
         t0 = time.time()
         n_perm = cfg.n_permutations if (select and "ridge" in methods) else 0
-        ridge_rows = _choices("ridge", Ztr, gtr, ltr, targets, cfg, fold_no, n_perm, extra=[pi])
+        ridge_rows = _choices("ridge", Ztr, gtr, ltr, targets, cfg, fold_no, n_perm, extra=[pi], cache=weights)
         ridge_rows["seconds"] = time.time() - t0
     for method in methods:
         t0 = time.time()
@@ -158,7 +160,8 @@ def _fit_methods(Ztr, Zte, gtr, ltr, methods, cfg: AlignConfig, fold_no: int, ta
             if select:
                 n_perm, reason = selection_permutations(cfg.n_permutations, null_n_train or n_train,
                                                         cfg.null_selection_max_train)
-            rows = _choices("kernel_ridge", Ztr, gtr, ltr, targets, cfg, fold_no, n_perm if select else 0)
+            rows = _choices("kernel_ridge", Ztr, gtr, ltr, targets, cfg, fold_no, n_perm if select else 0,
+                            cache=weights)
             grid, scale = rows["grid"], rows["scale"]
             for k in keys:
                 ch = rows["choice"][k]
@@ -207,7 +210,8 @@ def _fit_estimator(method, Ztr, Zte, gtr, Ytr, pi, cfg: AlignConfig):
     return np.repeat(Ytr.mean(0, keepdims=True), len(Zte), 0), {}  # mean: the training mean text embedding
 
 
-def _choices(method, Ztr, gtr, ltr, targets: dict, cfg: AlignConfig, fold_no: int, n_perm: int, extra=()) -> dict:
+def _choices(method, Ztr, gtr, ltr, targets: dict, cfg: AlignConfig, fold_no: int, n_perm: int, extra=(),
+             cache=None) -> dict:
     """The grid index the CV search picks, per target set, on the real pairing (row 0), on each pairing of
     ``extra`` (rows 1..) and under each of the ``n_perm`` null permutations of block ``fold_no`` (the rest).
 
@@ -226,5 +230,6 @@ def _choices(method, Ztr, gtr, ltr, targets: dict, cfg: AlignConfig, fold_no: in
         out["scale"] = median_sq_distance(Ztr, seed=cfg.seed)
         gammas = [g / out["scale"] for g in cfg.gammas]
     grid, choices, _ = search_choices(method, Ztr, ltr, gtr, [targets[k] for k in keys], np.stack(rows),
-                                      cv_folds=cfg.cv_folds, alphas=cfg.alphas, gammas=gammas, n_jobs=cfg.n_jobs)
+                                      cv_folds=cfg.cv_folds, alphas=cfg.alphas, gammas=gammas, n_jobs=cfg.n_jobs,
+                                      cache=cache)
     return {**out, "grid": grid, "choice": dict(zip(keys, choices))}

@@ -359,7 +359,7 @@ def selection_smoothers(method: str, Z_train: np.ndarray, Z_test: np.ndarray, tr
 
 def search_choices(method: str, Z_train: np.ndarray, train_labels: np.ndarray, train_groups: np.ndarray,
                    class_embs: list, perms: np.ndarray, *, cv_folds: int, alphas, gammas=None,
-                   n_jobs: int = 1) -> tuple[list[dict], list[np.ndarray], list[int]]:
+                   n_jobs: int = 1, cache=None) -> tuple[list[dict], list[np.ndarray], list[int]]:
     """The grid point the grouped CV search picks for every target set under every relabelling ``perms``.
 
     Parameters
@@ -370,6 +370,9 @@ def search_choices(method: str, Z_train: np.ndarray, train_labels: np.ndarray, t
     perms : (B, n_train) int; row ``b`` gives row ``i`` the category of row ``perms[b, i]`` (the identity gives
         the choice on the real pairing)
     cv_folds, alphas, gammas, n_jobs : the search (``GroupKFold(cv_folds)``; gammas absolute, kernel ridge only)
+    cache : :class:`objalign.align._permuted_cv.WeightCache`, optional
+        Shared by the searches of one fit (ridge's and kernel ridge's on the same rows, targets and
+        relabellings): each relabelling's per-fold target weights are computed once.
 
     Returns
     -------
@@ -393,14 +396,14 @@ def search_choices(method: str, Z_train: np.ndarray, train_labels: np.ndarray, t
     if method == "ridge":
         grid = param_grid(alphas)
         with single_threaded_blas():  # many small products per permutation: threads only add synchronisation
-            choices = ridge_choices(Z_train, codes, Zc, splits, alphas, perms)
+            choices = ridge_choices(Z_train, codes, Zc, splits, alphas, perms, cache=cache)
 
         def search():
             return RidgeCV(alphas=alphas, cv=cv)
     else:
         gammas = np.asarray(gammas, dtype=np.float64)
         grid = param_grid(alphas, gammas)
-        choices = kernel_choices(Z_train, codes, Zc, splits, alphas, gammas, perms, n_jobs=n_jobs)
+        choices = kernel_choices(Z_train, codes, Zc, splits, alphas, gammas, perms, n_jobs=n_jobs, cache=cache)
 
         def search():
             return KernelRidgeCV(alphas=alphas, gammas=gammas, kernel="rbf", cv=cv, approx="exact")
