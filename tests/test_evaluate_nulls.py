@@ -39,6 +39,27 @@ def test_kernel_ridge_smoother_reproduces_sklearn_kernel_ridge():
     np.testing.assert_allclose(S @ Y, ref, atol=1e-8)
 
 
+@pytest.mark.parametrize("d", [10, 60])  # primal (d <= n_train) and dual (d > n_train) ridge
+def test_fast_smoothers_equal_the_estimators_operators(d):
+    from objalign.evaluate.nulls import FastSmoothers
+
+    rng = np.random.default_rng(3)
+    Xtr, Xte = rng.normal(size=(40, d)), rng.normal(size=(13, d))
+    fast = FastSmoothers(Xtr, Xte)
+    Y = rng.normal(size=(40, 5))
+    for alpha in (1e-3, 0.5, 100.0):
+        S = fast.ridge(alpha)
+        np.testing.assert_allclose(S, smoother_operator(Ridge(alpha=alpha), Xtr, Xte), atol=1e-10)
+        np.testing.assert_allclose(S @ Y, SkRidge(alpha=alpha).fit(Xtr, Y).predict(Xte), atol=1e-9)
+    for gamma in (0.01, 0.2):
+        for alpha in (0.1, 3.0):  # two alphas per gamma: the kept kernel matrices are reused, not modified
+            S = fast.kernel_ridge(alpha, gamma)
+            est = KernelRidge(alpha=alpha, kernel="rbf", gamma=gamma, approx="exact")
+            np.testing.assert_allclose(S, smoother_operator(est, Xtr, Xte), atol=1e-10)
+            ref = SkKernelRidge(alpha=alpha, kernel="rbf", gamma=gamma).fit(Xtr, Y).predict(Xte)
+            np.testing.assert_allclose(S @ Y, ref, atol=1e-9)
+
+
 @pytest.mark.parametrize("with_unseen", [False, True])
 def test_category_scorer_equals_summarize_on_the_predictions(with_unseen):
     rng = np.random.default_rng(2)

@@ -13,7 +13,7 @@ q_k, n_train - 1)`` agrees):
   weights -- the same arithmetic as a target set alone, so every choice (ties included) is what a separate run
   makes, and what :class:`RidgeCV` / :class:`KernelRidgeCV` pick (tested against them);
 - the linear-smoother operators ``S`` (n_test, n_train) of the maps at the grid points any set selects
-  (:func:`objalign.evaluate.nulls.smoother_operator`), cached per (fold, method, grid point): a set's
+  (:class:`objalign.evaluate.nulls.FastSmoothers`), cached per (fold, method, grid point): a set's
   predictions are ``S[its choice] @ Y_k_train`` and its null scores the same operators.
 
 Large folds (more than ``align.null_max_train`` training objects, where an (n_test, n_train) operator is too
@@ -45,7 +45,10 @@ class _Smoothers:
     """Smoother operators of one fold, per (method, grid index), computed on first use."""
 
     def __init__(self, Ztr, Zte):
+        from ..evaluate.nulls import FastSmoothers
+
         self.Ztr, self.Zte, self.cache = Ztr, Zte, {}
+        self.fast = FastSmoothers(Ztr, Zte)
 
     def coef(self, method: str, point: dict, labels: np.ndarray, c: int, pairing: str) -> np.ndarray:
         """(n_test, c) category coefficients ``S onehot(labels)``: predictions for targets ``T[labels]`` are
@@ -58,14 +61,10 @@ class _Smoothers:
         return self.cache[key]
 
     def get(self, method: str, point: dict) -> np.ndarray:
-        from ..evaluate.nulls import smoother_operator
-        from . import KernelRidge, Ridge
-
         key = (method, tuple(sorted(point.items())))
         if key not in self.cache:
-            est = (Ridge(alpha=point["alpha"]) if method == "ridge" else
-                   KernelRidge(alpha=point["alpha"], kernel="rbf", gamma=point["gamma"], approx="exact"))
-            self.cache[key] = smoother_operator(est, self.Ztr, self.Zte)
+            self.cache[key] = (self.fast.ridge(point["alpha"]) if method == "ridge" else
+                               self.fast.kernel_ridge(point["alpha"], point["gamma"]))
         return self.cache[key]
 
 

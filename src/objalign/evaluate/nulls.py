@@ -54,6 +54,58 @@ def smoother_operator(estimator, X_train: np.ndarray, X_test: np.ndarray) -> np.
     return np.asarray(clone(estimator).fit(X_train, np.eye(n)).predict(X_test), dtype=np.float64)
 
 
+class FastSmoothers:
+    """Smoother operators of ridge (with intercept) and exact kernel ridge on one fold, from their closed forms.
+
+    The same operators as :func:`smoother_operator` with :class:`~objalign.align.Ridge` and exact
+    :class:`~objalign.align.KernelRidge` (equal up to rounding; tested), without fitting on the ``n_train``
+    identity targets: ridge's is ``(X_te - m) (X_c' X_c + alpha I)^-1 X_c' + 1/n`` (one ``p x p`` solve with
+    ``n_test`` right-hand sides; ``X_c' X_c`` is shared by every alpha) and kernel ridge's is
+    ``K_te (K + alpha I)^-1`` (one Cholesky solve with ``n_test`` right-hand sides; the kernel matrices of the
+    last gamma are kept for its other alphas). Computed in float64.
+
+    Parameters
+    ----------
+    X_train : (n_train, d); X_test : (n_test, d)
+    """
+
+    def __init__(self, X_train: np.ndarray, X_test: np.ndarray):
+        self.Xtr = np.asarray(X_train, dtype=np.float64)
+        self.Xte = np.asarray(X_test, dtype=np.float64)
+        self._ridge = None
+        self._kernel = (None, None, None)
+
+    def ridge(self, alpha: float) -> np.ndarray:
+        """(n_test, n_train) operator of ``Ridge(alpha)`` (with intercept)."""
+        from ..align._ridge_stats import _solve_spd
+
+        if self._ridge is None:
+            mx = self.Xtr.mean(axis=0)
+            Xc, Tc = self.Xtr - mx, self.Xte - mx
+            primal = Xc.shape[1] <= Xc.shape[0]
+            self._ridge = (Xc, Tc, Xc.T @ Xc if primal else Xc @ Xc.T, primal)
+        Xc, Tc, G, primal = self._ridge
+        n = len(Xc)
+        if primal:  # (Tc (G + aI)^-1) Xc' = ((G + aI)^-1 Tc')' Xc'
+            S = _solve_spd(G, float(alpha), Tc.T).T @ Xc.T
+        else:  # dual: Tc Xc' (Xc Xc' + aI)^-1 (the centred identity targets' mean column drops out)
+            S = _solve_spd(G, float(alpha), Xc @ Tc.T).T
+        S += 1.0 / n
+        return S
+
+    def kernel_ridge(self, alpha: float, gamma: float, kernel: str = "rbf") -> np.ndarray:
+        """(n_test, n_train) operator of exact ``KernelRidge(alpha, kernel, gamma)``."""
+        from ..align._kernels import kernel_matrix
+        from ..align.kernel import _solve_kernel
+
+        if self._kernel[0] != (kernel, float(gamma)):
+            K = kernel_matrix(self.Xtr, kernel=kernel, gamma=float(gamma))
+            Kte = kernel_matrix(self.Xte, self.Xtr, kernel=kernel, gamma=float(gamma))
+            self._kernel = ((kernel, float(gamma)), K, Kte)
+        _, K, Kte = self._kernel
+        return np.ascontiguousarray(_solve_kernel(K, float(alpha), Kte.T).T)
+
+
 class CategoryScorer:
     """Figures of predictions ``C @ E`` computed from category coefficients ``C`` ``(n, c)``.
 
@@ -339,7 +391,6 @@ def selection_smoothers(method: str, Z_train: np.ndarray, Z_test: np.ndarray, tr
     ObjalignError
         Before any permutation runs, if the training images are fewer than the CV folds.
     """
-    from ..align import KernelRidge, Ridge
 
     check_cv_images(train_groups, cv_folds, where)
     if method not in ("ridge", "kernel_ridge"):
@@ -348,12 +399,12 @@ def selection_smoothers(method: str, Z_train: np.ndarray, Z_test: np.ndarray, tr
     grid, (choice,), refits = search_choices(method, Z_train, train_labels, train_groups, [class_emb], perms,
                                              cv_folds=cv_folds, alphas=alphas, gammas=gammas, n_jobs=n_jobs)
 
-    def estimator(p):
-        if method == "ridge":
-            return Ridge(alpha=p["alpha"])
-        return KernelRidge(alpha=p["alpha"], kernel="rbf", gamma=p["gamma"], approx="exact")
+    fast = FastSmoothers(Z_train, Z_test)
 
-    S = {int(i): smoother_operator(estimator(grid[i]), Z_train, Z_test) for i in np.unique(choice)}
+    def operator(p):
+        return fast.ridge(p["alpha"]) if method == "ridge" else fast.kernel_ridge(p["alpha"], p["gamma"])
+
+    S = {int(i): operator(grid[i]) for i in np.unique(choice)}
     return {"S": S, "choice": choice, "n_refits": int(refits[0]), "grid": grid}
 
 
