@@ -20,6 +20,8 @@ The resample-count matrix is drawn in chunks, so memory stays bounded for large 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..errors import ObjalignError
@@ -50,6 +52,22 @@ def _iter_counts(n_groups: int, n_resamples: int, seed, chunk: int):
     p = np.full(n_groups, 1.0 / n_groups)
     for start in range(0, n_resamples, chunk):
         yield rng.multinomial(n_groups, p, size=min(chunk, n_resamples - start))
+
+
+def _counts(n_groups: int, n_resamples: int, seed, chunk: int):
+    """:func:`_iter_counts`' blocks; small ones (up to ``_CHUNK_ELEMENTS`` integers) are kept for the next rows
+    on the same test images (every method and target set of a protocol draws the same resamples)."""
+    if n_resamples * n_groups > _CHUNK_ELEMENTS or not isinstance(seed, (int, np.integer)):
+        return _iter_counts(n_groups, n_resamples, seed, chunk)
+    return _kept_counts(n_groups, n_resamples, int(seed), chunk)
+
+
+@functools.lru_cache(maxsize=4)
+def _kept_counts(n_groups: int, n_resamples: int, seed: int, chunk: int) -> tuple[np.ndarray, ...]:
+    blocks = tuple(_iter_counts(n_groups, n_resamples, seed, chunk))
+    for b in blocks:
+        b.setflags(write=False)  # shared between calls
+    return blocks
 
 
 def _weighted_median(values: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -185,9 +203,13 @@ def bootstrap_figures(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.nda
     n_groups = int(codes.max()) + 1
     chunk = max(1, _CHUNK_ELEMENTS // max(len(pred), n_groups, 1))  # bounds the (chunk, n) weight matrix
     parts: dict[str, list[np.ndarray]] = {}
-    for counts in _iter_counts(n_groups, int(n_resamples), seed, chunk):
-        for k, v in figures_for_weights(pred, true, inst, counts, categories, group_codes=codes).items():
-            parts.setdefault(k, []).append(v)
+    from .nulls import single_threaded_blas
+
+    with single_threaded_blas():  # (B, n_groups) products: a thread team only adds synchronisation
+        for counts in _counts(n_groups, int(n_resamples), seed, chunk):
+            for k, v in figures_for_weights(pred, true, inst, counts, categories, group_codes=codes).items():
+                parts.setdefault(k, []).append(v)
     q = [(1 - confidence) / 2, (1 + confidence) / 2]
     order = [f for f in FIGURES + UNSEEN_FIGURES if f in parts]
-    return {k: [float(x) for x in np.quantile(np.concatenate(parts[k]), q)] for k in order}
+    bounds = np.quantile(np.stack([np.concatenate(parts[k]) for k in order]), q, axis=1)  # (2, figures): one call
+    return {k: [float(bounds[0, j]), float(bounds[1, j])] for j, k in enumerate(order)}
