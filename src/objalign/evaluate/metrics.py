@@ -223,11 +223,16 @@ def per_category(inst: dict[str, np.ndarray], label_index: np.ndarray, names: li
         One entry per category present: ``category``, ``category_id``, ``n``, ``top1``, ``top5``, ``mean_rank``,
         ``cosine_mean``, ``residual_mean`` (and the ``*_unseen`` figures when ``inst`` has them).
     """
-    rows = []
-    for c in np.unique(label_index):
-        m = label_index == c
-        sub = {k: v[m] for k, v in inst.items()}
-        f = figures_from_instances(sub)
-        f.pop("residual_median")
-        rows.append({"category": str(names[c]), "category_id": int(category_ids[c]), "n": int(m.sum()), **f})
-    return rows
+    present, codes = np.unique(np.asarray(label_index), return_inverse=True)
+    codes = codes.ravel()
+    n = np.bincount(codes, minlength=len(present))
+    cols = {"cosine_mean": inst["cosine"], "residual_mean": inst["residual_l2"], "top1": inst["rank"] <= 1,
+            "top5": inst["rank"] <= 5, "mean_rank": inst["rank"]}
+    if "rank_unseen" in inst:
+        cols.update(top1_unseen=inst["rank_unseen"] <= 1, top5_unseen=inst["rank_unseen"] <= 5,
+                    mean_rank_unseen=inst["rank_unseen"])
+    # per-category means in one pass each (the matrix computes this for every cell, method and protocol)
+    means = {k: np.bincount(codes, weights=np.asarray(v, dtype=np.float64), minlength=len(present)) / n
+             for k, v in cols.items()}
+    return [{"category": str(names[c]), "category_id": int(category_ids[c]), "n": int(n[j]),
+             **{k: float(v[j]) for k, v in means.items()}} for j, c in enumerate(present)]

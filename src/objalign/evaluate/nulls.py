@@ -289,10 +289,10 @@ def smoother_nulls(blocks: list[dict], class_embs: dict, choices: dict, n_permut
 
 
 def single_threaded_blas():
-    """Context limiting BLAS to one thread (threadpoolctl, a scikit-learn dependency)."""
-    from threadpoolctl import threadpool_limits
+    """Context limiting BLAS to one thread (:func:`objalign.evaluate.stats.single_threaded_blas`)."""
+    from .stats import single_threaded_blas as limit
 
-    return threadpool_limits(limits=1, user_api="blas")
+    return limit()
 
 
 def pvalues(observed: dict[str, float], null: dict[str, np.ndarray]) -> dict[str, float]:

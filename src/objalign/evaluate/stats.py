@@ -386,11 +386,21 @@ def _r2_variance_weighted(Y_true: np.ndarray, Y_pred: np.ndarray) -> float:
     return float(1.0 - ss_res / ss_tot)
 
 
-def _single_threaded_blas():
-    """Context limiting BLAS to one thread (threadpoolctl, a scikit-learn dependency)."""
-    from threadpoolctl import threadpool_limits
+_BLAS = []  # the ThreadpoolController, made on first use
 
-    return threadpool_limits(limits=1, user_api="blas")
+
+def single_threaded_blas():
+    """Context limiting BLAS to one thread (threadpoolctl, a scikit-learn dependency).
+
+    The loaded BLAS libraries are looked up once per process: ``threadpool_limits`` scans every loaded library on
+    each call (~7 ms), and the align stage enters this context for each of its many small products.
+    """
+    if not _BLAS:
+        import scipy.linalg  # noqa: F401  (scipy's BLAS is loaded before the scan)
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
 
 
 def _matrix(a, name: str, ndim: int = 2) -> np.ndarray:
@@ -551,7 +561,7 @@ def ridge_permutation_null(
             ss_tot = float(np.sum((Y_test - Y_test.mean(axis=0)) ** 2))
         # The per-permutation products are small: threaded BLAS only adds synchronisation there
         # (measured 8-20x slower per permutation with threads on a shared 2-core machine).
-        with _single_threaded_blas():
+        with single_threaded_blas():
             for b, pi in enumerate(perms):
                 # onehot(c[pi])^T of shape (r, n); C^T = onehot^T @ A^T holds per-category column sums
                 onehot_T = sparse.csr_matrix((ones, (labels[pi], rows)), shape=(r, n))
