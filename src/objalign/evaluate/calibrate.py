@@ -170,7 +170,8 @@ _GROUP_SUMS_BYTES = 64 * 2 ** 20  # the largest array of group sums (permutation
 
 def _group_sums(side: sim._Side, key, A: np.ndarray, coded: _CodedKernel, P: np.ndarray) -> np.ndarray | None:
     """The rows of ``A`` ``(n, w)`` summed by the permuted codes of ``coded``, for every row ``pi`` of ``P``
-    ``(B, n)``: ``(B, u, w)`` (C-contiguous, as a fresh product), or None when that is too big to keep.
+    ``(B, n)``: ``(B, u, w)`` (C-contiguous, as a fresh product: the products that follow depend on the layout),
+    or None when that is too big to keep.
 
     Kept in ``side``'s memo (``A`` is a matrix of that side, named by ``key``) under the canonical partition, so
     another target set that repeats by the same categories reuses them, relabelled: a group's sum adds the same
@@ -189,7 +190,7 @@ def _group_sums(side: sim._Side, key, A: np.ndarray, coded: _CodedKernel, P: np.
     labelled = side.memo.get(("group_sums_labelled", key))
     if labelled is None or labelled[0] != (canon.tobytes(), rank.tobytes(), perms):
         labelled = side.memo[("group_sums_labelled", key)] = ((canon.tobytes(), rank.tobytes(), perms),
-                                                              np.ascontiguousarray(sums[:, rank]))
+                                                              np.take(sums, rank, axis=1))
     return labelled[1]
 
 
