@@ -598,7 +598,9 @@ def calibrated(measure, X, Y, groups=None, n_permutations: int = 1000, alpha: fl
     n = engine.n
     if groups is not None and len(np.asarray(groups)) != n:
         raise ObjalignError(f"groups has {len(np.asarray(groups))} labels for {n} samples: pass one image id per row")
-    draw = lambda: group_permutations(n if groups is None else groups, K, seed=seed)  # noqa: E731
+    def draw():
+        return group_permutations(n if groups is None else groups, K, seed=seed)
+
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):  # a fixed seed: the same permutations
         units = np.arange(n) if groups is None else np.asarray(groups)
         perms = sim._side(cache, "groups", units).get(("permutations", groups is None, K, int(seed)), draw)

@@ -166,15 +166,16 @@ class _Side:
         return self.get(("subspace", dim), compute)
 
 
-def _side(cache: dict | None, slot: str, A: np.ndarray, name: str | None = None) -> _Side:
-    """:class:`_Side` of ``A`` memoised in ``cache[slot]`` (its entries are replaced when ``A`` differs, bit for bit,
-    from the array they were computed from); ``cache=None``: a memo for this call only."""
+def _side(cache: dict | None, slot: str, A: np.ndarray) -> _Side:
+    """:class:`_Side` of ``A`` (named ``slot`` in messages) memoised in ``cache[slot]``: its entries are replaced
+    when ``A`` differs, bit for bit, from the array they were computed from; ``cache=None``: a memo for this call
+    only."""
     if cache is None:
-        return _Side(A, name or slot, {})
+        return _Side(A, slot, {})
     held = cache.get(slot)
     if held is None or not _identical(held[0], A):
         held = cache[slot] = (A.copy(), {})
-    return _Side(A, name or slot, held[1])
+    return _Side(A, slot, held[1])
 
 
 def _identical(a: np.ndarray, b: np.ndarray) -> bool:
