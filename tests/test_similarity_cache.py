@@ -166,3 +166,24 @@ def test_unique_rows_is_np_unique():
             f, c = unique_rows(M)
             np.testing.assert_array_equal(f, first)
             np.testing.assert_array_equal(c, codes.ravel())
+
+
+def test_evaluate_targets_similarity_is_bit_identical_to_separate_runs():
+    from objalign.align.stage import evaluate, evaluate_targets
+    from objalign.config import AlignConfig
+
+    rng = np.random.default_rng(0)
+    c, d = 8, 20
+    groups = np.repeat(np.arange(40), 3)
+    lab = rng.integers(0, c, len(groups))
+    X = rng.normal(size=(c, d))[lab] + 0.7 * rng.normal(size=(len(lab), d))
+    targets = {"a": rng.normal(size=(c, 24)), "b": rng.normal(size=(c, 20)),  # one PCA dimension (16) ...
+               "narrow": rng.normal(size=(c, 6))}  # ... and its own (6)
+    cfg = AlignConfig(methods=("ridge",), baselines=(), protocols=("heldout_images",), alphas=(0.1, 1.0, 10.0),
+                      cv_folds=3, n_permutations=0, n_bootstrap=0, common_dim=16, similarity_k=5, svcca_dim=4,
+                      similarity_permutations=30, match_methods=())
+    shared = evaluate_targets(X, groups, lab, targets, cfg)
+    for key, T in targets.items():
+        alone = evaluate(X, T[lab], groups, lab, T, cfg)["similarity"]
+        assert alone["calibrated"] and alone["values"]["cknna"] is not None
+        assert _same(shared[key]["similarity"], alone), key
