@@ -84,6 +84,8 @@ def main(argv=None):
     ap.add_argument("--vision-layer", type=int, default=-1)
     args = ap.parse_args(argv)
 
+    import scipy.linalg  # noqa: F401  (loaded before the thread limit, so that it applies to scipy's BLAS too)
+
     from objalign.align.stage import _similarity
     from objalign.config import AlignConfig
     from objalign.evaluate.nulls import single_threaded_blas
