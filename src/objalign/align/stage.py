@@ -112,7 +112,7 @@ def _mode(values: list[float]) -> float:
     return min(v for v, c in counts.items() if c == top)
 
 
-def _similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConfig) -> dict:
+def _similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConfig, cache: dict | None = None) -> dict:
     """Similarity measures between held-out vision features and their text targets, and a shuffled floor.
 
     Parameters
@@ -121,6 +121,12 @@ def _similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConf
     Y : (n, q) their categories' text embeddings
     groups : (n,) image ids
     cfg : AlignConfig (``similarity_k``, ``svcca_dim``, ``similarity_max_n``, ``seed``)
+    cache : dict shared by the calls on the same ``Z`` and ``groups`` (several target sets): what the measures and
+        their permutation engines compute from ``Z`` alone, and the permutations, are computed once
+        (:mod:`objalign.evaluate.similarity`); the results are identical with or without it
+
+    Run it with BLAS limited to one thread (``single_threaded_blas``, as :func:`evaluate` does): its (n, n)
+    products on a few hundred objects gain nothing from threads.
 
     Returns
     -------
@@ -131,8 +137,7 @@ def _similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConf
     :func:`objalign.evaluate.calibrate.calibrate_measures`) and, for measures that could not be computed, ``errors``.
     """
     from ..evaluate import similarity as sim
-    from ..evaluate.nulls import single_threaded_blas
-    from ..evaluate.stats import group_permutations
+    from ..evaluate.stats import group_permutations, unique_rows
 
     n_all = len(Z)
     if n_all > cfg.similarity_max_n:  # the measures build (n, n) matrices: a seeded subsample of objects
@@ -147,40 +152,43 @@ def _similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConf
     k = int(min(cfg.similarity_k, n - 1))
     # centred targets with u distinct rows (categories) have rank <= u - 1 (= u - 1 for affinely independent
     # category embeddings); svcca raises, and the error is recorded, if it is lower still
-    n_distinct = len(np.unique(Y, axis=0))
+    n_distinct = len(unique_rows(Y)[0])
     dim = int(min(cfg.svcca_dim, n_distinct - 1, Z.shape[1], n - 1))
 
-    def measures(Yp):
-        return {
-            "cka_linear": lambda: sim.cka(Z, Yp, kernel="linear"),
-            "cka_linear_unbiased": lambda: sim.cka(Z, Yp, kernel="linear", unbiased=True),
-            "cka_rbf": lambda: sim.cka(Z, Yp, kernel="rbf"),
-            "mutual_knn": lambda: sim.mutual_knn(Z, Yp, k=k),
-            "cknna": lambda: sim.cknna(Z, Yp, k=max(k, 2)),
-            "svcca": lambda: sim.svcca(Z, Yp, dim=dim) if dim >= 1 else None,
-        }
+    cache = {} if cache is None else cache  # also shared by the measures and their engines within this call
+
+    def values(Yp):
+        fs = {"cka_linear": lambda: sim.cka(Z, Yp, kernel="linear", cache=cache),
+              "cka_linear_unbiased": lambda: sim.cka(Z, Yp, kernel="linear", unbiased=True, cache=cache),
+              "cka_rbf": lambda: sim.cka(Z, Yp, kernel="rbf", cache=cache),
+              "mutual_knn": lambda: sim.mutual_knn(Z, Yp, k=k, cache=cache),
+              "cknna": lambda: sim.cknna(Z, Yp, k=max(k, 2), cache=cache),
+              "svcca": lambda: sim.svcca(Z, Yp, dim=dim, cache=cache) if dim >= 1 else None}
+        got = {}
+        for name, f in fs.items():
+            try:
+                v = f()
+                got[name] = None if v is None else float(v)
+            except ObjalignError as exc:  # e.g. a degenerate tiny test set: record why, keep the report
+                got[name] = None
+                out.setdefault("errors", {})[name] = str(exc)
+        return got
 
     pi = group_permutations(groups, 1, seed=cfg.seed + _SHUFFLE_SEED)[0]
-    result = {}
-    with single_threaded_blas():  # (n, n) products on a few hundred objects: threads only add overhead
-        for key, Yp in (("values", Y), ("values_shuffled", Y[pi])):
-            values = {}
-            for name, f in measures(Yp).items():
-                try:
-                    v = f()
-                    values[name] = None if v is None else float(v)
-                except ObjalignError as exc:  # e.g. a degenerate tiny test set: record why, keep the report
-                    values[name] = None
-                    out.setdefault("errors", {})[name] = str(exc)
-            result[key] = values
-        if cfg.similarity_permutations > 0:  # each measure against its image-block permutation threshold
-            from ..evaluate.calibrate import calibrate_measures
+    result = {"values": values(Y)}
+    calibrated = None
+    if cfg.similarity_permutations > 0:  # each measure against its image-block permutation threshold
+        from ..evaluate.calibrate import calibrate_measures
 
-            spec = {"cka_linear": ("cka_linear", {}), "cka_linear_unbiased": ("cka_linear_unbiased", {}),
-                    "cka_rbf": ("cka_rbf", {}), "mutual_knn": ("mutual_knn", {"k": k}),
-                    "cknna": ("cknna", {"k": max(k, 2)}), **({"svcca": ("svcca", {"dim": dim})} if dim >= 1 else {})}
-            result["calibrated"] = calibrate_measures(spec, Z, Y, groups, cfg.similarity_permutations,
-                                                      cfg.similarity_alpha, cfg.seed)
+        spec = {"cka_linear": ("cka_linear", {}), "cka_linear_unbiased": ("cka_linear_unbiased", {}),
+                "cka_rbf": ("cka_rbf", {}), "mutual_knn": ("mutual_knn", {"k": k}),
+                "cknna": ("cknna", {"k": max(k, 2)}), **({"svcca": ("svcca", {"dim": dim})} if dim >= 1 else {})}
+        # before the shuffled floor: the engines reuse what the measures computed from Y
+        calibrated = calibrate_measures(spec, Z, Y, groups, cfg.similarity_permutations, cfg.similarity_alpha,
+                                        cfg.seed, cache=cache)
+    result["values_shuffled"] = values(Y[pi])
+    if calibrated is not None:
+        result["calibrated"] = calibrated
     return {**out, "k": k, "svcca_dim": dim, **result, "chance_mutual_knn": float(k / (n - 1))}
 
 
@@ -304,7 +312,7 @@ def _evaluate(X, groups, label_index, targets: dict, cfg: AlignConfig, category_
     from ..evaluate.intervals import bootstrap_figures
     from ..evaluate.metrics import per_category, per_instance, r2_uniform, r2_variance_weighted, \
         figures_from_instances
-    from ..evaluate.nulls import NULL_DESCRIPTIONS, pvalues, smoother_nulls
+    from ..evaluate.nulls import NULL_DESCRIPTIONS, pvalues, single_threaded_blas, smoother_nulls
     from . import PCAMatch
     from .shared import fit_fold
 
@@ -393,11 +401,17 @@ def _evaluate(X, groups, label_index, targets: dict, cfg: AlignConfig, category_
                 results[k]["rows"].append(rows[k][0])
         if protocol == "heldout_images":
             fold = folds[0]
+            sim_caches: dict[int, dict] = {}  # per PCA dimension: what the similarity measures compute from Zte
+            with single_threaded_blas():  # (n, n) products on a few hundred objects: threads only add overhead
+                for k in keys:
+                    fit = fold_fits[0]["keys"][k]
+                    results[k]["similarity"] = _similarity(fit["Zte"], live[k][label_index[fold.test]],
+                                                           groups[fold.test], cfg,
+                                                           cache=sim_caches.setdefault(fit["pca_dim"], {}))
             for k in keys:
                 class_emb, res = live[k], results[k]
                 Y = class_emb[label_index]
                 fit = fold_fits[0]["keys"][k]
-                res["similarity"] = _similarity(fit["Zte"], Y[fold.test], groups[fold.test], cfg)
                 res["pca"] = {"vision_explained_variance_ratio": fit["pca"].explained_variance_ratio_.tolist(),
                               "pca_dim": fit["pca_dim"], "fitted_on": "heldout_images training objects"}
                 res["pca"]["text_explained_variance_ratio"] = category_variance_ratio(

@@ -81,6 +81,7 @@ class _CodedKernel:
     def __init__(self, codes: np.ndarray, Lu: np.ndarray):
         self.codes, self.Lu = codes, Lu
         self.counts = np.bincount(codes, minlength=len(Lu)).astype(np.float64)
+        self.quads: dict[bytes, tuple] = {}  # permutations -> (A, sum(A * L[pi][:, pi])) for engines sharing L
 
     def diag(self) -> np.ndarray:
         return np.diag(self.Lu)[self.codes]
@@ -97,10 +98,12 @@ class _CodedKernel:
 
 def _unique_codes(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """``(first_index (u,), codes (n,))`` when ``Y`` has at most ``_UNIQUE_FRACTION * n`` distinct rows, else None."""
-    _, first, codes = np.unique(Y, axis=0, return_index=True, return_inverse=True)
+    from objalign.evaluate.stats import unique_rows
+
+    first, codes = unique_rows(Y)
     if len(first) > _UNIQUE_FRACTION * len(Y):
         return None
-    return first, codes.ravel().astype(np.intp)
+    return first, codes
 
 
 def _stacked_codes(codes: np.ndarray, P: np.ndarray, u: int, dtype=np.float64):
@@ -125,28 +128,95 @@ def _factor(Xc: np.ndarray) -> np.ndarray:
     return U * s
 
 
+def _codes(side: sim._Side) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`_unique_codes` of one side's matrix (memoised with it)."""
+    return side.get("codes", lambda: _unique_codes(side.A))
+
+
+def _factor_terms(F: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Diagonal ``(n,)``, row sums ``(n,)``, total and squared Frobenius norm of ``K = F F^T``."""
+    FtF = F.T @ F
+    return np.einsum("ij,ij->i", F, F), F @ F.sum(0), float(np.sum(F.sum(0) ** 2)), float(np.sum(FtF ** 2))
+
+
+def _kernel_terms(K: np.ndarray, Kc: np.ndarray, unbiased: bool) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Diagonal, row sums and total of a dense kernel ``K``, and the squared norm of ``K`` (unbiased) or of ``Kc``."""
+    kk = float(np.sum(K * K)) if unbiased else float(np.sum(Kc * Kc))
+    return np.diag(K).copy(), K.sum(1), float(K.sum()), kk
+
+
+def _coded_linear(Yc: np.ndarray, coded: tuple[np.ndarray, np.ndarray]) -> _CodedKernel:
+    """The linear kernel of centred rows ``Yc`` that repeat, kept as its ``(u, u)`` table of distinct rows."""
+    U = Yc[coded[0]]
+    return _CodedKernel(coded[1], U @ U.T)
+
+
 _DENSE_CHUNK = 4  # permutations per stacked product against a dense (n, n) matrix (its rows stay in cache)
 _FACTOR_CHUNK = 64  # the same against an (n, r) factor
 
 
-def _quad(A_factor, A_dense, Y_factor, Y_dense, Y_coded: _CodedKernel | None, P: np.ndarray) -> np.ndarray:
+def _canonical(codes: np.ndarray, u: int) -> tuple[np.ndarray, np.ndarray]:
+    """The partition ``codes`` ``(n,)`` relabelled by first occurrence ``(n,)``, and each code's new label ``(u,)``:
+    target sets whose rows repeat by the same categories get the same canonical codes, whatever their own labels."""
+    first = np.full(u, len(codes))
+    np.minimum.at(first, codes, np.arange(len(codes)))
+    rank = np.empty(u, dtype=np.intp)
+    rank[np.argsort(first)] = np.arange(u)
+    return rank[codes], rank
+
+
+_GROUP_SUMS_BYTES = 64 * 2 ** 20  # the largest array of group sums (permutations x codes x width) kept for reuse
+
+
+def _group_sums(side: sim._Side, key, A: np.ndarray, coded: _CodedKernel, P: np.ndarray) -> np.ndarray | None:
+    """The rows of ``A`` ``(n, w)`` summed by the permuted codes of ``coded``, for every row ``pi`` of ``P``
+    ``(B, n)``: ``(B, u, w)`` (C-contiguous, as a fresh product: the products that follow depend on the layout),
+    or None when that is too big to keep.
+
+    Kept in ``side``'s memo (``A`` is a matrix of that side, named by ``key``) under the canonical partition, so
+    another target set that repeats by the same categories reuses them, relabelled: a group's sum adds the same
+    rows of ``A`` in the same (index) order under any labelling, so the reused sums are bit-identical to
+    recomputed ones. The latest relabelling is kept too (the engines of one target set share it).
+    """
+    u = len(coded.Lu)
+    if len(P) * u * A.shape[1] * A.itemsize > _GROUP_SUMS_BYTES:
+        return None
+    canon, rank = _canonical(coded.codes, u)
+    perms = P.tobytes()
+    sums = side.get(("group_sums", key, canon.tobytes(), perms),
+                    lambda: (_stacked_codes(canon, P, u) @ A).reshape(len(P), u, -1))
+    if np.array_equal(rank, np.arange(u)):
+        return sums
+    labelled = side.memo.get(("group_sums_labelled", key))
+    if labelled is None or labelled[0] != (canon.tobytes(), rank.tobytes(), perms):
+        labelled = side.memo[("group_sums_labelled", key)] = ((canon.tobytes(), rank.tobytes(), perms),
+                                                              np.take(sums, rank, axis=1))
+    return labelled[1]
+
+
+def _quad(A_factor, A_dense, Y_factor, Y_dense, Y_coded: _CodedKernel | None, P: np.ndarray,
+          shared=None) -> np.ndarray:
     """``sum(A * L[pi][:, pi])`` ``(B,)`` for each row ``pi`` of ``P`` ``(B, n)``.
 
     ``A`` is fixed (``F F^T`` given by its factor, or dense); ``L`` is coded (repeated rows), factored or dense.
+    ``shared(coded, P)``: :func:`_group_sums` of ``A`` (or None) when ``L`` is coded.
     """
     out = np.empty(len(P))
     if Y_coded is not None:
         u, Lu = len(Y_coded.Lu), Y_coded.Lu
         chunk = _FACTOR_CHUNK if A_factor is not None else _DENSE_CHUNK
+        A = A_factor if A_factor is not None else A_dense
+        sums = None if shared is None else shared(Y_coded, P)
         for s in range(0, len(P), chunk):
             Pc = P[s:s + chunk]
             B = len(Pc)
-            S = _stacked_codes(Y_coded.codes, Pc, u)
+            if sums is None:  # group sums of A's rows, per permutation: (B, u, w) = M_pi^T A
+                G = (_stacked_codes(Y_coded.codes, Pc, u) @ A).reshape(B, u, -1)
+            else:
+                G = sums[s:s + B]
             if A_factor is not None:
-                G = (S @ A_factor).reshape(B, u, -1)  # group sums of the factor's rows, per permutation
                 out[s:s + B] = np.einsum("bur,bur->b", np.matmul(Lu, G), G)
             else:
-                G = (S @ A_dense).reshape(B, u, -1)  # (B, u, n): M_pi^T A
                 C = Y_coded.codes[Pc]
                 for b in range(B):  # sum_{a, j} G[a, j] Lu[a, c_pi(j)]
                     out[s + b] = np.einsum("aj,aj->", G[b], Lu[:, C[b]])
@@ -198,37 +268,35 @@ class _CKA(_Engine):
     kernel = "linear"
     unbiased = False
 
-    def __init__(self, X, Y, sigma: float | None = None):
+    def __init__(self, X, Y, sigma: float | None = None, cache: dict | None = None):
         if sigma is not None and self.kernel != "rbf":
             raise ObjalignError(f"{self.name}: sigma only applies to the RBF kernel; drop it")
         sig = 0.8 if sigma is None else sigma
         if not (isinstance(sig, (int, float, np.floating)) and np.isfinite(sig) and sig > 0):
             raise ObjalignError(f"sigma={sigma!r} must be a positive number (a fraction of the median distance)")
         X, Y = sim._validate_pair(X, Y, 4 if self.unbiased else 2, self.name)
+        xs, ys = sim._sides(X, Y, cache)
         self.n = len(X)
-        Xc, Yc = sim._center(X), sim._center(Y)
-        coded = _unique_codes(Y)
+        coded = _codes(ys)
         self.F = self.A = self.G = self.L = self.coded = None
         if self.kernel == "linear":
-            self.F = F = _factor(Xc)  # K = F F^T is already centred
-            FtF = F.T @ F
-            dK, rK, sK = np.einsum("ij,ij->i", F, F), F @ F.sum(0), float(np.sum(F.sum(0) ** 2))
-            kk = float(np.sum(FtF ** 2))
+            self.F = F = xs.get("factor", lambda: _factor(xs.centered()))  # K = F F^T is already centred
+            a_key = "factor"
+            dK, rK, sK, kk = xs.get("factor_terms", lambda: _factor_terms(F))
             if coded is not None:
-                U = Yc[coded[0]]
-                self.coded = _CodedKernel(coded[1], U @ U.T)
+                self.coded = ys.get("coded_linear", lambda: _coded_linear(ys.centered(), coded))
             else:
-                self.G = _factor(Yc)
+                self.G = ys.get("factor", lambda: _factor(ys.centered()))
         else:
-            K = sim._rbf_gram(Xc, float(sig), "X")
-            L = sim._rbf_gram(Yc, float(sig), "Y")
-            Kc = sim._double_center(K)
+            gram = ("rbf", float(sig))
+            K, L = xs.rbf(float(sig)), ys.rbf(float(sig))
+            Kc = xs.get(("double_centred", gram), lambda: sim._double_center(K))
             self.A = K if self.unbiased else Kc
-            dK, rK, sK = np.diag(K).copy(), K.sum(1), float(K.sum())
-            kk = float(np.sum(K * K)) if self.unbiased else float(np.sum(Kc * Kc))
-            ll_biased = float(np.sum(sim._double_center(L) ** 2))
+            a_key = gram if self.unbiased else ("double_centred", gram)
+            dK, rK, sK, kk = xs.get(("kernel_terms", gram, self.unbiased), lambda: _kernel_terms(K, Kc, self.unbiased))
+            ll_biased = ys.get(("sq_norm_centred", gram), lambda: float(np.sum(sim._double_center(L) ** 2)))
             if coded is not None:
-                self.coded = _CodedKernel(coded[1], L[np.ix_(coded[0], coded[0])])
+                self.coded = ys.get(("coded", gram), lambda: _CodedKernel(coded[1], L[np.ix_(coded[0], coded[0])]))
             else:
                 self.L = L
         if self.coded is not None:
@@ -253,6 +321,8 @@ class _CKA(_Engine):
         sim._check_self(hxx, "X")
         sim._check_self(hyy, "Y")
         self.denominator = math.sqrt(hxx * hyy)
+        A = self.F if self.F is not None else self.A
+        self.shared = lambda coded, P: _group_sums(xs, a_key, A, coded, P)
 
     def _hsic_u(self, q, diag, rows, sums):
         """Song et al.'s unbiased HSIC from ``sum(K * L)``, ``diag(K) . diag(L)``, zero-diagonal row sums and totals."""
@@ -260,7 +330,14 @@ class _CKA(_Engine):
         return (q - diag + sums / ((n - 1) * (n - 2)) - 2.0 * rows / (n - 2)) / (n * (n - 3))
 
     def scores(self, P):
-        q = _quad(self.F, self.A, self.G, self.L, self.coded, P)
+        if self.coded is None:
+            q = _quad(self.F, self.A, self.G, self.L, self.coded, P)
+        else:  # the biased and unbiased engines on the same X and Y share A and L, hence these sums
+            A, key = (self.F if self.F is not None else self.A), P.tobytes()
+            hit = self.coded.quads.get(key)
+            if hit is None or hit[0] is not A:  # (the entry holds its A, so ``is`` cannot mistake a new one for it)
+                hit = self.coded.quads[key] = (A, _quad(self.F, self.A, None, None, self.coded, P, self.shared))
+            q = hit[1]
         if self.unbiased:
             q = self._hsic_u(q, self.dL[P] @ self.dK, self.rL[P] @ self.rK, self.sK * self.sL)
         return q / self.denominator
@@ -313,6 +390,11 @@ class _Lookup:
         return self.table[C[:, r] * self.u + C[:, c]]
 
 
+def _knn_lookup(side: sim._Side, k: int) -> _Lookup:
+    """:class:`_Lookup` of one side's neighbour weights (memoised with it)."""
+    return side.get(("knn_lookup", k), lambda: _Lookup(side.knn(k, "average"), _codes(side)))
+
+
 def _sparse_entries(W: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r, c = np.nonzero(W)
     return r, c, W[r, c]
@@ -323,16 +405,17 @@ _KNN_CHUNK = 32  # permutations evaluated together on a neighbour graph
 
 @_register("mutual_knn")
 class _MutualKNN(_Engine):
-    def __init__(self, X, Y, k: int = 10):
+    def __init__(self, X, Y, k: int = 10, cache: dict | None = None):
         X, Y = sim._validate_pair(X, Y, 2, "mutual_knn")
+        xs, ys = sim._sides(X, Y, cache)
         self.n = n = len(X)
-        self.k = sim._check_k(k, n)
-        WX = sim._neighbour_weights(sim._cosine_gram(X, "X"), self.k, "average")
-        WY = sim._neighbour_weights(sim._cosine_gram(Y, "Y"), self.k, "average")
+        self.k = k = sim._check_k(k, n)
+        WX, WY = xs.knn(k, "average"), ys.knn(k, "average")
         # the sum runs over the sparser matrix's nonzeros; the other is looked up at the permuted positions
         self.x_sparse = np.count_nonzero(WX) <= np.count_nonzero(WY)
-        self.r, self.c, self.w = _sparse_entries(WX if self.x_sparse else WY)
-        self.D = _Lookup(WY, _unique_codes(Y)) if self.x_sparse else _Lookup(WX, _unique_codes(X))
+        sparse, dense = (xs, ys) if self.x_sparse else (ys, xs)
+        self.r, self.c, self.w = sparse.get(("knn_entries", k), lambda: _sparse_entries(sparse.knn(k, "average")))
+        self.D = _knn_lookup(dense, k)
 
     def scores(self, P):
         if not self.x_sparse:  # sum_ij W_X[i, j] W_Y[pi i, pi j] = sum_ab W_X[pinv a, pinv b] W_Y[a, b]
@@ -343,35 +426,44 @@ class _MutualKNN(_Engine):
         return out / (self.n * self.k)
 
 
+def _cknna_graph(K: np.ndarray, WK: np.ndarray) -> tuple:
+    """X's side of CKNNA's cross term: the nonzeros ``(r, c)`` of its neighbour weights ``WK`` with their weights and
+    ``WK o K`` values, where each entry's transpose sits among them (``has_t``, ``t``), and the sparse ``(m, n)``
+    operators that sum the entries by column and by row."""
+    from scipy.sparse import csr_matrix
+
+    n = len(K)
+    r, c, wk = _sparse_entries(WK)
+    kw = wk * K[r, c]
+    key, tkey = r * n + c, c * n + r  # each entry (i, j) and its transpose (j, i)
+    pos = np.minimum(np.searchsorted(key, tkey), len(key) - 1)  # np.nonzero's keys are sorted (row-major)
+    has_t = key[pos] == tkey
+    m = len(r)
+    col_sum = csr_matrix((np.ones(m), (np.arange(m), c)), shape=(m, n))
+    row_sum = csr_matrix((np.ones(m), (np.arange(m), r)), shape=(m, n))
+    return r, c, wk, kw, has_t, pos[has_t], col_sum, row_sum
+
+
 @_register("cknna")
 class _CKNNA(_Engine):
-    def __init__(self, X, Y, k: int = 10):
-        from scipy.sparse import csr_matrix
-
+    def __init__(self, X, Y, k: int = 10, cache: dict | None = None):
         X, Y = sim._validate_pair(X, Y, 4, "cknna")
+        xs, ys = sim._sides(X, Y, cache)
         self.n = n = len(X)
-        self.k = sim._check_k(k, n, minimum=2)
-        K, L = sim._cosine_gram(X, "X"), sim._cosine_gram(Y, "Y")
-        WK = sim._neighbour_weights(K, self.k, "average")
-        WL = sim._neighbour_weights(L, self.k, "average")
-        kk = sim._hsic_unbiased(WK * K, WK * K)  # neither self-alignment depends on the pairing
-        ll = sim._hsic_unbiased(WL * L, WL * L)
+        self.k = k = sim._check_k(k, n, minimum=2)
+        xs.cosine(), ys.cosine()  # a zero row of X is reported before one of Y
+        kk = sim._knn_self_alignment(xs, k, "average")  # neither self-alignment depends on the pairing
+        ll = sim._knn_self_alignment(ys, k, "average")
         if not kk * ll > 0:
             raise ObjalignError(
                 f"CKNNA is undefined here: the k-NN self-alignments of X and Y are {kk:.3g} and {ll:.3g} "
                 f"(their product must be positive); use a larger k or check for constant features")
         self.denominator = math.sqrt(kk * ll)
-        coded = _unique_codes(Y)
-        self.WL, self.L = _Lookup(WL, coded), _Lookup(L, coded)
-        self.r, self.c, self.wk = _sparse_entries(WK)  # the cross term lives on X's neighbour graph
-        self.kw = self.wk * K[self.r, self.c]
-        key, tkey = self.r * n + self.c, self.c * n + self.r  # each entry (i, j) and its transpose (j, i)
-        pos = np.minimum(np.searchsorted(key, tkey), len(key) - 1)  # np.nonzero's keys are sorted (row-major)
-        self.has_t = key[pos] == tkey
-        self.t = pos[self.has_t]
-        m = len(self.r)
-        self.col_sum = csr_matrix((np.ones(m), (np.arange(m), self.c)), shape=(m, n))
-        self.row_sum = csr_matrix((np.ones(m), (np.arange(m), self.r)), shape=(m, n))
+        self.WL = _knn_lookup(ys, k)
+        self.L = ys.get("cosine_lookup", lambda: _Lookup(ys.cosine(), _codes(ys)))
+        # the cross term lives on X's neighbour graph
+        self.r, self.c, self.wk, self.kw, self.has_t, self.t, self.col_sum, self.row_sum = xs.get(
+            ("cknna_graph", k), lambda: _cknna_graph(xs.cosine(), xs.knn(k, "average")))
 
     def scores(self, P):
         n = self.n
@@ -390,7 +482,7 @@ class _CKNNA(_Engine):
 
 @_register("svcca")
 class _SVCCA(_Engine):
-    def __init__(self, X, Y, dim: int = 10):
+    def __init__(self, X, Y, dim: int = 10, cache: dict | None = None):
         X, Y = sim._validate_pair(X, Y, 2, "svcca")
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ObjalignError(f"dim must be a positive integer, got {dim!r}: pass e.g. dim=10")
@@ -398,9 +490,9 @@ class _SVCCA(_Engine):
         if dim > limit:
             raise ObjalignError(f"dim={dim} is too large: expected dim <= min(n_samples - 1, n_features_x, "
                                 f"n_features_y) = {limit}")
+        xs, ys = sim._sides(X, Y, cache)
         self.n = len(X)
-        self.Ux = sim._top_subspace(sim._center(X), int(dim), "X")
-        self.Uy = sim._top_subspace(sim._center(Y), int(dim), "Y")
+        self.Ux, self.Uy = xs.subspace(int(dim)), ys.subspace(int(dim))
 
     def scores(self, P):
         out = np.empty(len(P))
@@ -428,10 +520,14 @@ class _Callable(_Engine):
         return out
 
 
-def permutation_engine(measure, X, Y, **options) -> _Engine:
+def permutation_engine(measure, X, Y, cache: dict | None = None, **options) -> _Engine:
     """The engine of ``measure`` (a name in :data:`MEASURES` or a callable ``f(X, Y) -> float``) on ``(X, Y)``.
 
-    ``engine.score(pi)`` returns the measure on ``(X, Y[pi])`` (``pi=None``: the observed pairing).
+    ``engine.score(pi)`` returns the measure on ``(X, Y[pi])`` (``pi=None``: the observed pairing). ``cache`` (a
+    dict, as in :mod:`objalign.evaluate.similarity`): the precomputations of ``X`` alone (Grams, factors, neighbour
+    graphs, subspaces) are kept in it and reused by engines built on the same ``X`` -- against another ``Y``, or
+    for another measure -- and those of ``Y`` alone by the next engine on the same ``Y``; the engine's scores are
+    identical with or without it. A callable measure ignores it.
     """
     if callable(measure):
         return _Callable(measure, X, Y, **options)
@@ -441,7 +537,7 @@ def permutation_engine(measure, X, Y, **options) -> _Engine:
         raise ObjalignError(f"unknown similarity measure {measure!r}{did_you_mean(measure, MEASURES)}; expected one of "
                             f"{', '.join(sorted(MEASURES))} or a callable f(X, Y) -> float")
     try:
-        return MEASURES[measure](X, Y, **options)
+        return MEASURES[measure](X, Y, cache=cache, **options)
     except TypeError as exc:
         raise ObjalignError(f"bad options {sorted(options)} for measure {measure!r}: {exc}") from None
 
@@ -462,7 +558,7 @@ def calibration_summary(score: float, null: np.ndarray, alpha: float, s_max: flo
 
 
 def calibrated(measure, X, Y, groups=None, n_permutations: int = 1000, alpha: float = 0.05, seed=0,
-               **options) -> dict:
+               cache: dict | None = None, **options) -> dict:
     """A similarity measure with its permutation threshold, p-value and calibrated score.
 
     Parameters
@@ -483,6 +579,9 @@ def calibrated(measure, X, Y, groups=None, n_permutations: int = 1000, alpha: fl
     alpha : float in (0, 1), default 0.05
         Level of the threshold.
     seed : int, default 0
+    cache : dict, optional
+        Shared by calls on the same ``X`` (:func:`permutation_engine`): the engine's precomputations of ``X`` and
+        the permutations are reused; the result is the same with or without it.
 
     Returns
     -------
@@ -495,11 +594,18 @@ def calibrated(measure, X, Y, groups=None, n_permutations: int = 1000, alpha: fl
 
     alpha = check_alpha(alpha)
     K = _check_count(n_permutations, "n_permutations")
-    engine = permutation_engine(measure, X, Y, **options)
+    engine = permutation_engine(measure, X, Y, cache, **options)
     n = engine.n
     if groups is not None and len(np.asarray(groups)) != n:
         raise ObjalignError(f"groups has {len(np.asarray(groups))} labels for {n} samples: pass one image id per row")
-    perms = group_permutations(n if groups is None else groups, K, seed=seed)
+    def draw():
+        return group_permutations(n if groups is None else groups, K, seed=seed)
+
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):  # a fixed seed: the same permutations
+        units = np.arange(n) if groups is None else np.asarray(groups)
+        perms = sim._side(cache, "groups", units).get(("permutations", groups is None, K, int(seed)), draw)
+    else:  # a Generator (or None) draws new ones on every call
+        perms = draw()
     score = engine.score()
     null = engine.scores(perms)
     out = calibration_summary(score, null, alpha, engine.s_max)
@@ -523,7 +629,7 @@ def bh_adjust(pvalues) -> np.ndarray:
 
 
 def calibrate_measures(measures: dict[str, tuple], X, Y, groups=None, n_permutations: int = 1000,
-                       alpha: float = 0.05, seed=0) -> dict[str, dict]:
+                       alpha: float = 0.05, seed=0, cache: dict | None = None) -> dict[str, dict]:
     """:func:`calibrated` for several measures on one pairing (one set of permutations), BH-adjusted together.
 
     Parameters
@@ -532,6 +638,9 @@ def calibrate_measures(measures: dict[str, tuple], X, Y, groups=None, n_permutat
         Result name -> ``(measure, options)``, e.g. ``{"mutual_knn": ("mutual_knn", {"k": 10})}``.
     X, Y, groups, n_permutations, alpha, seed
         As in :func:`calibrated`.
+    cache : dict, optional
+        As in :func:`calibrated`; without one, the measures still share one cache (what they compute from ``X``
+        or ``Y`` alone, and the permutations) within this call.
 
     Returns
     -------
@@ -540,9 +649,10 @@ def calibrate_measures(measures: dict[str, tuple], X, Y, groups=None, n_permutat
         that could be computed) or ``error`` (the measure's message) for a measure that could not be computed.
     """
     out: dict[str, dict] = {}
+    cache = {} if cache is None else cache
     for name, (measure, options) in measures.items():
         try:
-            r = calibrated(measure, X, Y, groups, n_permutations, alpha, seed, **options)
+            r = calibrated(measure, X, Y, groups, n_permutations, alpha, seed, cache, **options)
         except ObjalignError as exc:
             out[name] = {"error": str(exc)}
             continue

@@ -32,6 +32,16 @@ identical rows and a sample's k nearest neighbours in ``Y`` are mostly ties. The
 Two similarities count as tied when they differ by at most ``TIE_ATOL`` (``1e-10``; similarities are
 cosines in ``[-1, 1]`` computed in float64, so identical rows always tie). The sample itself is never
 its own neighbour, but an identical copy of it is a (tied) candidate like any other sample.
+
+Sharing work across calls
+-------------------------
+Every measure takes ``cache`` (a dict, default None). What a measure computes from ``X`` alone (its Gram
+matrices, RBF kernel, double-centred kernel, self-HSIC, neighbour weights, top singular subspace) is kept in
+``cache`` and reused by the next call with the same ``X`` -- e.g. one vision feature set scored against several
+text target sets, or a permutation engine of :mod:`objalign.evaluate.calibrate` after the measure itself; what
+it computes from ``Y`` alone is kept for the next call with the same ``Y``. The cache is checked against the
+arrays' contents (a call with a different ``X`` or ``Y`` replaces that side's entries), and every value is
+computed by the same code with or without it, so results are bit-identical.
 """
 
 from __future__ import annotations
@@ -107,6 +117,82 @@ def _check_ties(ties) -> str:
     return ties
 
 
+# ------------------------------------------------------------------------------------------ one side
+class _Side:
+    """One feature matrix ``A`` ``(n, d)`` (``X`` or ``Y``) and what is computed from it alone, memoised in ``memo``.
+
+    Every quantity is computed by the same code whether it comes from the memo or not (bit-identical results). An
+    ``ObjalignError`` raised while computing one is memoised too and raised again on the next request.
+    """
+
+    def __init__(self, A: np.ndarray, name: str, memo: dict):
+        self.A, self.name, self.memo = A, name, memo
+
+    def get(self, key, compute):
+        if key not in self.memo:
+            try:
+                self.memo[key] = compute()
+            except ObjalignError as exc:
+                self.memo[key] = exc
+        value = self.memo[key]
+        if isinstance(value, ObjalignError):
+            raise value
+        return value
+
+    def centered(self) -> np.ndarray:
+        return self.get("centered", lambda: _center(self.A))
+
+    def linear(self) -> np.ndarray:
+        """``Ac Ac^T`` ``(n, n)`` of the column-centred rows."""
+        return self.get("linear", lambda: self.centered() @ self.centered().T)
+
+    def scatter(self) -> np.ndarray:
+        """``Ac^T Ac`` ``(d, d)``."""
+        return self.get("scatter", lambda: self.centered().T @ self.centered())
+
+    def rbf(self, fraction: float) -> np.ndarray:
+        return self.get(("rbf", fraction), lambda: _rbf_gram(self.centered(), fraction, self.name, self.linear()))
+
+    def cosine(self) -> np.ndarray:
+        return self.get("cosine", lambda: _cosine_gram(self.A, self.name))
+
+    def knn(self, k: int, ties: str) -> np.ndarray:
+        return self.get(("knn", k, ties), lambda: _neighbour_weights(self.cosine(), k, ties))
+
+    def subspace(self, dim: int) -> np.ndarray:
+        def compute():
+            n, d = self.A.shape
+            return _top_subspace(self.centered(), dim, self.name, self.scatter() if d <= n else self.linear())
+        return self.get(("subspace", dim), compute)
+
+
+def _side(cache: dict | None, slot: str, A: np.ndarray) -> _Side:
+    """:class:`_Side` of ``A`` (named ``slot`` in messages) memoised in ``cache[slot]``: its entries are replaced
+    when ``A`` differs, bit for bit, from the array they were computed from; ``cache=None``: a memo for this call
+    only."""
+    if cache is None:
+        return _Side(A, slot, {})
+    held = cache.get(slot)
+    if held is None or not _identical(held[0], A):
+        held = cache[slot] = (A.copy(), {})
+    return _Side(A, slot, held[1])
+
+
+def _identical(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` hold the same bits (``-0.0`` differs from ``0.0``)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.kind in "fiub" and a.dtype.itemsize in (1, 2, 4, 8):  # compare as unsigned integers
+        u = np.dtype(f"u{a.dtype.itemsize}")
+        return bool(np.array_equal(np.ascontiguousarray(a).view(u), np.ascontiguousarray(b).view(u)))
+    return a.tobytes() == b.tobytes()
+
+
+def _sides(X: np.ndarray, Y: np.ndarray, cache: dict | None) -> tuple[_Side, _Side]:
+    """The :class:`_Side` of ``X`` and of ``Y`` in ``cache``."""
+    return _side(cache, "X", X), _side(cache, "Y", Y)
+
+
 # ------------------------------------------------------------------------------------------- helpers
 def _center(X: np.ndarray) -> np.ndarray:
     return X - X.mean(axis=0, keepdims=True)
@@ -151,8 +237,13 @@ def _double_center(K: np.ndarray) -> np.ndarray:
 
 
 def _hsic_biased(K: np.ndarray, L: np.ndarray) -> float:
-    n = K.shape[0]
-    return float(np.sum(_double_center(K) * L.T)) / (n - 1) ** 2
+    return _hsic_biased_centred(_double_center(K), L)
+
+
+def _hsic_biased_centred(Kc: np.ndarray, L: np.ndarray) -> float:
+    """The biased HSIC from the double-centred ``Kc = H K H`` (what :func:`_hsic_biased` computes first)."""
+    n = Kc.shape[0]
+    return float(np.sum(Kc * L.T)) / (n - 1) ** 2
 
 
 def _hsic_unbiased(K: np.ndarray, L: np.ndarray) -> float:
@@ -205,9 +296,10 @@ def hsic(K, L, unbiased: bool = False) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- CKA
-def _rbf_gram(X: np.ndarray, fraction: float, name: str) -> np.ndarray:
+def _rbf_gram(X: np.ndarray, fraction: float, name: str, gram: np.ndarray | None = None) -> np.ndarray:
+    """RBF kernel ``(n, n)`` of the rows of ``X`` ``(n, d)`` (``gram``: ``X @ X.T`` when already computed)."""
     sq = np.einsum("ij,ij->i", X, X)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (X @ X.T)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (X @ X.T if gram is None else gram)
     np.maximum(d2, 0.0, out=d2)
     np.fill_diagonal(d2, 0.0)
     iu = np.triu_indices(X.shape[0], k=1)
@@ -221,7 +313,8 @@ def _rbf_gram(X: np.ndarray, fraction: float, name: str) -> np.ndarray:
     return np.exp(-d2 / (2.0 * sigma**2))
 
 
-def cka(X, Y, kernel: str = "linear", unbiased: bool = False, sigma: float | None = None) -> float:
+def cka(X, Y, kernel: str = "linear", unbiased: bool = False, sigma: float | None = None,
+        cache: dict | None = None) -> float:
     """Centred kernel alignment between two representations of the same samples.
 
     ``CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))`` (Kornblith et al. 2019, "Similarity of
@@ -250,6 +343,9 @@ def cka(X, Y, kernel: str = "linear", unbiased: bool = False, sigma: float | Non
     sigma : float, optional
         RBF only: bandwidth as a **fraction of the median pairwise distance** (Kornblith et al.'s
         ``threshold``; the paper reports 0.2, 0.4 and 0.8). Default 0.8.
+    cache : dict, optional
+        Shared by calls on the same ``X`` (see "Sharing work across calls" in the module docstring): what is
+        computed from ``X`` (or ``Y``) alone is reused; the result is the same with or without it.
 
     Returns
     -------
@@ -274,32 +370,40 @@ def cka(X, Y, kernel: str = "linear", unbiased: bool = False, sigma: float | Non
         )
     X, Y = _validate_pair(X, Y, 4 if unbiased else 2, "CKA" + (" (unbiased)" if unbiased else ""))
     n = X.shape[0]
-    Xc, Yc = _center(X), _center(Y)
+    xs, ys = _sides(X, Y, cache)
 
     if kernel == "linear" and not unbiased:
         dx, dy = X.shape[1], Y.shape[1]
         if dx * dy + dx * dx + dy * dy <= n * (dx + dy):  # feature space is cheaper than Grams
+            Xc, Yc = xs.centered(), ys.centered()
             cross = float(np.sum((Yc.T @ Xc) ** 2))
-            self_x = float(np.linalg.norm(Xc.T @ Xc))
-            self_y = float(np.linalg.norm(Yc.T @ Yc))
+            self_x = xs.get("norm_scatter", lambda: float(np.linalg.norm(xs.scatter())))
+            self_y = ys.get("norm_scatter", lambda: float(np.linalg.norm(ys.scatter())))
         else:
-            K, L = Xc @ Xc.T, Yc @ Yc.T
+            K, L = xs.linear(), ys.linear()
             cross = float(np.sum(K * L))
-            self_x = float(np.linalg.norm(K))
-            self_y = float(np.linalg.norm(L))
+            self_x = xs.get("norm_linear", lambda: float(np.linalg.norm(K)))
+            self_y = ys.get("norm_linear", lambda: float(np.linalg.norm(L)))
         _check_self(self_x, "X")
         _check_self(self_y, "Y")
         return cross / (self_x * self_y)
 
+    gram = "linear" if kernel == "linear" else ("rbf", float(sigma))
     if kernel == "linear":
-        K, L = Xc @ Xc.T, Yc @ Yc.T
+        K, L = xs.linear(), ys.linear()
     else:
-        K, L = _rbf_gram(Xc, float(sigma), "X"), _rbf_gram(Yc, float(sigma), "Y")
-    est = _hsic_unbiased if unbiased else _hsic_biased
-    hxx, hyy = est(K, K), est(L, L)
+        K, L = xs.rbf(float(sigma)), ys.rbf(float(sigma))
+    if unbiased:
+        hxx = xs.get(("hsic_unbiased", gram), lambda: _hsic_unbiased(K, K))
+        hyy = ys.get(("hsic_unbiased", gram), lambda: _hsic_unbiased(L, L))
+    else:
+        Kc = xs.get(("double_centred", gram), lambda: _double_center(K))
+        hxx = xs.get(("hsic_biased", gram), lambda: _hsic_biased_centred(Kc, K))
+        hyy = ys.get(("hsic_biased", gram), lambda: _hsic_biased(L, L))
     _check_self(hxx, "X")
     _check_self(hyy, "Y")
-    return est(K, L) / np.sqrt(hxx * hyy)
+    cross = _hsic_unbiased(K, L) if unbiased else _hsic_biased_centred(Kc, L)
+    return cross / np.sqrt(hxx * hyy)
 
 
 def _check_self(value: float, name: str) -> None:
@@ -311,7 +415,7 @@ def _check_self(value: float, name: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ k-NN measures
-def mutual_knn(X, Y, k: int = 10, ties: str = "average") -> float:
+def mutual_knn(X, Y, k: int = 10, ties: str = "average", cache: dict | None = None) -> float:
     """Mutual k-nearest-neighbour alignment (Huh et al. 2024, "The Platonic Representation Hypothesis").
 
     For each sample ``i`` let ``N_X(i)`` be its ``k`` nearest neighbours by cosine similarity among
@@ -331,6 +435,9 @@ def mutual_knn(X, Y, k: int = 10, ties: str = "average") -> float:
         score when ties at the k-th neighbour are broken uniformly at random, independently in
         each space: ``mean_i sum_j w_X(i, j) w_Y(i, j) / k`` with the fractional neighbour weights
         ``w``. ``"index"`` keeps the lowest-index tied candidates.
+    cache : dict, optional
+        Shared by calls on the same ``X`` (see "Sharing work across calls" in the module docstring): what is
+        computed from ``X`` (or ``Y``) alone is reused; the result is the same with or without it.
 
     Returns
     -------
@@ -341,12 +448,12 @@ def mutual_knn(X, Y, k: int = 10, ties: str = "average") -> float:
     X, Y = _validate_pair(X, Y, 2, "mutual_knn")
     n = X.shape[0]
     k = _check_k(k, n)
-    WX = _neighbour_weights(_cosine_gram(X, "X"), k, ties)
-    WY = _neighbour_weights(_cosine_gram(Y, "Y"), k, ties)
+    xs, ys = _sides(X, Y, cache)
+    WX, WY = xs.knn(k, ties), ys.knn(k, ties)
     return float(np.sum(WX * WY) / (n * k))
 
 
-def cknna(X, Y, k: int = 10, ties: str = "average") -> float:
+def cknna(X, Y, k: int = 10, ties: str = "average", cache: dict | None = None) -> float:
     """Centred kernel nearest-neighbour alignment (CKNNA; Huh et al. 2024).
 
     CKA restricted to pairs that are nearest neighbours in both spaces, following the authors'
@@ -379,6 +486,9 @@ def cknna(X, Y, k: int = 10, ties: str = "average") -> float:
         Neighbourhood size, ``2 <= k <= n_samples - 1`` (the reference code requires ``k >= 2``).
     ties : {"average", "index"}, default "average"
         Tie rule (see the module docstring).
+    cache : dict, optional
+        Shared by calls on the same ``X`` (see "Sharing work across calls" in the module docstring): what is
+        computed from ``X`` (or ``Y``) alone is reused; the result is the same with or without it.
 
     Returns
     -------
@@ -389,14 +499,13 @@ def cknna(X, Y, k: int = 10, ties: str = "average") -> float:
     X, Y = _validate_pair(X, Y, 4, "cknna")
     n = X.shape[0]
     k = _check_k(k, n, minimum=2)
-    K = _cosine_gram(X, "X")
-    L = _cosine_gram(Y, "Y")
-    WK = _neighbour_weights(K, k, ties)
-    WL = _neighbour_weights(L, k, ties)
+    xs, ys = _sides(X, Y, cache)
+    K, L = xs.cosine(), ys.cosine()
+    WK, WL = xs.knn(k, ties), ys.knn(k, ties)
     M = WK * WL
     kl = _hsic_unbiased(M * K, M * L)
-    kk = _hsic_unbiased(WK * K, WK * K)
-    ll = _hsic_unbiased(WL * L, WL * L)
+    kk = _knn_self_alignment(xs, k, ties)
+    ll = _knn_self_alignment(ys, k, ties)
     if not kk * ll > 0:
         raise ObjalignError(
             f"CKNNA is undefined here: the k-NN self-alignments of X and Y are {kk:.3g} and {ll:.3g} "
@@ -405,18 +514,28 @@ def cknna(X, Y, k: int = 10, ties: str = "average") -> float:
     return float(kl / np.sqrt(kk * ll))
 
 
+def _knn_self_alignment(side: _Side, k: int, ties: str) -> float:
+    """``HSIC_u(W o K, W o K)`` of one space's cosine kernel ``K`` on its own neighbour weights ``W`` (CKNNA)."""
+    def compute():
+        WK = side.knn(k, ties) * side.cosine()
+        return _hsic_unbiased(WK, WK)
+    return side.get(("knn_self_alignment", k, ties), compute)
+
+
 # --------------------------------------------------------------------------------------------- SVCCA
-def _top_subspace(Xc: np.ndarray, dim: int, name: str) -> np.ndarray:
+def _top_subspace(Xc: np.ndarray, dim: int, name: str, gram: np.ndarray | None = None) -> np.ndarray:
     """Orthonormal basis ``(n, dim)`` of the span of the top ``dim`` left singular vectors of ``Xc``.
 
     Uses the symmetric eigendecomposition of the smaller of ``Xc^T Xc`` and ``Xc Xc^T`` (only the
-    top ``dim`` eigenpairs), which is much faster than a full SVD for ``dim << min(n, d)``.
+    top ``dim`` eigenpairs; ``gram``: that matrix when already computed), which is much faster than a
+    full SVD for ``dim << min(n, d)``.
     """
     from scipy.linalg import eigh
 
     n, d = Xc.shape
     m = min(n, d)
-    gram = Xc.T @ Xc if d <= n else Xc @ Xc.T
+    if gram is None:
+        gram = Xc.T @ Xc if d <= n else Xc @ Xc.T
     evals, evecs = eigh(gram, subset_by_index=[m - dim, m - 1])
     top = float(np.max(np.abs(evals)))
     tol = top * max(n, d) * np.finfo(np.float64).eps * 10
@@ -432,7 +551,7 @@ def _top_subspace(Xc: np.ndarray, dim: int, name: str) -> np.ndarray:
     return evecs
 
 
-def svcca(X, Y, dim: int = 10) -> float:
+def svcca(X, Y, dim: int = 10, cache: dict | None = None) -> float:
     """Singular vector canonical correlation analysis (Raghu et al. 2017, "SVCCA", NeurIPS).
 
     Each representation is column-centred and reduced by SVD to its top ``dim`` singular
@@ -453,6 +572,9 @@ def svcca(X, Y, dim: int = 10) -> float:
     dim : int, default 10
         Number of singular directions kept in each space; ``1 <= dim`` and both centred
         matrices must have rank at least ``dim`` (so ``dim <= n_samples - 1``).
+    cache : dict, optional
+        Shared by calls on the same ``X`` (see "Sharing work across calls" in the module docstring): what is
+        computed from ``X`` (or ``Y``) alone is reused; the result is the same with or without it.
 
     Returns
     -------
@@ -469,7 +591,7 @@ def svcca(X, Y, dim: int = 10) -> float:
             f"dim={dim} is too large: expected dim <= min(n_samples - 1, n_features_x, "
             f"n_features_y) = {limit}"
         )
-    Ux = _top_subspace(_center(X), dim, "X")
-    Uy = _top_subspace(_center(Y), dim, "Y")
+    xs, ys = _sides(X, Y, cache)
+    Ux, Uy = xs.subspace(dim), ys.subspace(dim)
     rho = np.linalg.svd(Ux.T @ Uy, compute_uv=False)
     return float(np.mean(np.clip(rho, 0.0, 1.0)))

@@ -4,6 +4,7 @@
   with replacement, vectorised through per-group sums and a resample-count matrix.
 - :func:`permutation_pvalue`: the ``(1 + #{null >= observed}) / (1 + B)`` p-value.
 - :func:`group_permutations`: label permutations that move whole images (blocks) or single rows.
+- :func:`unique_rows`: the distinct rows of a matrix (text targets repeat one row per category).
 - :func:`ridge_permutation_null`: a permutation null for a closed-form ridge map, re-fitted for each
   permutation of the training pairing at the cost of one matrix product (the ridge hat matrix does
   not depend on the targets).
@@ -28,6 +29,7 @@ __all__ = [
     "group_permutations",
     "permutation_pvalue",
     "ridge_permutation_null",
+    "unique_rows",
 ]
 
 _ALTERNATIVES = ("greater", "less", "two-sided")
@@ -63,6 +65,33 @@ def _group_codes(groups, n: int | None, name: str = "groups") -> np.ndarray:
             f"{name} labels must be mutually comparable (all integers or all strings): {exc}"
         ) from None
     return codes.ravel().astype(np.intp)
+
+
+def unique_rows(A) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of a finite matrix ``A`` ``(n, d)``: ``(first (u,), codes (n,))``, exactly what
+    ``np.unique(A, axis=0, return_index=True, return_inverse=True)`` returns after the unique rows (rows in
+    lexicographic numerical order, ``first`` the index of each one's first occurrence, ``A[first][codes] == A``).
+
+    Faster for wide rows: rows are told apart by hashing their bytes (``-0.0`` made ``+0.0`` first, so equal numbers
+    have equal bytes) and only the ``u`` distinct rows are sorted as numbers.
+    """
+    A = np.asarray(A)
+    if A.ndim != 2 or A.shape[1] == 0 or A.dtype.kind not in "fiub":
+        _, first, codes = np.unique(A, axis=0, return_index=True, return_inverse=True)
+        return first, codes.ravel().astype(np.intp)
+    B = np.ascontiguousarray(A + np.zeros((), A.dtype))  # -0.0 + 0.0 = +0.0
+    buf, width = B.tobytes(), B.dtype.itemsize * B.shape[1]
+    seen: dict[bytes, int] = {}
+    occurrence = np.fromiter((seen.setdefault(buf[i * width:(i + 1) * width], i) for i in range(len(B))),
+                             dtype=np.intp, count=len(B))  # each row's first occurrence
+    first, codes = np.unique(occurrence, return_inverse=True)
+    D = B[first]
+    order = np.argsort(D[:, 0], kind="stable")
+    if len(D) > 1 and np.any(D[order[1:], 0] == D[order[:-1], 0]):  # ties in column 0: sort by every column
+        order = np.lexsort(D.T[::-1])
+    label = np.empty(len(first), dtype=np.intp)
+    label[order] = np.arange(len(first))
+    return first[order], label[codes]
 
 
 def _resample_counts(n_groups: int, size: int, rng: np.random.Generator) -> np.ndarray:
