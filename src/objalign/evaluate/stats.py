@@ -425,8 +425,11 @@ def single_threaded_blas():
     each call (~7 ms), and the align stage enters this context for each of its many small products.
     """
     if not _BLAS:
-        import scipy.linalg  # noqa: F401  (scipy's BLAS is loaded before the scan)
+        import importlib
+
         from threadpoolctl import ThreadpoolController
+
+        importlib.import_module("scipy.linalg")  # scipy's own BLAS is loaded before the scan
 
         _BLAS.append(ThreadpoolController())
     return _BLAS[0].limit(limits=1, user_api="blas")
