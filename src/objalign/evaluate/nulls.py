@@ -138,7 +138,7 @@ class CategoryScorer:
         if KK is None:
             KK = np.matmul(K, K.transpose(0, 2, 1))
         sims = np.matmul(self._Gs, K)
-        own_s = np.take(sims.reshape(m, c * n), self._own, axis=1)  # C-ordered, as every (m, n) array here
+        own_s = np.take(sims.reshape(m, c * n), self._own, axis=1)  # C-ordered: row sums independent of m
         own = own_s * self._e_own  # (C G)_{i l_i}
         p2_raw = np.einsum("mcn,c,mcn->mn", sims, self.e_norm, K)  # ||P_i||^2
         p2 = np.maximum(p2_raw, 0.0)
@@ -254,14 +254,15 @@ def smoother_nulls(blocks: list[dict], class_embs: dict, choices: dict, n_permut
     # ~20x slower per permutation with 2 threads on a shared 2-core machine). A chunk of permutations shares one
     # sparse product per block (and per selected grid point): (chunk * c, n_train_f) indicators times S^T.
     n_test = len(labels)
-    step = max(1, min(int(n_permutations), (64 * 2**20) // max(8 * c * n_test * len(keys), 1)))
+    distinct = len({_choice_key(choices[k], 0, int(n_permutations)) for k in keys})  # sets of coefficients held
+    step = max(1, min(int(n_permutations), (64 * 2**20) // max(8 * c * n_test * distinct, 1)))
     with single_threaded_blas():
         for p0 in range(0, int(n_permutations), step):
             p1 = min(int(n_permutations), p0 + step)
             chosen = [np.stack([np.asarray(choices[k][f][p0:p1]) for k in keys]) for f in range(len(blocks))]
             sets: dict[bytes, list] = {}  # sets with the same choices in this chunk share their coefficients
-            for j, k in enumerate(keys):
-                sets.setdefault(b"".join(ch[j].astype(np.int64).tobytes() for ch in chosen), []).append(k)
+            for k in keys:
+                sets.setdefault(_choice_key(choices[k], p0, p1), []).append(k)
             firsts = [keys.index(ks[0]) for ks in sets.values()]
             coef = _chunk_coefficients(blocks, ST, train_labels, perms, chosen, firsts, p0, p1, c)
             for ks, (K, KK) in zip(sets.values(), coef):
@@ -270,6 +271,11 @@ def smoother_nulls(blocks: list[dict], class_embs: dict, choices: dict, n_permut
                         for name, v in scorers[k].figures_batch_cn(K[s0:s0 + 32], KK[s0:s0 + 32]).items():
                             out[k].setdefault(name, []).append(v)
     return {k: {name: np.concatenate(v) for name, v in out[k].items()} for k in keys}
+
+
+def _choice_key(choice: list, p0: int, p1: int) -> bytes:
+    """The grid points a set selected for permutations ``p0:p1`` of every block, as one hashable key."""
+    return b"".join(np.asarray(ch[p0:p1], dtype=np.int64).tobytes() for ch in choice)
 
 
 def _chunk_coefficients(blocks, ST, train_labels, perms, chosen, sets, p0, p1, c) -> list[tuple]:
