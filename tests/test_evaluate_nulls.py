@@ -114,3 +114,92 @@ def test_null_rejects_a_bad_count():
     block = {"S": np.zeros((len(Xte), len(Xtr))), "train_labels": lab_tr, "train_groups": g_tr, "test_labels": lab_te}
     with pytest.raises(ObjalignError, match="n_permutations"):
         smoother_null([block], E, 0)
+
+
+def _direct_figures(C, E, lab, fold_of=None):
+    """Every figure of the predictions ``C @ E`` from objalign.evaluate.metrics (per fold of unseen candidates)."""
+    from objalign.evaluate.metrics import figures_from_instances, per_instance, r2_uniform, r2_variance_weighted
+
+    P, T = C @ E, E[lab]
+    if fold_of is None:
+        inst = per_instance(P, T, lab, E)
+    else:  # each object ranked among its own fold's categories: per_instance per fold, pooled in object order
+        parts = []
+        for g in np.unique(fold_of[lab]):
+            rows = np.flatnonzero(fold_of[lab] == g)
+            parts.append((rows, per_instance(P[rows], T[rows], lab[rows], E, np.flatnonzero(fold_of == g))))
+        order = np.argsort(np.concatenate([idx for idx, _ in parts]), kind="stable")
+        inst = {k: np.concatenate([p[k] for _, p in parts])[order] for k in parts[0][1]}
+    return {"r2": r2_uniform(T, P), "r2_variance_weighted": r2_variance_weighted(T, P), **figures_from_instances(inst)}
+
+
+@pytest.mark.parametrize("constant_dim", [False, True])
+@pytest.mark.parametrize("with_unseen", [False, True])
+def test_figures_batch_equals_the_metrics_of_each_prediction(constant_dim, with_unseen):
+    rng = np.random.default_rng(7)
+    m, n, c, q = 6, 70, 8, 12
+    E = rng.normal(size=(c, q))
+    E[5] = E[2]  # two categories with the same text: a tie, counted against the truth by both
+    if constant_dim:  # a text dimension that is the same for every category is left out of both R²
+        E[:, 3] = 0.25
+    lab = rng.integers(0, c, n)
+    fold_of = np.arange(c) % 3  # three held-out folds of categories
+    cand = fold_of[None, :] == fold_of[lab][:, None] if with_unseen else None
+    C = rng.dirichlet(np.ones(c), size=(m, n)) * 1.3 + np.eye(c)[lab] * rng.uniform(0, 1, (m, 1, 1))
+    C[0, :5] = np.eye(c)[lab[:5]]  # some exact predictions (zero residuals)
+    got = CategoryScorer(E, lab, cand).figures_batch(C)
+    assert set(got) == set(_direct_figures(C[0], E, lab, fold_of if with_unseen else None))
+    for j in range(m):
+        want = _direct_figures(C[j], E, lab, fold_of if with_unseen else None)
+        for k, v in want.items():
+            assert got[k][j] == pytest.approx(v, rel=1e-10, abs=1e-12), (j, k)
+
+
+def test_a_permutation_scores_the_same_alone_or_in_any_batch():
+    # evaluate with one target set and evaluate_targets with several must give identical nulls to the last bit
+    rng = np.random.default_rng(8)
+    for n, live in ((53, True), (300, False)):
+        m, c = 11, 9
+        E = rng.normal(size=(c, 16))
+        if not live:
+            E[:, 0] = 1.0
+        lab = rng.integers(0, c, n)
+        scorer = CategoryScorer(E, lab, rng.random((n, c)) < 0.5)
+        K = np.ascontiguousarray(rng.dirichlet(np.ones(c), size=(m, n)).transpose(0, 2, 1))
+        full = scorer.figures_batch_cn(K)
+        for size in (1, 2, 3, 4, 7):
+            for j in range(0, m, size):
+                part = scorer.figures_batch_cn(K[j:j + size].copy())
+                for k, v in part.items():
+                    assert np.array_equal(v, full[k][j:j + size]), (n, size, j, k)
+
+
+def test_nulls_of_several_target_sets_equal_each_set_alone_and_the_refits():
+    # two blocks (pooled held-out-category folds), two grid points chosen per permutation (selection null):
+    # two sets with the same choices (sharing coefficients) and one with its own
+    from objalign.evaluate.nulls import block_permutations, smoother_nulls
+
+    rng = np.random.default_rng(9)
+    B, c = 7, 5
+    folds = [_problem(n=60, m=25, c=c, seed=s) for s in (12, 13)]
+    embs = {"a": rng.normal(size=(c, 10)), "b": rng.normal(size=(c, 7)), "c": rng.normal(size=(c, 4))}
+    embs["c"][:, 1] = 2.0
+    blocks = [{"S": {g: smoother_operator(Ridge(alpha=a), f[0], f[1]) for g, a in ((0, 0.5), (3, 20.0))},
+               "train_labels": f[2], "train_groups": f[5], "test_labels": f[3]} for f in folds]
+    shared = [rng.choice([0, 3], B) for _ in folds]
+    choices = {"a": shared, "b": [s.copy() for s in shared], "c": [rng.choice([0, 3], B) for _ in folds]}
+    lab = np.concatenate([f[3] for f in folds])
+    fold_of = np.array([0, 0, 1, 1, 1])
+    cand = fold_of[None, :] == fold_of[lab][:, None]
+    together = smoother_nulls(blocks, embs, choices, B, seed=4, candidates=cand)
+    perms = [block_permutations(b["train_groups"], B, 4, f) for f, b in enumerate(blocks)]
+    for k in embs:
+        alone = smoother_nulls(blocks, {k: embs[k]}, {k: choices[k]}, B, seed=4, candidates=cand)[k]
+        assert alone.keys() == together[k].keys()
+        for name, v in alone.items():
+            assert np.array_equal(v, together[k][name]), (k, name)
+        for b in range(B):  # the coefficients of the map refitted on the permuted labels with the chosen alpha
+            C = np.vstack([blk["S"][choices[k][f][b]] @ np.eye(c)[blk["train_labels"][perms[f][b]]]
+                           for f, blk in enumerate(blocks)])
+            for name, want in _direct_figures(C, embs[k], lab, fold_of).items():
+                assert alone[name][b] == pytest.approx(want, rel=1e-9, abs=1e-12), (k, b, name)

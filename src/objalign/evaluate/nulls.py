@@ -124,13 +124,18 @@ class CategoryScorer:
     ``||P_i - E_l||^2 = ||P_i||^2 - 2 (C G)_{il} + G_ll``. The uniform R² uses the same identities with
     ``E D`` for ``D = diag(SS_tot)^{-1/2}`` over the text dimensions that vary over the test objects (constant
     ones are left out, as in :func:`objalign.evaluate.metrics.r2_uniform`).
+
+    The R² figures need only totals over the objects: for a Gram ``H``, ``sum_i C_i H C_i^T = <H, C^T C>`` and
+    ``sum_i (C H)_{i l_i} = <C, H[:, l]^T>``, so they take the ``(c, c)`` matrix ``C^T C`` (which does not depend
+    on the targets: :func:`smoother_nulls` computes it once for every target set) and one dot product each.
+    Rankings use ``C G diag(||E_k||)^{-1}`` from one product with the scaled Gram.
     """
 
     def __init__(self, class_emb: np.ndarray, label_index: np.ndarray, candidates: np.ndarray | None = None):
         E = np.asarray(class_emb, dtype=np.float64)
-        self.labels = np.asarray(label_index)
+        self.labels = lab = np.asarray(label_index)
         self.G = E @ E.T
-        T = E[self.labels]
+        T = E[lab]
         ss_tot = np.sum((T - T.mean(axis=0)) ** 2, axis=0)
         live = ss_tot > CONSTANT_DIM_RTOL * max(float(ss_tot.max()), 1e-300)
         self.q = max(int(live.sum()), 1)
@@ -141,7 +146,23 @@ class CategoryScorer:
         self.ss_tot = float(ss_tot[live].sum()) if live.any() else 1.0
         self.e_norm = np.sqrt(np.maximum(np.diag(self.G), 1e-300))
         self.candidates = candidates
-        self.rows = np.arange(len(self.labels))
+        n, c = len(lab), len(E)
+        self.rows = np.arange(n)
+        # the rest serves figures_batch_cn, on coefficients laid out (c, n) per permutation
+        self._Gs = self.G / self.e_norm[:, None]  # (Gs K)_{kn} = (C G)_{nk} / ||E_k||, the ranking similarities
+        self._own = lab * n + self.rows  # flat index of (l_i, i) in a (c, n) array
+        self._g_own = self.G[lab, lab]
+        self._e_own = self.e_norm[lab]
+        self._r2 = [self._totals(H) for H in (self.Gd, None if live.all() else self.Gl)]  # None: Gl is G
+        self._count = np.uint8 if c < 255 else np.int32  # rank counts (at most c - 1)
+        self._cand = None if candidates is None else np.ascontiguousarray(np.asarray(candidates, dtype=bool).T)
+
+    def _totals(self, H):
+        """What the residual total over a Gram ``H`` needs: ``H`` flat, ``H[:, l]`` flat and ``sum_i H_{l_i l_i}``."""
+        if H is None:
+            return None
+        lab = self.labels
+        return H.reshape(1, -1, 1), H[:, lab].reshape(1, -1, 1), float(H[lab, lab].sum())
 
     def figures(self, C: np.ndarray) -> dict[str, float]:
         """All figures of predictions ``C @ class_emb`` for ``C`` of shape (n, c)."""
@@ -149,33 +170,54 @@ class CategoryScorer:
 
     def figures_batch(self, C: np.ndarray) -> dict[str, np.ndarray]:
         """:meth:`figures` of a stack of coefficient matrices ``C`` (m, n, c): figure -> (m,) array."""
-        i, lab = self.rows, self.labels
-        CG = np.matmul(C, self.G)
-        p2 = np.maximum(np.sum(CG * C, axis=2), 0.0)
-        own = CG[:, i, lab]
-        res2 = np.maximum(p2 - 2 * own + self.G[lab, lab], 0.0)
-        CGl = np.matmul(C, self.Gl)
-        res2_live = np.sum(CGl * C, axis=2) - 2 * CGl[:, i, lab] + self.Gl[lab, lab]
-        CGd = np.matmul(C, self.Gd)
-        wres = np.sum(CGd * C, axis=2) - 2 * CGd[:, i, lab] + self.Gd[lab, lab]
-        pn = np.sqrt(np.maximum(p2, 1e-24))
-        sims = CG / self.e_norm  # ranking within a row does not need ||P_i||
-        own_s = sims[:, i, lab]
-        above = sims > own_s[:, :, None]
-        rank = 1 + np.sum(above, axis=2)
-        res = np.sqrt(res2)
+        return self.figures_batch_cn(np.ascontiguousarray(np.asarray(C, dtype=np.float64).transpose(0, 2, 1)))
+
+    def figures_batch_cn(self, K: np.ndarray, KK: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """:meth:`figures_batch` of the transposed coefficients ``K = C^T`` (m, c, n), the nulls' layout.
+
+        Parameters
+        ----------
+        K : (m, c, n) C-contiguous
+        KK : (m, c, c), optional
+            ``K[j] @ K[j].T`` (computed here when not given).
+
+        Notes
+        -----
+        Each permutation's figures depend on its own ``K[j]`` (and ``KK[j]``) only, to the last bit: no product
+        here is computed across the stack, so a permutation scores the same in any batch.
+        """
+        m, c, n = K.shape
+        if KK is None:
+            KK = np.matmul(K, K.transpose(0, 2, 1))
+        sims = np.matmul(self._Gs, K)
+        own_s = np.take(sims.reshape(m, c * n), self._own, axis=1)  # C-ordered: row sums independent of m
+        own = own_s * self._e_own  # (C G)_{i l_i}
+        p2_raw = np.einsum("mcn,c,mcn->mn", sims, self.e_norm, K)  # ||P_i||^2
+        p2 = np.maximum(p2_raw, 0.0)
+        res = np.sqrt(np.maximum(p2 - 2 * own + self._g_own, 0.0))
+        flat_KK, flat_K = KK.reshape(m, 1, c * c), K.reshape(m, 1, c * n)
+        H, H_own, h_own = self._r2[0]
+        wres = (np.matmul(flat_KK, H) - 2 * np.matmul(flat_K, H_own))[:, 0, 0] + h_own
+        if self._r2[1] is None:
+            res2_live = p2_raw.sum(axis=1) - 2 * own.sum(axis=1) + float(self._g_own.sum())
+        else:
+            H, H_own, h_own = self._r2[1]
+            res2_live = (np.matmul(flat_KK, H) - 2 * np.matmul(flat_K, H_own))[:, 0, 0] + h_own
+        above = np.greater(sims, own_s[:, None, :])
+        rank = 1 + np.add.reduce(above.view(np.uint8), axis=1, dtype=self._count).astype(np.int64)
         out = {
-            "r2": 1.0 - wres.sum(axis=1) / self.q,
-            "r2_variance_weighted": 1.0 - res2_live.sum(axis=1) / self.ss_tot,
-            "cosine_mean": np.mean(own / (pn * self.e_norm[lab]), axis=1),
+            "r2": 1.0 - wres / self.q,
+            "r2_variance_weighted": 1.0 - res2_live / self.ss_tot,
+            "cosine_mean": np.mean(own / (np.sqrt(np.maximum(p2, 1e-24)) * self._e_own), axis=1),
             "residual_mean": res.mean(axis=1),
             "residual_median": np.median(res, axis=1),
             "top1": np.mean(rank <= 1, axis=1),
             "top5": np.mean(rank <= 5, axis=1),
             "mean_rank": rank.mean(axis=1),
         }
-        if self.candidates is not None:
-            ru = 1 + np.sum(above & self.candidates, axis=2)
+        if self._cand is not None:
+            unseen = np.logical_and(above, self._cand, out=above).view(np.uint8)
+            ru = 1 + np.add.reduce(unseen, axis=1, dtype=self._count).astype(np.int64)
             out.update(top1_unseen=np.mean(ru <= 1, axis=1), top5_unseen=np.mean(ru <= 5, axis=1),
                        mean_rank_unseen=ru.mean(axis=1))
         return out
@@ -246,10 +288,11 @@ def smoother_nulls(blocks: list[dict], class_embs: dict, choices: dict, n_permut
     -----
     A permutation's category coefficients ``S onehot(c[pi])`` depend on the smoother only, not on the targets:
     each is computed once (one sparse product per block and grid point for every row any set needs, exactly
-    the rows of a single set's product) and scored by each set's :class:`CategoryScorer`.
+    the rows of a single set's product), laid out ``(c, n_test)`` as the sparse product gives them, with its
+    ``C^T C`` (:meth:`CategoryScorer.figures_batch_cn`); sets that selected the same grid points share them, and
+    each set's :class:`CategoryScorer` scores them. A permutation's figures for a set do not depend on which
+    other sets are in the call.
     """
-    from ..align._permuted_cv import _indicator
-
     _check_permutations(n_permutations)
     keys = list(class_embs)
     c = len(class_embs[keys[0]])
@@ -262,30 +305,63 @@ def smoother_nulls(blocks: list[dict], class_embs: dict, choices: dict, n_permut
     # The per-permutation products are small: threaded BLAS only adds synchronisation there (measured
     # ~20x slower per permutation with 2 threads on a shared 2-core machine). A chunk of permutations shares one
     # sparse product per block (and per selected grid point): (chunk * c, n_train_f) indicators times S^T.
-    n_test = sum(len(b["test_labels"]) for b in blocks)
-    step = max(1, min(int(n_permutations), (64 * 2**20) // max(8 * c * n_test * len(keys), 1)))
+    n_test = len(labels)
+    distinct = len({_choice_key(choices[k], 0, int(n_permutations)) for k in keys})  # sets of coefficients held
+    step = max(1, min(int(n_permutations), (64 * 2**20) // max(8 * c * n_test * distinct, 1)))
     with single_threaded_blas():
         for p0 in range(0, int(n_permutations), step):
             p1 = min(int(n_permutations), p0 + step)
-            coef = {k: [] for k in keys}
-            for f, b in enumerate(blocks):
-                labs = train_labels[f][perms[f][p0:p1]]  # (chunk, n_train_f)
-                chosen = np.stack([np.asarray(choices[k][f][p0:p1]) for k in keys])  # (n_keys, chunk)
-                Cf = {k: np.empty((p1 - p0, c, len(b["test_labels"]))) for k in keys}
-                for point in np.unique(chosen):
-                    rows = np.flatnonzero((chosen == point).any(axis=0))
-                    P = (_indicator(labs[rows], c) @ ST[f][int(point)]).reshape(len(rows), c, -1)
-                    for j, k in enumerate(keys):
-                        mine = chosen[j, rows] == point
-                        Cf[k][rows[mine]] = P[mine]
-                for k in keys:
-                    coef[k].append(Cf[k])
+            chosen = [np.stack([np.asarray(choices[k][f][p0:p1]) for k in keys]) for f in range(len(blocks))]
+            sets: dict[bytes, list] = {}  # sets with the same choices in this chunk share their coefficients
             for k in keys:
-                C = np.concatenate([Cf.transpose(0, 2, 1) for Cf in coef[k]], axis=1)  # (chunk, n_test, c)
-                for s0 in range(0, p1 - p0, 32):  # a few permutations' (n_test, c) products at a time
-                    for name, v in scorers[k].figures_batch(C[s0:s0 + 32]).items():
-                        out[k].setdefault(name, []).append(v)
+                sets.setdefault(_choice_key(choices[k], p0, p1), []).append(k)
+            firsts = [keys.index(ks[0]) for ks in sets.values()]
+            coef = _chunk_coefficients(blocks, ST, train_labels, perms, chosen, firsts, p0, p1, c)
+            for ks, (K, KK) in zip(sets.values(), coef):
+                for k in ks:
+                    for s0 in range(0, p1 - p0, 32):  # a few permutations' (c, n_test) products at a time
+                        for name, v in scorers[k].figures_batch_cn(K[s0:s0 + 32], KK[s0:s0 + 32]).items():
+                            out[k].setdefault(name, []).append(v)
     return {k: {name: np.concatenate(v) for name, v in out[k].items()} for k in keys}
+
+
+def _choice_key(choice: list, p0: int, p1: int) -> bytes:
+    """The grid points a set selected for permutations ``p0:p1`` of every block, as one hashable key."""
+    return b"".join(np.asarray(ch[p0:p1], dtype=np.int64).tobytes() for ch in choice)
+
+
+def _chunk_coefficients(blocks, ST, train_labels, perms, chosen, sets, p0, p1, c) -> list[tuple]:
+    """Category coefficients of permutations ``p0:p1`` for the sets at rows ``sets`` of ``chosen``.
+
+    Returns, per set, ``K`` (chunk, c, n_test) (``S onehot(c[pi])`` of each block's selected smoother, blocks
+    side by side) and ``KK`` (chunk, c, c) ``= K K^T`` (summed over blocks in block order).
+    """
+    from ..align._permuted_cv import _indicator
+
+    m, n_test = p1 - p0, sum(len(b["test_labels"]) for b in blocks)
+    single = len(blocks) == 1
+    K = [None if single else np.empty((m, c, n_test)) for _ in sets]
+    KK = [None if single else np.zeros((m, c, c)) for _ in sets]
+    off = 0
+    for f, b in enumerate(blocks):
+        n_f = len(b["test_labels"])
+        labs = train_labels[f][perms[f][p0:p1]]  # (chunk, n_train_f)
+        mine = chosen[f][sets]  # (n_sets, chunk) grid point per set and permutation
+        for point in np.unique(mine):
+            rows = np.flatnonzero((mine == point).any(axis=0))
+            P = (_indicator(labs[rows], c) @ ST[f][int(point)]).reshape(len(rows), c, n_f)
+            PP = np.matmul(P, P.transpose(0, 2, 1))  # a symmetric rank-k update per permutation
+            for s in range(len(sets)):
+                sel = mine[s, rows] == point
+                if single and sel.all() and len(rows) == m:
+                    K[s], KK[s] = P, PP
+                    continue
+                if K[s] is None:
+                    K[s], KK[s] = np.empty((m, c, n_test)), np.zeros((m, c, c))
+                K[s][rows[sel], :, off:off + n_f] = P[sel]
+                KK[s][rows[sel]] += PP[sel]
+        off += n_f
+    return list(zip(K, KK))
 
 
 def single_threaded_blas():
