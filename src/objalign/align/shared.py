@@ -162,6 +162,9 @@ def _fit_methods(Ztr, Zte, gtr, ltr, methods, cfg: AlignConfig, fold_no: int, ta
             rows = _choices("kernel_ridge", Ztr, gtr, ltr, targets, cfg, fold_no, n_perm if select else 0,
                             cache=weights)
             grid, scale = rows["grid"], rows["scale"]
+            needed = np.unique(np.concatenate([np.asarray(rows["choice"][k]) for k in keys]))
+            for i in sorted(needed.tolist(), key=lambda i: (grid[i]["gamma"], grid[i]["alpha"])):
+                smoothers.get("kernel_ridge", grid[i])  # a gamma's alphas in a row share its kernel matrices
             for k in keys:
                 ch = rows["choice"][k]
                 i = int(ch[0])

@@ -352,53 +352,56 @@ def _evaluate(X, groups, label_index, targets: dict, cfg: AlignConfig, category_
                 start += len(f.test)
         for k in keys:
             results[k]["per_instance"][f"{protocol}__index"] = test
-        for method in methods:
-            rows = {}
-            for k in keys:
-                class_emb = live[k]
-                Y = class_emb[label_index]
-                res = results[k]
-                fits = [{"pca_dim": ff["keys"][k]["pca_dim"], "n_train": ff["n_train"],
-                         **ff["keys"][k]["methods"][method]} for ff in fold_fits]
-                pred = np.vstack([fit["pred"] for fit in fits])
-                inst_parts = [per_instance(fit["pred"], Y[f.test], label_index[f.test], class_emb,
-                                           f.unseen if unseen else None) for f, fit in zip(folds, fits)]
-                inst = {n: np.concatenate([p[n] for p in inst_parts]) for n in inst_parts[0]}
-                figs = {"r2": r2_uniform(Y[test], pred), "r2_variance_weighted": r2_variance_weighted(Y[test], pred),
-                        **figures_from_instances(inst)}
-                hps = [fit["hp"] for fit in fits]
-                row = {"method": method, "split": protocol, **figs, "n_test": int(len(test)), "n_candidates": int(c),
-                       "chance_top1": 1.0 / c,
-                       "hyperparameters": {h: _mode([x[h] for x in hps]) for h in hps[0]},
-                       "pca_dim": int(_mode([fit["pca_dim"] for fit in fits])),
-                       "n_train": int(round(np.mean([fit["n_train"] for fit in fits]))),
-                       "n_images_test": int(len(np.unique(g))),
-                       "fit_seconds": round(sum(fit["seconds"] for fit in fits), 3)}
-                if unseen:
-                    row["n_candidates_unseen"] = float(np.mean([len(f.unseen) for f in folds]))
-                    row["chance_top1_unseen"] = float(np.mean(1.0 / cand_mask.sum(1)))
-                    row["folds"] = [{"unseen": [names[u] for u in f.unseen], "n_train": fit["n_train"],
-                                     "n_test": int(len(f.test)), "pca_dim": fit["pca_dim"],
-                                     "hyperparameters": fit["hp"]} for f, fit in zip(folds, fits)]
-                vocabulary = vocabularies.get(k)
-                if vocabulary is not None and len(vocabulary):
-                    from ..evaluate.category_level import open_vocabulary
+        # the per-target-set figures, intervals and nulls: many small products, where a BLAS thread team only
+        # adds synchronisation (and, in a matrix, is paid once per target set)
+        with single_threaded_blas():
+            for method in methods:
+                rows = {}
+                for k in keys:
+                    class_emb = live[k]
+                    Y = class_emb[label_index]
+                    res = results[k]
+                    fits = [{"pca_dim": ff["keys"][k]["pca_dim"], "n_train": ff["n_train"],
+                             **ff["keys"][k]["methods"][method]} for ff in fold_fits]
+                    pred = np.vstack([fit["pred"] for fit in fits])
+                    inst_parts = [per_instance(fit["pred"], Y[f.test], label_index[f.test], class_emb,
+                                               f.unseen if unseen else None) for f, fit in zip(folds, fits)]
+                    inst = {n: np.concatenate([p[n] for p in inst_parts]) for n in inst_parts[0]}
+                    figs = {"r2": r2_uniform(Y[test], pred),
+                            "r2_variance_weighted": r2_variance_weighted(Y[test], pred), **figures_from_instances(inst)}
+                    hps = [fit["hp"] for fit in fits]
+                    row = {"method": method, "split": protocol, **figs, "n_test": int(len(test)),
+                           "n_candidates": int(c), "chance_top1": 1.0 / c,
+                           "hyperparameters": {h: _mode([x[h] for x in hps]) for h in hps[0]},
+                           "pca_dim": int(_mode([fit["pca_dim"] for fit in fits])),
+                           "n_train": int(round(np.mean([fit["n_train"] for fit in fits]))),
+                           "n_images_test": int(len(np.unique(g))),
+                           "fit_seconds": round(sum(fit["seconds"] for fit in fits), 3)}
+                    if unseen:
+                        row["n_candidates_unseen"] = float(np.mean([len(f.unseen) for f in folds]))
+                        row["chance_top1_unseen"] = float(np.mean(1.0 / cand_mask.sum(1)))
+                        row["folds"] = [{"unseen": [names[u] for u in f.unseen], "n_train": fit["n_train"],
+                                         "n_test": int(len(f.test)), "pca_dim": fit["pca_dim"],
+                                         "hyperparameters": fit["hp"]} for f, fit in zip(folds, fits)]
+                    vocabulary = vocabularies.get(k)
+                    if vocabulary is not None and len(vocabulary):
+                        from ..evaluate.category_level import open_vocabulary
 
-                    row["open_vocabulary"] = open_vocabulary(pred, lab, class_emb, vocabulary, cfg.retrieval_k)
-                if cfg.n_bootstrap > 0:
-                    row["ci"] = bootstrap_figures(pred, Y[test], inst, g, cfg.n_bootstrap, cfg.confidence, cfg.seed,
-                                                  categories=(lab, class_emb))
-                    row["ci_level"] = cfg.confidence
-                rows[k] = (row, figs, fits)
-                for r in per_category(inst, lab, names, cids):
-                    res["per_category"].append({"split": protocol, "method": method, **r})
-                for n, v in inst.items():
-                    res["per_instance"][f"{protocol}__{method}__{n}"] = v
-            if method in METHODS and cfg.n_permutations > 0:
-                _null_rows(rows, folds, fold_fits, live, label_index, groups, cand_mask, protocol, method, cfg,
-                           results, smoother_nulls, pvalues, NULL_DESCRIPTIONS)
-            for k in keys:
-                results[k]["rows"].append(rows[k][0])
+                        row["open_vocabulary"] = open_vocabulary(pred, lab, class_emb, vocabulary, cfg.retrieval_k)
+                    if cfg.n_bootstrap > 0:
+                        row["ci"] = bootstrap_figures(pred, Y[test], inst, g, cfg.n_bootstrap, cfg.confidence, cfg.seed,
+                                                      categories=(lab, class_emb))
+                        row["ci_level"] = cfg.confidence
+                    rows[k] = (row, figs, fits)
+                    for r in per_category(inst, lab, names, cids):
+                        res["per_category"].append({"split": protocol, "method": method, **r})
+                    for n, v in inst.items():
+                        res["per_instance"][f"{protocol}__{method}__{n}"] = v
+                if method in METHODS and cfg.n_permutations > 0:
+                    _null_rows(rows, folds, fold_fits, live, label_index, groups, cand_mask, protocol, method, cfg,
+                               results, smoother_nulls, pvalues, NULL_DESCRIPTIONS)
+                for k in keys:
+                    results[k]["rows"].append(rows[k][0])
         if protocol == "heldout_images":
             fold = folds[0]
             sim_caches: dict[int, dict] = {}  # per PCA dimension: what the similarity measures compute from Zte
