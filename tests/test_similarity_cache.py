@@ -40,7 +40,8 @@ def _problem(n=60, d=12, c=7, q=10, seed=0):
     X = rng.normal(size=(n, d)) + rng.normal(size=(c, d))[lab]
     groups = np.repeat(np.arange(n // 3 + 1), 3)[:n]
     E1, E2 = rng.normal(size=(c, q)), rng.normal(size=(c, q + 3))
-    Ys = {"coded": E1[lab], "coded_other": E2[lab], "dense": X[:, :q] @ rng.normal(size=(q, q)) + rng.normal(size=(n, q))}
+    dense = X[:, :q] @ rng.normal(size=(q, q)) + rng.normal(size=(n, q))
+    Ys = {"coded": E1[lab], "coded_other": E2[lab], "dense": dense}
     return X, groups, Ys
 
 
