@@ -123,12 +123,23 @@ class _FoldWeights:
             self.ok.append(ok)
 
     def take(self, index) -> "_FoldWeights":
-        """The rows ``index`` (a view-free copy)."""
+        """The rows ``index`` (a copy)."""
         out = object.__new__(_FoldWeights)
         out.counts = [c[index] for c in self.counts]
         out.M = [[m[index] for m in Ms] for Ms in self.M]
         out.ok = [o[index] for o in self.ok]
         return out
+
+    def append(self, other: "_FoldWeights") -> "_FoldWeights":
+        """These rows followed by ``other``'s (same folds and target sets)."""
+        out = object.__new__(_FoldWeights)
+        out.counts = [np.concatenate([a, b]) for a, b in zip(self.counts, other.counts)]
+        out.M = [[np.concatenate([a, b]) for a, b in zip(Ma, Mb)] for Ma, Mb in zip(self.M, other.M)]
+        out.ok = [np.concatenate([a, b]) for a, b in zip(self.ok, other.ok)]
+        return out
+
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.counts) + sum(m.nbytes for Ms in self.M for m in Ms)
 
 
 class WeightCache:
@@ -141,9 +152,9 @@ class WeightCache:
     """
 
     def __init__(self, max_bytes: int = _WEIGHTS_BYTES):
-        self.max_bytes, self.bytes = max_bytes, 0
+        self.max_bytes = max_bytes
         self.tests = self.Zs = None
-        self.blocks, self.rows = [], {}  # row labels (bytes) -> (block, index)
+        self.store, self.rows = None, {}  # the rows computed so far; row labels (bytes) -> row of store
 
     def _same(self, tests, Zs) -> bool:
         if self.tests is None:
@@ -158,27 +169,21 @@ class WeightCache:
         if not self._same(tests, Zs):
             return _FoldWeights(labels, tests, Zs)
         keys = [row.tobytes() for row in labels]
-        missing = [b for b, k in enumerate(keys) if k not in self.rows]
+        first: dict[bytes, int] = {}  # rows not yet computed, a repeated row once
+        for b, k in enumerate(keys):
+            if k not in self.rows:
+                first.setdefault(k, b)
+        missing = list(first.values())
         if missing:
             fresh = _FoldWeights(labels[missing], tests, Zs)
-            size = sum(c.nbytes for c in fresh.counts) + sum(m.nbytes for Ms in fresh.M for m in Ms)
-            if self.bytes + size > self.max_bytes:
+            held = 0 if self.store is None else self.store.nbytes()
+            if held + fresh.nbytes() > self.max_bytes:
                 return fresh if len(missing) == len(keys) else _FoldWeights(labels, tests, Zs)
-            self.bytes += size
-            self.blocks.append(fresh)
+            offset = 0 if self.store is None else len(self.store.ok[0])
             for i, b in enumerate(missing):
-                self.rows.setdefault(keys[b], (len(self.blocks) - 1, i))
-        where = [self.rows[k] for k in keys]
-        blocks = {blk for blk, _ in where}
-        if len(blocks) == 1:
-            blk = blocks.pop()
-            return self.blocks[blk].take(np.asarray([i for _, i in where]))
-        parts = [self.blocks[blk].take(np.asarray([i])) for blk, i in where]
-        out = object.__new__(_FoldWeights)
-        out.counts = [np.concatenate([p.counts[f] for p in parts]) for f in range(len(tests))]
-        out.M = [[np.concatenate([p.M[j][f] for p in parts]) for f in range(len(tests))] for j in range(len(Zs))]
-        out.ok = [np.concatenate([p.ok[j] for p in parts]) for j in range(len(Zs))]
-        return out
+                self.rows[keys[b]] = offset + i
+            self.store = fresh if self.store is None else self.store.append(fresh)
+        return self.store.take(np.asarray([self.rows[k] for k in keys]))
 
 
 def _weights(labels, tests, Zs, cache: WeightCache | None) -> _FoldWeights:
@@ -428,11 +433,10 @@ def kernel_choices(X, codes, Z, splits, alphas, gammas, perms, kernel="rbf", deg
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from threadpoolctl import threadpool_limits
-
     from objalign.align._kernels import KernelBase
     from objalign.align._splits import find_partition
     from objalign.errors import ObjalignError
+    from objalign.evaluate.stats import single_threaded_blas
 
     X = np.asarray(X, dtype=np.float64)
     Zs, single = _target_list(Z)
@@ -446,7 +450,7 @@ def kernel_choices(X, codes, Z, splits, alphas, gammas, perms, kernel="rbf", deg
     base = KernelBase(X[order], kernel, degree, coef0)
     workers = max(1, min(int(n_jobs or 1), len(alphas)))
     tile = _tile(n)
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+    with single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
         scores, refit = _kernel_scores(base, order, bounds, codes, Zs, splits, alphas, gammas, perms, tile, pool,
                                        cache)
     return _finish(scores, refit, single, return_scores)

@@ -463,7 +463,7 @@ class KernelRidgeCV(_KernelBaseEstimator):
         # stalls badly on a shared machine, and near-perfect scaling (each point is O(n^3) of BLAS-3 work).
         from concurrent.futures import ThreadPoolExecutor
 
-        from threadpoolctl import threadpool_limits
+        from objalign.evaluate.stats import single_threaded_blas
 
         # The points of `workers` gammas at a time go to one pool: workers x n_alphas tasks, so no worker idles
         # at a group boundary, and only `workers` kernels are alive (each group reuses the last one's
@@ -471,7 +471,7 @@ class KernelRidgeCV(_KernelBaseEstimator):
         per_k = base.base.nbytes
         group = max(1, min(len(glist), workers, int(2**30 // max(per_k, 1))))
         bufs = [None] * group
-        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        with single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
             for g0 in range(0, len(glist), group):
                 gs = list(range(g0, min(g0 + group, len(glist))))
 
