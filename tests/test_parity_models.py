@@ -147,6 +147,7 @@ def test_dinov2_vitl14_full_size_at_224(tmp_path):
     path = tmp_path / "dinov2_vitl14_pretrain.pth"
     torch.save(model.state_dict(), path)
     ours = use_hub_interpolation(load_original(path, "dinov2_vitl14", use_cache=False))
+    path.unlink()  # 1.2 GB: not kept for the rest of the session
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = model.forward_features(x)["x_norm_clstoken"]
