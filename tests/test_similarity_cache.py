@@ -68,13 +68,17 @@ def test_linear_cka_feature_space_path_with_cache():
 
 def test_x_side_is_computed_once_per_cache(monkeypatch):
     X, _, Ys = _problem()
-    calls = []
-    real = sim._rbf_gram
+    calls, medians = [], []
+    real, real_median = sim._rbf_gram, sim._weighted_median
     monkeypatch.setattr(sim, "_rbf_gram", lambda A, *a, **k: calls.append(A.shape) or real(A, *a, **k))
+    monkeypatch.setattr(sim, "_weighted_median", lambda v, w: medians.append(int(w.sum())) or real_median(v, w))
     cache: dict = {}
-    for key in ("coded", "coded_other", "dense"):
+    for key in ("coded", "coded_other", "dense", "coded"):
         sim.cka(X, Ys[key], kernel="rbf", cache=cache)
-    assert calls.count(X.shape) == 1 and len(calls) == 4  # X once, each Y once
+        sim.cka(X, Ys[key][::-1], kernel="rbf", cache=cache)  # the same rows in another order
+    # X once, the dense Y once per order; a coded Y's kernel once from its category rows for both orders (the
+    # second "coded" recomputes it: "coded_other" took the cache's rows slot in between)
+    assert calls == [X.shape, (60, 10), (60, 10)] and medians == [60 * 59 // 2] * 3
 
 
 def test_a_different_or_modified_x_is_never_served_from_the_cache():
@@ -128,10 +132,13 @@ def test_calibration_with_a_shared_cache_equals_no_cache_exactly(monkeypatch):
         for name in SPEC:
             shared[name].pop("pvalue_bh")
             assert _same(shared[name], alone[key, name]), (key, name)
-    # the permutation engines reused the group sums of X's rows for the second coded target set
+    # the permutation engines reused X's sums by code (pair sums of F F^T and of Kc, the unbiased estimator's
+    # diagonal and row-sum terms, rows of its SVCCA subspace, neighbour-graph code pairs) for the second coded target
+    # set: one per permutation set (P, identity)
     memo = cache["X"][1]
-    assert sum(1 for k in memo if isinstance(k, tuple) and k[0] == "group_sums") == 2 * 2  # (F, Kc) x (P, identity)
-    assert any(isinstance(k, tuple) and k[0] == "group_sums_labelled" for k in memo)
+    sums = sorted(str(k[2]) for k in memo if isinstance(k, tuple) and k[0] == "group_sums")
+    assert sums == ["None"] * 4 + ["dense", "dense", "factor", "factor"]
+    assert sum(1 for k in memo if isinstance(k, tuple) and k[0] in ("pair_index", "pair_weights")) == 2 * 2
 
 
 def test_calibration_nulls_equal_with_cache_and_without_group_sums(monkeypatch):

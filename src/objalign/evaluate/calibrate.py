@@ -53,7 +53,6 @@ from objalign.evaluate import similarity as sim
 
 __all__ = ["MEASURES", "bh_adjust", "calibrate_measures", "calibrated", "calibration_summary", "permutation_engine"]
 
-_UNIQUE_FRACTION = 0.5  # Y is treated as coded (repeated rows) when it has at most this fraction of distinct rows
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -96,16 +95,6 @@ class _CodedKernel:
         return float(np.sum(np.outer(self.counts, self.counts) * self.Lu ** 2))
 
 
-def _unique_codes(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(first_index (u,), codes (n,))`` when ``Y`` has at most ``_UNIQUE_FRACTION * n`` distinct rows, else None."""
-    from objalign.evaluate.stats import unique_rows
-
-    first, codes = unique_rows(Y)
-    if len(first) > _UNIQUE_FRACTION * len(Y):
-        return None
-    return first, codes
-
-
 def _stacked_codes(codes: np.ndarray, P: np.ndarray, u: int, dtype=np.float64):
     """Sparse one-hot ``(B * u, n)`` (CSC) of permuted codes: block ``b``, row ``a`` sums ``{i: codes[P[b, i]] = a}``.
 
@@ -129,8 +118,8 @@ def _factor(Xc: np.ndarray) -> np.ndarray:
 
 
 def _codes(side: sim._Side) -> tuple[np.ndarray, np.ndarray] | None:
-    """:func:`_unique_codes` of one side's matrix (memoised with it)."""
-    return side.get("codes", lambda: _unique_codes(side.A))
+    """:func:`objalign.evaluate.similarity.unique_codes` of one side's matrix (memoised with it)."""
+    return side.coded()
 
 
 def _factor_terms(F: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -143,12 +132,6 @@ def _kernel_terms(K: np.ndarray, Kc: np.ndarray, unbiased: bool) -> tuple[np.nda
     """Diagonal, row sums and total of a dense kernel ``K``, and the squared norm of ``K`` (unbiased) or of ``Kc``."""
     kk = float(np.sum(K * K)) if unbiased else float(np.sum(Kc * Kc))
     return np.diag(K).copy(), K.sum(1), float(K.sum()), kk
-
-
-def _coded_linear(Yc: np.ndarray, coded: tuple[np.ndarray, np.ndarray]) -> _CodedKernel:
-    """The linear kernel of centred rows ``Yc`` that repeat, kept as its ``(u, u)`` table of distinct rows."""
-    U = Yc[coded[0]]
-    return _CodedKernel(coded[1], U @ U.T)
 
 
 _DENSE_CHUNK = 4  # permutations per stacked product against a dense (n, n) matrix (its rows stay in cache)
@@ -168,59 +151,61 @@ def _canonical(codes: np.ndarray, u: int) -> tuple[np.ndarray, np.ndarray]:
 _GROUP_SUMS_BYTES = 64 * 2 ** 20  # the largest array of group sums (permutations x codes x width) kept for reuse
 
 
-def _group_sums(side: sim._Side, key, A: np.ndarray, coded: _CodedKernel, P: np.ndarray) -> np.ndarray | None:
-    """The rows of ``A`` ``(n, w)`` summed by the permuted codes of ``coded``, for every row ``pi`` of ``P``
-    ``(B, n)``: ``(B, u, w)`` (C-contiguous, as a fresh product: the products that follow depend on the layout),
-    or None when that is too big to keep.
+def _canonical_sums(side: sim._Side, key, A: np.ndarray, codes: np.ndarray, u: int, P: np.ndarray,
+                    pairs: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of ``A`` over the groups of the permuted canonical codes, for every row ``pi`` of ``P`` ``(B, n)``, and
+    the canonical label of each code ``(u,)`` (:func:`_canonical`).
 
-    Kept in ``side``'s memo (``A`` is a matrix of that side, named by ``key``) under the canonical partition, so
-    another target set that repeats by the same categories reuses them, relabelled: a group's sum adds the same
-    rows of ``A`` in the same (index) order under any labelling, so the reused sums are bit-identical to
-    recomputed ones. The latest relabelling is kept too (the engines of one target set share it).
+    ``pairs=None``: the rows of ``A`` ``(n, w)`` summed by code, ``(B, u, w)`` (``M_pi^T A``); ``"factor"``: the
+    ``(B, u, u)`` sums ``M_pi^T A A^T M_pi`` of the kernel ``A A^T``; ``"dense"``: ``M_pi^T A M_pi`` of an ``(n, n)``
+    kernel ``A``. ``M_pi`` is the one-hot ``(n, u)`` matrix of the canonical codes ``canon[pi]``.
+
+    They depend only on ``A`` (a matrix of ``side``, named by ``key``), the partition and ``P``: kept in ``side``'s
+    memo (when at most ``_GROUP_SUMS_BYTES``), another target set that repeats by the same categories reuses them.
+    Callers put their ``(u, ...)`` tables in canonical order (``table_c[rank] = table``), so a target set's numbers
+    are computed the same way whatever its labels and whichever target sets came before.
     """
-    u = len(coded.Lu)
-    if len(P) * u * A.shape[1] * A.itemsize > _GROUP_SUMS_BYTES:
-        return None
-    canon, rank = _canonical(coded.codes, u)
-    perms = P.tobytes()
-    sums = side.get(("group_sums", key, canon.tobytes(), perms),
-                    lambda: (_stacked_codes(canon, P, u) @ A).reshape(len(P), u, -1))
-    if np.array_equal(rank, np.arange(u)):
-        return sums
-    labelled = side.memo.get(("group_sums_labelled", key))
-    if labelled is None or labelled[0] != (canon.tobytes(), rank.tobytes(), perms):
-        labelled = side.memo[("group_sums_labelled", key)] = ((canon.tobytes(), rank.tobytes(), perms),
-                                                              np.take(sums, rank, axis=1))
-    return labelled[1]
+    canon, rank = _canonical(codes, u)
+
+    def compute():
+        B = len(P)
+        out = np.empty((B, u, u if pairs else A.shape[1]))
+        chunk = _FACTOR_CHUNK if pairs != "dense" else _DENSE_CHUNK
+        counts = np.bincount(canon, minlength=u)
+        starts = np.cumsum(counts) - counts  # every code occurs in every permutation: no group is empty
+        for s in range(0, B, chunk):
+            Pc = P[s:s + chunk]
+            G = (_stacked_codes(canon, Pc, u) @ A).reshape(len(Pc), u, -1)
+            if pairs is None:
+                out[s:s + len(Pc)] = G
+            elif pairs == "factor":
+                out[s:s + len(Pc)] = np.matmul(G, G.transpose(0, 2, 1))
+            else:  # sum the columns of each row's group sums by the permuted codes too
+                C = canon[Pc]
+                for b in range(len(Pc)):
+                    out[s + b] = np.add.reduceat(G[b][:, np.argsort(C[b], kind="stable")], starts, axis=1)
+        return out
+
+    size = len(P) * u * (u if pairs else A.shape[1]) * 8
+    if size > _GROUP_SUMS_BYTES:
+        return compute(), rank
+    return side.get(("group_sums", key, pairs, canon.tobytes(), P.tobytes()), compute), rank
 
 
-def _quad(A_factor, A_dense, Y_factor, Y_dense, Y_coded: _CodedKernel | None, P: np.ndarray,
-          shared=None) -> np.ndarray:
+def _to_canonical(table: np.ndarray, rank: np.ndarray, axes: int = 1) -> np.ndarray:
+    """``table`` ``(u, ...)`` with its first ``axes`` axes relabelled: ``out[rank[a], rank[b]] = table[a, b]``."""
+    out = np.empty_like(table)
+    out[np.ix_(rank, rank) if axes == 2 else rank] = table
+    return out
+
+
+def _quad(A_factor, A_dense, Y_factor, Y_dense, P: np.ndarray) -> np.ndarray:
     """``sum(A * L[pi][:, pi])`` ``(B,)`` for each row ``pi`` of ``P`` ``(B, n)``.
 
-    ``A`` is fixed (``F F^T`` given by its factor, or dense); ``L`` is coded (repeated rows), factored or dense.
-    ``shared(coded, P)``: :func:`_group_sums` of ``A`` (or None) when ``L`` is coded.
+    ``A`` is fixed (``F F^T`` given by its factor, or dense); ``L`` is factored or dense (a coded ``L`` goes through
+    :func:`_canonical_sums`).
     """
     out = np.empty(len(P))
-    if Y_coded is not None:
-        u, Lu = len(Y_coded.Lu), Y_coded.Lu
-        chunk = _FACTOR_CHUNK if A_factor is not None else _DENSE_CHUNK
-        A = A_factor if A_factor is not None else A_dense
-        sums = None if shared is None else shared(Y_coded, P)
-        for s in range(0, len(P), chunk):
-            Pc = P[s:s + chunk]
-            B = len(Pc)
-            if sums is None:  # group sums of A's rows, per permutation: (B, u, w) = M_pi^T A
-                G = (_stacked_codes(Y_coded.codes, Pc, u) @ A).reshape(B, u, -1)
-            else:
-                G = sums[s:s + B]
-            if A_factor is not None:
-                out[s:s + B] = np.einsum("bur,bur->b", np.matmul(Lu, G), G)
-            else:
-                C = Y_coded.codes[Pc]
-                for b in range(B):  # sum_{a, j} G[a, j] Lu[a, c_pi(j)]
-                    out[s + b] = np.einsum("aj,aj->", G[b], Lu[:, C[b]])
-        return out
     if A_factor is not None and Y_factor is not None:
         for b, pi in enumerate(P):
             C = Y_factor[pi].T @ A_factor
@@ -284,7 +269,7 @@ class _CKA(_Engine):
             a_key = "factor"
             dK, rK, sK, kk = xs.get("factor_terms", lambda: _factor_terms(F))
             if coded is not None:
-                self.coded = ys.get("coded_linear", lambda: _coded_linear(ys.centered(), coded))
+                self.coded = ys.get("coded_linear", lambda: _CodedKernel(coded[1], ys.rows().linear()))
             else:
                 self.G = ys.get("factor", lambda: _factor(ys.centered()))
         else:
@@ -296,7 +281,7 @@ class _CKA(_Engine):
             dK, rK, sK, kk = xs.get(("kernel_terms", gram, self.unbiased), lambda: _kernel_terms(K, Kc, self.unbiased))
             ll_biased = ys.get(("sq_norm_centred", gram), lambda: float(np.sum(sim._double_center(L) ** 2)))
             if coded is not None:
-                self.coded = ys.get(("coded", gram), lambda: _CodedKernel(coded[1], L[np.ix_(coded[0], coded[0])]))
+                self.coded = ys.get(("coded", gram), lambda: _CodedKernel(coded[1], ys.rows().rbf(float(sig))))
             else:
                 self.L = L
         if self.coded is not None:
@@ -313,6 +298,8 @@ class _CKA(_Engine):
         if self.unbiased:  # zero-diagonal row sums and totals of the unbiased estimator
             self.dK, self.dL = dK, dL
             self.rK, self.rL = rK - dK, rL - dL
+            self.terms_key = ("unbiased_terms", a_key)
+            self.terms = xs.get(self.terms_key, lambda: np.column_stack([self.dK, self.rK]))
             self.sK, self.sL = sK - dK.sum(), sL - dL.sum()
             hxx = self._hsic_u(kk, dK @ dK, self.rK @ self.rK, self.sK * self.sK)
             hyy = self._hsic_u(ll, dL @ dL, self.rL @ self.rL, self.sL * self.sL)
@@ -322,7 +309,9 @@ class _CKA(_Engine):
         sim._check_self(hyy, "Y")
         self.denominator = math.sqrt(hxx * hyy)
         A = self.F if self.F is not None else self.A
-        self.shared = lambda coded, P: _group_sums(xs, a_key, A, coded, P)
+        self.sums = lambda key, M, P, pairs=None: _canonical_sums(xs, key, M, self.coded.codes, len(self.coded.Lu), P,
+                                                                   pairs)
+        self.pairs = lambda P: self.sums(a_key, A, P, "factor" if self.F is not None else "dense")
 
     def _hsic_u(self, q, diag, rows, sums):
         """Song et al.'s unbiased HSIC from ``sum(K * L)``, ``diag(K) . diag(L)``, zero-diagonal row sums and totals."""
@@ -331,15 +320,23 @@ class _CKA(_Engine):
 
     def scores(self, P):
         if self.coded is None:
-            q = _quad(self.F, self.A, self.G, self.L, self.coded, P)
-        else:  # the biased and unbiased engines on the same X and Y share A and L, hence these sums
-            A, key = (self.F if self.F is not None else self.A), P.tobytes()
-            hit = self.coded.quads.get(key)
-            if hit is None or hit[0] is not A:  # (the entry holds its A, so ``is`` cannot mistake a new one for it)
-                hit = self.coded.quads[key] = (A, _quad(self.F, self.A, None, None, self.coded, P, self.shared))
-            q = hit[1]
-        if self.unbiased:
-            q = self._hsic_u(q, self.dL[P] @ self.dK, self.rL[P] @ self.rK, self.sK * self.sL)
+            q = _quad(self.F, self.A, self.G, self.L, P)
+            if self.unbiased:
+                q = self._hsic_u(q, self.dL[P] @ self.dK, self.rL[P] @ self.rK, self.sK * self.sL)
+            return q / self.denominator
+        # L = M Lu M^T: sum(A * L[pi][:, pi]) = sum(Lu * M_pi^T A M_pi), the (u, u) pair sums of X's side
+        A, key = (self.F if self.F is not None else self.A), P.tobytes()
+        hit = self.coded.quads.get(key)  # the biased and unbiased engines on the same X and Y share A and L
+        if hit is None or hit[0] is not A:  # (the entry holds its A, so ``is`` cannot mistake a new one for it)
+            H, rank = self.pairs(P)
+            hit = self.coded.quads[key] = (A, np.einsum("bac,ac->b", H, _to_canonical(self.coded.Lu, rank, 2)))
+        q = hit[1]
+        if self.unbiased:  # dL[pi] . dK and rL[pi] . rK from the sums of dK and rK by the permuted codes
+            T, rank = self.sums(self.terms_key, self.terms, P)
+            Lu, counts = self.coded.Lu, self.coded.counts
+            dLu = np.diag(Lu).copy()
+            tables = _to_canonical(np.column_stack([dLu, Lu @ counts - dLu]), rank)
+            q = self._hsic_u(q, T[:, :, 0] @ tables[:, 0], T[:, :, 1] @ tables[:, 1], self.sK * self.sL)
         return q / self.denominator
 
 
@@ -362,37 +359,83 @@ class _Lookup:
     """An ``(n, n)`` matrix read at ``(P[:, r], P[:, c])`` for off-diagonal positions ``r != c``.
 
     When ``Y`` repeats rows (``codes`` ``(n,)``) and the matrix is a function of the two codes off the diagonal, it is
-    kept as a ``(u, u)`` table (cache-resident); otherwise dense.
+    kept as a ``(u, u)`` table (cache-resident): ``table`` when known (``W`` may then be None), else taken from ``W``
+    when it reproduces it; otherwise dense.
     """
 
-    def __init__(self, W: np.ndarray, coded: tuple[np.ndarray, np.ndarray] | None):
+    def __init__(self, W: np.ndarray | None, coded: tuple[np.ndarray, np.ndarray] | None,
+                 table: np.ndarray | None = None):
         self.W, self.codes = W, None
         if coded is None:
             return
         first, codes = coded
         u = len(first)
-        counts = np.bincount(codes, minlength=u)
-        order = np.argsort(codes, kind="stable")
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        second = np.where(counts > 1, order[np.minimum(starts + 1, len(codes) - 1)], first)
-        table = W[np.ix_(first, first)].copy()
-        table[np.diag_indices(u)] = W[first, second] * (counts > 1)
-        full = table[np.ix_(codes, codes)]
-        np.fill_diagonal(full, np.diag(W))
-        if np.allclose(full, W, rtol=0.0, atol=1e-12):  # the table reproduces W (to rounding): use it
-            self.W, self.codes, self.table = None, codes, table.ravel()
-            self.u = u
+        if table is None:
+            counts = np.bincount(codes, minlength=u)
+            order = np.argsort(codes, kind="stable")
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            second = np.where(counts > 1, order[np.minimum(starts + 1, len(codes) - 1)], first)
+            table = W[np.ix_(first, first)].copy()
+            table[np.diag_indices(u)] = W[first, second] * (counts > 1)
+            full = table[np.ix_(codes, codes)]
+            np.fill_diagonal(full, np.diag(W))
+            if not np.allclose(full, W, rtol=0.0, atol=1e-12):  # the table does not reproduce W: keep W
+                return
+        self.W, self.codes, self.table, self.u = None, codes, table, u
 
     def at(self, P: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
         if self.codes is None:
             return self.W[P[:, r], P[:, c]]
         C = self.codes[P]
-        return self.table[C[:, r] * self.u + C[:, c]]
+        return self.table.ravel()[C[:, r] * self.u + C[:, c]]
+
+    def pairs(self, index: np.ndarray, rank: np.ndarray) -> np.ndarray:
+        """A coded lookup read at the canonical code pairs ``index`` of :func:`_pair_index` (``rank``: its canonical
+        labels): what :meth:`at` returns, with the code-pair index shared by every target set."""
+        return _to_canonical(self.table, rank, 2).ravel()[index]
+
+
+def _pair_index(side: sim._Side, key, r: np.ndarray, c: np.ndarray, codes: np.ndarray, u: int, P: np.ndarray):
+    """``(index (B, m), rank (u,))``: the canonical code pair ``u canon[pi[r]] + canon[pi[c]]`` of each entry of a graph
+    ``(r, c)`` ``(m,)`` of ``side`` under each permutation ``pi`` of ``P`` ``(B, n)`` (memoised like
+    :func:`_canonical_sums`; ``index`` None when too big to keep)."""
+    canon, rank = _canonical(codes, u)
+    if len(P) * len(r) * 8 > _GROUP_SUMS_BYTES:
+        return None, rank
+
+    def compute():
+        C = canon[P]
+        return C[:, r] * u + C[:, c]
+    return side.get(("pair_index", key, canon.tobytes(), P.tobytes()), compute), rank
+
+
+def _pair_weights(side: sim._Side, key, r: np.ndarray, c: np.ndarray, w: np.ndarray, codes: np.ndarray, u: int,
+                  P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(H (B, u * u), rank (u,))``: the weights ``w`` ``(m,)`` of a graph ``(r, c)`` of ``side`` summed by canonical
+    code pair under each permutation of ``P`` (:func:`_pair_index`), so that ``sum_e w_e T[pi[r_e], pi[c_e]]`` of a
+    coded ``(u, u)`` table ``T`` is ``H @ T_canonical.ravel()`` (memoised like :func:`_canonical_sums`)."""
+    canon, rank = _canonical(codes, u)
+
+    def compute():
+        H = np.empty((len(P), u * u))
+        for s in range(0, len(P), _KNN_CHUNK):
+            C = canon[P[s:s + _KNN_CHUNK]]
+            index = C[:, r] * u + C[:, c] + (np.arange(len(C)) * u * u)[:, None]
+            H[s:s + len(C)] = np.bincount(index.ravel(), np.tile(w, len(C)), len(C) * u * u).reshape(len(C), -1)
+        return H
+
+    if len(P) * u * u * 8 > _GROUP_SUMS_BYTES:
+        return compute(), rank
+    return side.get(("pair_weights", key, canon.tobytes(), P.tobytes()), compute), rank
 
 
 def _knn_lookup(side: sim._Side, k: int) -> _Lookup:
     """:class:`_Lookup` of one side's neighbour weights (memoised with it)."""
-    return side.get(("knn_lookup", k), lambda: _Lookup(side.knn(k, "average"), _codes(side)))
+    def compute():
+        if side.rows() is not None:
+            return _Lookup(None, side.coded(), side.knn_table(k))
+        return _Lookup(side.knn(k, "average"), None)
+    return side.get(("knn_lookup", k), compute)
 
 
 def _sparse_entries(W: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -416,8 +459,13 @@ class _MutualKNN(_Engine):
         sparse, dense = (xs, ys) if self.x_sparse else (ys, xs)
         self.r, self.c, self.w = sparse.get(("knn_entries", k), lambda: _sparse_entries(sparse.knn(k, "average")))
         self.D = _knn_lookup(dense, k)
+        self.x = xs
 
     def scores(self, P):
+        if self.x_sparse and self.D.codes is not None:  # sum over code pairs of X's weights, shared by target sets
+            D = self.D
+            H, rank = _pair_weights(self.x, ("knn", self.k), self.r, self.c, self.w, D.codes, D.u, P)
+            return H @ _to_canonical(D.table, rank, 2).ravel() / (self.n * self.k)
         if not self.x_sparse:  # sum_ij W_X[i, j] W_Y[pi i, pi j] = sum_ab W_X[pinv a, pinv b] W_Y[a, b]
             P = np.argsort(P, axis=1)
         out = np.empty(len(P))
@@ -460,7 +508,9 @@ class _CKNNA(_Engine):
                 f"(their product must be positive); use a larger k or check for constant features")
         self.denominator = math.sqrt(kk * ll)
         self.WL = _knn_lookup(ys, k)
-        self.L = ys.get("cosine_lookup", lambda: _Lookup(ys.cosine(), _codes(ys)))
+        self.L = ys.get("cosine_lookup", lambda: _Lookup(None, ys.coded(), ys.cosine_table()) if ys.rows() is not None
+                        else _Lookup(ys.cosine(), None))
+        self.x = xs
         # the cross term lives on X's neighbour graph
         self.r, self.c, self.wk, self.kw, self.has_t, self.t, self.col_sum, self.row_sum = xs.get(
             ("cknna_graph", k), lambda: _cknna_graph(xs.cosine(), xs.knn(k, "average")))
@@ -468,11 +518,19 @@ class _CKNNA(_Engine):
     def scores(self, P):
         n = self.n
         out = np.empty(len(P))
+        index = None
+        if self.WL.codes is not None and self.L.codes is not None:  # one code-pair index of X's graph for both
+            index, rank = _pair_index(self.x, ("cknna", self.k), self.r, self.c, self.WL.codes, self.WL.u, P)
+        if index is not None:
+            WL, L = self.WL.pairs(index, rank), self.L.pairs(index, rank)
         for s in range(0, len(P), _KNN_CHUNK):
             Pc = P[s:s + _KNN_CHUNK]
-            wl = self.WL.at(Pc, self.r, self.c)
+            if index is not None:
+                wl, lv = WL[s:s + len(Pc)], L[s:s + len(Pc)]
+            else:
+                wl, lv = self.WL.at(Pc, self.r, self.c), self.L.at(Pc, self.r, self.c)
             a = self.kw * wl  # (M o K) on the graph, M = W_K o W_L[pi][:, pi]
-            b = self.wk * wl * self.L.at(Pc, self.r, self.c)  # M o L[pi][:, pi]
+            b = self.wk * wl * lv  # M o L[pi][:, pi]
             trace = np.einsum("bm,bm->b", a[:, self.has_t], b[:, self.t])
             cross = np.einsum("bj,bj->b", (self.col_sum.T @ a.T).T, (self.row_sum.T @ b.T).T)
             kl = (trace + a.sum(1) * b.sum(1) / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
@@ -491,11 +549,16 @@ class _SVCCA(_Engine):
             raise ObjalignError(f"dim={dim} is too large: expected dim <= min(n_samples - 1, n_features_x, "
                                 f"n_features_y) = {limit}")
         xs, ys = sim._sides(X, Y, cache)
-        self.n = len(X)
+        self.n, self.dim, self.x, self.y = len(X), int(dim), xs, ys
         self.Ux, self.Uy = xs.subspace(int(dim)), ys.subspace(int(dim))
 
     def scores(self, P):
         out = np.empty(len(P))
+        if self.y.rows() is not None:  # U_Y = M W: U_Y[pi]^T U_X = W^T (M_pi^T U_X), X's group sums
+            codes, W = self.y.coded()[1], self.y.subspace_rows(self.dim)
+            G, rank = _canonical_sums(self.x, ("subspace", self.dim), self.Ux, codes, len(W), P)
+            C = np.matmul(_to_canonical(W, rank).T, G)  # (B, dim, dim)
+            return np.mean(np.clip(np.linalg.svd(C, compute_uv=False), 0.0, 1.0), axis=1)
         for s in range(0, len(P), _KNN_CHUNK):
             C = np.matmul(self.Uy[P[s:s + _KNN_CHUNK]].transpose(0, 2, 1), self.Ux)  # (B, dim, dim)
             out[s:s + len(C)] = np.mean(np.clip(np.linalg.svd(C, compute_uv=False), 0.0, 1.0), axis=1)
