@@ -138,7 +138,8 @@ def test_calibration_with_a_shared_cache_equals_no_cache_exactly(monkeypatch):
     memo = cache["X"][1]
     sums = sorted(str(k[2]) for k in memo if isinstance(k, tuple) and k[0] == "group_sums")
     assert sums == ["None"] * 4 + ["dense", "dense", "factor", "factor"]
-    assert sum(1 for k in memo if isinstance(k, tuple) and k[0] in ("pair_index", "pair_weights")) == 2 * 2
+    # mutual k-NN's weights, CKNNA's three weights and its index, by code pair, for each permutation set
+    assert sum(1 for k in memo if isinstance(k, tuple) and k[0] in ("pair_index", "pair_weights")) == 5 * 2
 
 
 def test_calibration_nulls_equal_with_cache_and_without_group_sums(monkeypatch):

@@ -517,25 +517,54 @@ class _CKNNA(_Engine):
 
     def scores(self, P):
         n = self.n
+        if self.WL.codes is not None and self.L.codes is not None:
+            return self._coded_scores(P)
         out = np.empty(len(P))
-        index = None
-        if self.WL.codes is not None and self.L.codes is not None:  # one code-pair index of X's graph for both
-            index, rank = _pair_index(self.x, ("cknna", self.k), self.r, self.c, self.WL.codes, self.WL.u, P)
-        if index is not None:
-            WL, L = self.WL.pairs(index, rank), self.L.pairs(index, rank)
         for s in range(0, len(P), _KNN_CHUNK):
             Pc = P[s:s + _KNN_CHUNK]
-            if index is not None:
-                wl, lv = WL[s:s + len(Pc)], L[s:s + len(Pc)]
-            else:
-                wl, lv = self.WL.at(Pc, self.r, self.c), self.L.at(Pc, self.r, self.c)
+            wl = self.WL.at(Pc, self.r, self.c)
             a = self.kw * wl  # (M o K) on the graph, M = W_K o W_L[pi][:, pi]
-            b = self.wk * wl * lv  # M o L[pi][:, pi]
+            b = self.wk * wl * self.L.at(Pc, self.r, self.c)  # M o L[pi][:, pi]
             trace = np.einsum("bm,bm->b", a[:, self.has_t], b[:, self.t])
             cross = np.einsum("bj,bj->b", (self.col_sum.T @ a.T).T, (self.row_sum.T @ b.T).T)
-            kl = (trace + a.sum(1) * b.sum(1) / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
-            out[s:s + len(Pc)] = kl
+            out[s:s + len(Pc)] = self._hsic(trace, a.sum(1), b.sum(1), cross)
         return out / self.denominator
+
+    def _hsic(self, trace, sum_a, sum_b, cross):
+        """The unbiased HSIC of the cross term from its trace, totals and ``1^T A B 1`` ``(B,)``."""
+        n = self.n
+        return (trace + sum_a * sum_b / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
+
+    def _coded_scores(self, P):
+        """:meth:`scores` when ``W_L`` and ``L`` are ``(u, u)`` tables: the totals and the trace are X's graph
+        weights summed by code pair (:func:`_pair_weights`) against the tables; ``1^T A B 1`` reads the tables at
+        X's graph entries through one code-pair index (:func:`_pair_index`). Both are shared by every target set."""
+        WL, L = self.WL, self.L
+        codes, u, key = WL.codes, WL.u, ("cknna", self.k)
+        _, rank = _canonical(codes, u)
+        wl = _to_canonical(WL.table, rank, 2)
+        wll = wl * _to_canonical(L.table, rank, 2)  # an entry of M o L[pi][:, pi] is w_K wl l
+
+        def weights(name, r, c, w):
+            return _pair_weights(self.x, key + (name,), r, c, w, codes, u, P)[0]
+        sum_a = weights("kw", self.r, self.c, self.kw) @ wl.ravel()
+        sum_b = weights("wk", self.r, self.c, self.wk) @ wll.ravel()
+        # trace: entry e times its transpose t(e), read at (pi r_e, pi c_e) from wl and the transpose of wll
+        t = self.has_t
+        trace = weights("trace", self.r[t], self.c[t], self.kw[t] * self.wk[self.t]) @ (wl * wll.T).ravel()
+        index, _ = _pair_index(self.x, key, self.r, self.c, codes, u, P)
+        chunk = len(P) if index is not None else _KNN_CHUNK  # (the index is (B, m) already: no need to chunk)
+        cross = np.empty(len(P))
+        for s in range(0, len(P), chunk):
+            Pc = P[s:s + chunk]
+            if index is not None:
+                at = index
+            else:
+                C = _canonical(codes, u)[0][Pc]
+                at = C[:, self.r] * u + C[:, self.c]
+            a, b = self.kw * wl.ravel()[at], self.wk * wll.ravel()[at]
+            cross[s:s + len(Pc)] = np.einsum("bj,bj->b", (self.col_sum.T @ a.T).T, (self.row_sum.T @ b.T).T)
+        return self._hsic(trace, sum_a, sum_b, cross) / self.denominator
 
 
 @_register("svcca")
