@@ -196,3 +196,20 @@ def test_evaluate_targets_similarity_is_bit_identical_to_separate_runs():
         alone = evaluate(X, T[lab], groups, lab, T, cfg)["similarity"]
         assert alone["calibrated"] and alone["values"]["cknna"] is not None
         assert _same(shared[key]["similarity"], alone), key
+
+
+def test_calibration_is_the_same_when_the_cache_is_full(monkeypatch):
+    """Sums by code that no longer fit the cache's budget are computed again, with the same values: a target set's
+    nulls do not depend on how much the target sets before it left in the cache."""
+    X, groups, Ys = _problem(seed=3)
+    alone = {name: calibrated(measure, X, Ys["coded_other"], groups, 50, seed=4, **options)["null"]
+             for name, (measure, options) in SPEC.items()}
+    for budget in (0, 40_000):  # nothing kept / some kept, then full
+        monkeypatch.setattr(cal, "_KEPT_BYTES", budget)
+        cache: dict = {}
+        for key in ("coded", "coded_other"):
+            got = {name: calibrated(measure, X, Ys[key], groups, 50, seed=4, cache=cache, **options)["null"]
+                   for name, (measure, options) in SPEC.items()}
+        for name in SPEC:
+            np.testing.assert_array_equal(got[name], alone[name], err_msg=f"{name} {budget}")
+        assert cache["X"][1].get("kept_bytes", 0) <= budget

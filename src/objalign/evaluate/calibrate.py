@@ -148,7 +148,20 @@ def _canonical(codes: np.ndarray, u: int) -> tuple[np.ndarray, np.ndarray]:
     return rank[codes], rank
 
 
-_GROUP_SUMS_BYTES = 64 * 2 ** 20  # the largest array of group sums (permutations x codes x width) kept for reuse
+_GROUP_SUMS_BYTES = 64 * 2 ** 20  # the largest array of sums by code (permutations x codes x width) kept for reuse
+_KEPT_BYTES = 256 * 2 ** 20  # at most this much of them kept per side (beyond: computed again per target set)
+
+
+def _kept(side: sim._Side, key, nbytes: int, compute):
+    """``compute()`` memoised in ``side`` under ``key`` while it is at most ``_GROUP_SUMS_BYTES`` and the side keeps at
+    most ``_KEPT_BYTES`` of such arrays; otherwise computed again on every call (the same values either way)."""
+    if key in side.memo:
+        return side.memo[key]
+    kept = side.memo.get("kept_bytes", 0)
+    if nbytes > _GROUP_SUMS_BYTES or kept + nbytes > _KEPT_BYTES:
+        return compute()
+    side.memo["kept_bytes"] = kept + nbytes
+    return side.get(key, compute)
 
 
 def _canonical_sums(side: sim._Side, key, A: np.ndarray, codes: np.ndarray, u: int, P: np.ndarray,
@@ -187,9 +200,7 @@ def _canonical_sums(side: sim._Side, key, A: np.ndarray, codes: np.ndarray, u: i
         return out
 
     size = len(P) * u * (u if pairs else A.shape[1]) * 8
-    if size > _GROUP_SUMS_BYTES:
-        return compute(), rank
-    return side.get(("group_sums", key, pairs, canon.tobytes(), P.tobytes()), compute), rank
+    return _kept(side, ("group_sums", key, pairs, canon.tobytes(), P.tobytes()), size, compute), rank
 
 
 def _to_canonical(table: np.ndarray, rank: np.ndarray, axes: int = 1) -> np.ndarray:
@@ -400,13 +411,15 @@ def _pair_index(side: sim._Side, key, r: np.ndarray, c: np.ndarray, codes: np.nd
     ``(r, c)`` ``(m,)`` of ``side`` under each permutation ``pi`` of ``P`` ``(B, n)`` (memoised like
     :func:`_canonical_sums`; ``index`` None when too big to keep)."""
     canon, rank = _canonical(codes, u)
-    if len(P) * len(r) * 8 > _GROUP_SUMS_BYTES:
-        return None, rank
+    key = ("pair_index", key, canon.tobytes(), P.tobytes())
+    size = len(P) * len(r) * 8
+    if key not in side.memo and (size > _GROUP_SUMS_BYTES or side.memo.get("kept_bytes", 0) + size > _KEPT_BYTES):
+        return None, rank  # the caller reads its tables per chunk of permutations
 
     def compute():
         C = canon[P]
         return C[:, r] * u + C[:, c]
-    return side.get(("pair_index", key, canon.tobytes(), P.tobytes()), compute), rank
+    return _kept(side, key, size, compute), rank
 
 
 def _pair_weights(side: sim._Side, key, r: np.ndarray, c: np.ndarray, w: np.ndarray, codes: np.ndarray, u: int,
@@ -424,9 +437,7 @@ def _pair_weights(side: sim._Side, key, r: np.ndarray, c: np.ndarray, w: np.ndar
             H[s:s + len(C)] = np.bincount(index.ravel(), np.tile(w, len(C)), len(C) * u * u).reshape(len(C), -1)
         return H
 
-    if len(P) * u * u * 8 > _GROUP_SUMS_BYTES:
-        return compute(), rank
-    return side.get(("pair_weights", key, canon.tobytes(), P.tobytes()), compute), rank
+    return _kept(side, ("pair_weights", key, canon.tobytes(), P.tobytes()), len(P) * u * u * 8, compute), rank
 
 
 def _knn_lookup(side: sim._Side, k: int) -> _Lookup:
@@ -553,12 +564,11 @@ class _CKNNA(_Engine):
         t = self.has_t
         trace = weights("trace", self.r[t], self.c[t], self.kw[t] * self.wk[self.t]) @ (wl * wll.T).ravel()
         index, _ = _pair_index(self.x, key, self.r, self.c, codes, u, P)
-        chunk = len(P) if index is not None else _KNN_CHUNK  # (the index is (B, m) already: no need to chunk)
         cross = np.empty(len(P))
-        for s in range(0, len(P), chunk):
-            Pc = P[s:s + chunk]
+        for s in range(0, len(P), _KNN_CHUNK):  # (in chunks either way: the same arithmetic with or without index)
+            Pc = P[s:s + _KNN_CHUNK]
             if index is not None:
-                at = index
+                at = index[s:s + len(Pc)]
             else:
                 C = _canonical(codes, u)[0][Pc]
                 at = C[:, self.r] * u + C[:, self.c]
