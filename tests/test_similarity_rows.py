@@ -163,3 +163,20 @@ def test_values_are_the_measures(monkeypatch):
     _dense(monkeypatch)
     for name in ENGINES:
         assert got[name] == pytest.approx(MEASURES[name](X, Y), abs=1e-12, rel=0), name
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_category_level_hsic_terms_equal_the_n_by_n_ones(ties):
+    from objalign.evaluate.calibrate import _CodedKernel
+
+    _, _, Y = _problem(6, ties=ties)
+    side = sim._side(None, "Y", Y)
+    rows, codes = side.rows(), side.coded()[1]
+    for k in (3, 7):  # CKNNA's self-alignment: HSIC_u of W o K with a zero diagonal
+        T = side.knn_table(k) * side.cosine_table()
+        A = side.knn(k, "average") * side.cosine()
+        assert rows.hsic_unbiased_self(T) == pytest.approx(sim._hsic_unbiased(A, A), abs=1e-12, rel=0)
+    L = side.rbf(0.8)  # the double-centred kernel's squared norm (biased RBF CKA)
+    got = _CodedKernel(codes, rows.rbf(0.8)).sq_norm_centred()
+    assert got == pytest.approx(float(np.sum(sim._double_center(L) ** 2)), abs=1e-10, rel=1e-13)
+    assert sim.distinct_rows(Y) == 9 and sim.distinct_rows(np.arange(12.0).reshape(6, 2)) == 6

@@ -137,7 +137,9 @@ def _similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConf
     calibrated score against ``align.similarity_permutations`` image-block permutations,
     :func:`objalign.evaluate.calibrate.calibrate_measures`) and, for measures that could not be computed, ``errors``.
     """
-    from ..evaluate.stats import group_permutations, unique_rows
+    from ..evaluate.calibrate import calibrate_measures, permutation_engine
+    from ..evaluate.similarity import distinct_rows
+    from ..evaluate.stats import group_permutations
 
     n_all = len(Z)
     if n_all > cfg.similarity_max_n:  # the measures build (n, n) matrices: a seeded subsample of objects
@@ -150,13 +152,10 @@ def _similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConf
     if n < 5:
         return {**out, "skipped": f"only {n} test objects"}
     k = int(min(cfg.similarity_k, n - 1))
+    cache = {} if cache is None else cache  # also shared by the measures and their engines within this call
     # centred targets with u distinct rows (categories) have rank <= u - 1 (= u - 1 for affinely independent
     # category embeddings); svcca raises, and the error is recorded, if it is lower still
-    n_distinct = len(unique_rows(Y)[0])
-    dim = int(min(cfg.svcca_dim, n_distinct - 1, Z.shape[1], n - 1))
-
-    cache = {} if cache is None else cache  # also shared by the measures and their engines within this call
-    from ..evaluate.calibrate import calibrate_measures, permutation_engine
+    dim = int(min(cfg.svcca_dim, distinct_rows(Y, cache) - 1, Z.shape[1], n - 1))
 
     spec = {"cka_linear": ("cka_linear", {}), "cka_linear_unbiased": ("cka_linear_unbiased", {}),
             "cka_rbf": ("cka_rbf", {}), "mutual_knn": ("mutual_knn", {"k": k}),
@@ -184,7 +183,7 @@ def _similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConf
     calibrated = None
     if cfg.similarity_permutations > 0:  # each measure against its image-block permutation threshold
         calibrated = calibrate_measures(spec, Z, Y, groups, cfg.similarity_permutations, cfg.similarity_alpha,
-                                        cfg.seed, cache=cache)
+                                        cfg.seed, cache=cache, engines=engines)
     result["values_shuffled"] = values(group_permutations(groups, 1, seed=cfg.seed + _SHUFFLE_SEED)[0])
     if calibrated is not None:
         result["calibrated"] = calibrated

@@ -25,16 +25,26 @@ those once and evaluates a permutation by indexing into them:
     The only permutation-dependent term is ``sum(A * L[pi][:, pi])`` (``A`` the fixed, possibly centred, Gram of
     ``X``); the unbiased estimator adds ``O(n)`` diagonal and row-sum terms. When ``Y`` has few distinct rows (text
     targets repeat per category) ``L = M Lu M^T`` with ``M`` the one-hot code matrix, and the term is
-    ``sum(Lu * (M_pi^T A M_pi))``: group sums of the rows of ``A`` (or of its factor ``F``, ``A = F F^T``, for the
-    linear kernel) under the permuted codes. Otherwise the linear kernel uses ``||G[pi]^T F||_F^2`` with the
-    centred features as factors, and the RBF kernel a gather of ``L``.
+    ``sum(Lu * (M_pi^T A M_pi))``: the ``(u, u)`` pair sums of ``A`` (from its factor ``F``, ``A = F F^T``, for the
+    linear kernel) under the permuted codes, which depend on ``X`` and the partition only; the diagonal and
+    row-sum terms are sums of ``X``'s by code as well. Otherwise the linear kernel uses ``||G[pi]^T F||_F^2`` with
+    the centred features as factors, and the RBF kernel a gather of ``L``.
 ``mutual_knn``
-    ``sum(W_X * W_Y[pi][:, pi]) / (n k)`` over the nonzeros of the sparser neighbour-weight matrix.
+    ``sum(W_X * W_Y[pi][:, pi]) / (n k)`` over the nonzeros of the sparser neighbour-weight matrix; when that is
+    ``X``'s and ``W_Y`` a ``(u, u)`` table, ``X``'s weights summed by the code pair each entry falls on.
 ``cknna``
     The self-alignments do not change; the cross term is an unbiased HSIC of two matrices supported on ``X``'s
-    neighbour graph, evaluated from the ``O(n k)`` entries looked up at ``(pi[i], pi[j])``.
+    neighbour graph, evaluated from the ``O(n k)`` entries looked up at ``(pi[i], pi[j])`` (with ``(u, u)`` tables
+    for ``Y``: its totals and trace from ``X``'s weights summed by code pair, the rest through one code-pair index).
 ``svcca``
-    Singular values of ``U_Y[pi]^T U_X`` with the top singular subspaces computed once.
+    Singular values of ``U_Y[pi]^T U_X`` with the top singular subspaces computed once (``U_Y = M W`` for repeated
+    rows: ``W^T (M_pi^T U_X)``).
+
+What these engines take from ``X`` and the permuted partition alone (the pair sums, the sums by code, the code-pair
+index and weights of its neighbour graph) is kept with ``X`` under the partition relabelled canonically (codes
+numbered by first occurrence), so every target set that repeats by the same categories -- the text layers of one
+model, other text models -- reuses it; each set's ``(u, u)`` tables are put in that canonical order, so its numbers
+are computed the same way alone or after any other set.
 
 A callable ``f(X, Y) -> float`` is simply re-evaluated on each ``Y[pi]``. Every fast engine's null equals the
 measure recomputed from scratch on the permuted data (``tests/test_calibrate.py``); ``bench/calibrate.py`` times
@@ -93,6 +103,14 @@ class _CodedKernel:
 
     def sq_norm(self) -> float:
         return float(np.sum(np.outer(self.counts, self.counts) * self.Lu ** 2))
+
+    def sq_norm_centred(self) -> float:
+        """``||H L H||_F^2`` (``H = I - 11^T / n``): ``H L H`` is the table ``Lu - m_a - m_b + g`` read at the codes,
+        ``m = Lu counts / n`` its row means and ``g`` the grand mean."""
+        n = self.counts.sum()
+        m = self.Lu @ self.counts / n
+        D = self.Lu - m[:, None] - m[None, :] + (self.counts @ m) / n
+        return float(np.sum(np.outer(self.counts, self.counts) * D ** 2))
 
 
 def _stacked_codes(codes: np.ndarray, P: np.ndarray, u: int, dtype=np.float64):
@@ -285,16 +303,17 @@ class _CKA(_Engine):
                 self.G = ys.get("factor", lambda: _factor(ys.centered()))
         else:
             gram = ("rbf", float(sig))
-            K, L = xs.rbf(float(sig)), ys.rbf(float(sig))
+            K = xs.rbf(float(sig))
+            if coded is not None:  # (u, u) table of the category rows
+                self.coded = ys.get(("coded", gram), lambda: _CodedKernel(coded[1], ys.rows().rbf(float(sig))))
+                ll_biased = ys.get(("sq_norm_centred", gram), self.coded.sq_norm_centred)
+            else:
+                self.L = L = ys.rbf(float(sig))
+                ll_biased = ys.get(("sq_norm_centred", gram), lambda: float(np.sum(sim._double_center(L) ** 2)))
             Kc = xs.get(("double_centred", gram), lambda: sim._double_center(K))
             self.A = K if self.unbiased else Kc
             a_key = gram if self.unbiased else ("double_centred", gram)
             dK, rK, sK, kk = xs.get(("kernel_terms", gram, self.unbiased), lambda: _kernel_terms(K, Kc, self.unbiased))
-            ll_biased = ys.get(("sq_norm_centred", gram), lambda: float(np.sum(sim._double_center(L) ** 2)))
-            if coded is not None:
-                self.coded = ys.get(("coded", gram), lambda: _CodedKernel(coded[1], ys.rows().rbf(float(sig))))
-            else:
-                self.L = L
         if self.coded is not None:
             c = self.coded
             dL, rL, sL, ll = c.diag(), c.rowsums(), c.total(), c.sq_norm()
@@ -488,7 +507,7 @@ class _MutualKNN(_Engine):
 def _cknna_graph(K: np.ndarray, WK: np.ndarray) -> tuple:
     """X's side of CKNNA's cross term: the nonzeros ``(r, c)`` of its neighbour weights ``WK`` with their weights and
     ``WK o K`` values, where each entry's transpose sits among them (``has_t``, ``t``), and the sparse ``(m, n)``
-    operators that sum the entries by column and by row."""
+    ``(n, m)`` operators that sum the entries by column and by row."""
     from scipy.sparse import csr_matrix
 
     n = len(K)
@@ -500,7 +519,7 @@ def _cknna_graph(K: np.ndarray, WK: np.ndarray) -> tuple:
     m = len(r)
     col_sum = csr_matrix((np.ones(m), (np.arange(m), c)), shape=(m, n))
     row_sum = csr_matrix((np.ones(m), (np.arange(m), r)), shape=(m, n))
-    return r, c, wk, kw, has_t, pos[has_t], col_sum, row_sum
+    return r, c, wk, kw, has_t, pos[has_t], col_sum.T, row_sum.T
 
 
 @_register("cknna")
@@ -510,7 +529,7 @@ class _CKNNA(_Engine):
         xs, ys = sim._sides(X, Y, cache)
         self.n = n = len(X)
         self.k = k = sim._check_k(k, n, minimum=2)
-        xs.cosine(), ys.cosine()  # a zero row of X is reported before one of Y
+        xs.cosine(), (ys.cosine_table() if ys.rows() is not None else ys.cosine())  # X's zero rows reported first
         kk = sim._knn_self_alignment(xs, k, "average")  # neither self-alignment depends on the pairing
         ll = sim._knn_self_alignment(ys, k, "average")
         if not kk * ll > 0:
@@ -537,7 +556,7 @@ class _CKNNA(_Engine):
             a = self.kw * wl  # (M o K) on the graph, M = W_K o W_L[pi][:, pi]
             b = self.wk * wl * self.L.at(Pc, self.r, self.c)  # M o L[pi][:, pi]
             trace = np.einsum("bm,bm->b", a[:, self.has_t], b[:, self.t])
-            cross = np.einsum("bj,bj->b", (self.col_sum.T @ a.T).T, (self.row_sum.T @ b.T).T)
+            cross = np.einsum("bj,bj->b", (self.col_sum @ a.T).T, (self.row_sum @ b.T).T)
             out[s:s + len(Pc)] = self._hsic(trace, a.sum(1), b.sum(1), cross)
         return out / self.denominator
 
@@ -573,7 +592,7 @@ class _CKNNA(_Engine):
                 C = _canonical(codes, u)[0][Pc]
                 at = C[:, self.r] * u + C[:, self.c]
             a, b = self.kw * wl.ravel()[at], self.wk * wll.ravel()[at]
-            cross[s:s + len(Pc)] = np.einsum("bj,bj->b", (self.col_sum.T @ a.T).T, (self.row_sum.T @ b.T).T)
+            cross[s:s + len(Pc)] = np.einsum("bj,bj->b", (self.col_sum @ a.T).T, (self.row_sum @ b.T).T)
         return self._hsic(trace, sum_a, sum_b, cross) / self.denominator
 
 
@@ -692,11 +711,15 @@ def calibrated(measure, X, Y, groups=None, n_permutations: int = 1000, alpha: fl
         ``null_mean``, ``n_permutations``, ``alpha``, ``measure`` (its name) and ``scheme``
         (``"image-blocks"`` or ``"rows"``).
     """
-    from objalign.evaluate.stats import group_permutations
-
     alpha = check_alpha(alpha)
     K = _check_count(n_permutations, "n_permutations")
-    engine = permutation_engine(measure, X, Y, cache, **options)
+    return _calibrated(permutation_engine(measure, X, Y, cache, **options), groups, K, alpha, seed, cache)
+
+
+def _calibrated(engine: _Engine, groups, K: int, alpha: float, seed, cache: dict | None) -> dict:
+    """:func:`calibrated` of a built engine."""
+    from objalign.evaluate.stats import group_permutations
+
     n = engine.n
     if groups is not None and len(np.asarray(groups)) != n:
         raise ObjalignError(f"groups has {len(np.asarray(groups))} labels for {n} samples: pass one image id per row")
@@ -731,7 +754,8 @@ def bh_adjust(pvalues) -> np.ndarray:
 
 
 def calibrate_measures(measures: dict[str, tuple], X, Y, groups=None, n_permutations: int = 1000,
-                       alpha: float = 0.05, seed=0, cache: dict | None = None) -> dict[str, dict]:
+                       alpha: float = 0.05, seed=0, cache: dict | None = None,
+                       engines: dict | None = None) -> dict[str, dict]:
     """:func:`calibrated` for several measures on one pairing (one set of permutations), BH-adjusted together.
 
     Parameters
@@ -743,6 +767,9 @@ def calibrate_measures(measures: dict[str, tuple], X, Y, groups=None, n_permutat
     cache : dict, optional
         As in :func:`calibrated`; without one, the measures still share one cache (what they compute from ``X``
         or ``Y`` alone, and the permutations) within this call.
+    engines : dict, optional
+        Result name -> that measure's engine on ``(X, Y)``, already built by the caller with ``cache``
+        (:func:`permutation_engine`): used instead of building it again (the same result).
 
     Returns
     -------
@@ -754,7 +781,11 @@ def calibrate_measures(measures: dict[str, tuple], X, Y, groups=None, n_permutat
     cache = {} if cache is None else cache
     for name, (measure, options) in measures.items():
         try:
-            r = calibrated(measure, X, Y, groups, n_permutations, alpha, seed, cache, **options)
+            if engines is not None and name in engines:
+                r = _calibrated(engines[name], groups, _check_count(n_permutations, "n_permutations"),
+                                check_alpha(alpha), seed, cache)
+            else:
+                r = calibrated(measure, X, Y, groups, n_permutations, alpha, seed, cache, **options)
         except ObjalignError as exc:
             out[name] = {"error": str(exc)}
             continue

@@ -42,6 +42,16 @@ text target sets, or a permutation engine of :mod:`objalign.evaluate.calibrate` 
 it computes from ``Y`` alone is kept for the next call with the same ``Y``. The cache is checked against the
 arrays' contents (a call with a different ``X`` or ``Y`` replaces that side's entries), and every value is
 computed by the same code with or without it, so results are bit-identical.
+
+Repeated rows
+-------------
+A matrix with at most ``CODED_FRACTION`` (half) as many distinct rows as rows -- text targets, one embedding per
+category -- is computed from its ``u`` distinct rows: its column mean ``counts @ U / n``, centred Gram, RBF kernel
+(the median distance over the ``n (n - 1) / 2`` pairs from the ``u (u + 1) / 2`` distinct ones, weighted by their
+counts), cosine similarities and k-NN weights (ties ``"average"``) are ``(u, u)`` tables read at the codes, and its
+top singular subspace comes from a ``(u, u)`` eigenproblem. The results equal the computation on all ``n`` rows up
+to rounding (``tests/test_similarity_rows.py``); a cache keeps the tables for any order of the same rows (the
+shuffled pairing).
 """
 
 from __future__ import annotations
@@ -297,6 +307,17 @@ class _Rows:
             return above + tied * share[:, None]
         return self.get(("knn", k), compute)
 
+    def hsic_unbiased_self(self, T: np.ndarray) -> float:
+        """:func:`_hsic_unbiased` ``(A, A)`` of the ``(n, n)`` matrix ``A[i, j] = T[codes[i], codes[j]]`` for ``i != j``
+        and 0 on its diagonal, from the ``(u, u)`` table ``T``."""
+        c, n = self.counts.astype(np.float64), self.n
+        pairs = np.outer(c, c) - np.diag(c)  # ordered pairs i != j of each code pair
+        total = float(np.sum(T * pairs))
+        col, row = c @ T - np.diag(T), T @ c - np.diag(T)  # A's column and row sums at a sample of each code
+        cross = 2.0 * float(np.sum(c * col * row)) / (n - 2)
+        trace = float(np.sum(T * T.T * pairs))
+        return float((trace + total * total / ((n - 1) * (n - 2)) - cross) / (n * (n - 3)))
+
     def subspace(self, dim: int, shape: tuple[int, int]) -> np.ndarray:
         """``(u, dim)``: :func:`_top_subspace` of the centred repeated matrix (of ``shape`` ``(n, d)``), one row per
         code (the same top singular subspace; its basis may differ by a rotation, which SVCCA ignores)."""
@@ -331,6 +352,18 @@ def unique_codes(A: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     if len(first) > CODED_FRACTION * len(A):
         return None
     return first, codes
+
+
+def distinct_rows(Y, cache: dict | None = None) -> int:
+    """The number of distinct rows of ``Y`` ``(n, d)`` (as ``np.unique(Y, axis=0)``); with ``cache``, found once with
+    the rest of what the measures compute from ``Y`` alone."""
+    side = _side(cache, "Y", np.asarray(Y, dtype=np.float64))
+    coded = side.coded()
+    if coded is not None:
+        return len(coded[0])
+    from objalign.evaluate.stats import unique_rows
+
+    return len(unique_rows(side.A)[0])
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -701,6 +734,8 @@ def cknna(X, Y, k: int = 10, ties: str = "average", cache: dict | None = None) -
 def _knn_self_alignment(side: _Side, k: int, ties: str) -> float:
     """``HSIC_u(W o K, W o K)`` of one space's cosine kernel ``K`` on its own neighbour weights ``W`` (CKNNA)."""
     def compute():
+        if ties == "average" and side.rows() is not None:
+            return side.rows().hsic_unbiased_self(side.knn_table(k) * side.cosine_table())
         WK = side.knn(k, ties) * side.cosine()
         return _hsic_unbiased(WK, WK)
     return side.get(("knn_self_alignment", k, ties), compute)
