@@ -180,3 +180,13 @@ def test_category_level_hsic_terms_equal_the_n_by_n_ones(ties):
     got = _CodedKernel(codes, rows.rbf(0.8)).sq_norm_centred()
     assert got == pytest.approx(float(np.sum(sim._double_center(L) ** 2)), abs=1e-10, rel=1e-13)
     assert sim.distinct_rows(Y) == 9 and sim.distinct_rows(np.arange(12.0).reshape(6, 2)) == 6
+
+
+def test_neighbour_weight_nonzeros_from_the_table():
+    from objalign.evaluate.calibrate import _knn_nonzeros
+
+    for ties in (False, True):
+        _, _, Y = _problem(7, ties=ties)
+        for k in (1, 5, 30):
+            side = sim._side(None, "Y", Y)
+            assert _knn_nonzeros(side, k) == np.count_nonzero(side.knn(k, "average"))

@@ -468,6 +468,16 @@ def _knn_lookup(side: sim._Side, k: int) -> _Lookup:
     return side.get(("knn_lookup", k), compute)
 
 
+def _knn_nonzeros(side: sim._Side, k: int) -> int:
+    """The number of nonzero neighbour weights of one side (counted on its ``(u, u)`` table when it repeats rows)."""
+    def compute():
+        if side.rows() is not None:
+            c = side.rows().counts
+            return int(np.sum((side.knn_table(k) != 0) * (np.outer(c, c) - np.diag(c))))
+        return int(np.count_nonzero(side.knn(k, "average")))
+    return side.get(("knn_nonzeros", k), compute)
+
+
 def _sparse_entries(W: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r, c = np.nonzero(W)
     return r, c, W[r, c]
@@ -483,9 +493,8 @@ class _MutualKNN(_Engine):
         xs, ys = sim._sides(X, Y, cache)
         self.n = n = len(X)
         self.k = k = sim._check_k(k, n)
-        WX, WY = xs.knn(k, "average"), ys.knn(k, "average")
         # the sum runs over the sparser matrix's nonzeros; the other is looked up at the permuted positions
-        self.x_sparse = np.count_nonzero(WX) <= np.count_nonzero(WY)
+        self.x_sparse = _knn_nonzeros(xs, k) <= _knn_nonzeros(ys, k)
         sparse, dense = (xs, ys) if self.x_sparse else (ys, xs)
         self.r, self.c, self.w = sparse.get(("knn_entries", k), lambda: _sparse_entries(sparse.knn(k, "average")))
         self.D = _knn_lookup(dense, k)
@@ -506,8 +515,8 @@ class _MutualKNN(_Engine):
 
 def _cknna_graph(K: np.ndarray, WK: np.ndarray) -> tuple:
     """X's side of CKNNA's cross term: the nonzeros ``(r, c)`` of its neighbour weights ``WK`` with their weights and
-    ``WK o K`` values, where each entry's transpose sits among them (``has_t``, ``t``), and the sparse ``(m, n)``
-    ``(n, m)`` operators that sum the entries by column and by row."""
+    ``WK o K`` values, where each entry's transpose sits among them (``has_t``, ``t``), and the sparse ``(n, m)``
+    operators that sum the entries by column and by row (kept transposed: built once with X's graph)."""
     from scipy.sparse import csr_matrix
 
     n = len(K)
@@ -546,7 +555,6 @@ class _CKNNA(_Engine):
             ("cknna_graph", k), lambda: _cknna_graph(xs.cosine(), xs.knn(k, "average")))
 
     def scores(self, P):
-        n = self.n
         if self.WL.codes is not None and self.L.codes is not None:
             return self._coded_scores(P)
         out = np.empty(len(P))
