@@ -24,6 +24,12 @@ training split, against every text layer.
 
 Last line: ``similarity_shared_vs_separate=<time ratio> per_extra_target_ms=<shared time of each target set after
 the first> max_diff=<largest absolute difference>``.
+
+``--against SRC`` (a baseline's source tree, e.g. another checkout's ``src``) runs this benchmark on the baseline's
+code and on this tree's, alternating in subprocesses ``--repeat`` times, keeps each side's fastest, and compares every
+figure of every target set between the two. Last line: ``similarity_per_extra_target_vs_baseline=<baseline's per
+extra target set / this tree's> per_extra_target_ms=<this tree's> baseline_ms=<baseline's> max_diff_vs_baseline=<largest
+absolute difference of any figure>``.
 """
 
 from __future__ import annotations
@@ -82,7 +88,11 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--stores", nargs=2, metavar=("VISION", "TEXT"))
     ap.add_argument("--vision-layer", type=int, default=-1)
+    ap.add_argument("--against", metavar="SRC", help="a baseline source tree to time and compare side by side")
+    ap.add_argument("--dump", help=argparse.SUPPRESS)  # the shared results as JSON (for --against)
     args = ap.parse_args(argv)
+    if args.against:
+        return against(args)
 
     import scipy.linalg  # noqa: F401  (loaded before the thread limit, so that it applies to scipy's BLAS too)
 
@@ -129,11 +139,51 @@ def main(argv=None):
     sep, sh = best["separate"][0], best["shared"]
     print(f"similarity_shared_vs_separate={sep / sh[0]:.2f} per_extra_target_ms={sh[1] / extra * 1e3:.1f} "
           f"max_diff={diff:.3g}")
+    if args.dump:
+        with open(args.dump, "w") as f:
+            json.dump(results["shared"], f)
+
+
+def against(args):
+    """This benchmark on ``args.against``'s code and on this tree's, alternating; each side's fastest; the largest
+    difference between their figures."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    here = str(Path(__file__).resolve().parents[1] / "src")
+    common = ["--targets", str(args.targets), "--perms", str(args.perms), "--vision-layer", str(args.vision_layer),
+              "--repeat", "1"] + (["--stores", *args.stores] if args.stores else [])
+    best = {"baseline": np.inf, "this": np.inf}
+    dumps = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.repeat):
+            for side, src in (("baseline", args.against), ("this", here)):
+                dumps[side] = os.path.join(tmp, f"{side}.json")
+                env = {**os.environ, "PYTHONPATH": src}
+                run = subprocess.run([sys.executable, __file__, *common, "--dump", dumps[side]], env=env,
+                                     capture_output=True, text=True, check=True)
+                last = run.stdout.strip().splitlines()[-1]
+                ms = float(last.split("per_extra_target_ms=")[1].split()[0])
+                print(f"{side:<8} ({src}): {last}")
+                best[side] = min(best[side], ms)
+        results = {}
+        for side, path in dumps.items():
+            with open(path) as f:
+                results[side] = json.load(f)
+    diff = max(max_abs_diff(results["baseline"][key], results["this"][key]) for key in results["this"])
+    b, t = best["baseline"], best["this"]
+    print(f"similarity_per_extra_target_vs_baseline={b / t:.2f} per_extra_target_ms={t:.1f} baseline_ms={b:.1f} "
+          f"max_diff_vs_baseline={diff:.3g}")
 
 
 def max_abs_diff(a, b) -> float:
     if isinstance(a, dict):
-        return max([max_abs_diff(a[k], b.get(k)) for k in a] + [0.0])
+        if not isinstance(b, dict) or set(a) != set(b):
+            return float("inf")
+        return max([max_abs_diff(a[k], b[k]) for k in a] + [0.0])
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return float(abs(a - b))
     return 0.0 if a == b else float("inf")

@@ -68,13 +68,17 @@ def test_linear_cka_feature_space_path_with_cache():
 
 def test_x_side_is_computed_once_per_cache(monkeypatch):
     X, _, Ys = _problem()
-    calls = []
-    real = sim._rbf_gram
+    calls, medians = [], []
+    real, real_median = sim._rbf_gram, sim._weighted_median
     monkeypatch.setattr(sim, "_rbf_gram", lambda A, *a, **k: calls.append(A.shape) or real(A, *a, **k))
+    monkeypatch.setattr(sim, "_weighted_median", lambda v, w: medians.append(int(w.sum())) or real_median(v, w))
     cache: dict = {}
-    for key in ("coded", "coded_other", "dense"):
+    for key in ("coded", "coded_other", "dense", "coded"):
         sim.cka(X, Ys[key], kernel="rbf", cache=cache)
-    assert calls.count(X.shape) == 1 and len(calls) == 4  # X once, each Y once
+        sim.cka(X, Ys[key][::-1], kernel="rbf", cache=cache)  # the same rows in another order
+    # X once, the dense Y once per order; a coded Y's kernel once from its category rows for both orders (the
+    # second "coded" recomputes it: "coded_other" took the cache's rows slot in between)
+    assert calls == [X.shape, (60, 10), (60, 10)] and medians == [60 * 59 // 2] * 3
 
 
 def test_a_different_or_modified_x_is_never_served_from_the_cache():
@@ -128,10 +132,14 @@ def test_calibration_with_a_shared_cache_equals_no_cache_exactly(monkeypatch):
         for name in SPEC:
             shared[name].pop("pvalue_bh")
             assert _same(shared[name], alone[key, name]), (key, name)
-    # the permutation engines reused the group sums of X's rows for the second coded target set
+    # the permutation engines reused X's sums by code (pair sums of F F^T and of Kc, the unbiased estimator's
+    # diagonal and row-sum terms, rows of its SVCCA subspace, neighbour-graph code pairs) for the second coded target
+    # set: one per permutation set (P, identity)
     memo = cache["X"][1]
-    assert sum(1 for k in memo if isinstance(k, tuple) and k[0] == "group_sums") == 2 * 2  # (F, Kc) x (P, identity)
-    assert any(isinstance(k, tuple) and k[0] == "group_sums_labelled" for k in memo)
+    sums = sorted(str(k[2]) for k in memo if isinstance(k, tuple) and k[0] == "group_sums")
+    assert sums == ["None"] * 4 + ["dense", "dense", "factor", "factor"]
+    # mutual k-NN's weights, CKNNA's three weights and its index, by code pair, for each permutation set
+    assert sum(1 for k in memo if isinstance(k, tuple) and k[0] in ("pair_index", "pair_weights")) == 5 * 2
 
 
 def test_calibration_nulls_equal_with_cache_and_without_group_sums(monkeypatch):
@@ -188,3 +196,20 @@ def test_evaluate_targets_similarity_is_bit_identical_to_separate_runs():
         alone = evaluate(X, T[lab], groups, lab, T, cfg)["similarity"]
         assert alone["calibrated"] and alone["values"]["cknna"] is not None
         assert _same(shared[key]["similarity"], alone), key
+
+
+def test_calibration_is_the_same_when_the_cache_is_full(monkeypatch):
+    """Sums by code that no longer fit the cache's budget are computed again, with the same values: a target set's
+    nulls do not depend on how much the target sets before it left in the cache."""
+    X, groups, Ys = _problem(seed=3)
+    alone = {name: calibrated(measure, X, Ys["coded_other"], groups, 50, seed=4, **options)["null"]
+             for name, (measure, options) in SPEC.items()}
+    for budget in (0, 40_000):  # nothing kept / some kept, then full
+        monkeypatch.setattr(cal, "_KEPT_BYTES", budget)
+        cache: dict = {}
+        for key in ("coded", "coded_other"):
+            got = {name: calibrated(measure, X, Ys[key], groups, 50, seed=4, cache=cache, **options)["null"]
+                   for name, (measure, options) in SPEC.items()}
+        for name in SPEC:
+            np.testing.assert_array_equal(got[name], alone[name], err_msg=f"{name} {budget}")
+        assert cache["X"][1].get("kept_bytes", 0) <= budget

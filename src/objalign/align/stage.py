@@ -131,13 +131,15 @@ def _similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConf
     Returns
     -------
     dict with ``values`` (measure -> float or None), ``values_shuffled`` (the same measures after one
-    image-block shuffle of the pairing: what unrelated spaces with these marginals score), ``n``, ``k``,
+    image-block shuffle of the pairing: what unrelated spaces with these marginals score; both evaluated by the
+    measures' permutation engines, :func:`objalign.evaluate.calibrate.permutation_engine`), ``n``, ``k``,
     ``svcca_dim``, ``chance_mutual_knn``, ``calibrated`` (measure -> threshold, p-value, BH-adjusted p-value and
     calibrated score against ``align.similarity_permutations`` image-block permutations,
     :func:`objalign.evaluate.calibrate.calibrate_measures`) and, for measures that could not be computed, ``errors``.
     """
-    from ..evaluate import similarity as sim
-    from ..evaluate.stats import group_permutations, unique_rows
+    from ..evaluate.calibrate import calibrate_measures, permutation_engine
+    from ..evaluate.similarity import distinct_rows
+    from ..evaluate.stats import group_permutations
 
     n_all = len(Z)
     if n_all > cfg.similarity_max_n:  # the measures build (n, n) matrices: a seeded subsample of objects
@@ -150,43 +152,39 @@ def _similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConf
     if n < 5:
         return {**out, "skipped": f"only {n} test objects"}
     k = int(min(cfg.similarity_k, n - 1))
+    cache = {} if cache is None else cache  # also shared by the measures and their engines within this call
     # centred targets with u distinct rows (categories) have rank <= u - 1 (= u - 1 for affinely independent
     # category embeddings); svcca raises, and the error is recorded, if it is lower still
-    n_distinct = len(unique_rows(Y)[0])
-    dim = int(min(cfg.svcca_dim, n_distinct - 1, Z.shape[1], n - 1))
+    dim = int(min(cfg.svcca_dim, distinct_rows(Y, cache) - 1, Z.shape[1], n - 1))
 
-    cache = {} if cache is None else cache  # also shared by the measures and their engines within this call
+    spec = {"cka_linear": ("cka_linear", {}), "cka_linear_unbiased": ("cka_linear_unbiased", {}),
+            "cka_rbf": ("cka_rbf", {}), "mutual_knn": ("mutual_knn", {"k": k}),
+            "cknna": ("cknna", {"k": max(k, 2)}), **({"svcca": ("svcca", {"dim": dim})} if dim >= 1 else {})}
+    engines: dict = {}
 
-    def values(Yp):
-        fs = {"cka_linear": lambda: sim.cka(Z, Yp, kernel="linear", cache=cache),
-              "cka_linear_unbiased": lambda: sim.cka(Z, Yp, kernel="linear", unbiased=True, cache=cache),
-              "cka_rbf": lambda: sim.cka(Z, Yp, kernel="rbf", cache=cache),
-              "mutual_knn": lambda: sim.mutual_knn(Z, Yp, k=k, cache=cache),
-              "cknna": lambda: sim.cknna(Z, Yp, k=max(k, 2), cache=cache),
-              "svcca": lambda: sim.svcca(Z, Yp, dim=dim, cache=cache) if dim >= 1 else None}
+    def values(pi=None):
+        """Every measure on ``(Z, Y[pi])`` (``pi=None``: the observed pairing), by its permutation engine: the
+        measure itself, with what it computes from ``Y`` alone computed once and reordered for ``pi``."""
         got = {}
-        for name, f in fs.items():
+        for name in ("cka_linear", "cka_linear_unbiased", "cka_rbf", "mutual_knn", "cknna", "svcca"):
+            if name not in spec:
+                got[name] = None
+                continue
             try:
-                v = f()
-                got[name] = None if v is None else float(v)
+                if name not in engines:
+                    engines[name] = permutation_engine(spec[name][0], Z, Y, cache, **spec[name][1])
+                got[name] = float(engines[name].score(pi))
             except ObjalignError as exc:  # e.g. a degenerate tiny test set: record why, keep the report
                 got[name] = None
                 out.setdefault("errors", {})[name] = str(exc)
         return got
 
-    pi = group_permutations(groups, 1, seed=cfg.seed + _SHUFFLE_SEED)[0]
-    result = {"values": values(Y)}
+    result = {"values": values()}
     calibrated = None
     if cfg.similarity_permutations > 0:  # each measure against its image-block permutation threshold
-        from ..evaluate.calibrate import calibrate_measures
-
-        spec = {"cka_linear": ("cka_linear", {}), "cka_linear_unbiased": ("cka_linear_unbiased", {}),
-                "cka_rbf": ("cka_rbf", {}), "mutual_knn": ("mutual_knn", {"k": k}),
-                "cknna": ("cknna", {"k": max(k, 2)}), **({"svcca": ("svcca", {"dim": dim})} if dim >= 1 else {})}
-        # before the shuffled floor: the engines reuse what the measures computed from Y
         calibrated = calibrate_measures(spec, Z, Y, groups, cfg.similarity_permutations, cfg.similarity_alpha,
-                                        cfg.seed, cache=cache)
-    result["values_shuffled"] = values(Y[pi])
+                                        cfg.seed, cache=cache, engines=engines)
+    result["values_shuffled"] = values(group_permutations(groups, 1, seed=cfg.seed + _SHUFFLE_SEED)[0])
     if calibrated is not None:
         result["calibrated"] = calibrated
     return {**out, "k": k, "svcca_dim": dim, **result, "chance_mutual_knn": float(k / (n - 1))}

@@ -25,16 +25,26 @@ those once and evaluates a permutation by indexing into them:
     The only permutation-dependent term is ``sum(A * L[pi][:, pi])`` (``A`` the fixed, possibly centred, Gram of
     ``X``); the unbiased estimator adds ``O(n)`` diagonal and row-sum terms. When ``Y`` has few distinct rows (text
     targets repeat per category) ``L = M Lu M^T`` with ``M`` the one-hot code matrix, and the term is
-    ``sum(Lu * (M_pi^T A M_pi))``: group sums of the rows of ``A`` (or of its factor ``F``, ``A = F F^T``, for the
-    linear kernel) under the permuted codes. Otherwise the linear kernel uses ``||G[pi]^T F||_F^2`` with the
-    centred features as factors, and the RBF kernel a gather of ``L``.
+    ``sum(Lu * (M_pi^T A M_pi))``: the ``(u, u)`` pair sums of ``A`` (from its factor ``F``, ``A = F F^T``, for the
+    linear kernel) under the permuted codes, which depend on ``X`` and the partition only; the diagonal and
+    row-sum terms are sums of ``X``'s by code as well. Otherwise the linear kernel uses ``||G[pi]^T F||_F^2`` with
+    the centred features as factors, and the RBF kernel a gather of ``L``.
 ``mutual_knn``
-    ``sum(W_X * W_Y[pi][:, pi]) / (n k)`` over the nonzeros of the sparser neighbour-weight matrix.
+    ``sum(W_X * W_Y[pi][:, pi]) / (n k)`` over the nonzeros of the sparser neighbour-weight matrix; when that is
+    ``X``'s and ``W_Y`` a ``(u, u)`` table, ``X``'s weights summed by the code pair each entry falls on.
 ``cknna``
     The self-alignments do not change; the cross term is an unbiased HSIC of two matrices supported on ``X``'s
-    neighbour graph, evaluated from the ``O(n k)`` entries looked up at ``(pi[i], pi[j])``.
+    neighbour graph, evaluated from the ``O(n k)`` entries looked up at ``(pi[i], pi[j])`` (with ``(u, u)`` tables
+    for ``Y``: its totals and trace from ``X``'s weights summed by code pair, the rest through one code-pair index).
 ``svcca``
-    Singular values of ``U_Y[pi]^T U_X`` with the top singular subspaces computed once.
+    Singular values of ``U_Y[pi]^T U_X`` with the top singular subspaces computed once (``U_Y = M W`` for repeated
+    rows: ``W^T (M_pi^T U_X)``).
+
+What these engines take from ``X`` and the permuted partition alone (the pair sums, the sums by code, the code-pair
+index and weights of its neighbour graph) is kept with ``X`` under the partition relabelled canonically (codes
+numbered by first occurrence), so every target set that repeats by the same categories -- the text layers of one
+model, other text models -- reuses it; each set's ``(u, u)`` tables are put in that canonical order, so its numbers
+are computed the same way alone or after any other set.
 
 A callable ``f(X, Y) -> float`` is simply re-evaluated on each ``Y[pi]``. Every fast engine's null equals the
 measure recomputed from scratch on the permuted data (``tests/test_calibrate.py``); ``bench/calibrate.py`` times
@@ -53,7 +63,6 @@ from objalign.evaluate import similarity as sim
 
 __all__ = ["MEASURES", "bh_adjust", "calibrate_measures", "calibrated", "calibration_summary", "permutation_engine"]
 
-_UNIQUE_FRACTION = 0.5  # Y is treated as coded (repeated rows) when it has at most this fraction of distinct rows
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -95,15 +104,13 @@ class _CodedKernel:
     def sq_norm(self) -> float:
         return float(np.sum(np.outer(self.counts, self.counts) * self.Lu ** 2))
 
-
-def _unique_codes(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(first_index (u,), codes (n,))`` when ``Y`` has at most ``_UNIQUE_FRACTION * n`` distinct rows, else None."""
-    from objalign.evaluate.stats import unique_rows
-
-    first, codes = unique_rows(Y)
-    if len(first) > _UNIQUE_FRACTION * len(Y):
-        return None
-    return first, codes
+    def sq_norm_centred(self) -> float:
+        """``||H L H||_F^2`` (``H = I - 11^T / n``): ``H L H`` is the table ``Lu - m_a - m_b + g`` read at the codes,
+        ``m = Lu counts / n`` its row means and ``g`` the grand mean."""
+        n = self.counts.sum()
+        m = self.Lu @ self.counts / n
+        D = self.Lu - m[:, None] - m[None, :] + (self.counts @ m) / n
+        return float(np.sum(np.outer(self.counts, self.counts) * D ** 2))
 
 
 def _stacked_codes(codes: np.ndarray, P: np.ndarray, u: int, dtype=np.float64):
@@ -129,8 +136,8 @@ def _factor(Xc: np.ndarray) -> np.ndarray:
 
 
 def _codes(side: sim._Side) -> tuple[np.ndarray, np.ndarray] | None:
-    """:func:`_unique_codes` of one side's matrix (memoised with it)."""
-    return side.get("codes", lambda: _unique_codes(side.A))
+    """:func:`objalign.evaluate.similarity.unique_codes` of one side's matrix (memoised with it)."""
+    return side.coded()
 
 
 def _factor_terms(F: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -143,12 +150,6 @@ def _kernel_terms(K: np.ndarray, Kc: np.ndarray, unbiased: bool) -> tuple[np.nda
     """Diagonal, row sums and total of a dense kernel ``K``, and the squared norm of ``K`` (unbiased) or of ``Kc``."""
     kk = float(np.sum(K * K)) if unbiased else float(np.sum(Kc * Kc))
     return np.diag(K).copy(), K.sum(1), float(K.sum()), kk
-
-
-def _coded_linear(Yc: np.ndarray, coded: tuple[np.ndarray, np.ndarray]) -> _CodedKernel:
-    """The linear kernel of centred rows ``Yc`` that repeat, kept as its ``(u, u)`` table of distinct rows."""
-    U = Yc[coded[0]]
-    return _CodedKernel(coded[1], U @ U.T)
 
 
 _DENSE_CHUNK = 4  # permutations per stacked product against a dense (n, n) matrix (its rows stay in cache)
@@ -165,62 +166,75 @@ def _canonical(codes: np.ndarray, u: int) -> tuple[np.ndarray, np.ndarray]:
     return rank[codes], rank
 
 
-_GROUP_SUMS_BYTES = 64 * 2 ** 20  # the largest array of group sums (permutations x codes x width) kept for reuse
+_GROUP_SUMS_BYTES = 64 * 2 ** 20  # the largest array of sums by code (permutations x codes x width) kept for reuse
+_KEPT_BYTES = 256 * 2 ** 20  # at most this much of them kept per side (beyond: computed again per target set)
 
 
-def _group_sums(side: sim._Side, key, A: np.ndarray, coded: _CodedKernel, P: np.ndarray) -> np.ndarray | None:
-    """The rows of ``A`` ``(n, w)`` summed by the permuted codes of ``coded``, for every row ``pi`` of ``P``
-    ``(B, n)``: ``(B, u, w)`` (C-contiguous, as a fresh product: the products that follow depend on the layout),
-    or None when that is too big to keep.
+def _kept(side: sim._Side, key, nbytes: int, compute):
+    """``compute()`` memoised in ``side`` under ``key`` while it is at most ``_GROUP_SUMS_BYTES`` and the side keeps at
+    most ``_KEPT_BYTES`` of such arrays; otherwise computed again on every call (the same values either way)."""
+    if key in side.memo:
+        return side.memo[key]
+    kept = side.memo.get("kept_bytes", 0)
+    if nbytes > _GROUP_SUMS_BYTES or kept + nbytes > _KEPT_BYTES:
+        return compute()
+    side.memo["kept_bytes"] = kept + nbytes
+    return side.get(key, compute)
 
-    Kept in ``side``'s memo (``A`` is a matrix of that side, named by ``key``) under the canonical partition, so
-    another target set that repeats by the same categories reuses them, relabelled: a group's sum adds the same
-    rows of ``A`` in the same (index) order under any labelling, so the reused sums are bit-identical to
-    recomputed ones. The latest relabelling is kept too (the engines of one target set share it).
+
+def _canonical_sums(side: sim._Side, key, A: np.ndarray, codes: np.ndarray, u: int, P: np.ndarray,
+                    pairs: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of ``A`` over the groups of the permuted canonical codes, for every row ``pi`` of ``P`` ``(B, n)``, and
+    the canonical label of each code ``(u,)`` (:func:`_canonical`).
+
+    ``pairs=None``: the rows of ``A`` ``(n, w)`` summed by code, ``(B, u, w)`` (``M_pi^T A``); ``"factor"``: the
+    ``(B, u, u)`` sums ``M_pi^T A A^T M_pi`` of the kernel ``A A^T``; ``"dense"``: ``M_pi^T A M_pi`` of an ``(n, n)``
+    kernel ``A``. ``M_pi`` is the one-hot ``(n, u)`` matrix of the canonical codes ``canon[pi]``.
+
+    They depend only on ``A`` (a matrix of ``side``, named by ``key``), the partition and ``P``: kept in ``side``'s
+    memo (when at most ``_GROUP_SUMS_BYTES``), another target set that repeats by the same categories reuses them.
+    Callers put their ``(u, ...)`` tables in canonical order (``table_c[rank] = table``), so a target set's numbers
+    are computed the same way whatever its labels and whichever target sets came before.
     """
-    u = len(coded.Lu)
-    if len(P) * u * A.shape[1] * A.itemsize > _GROUP_SUMS_BYTES:
-        return None
-    canon, rank = _canonical(coded.codes, u)
-    perms = P.tobytes()
-    sums = side.get(("group_sums", key, canon.tobytes(), perms),
-                    lambda: (_stacked_codes(canon, P, u) @ A).reshape(len(P), u, -1))
-    if np.array_equal(rank, np.arange(u)):
-        return sums
-    labelled = side.memo.get(("group_sums_labelled", key))
-    if labelled is None or labelled[0] != (canon.tobytes(), rank.tobytes(), perms):
-        labelled = side.memo[("group_sums_labelled", key)] = ((canon.tobytes(), rank.tobytes(), perms),
-                                                              np.take(sums, rank, axis=1))
-    return labelled[1]
+    canon, rank = _canonical(codes, u)
+
+    def compute():
+        B = len(P)
+        out = np.empty((B, u, u if pairs else A.shape[1]))
+        chunk = _FACTOR_CHUNK if pairs != "dense" else _DENSE_CHUNK
+        counts = np.bincount(canon, minlength=u)
+        starts = np.cumsum(counts) - counts  # every code occurs in every permutation: no group is empty
+        for s in range(0, B, chunk):
+            Pc = P[s:s + chunk]
+            G = (_stacked_codes(canon, Pc, u) @ A).reshape(len(Pc), u, -1)
+            if pairs is None:
+                out[s:s + len(Pc)] = G
+            elif pairs == "factor":
+                out[s:s + len(Pc)] = np.matmul(G, G.transpose(0, 2, 1))
+            else:  # sum the columns of each row's group sums by the permuted codes too
+                C = canon[Pc]
+                for b in range(len(Pc)):
+                    out[s + b] = np.add.reduceat(G[b][:, np.argsort(C[b], kind="stable")], starts, axis=1)
+        return out
+
+    size = len(P) * u * (u if pairs else A.shape[1]) * 8
+    return _kept(side, ("group_sums", key, pairs, canon.tobytes(), P.tobytes()), size, compute), rank
 
 
-def _quad(A_factor, A_dense, Y_factor, Y_dense, Y_coded: _CodedKernel | None, P: np.ndarray,
-          shared=None) -> np.ndarray:
+def _to_canonical(table: np.ndarray, rank: np.ndarray, axes: int = 1) -> np.ndarray:
+    """``table`` ``(u, ...)`` with its first ``axes`` axes relabelled: ``out[rank[a], rank[b]] = table[a, b]``."""
+    out = np.empty_like(table)
+    out[np.ix_(rank, rank) if axes == 2 else rank] = table
+    return out
+
+
+def _quad(A_factor, A_dense, Y_factor, Y_dense, P: np.ndarray) -> np.ndarray:
     """``sum(A * L[pi][:, pi])`` ``(B,)`` for each row ``pi`` of ``P`` ``(B, n)``.
 
-    ``A`` is fixed (``F F^T`` given by its factor, or dense); ``L`` is coded (repeated rows), factored or dense.
-    ``shared(coded, P)``: :func:`_group_sums` of ``A`` (or None) when ``L`` is coded.
+    ``A`` is fixed (``F F^T`` given by its factor, or dense); ``L`` is factored or dense (a coded ``L`` goes through
+    :func:`_canonical_sums`).
     """
     out = np.empty(len(P))
-    if Y_coded is not None:
-        u, Lu = len(Y_coded.Lu), Y_coded.Lu
-        chunk = _FACTOR_CHUNK if A_factor is not None else _DENSE_CHUNK
-        A = A_factor if A_factor is not None else A_dense
-        sums = None if shared is None else shared(Y_coded, P)
-        for s in range(0, len(P), chunk):
-            Pc = P[s:s + chunk]
-            B = len(Pc)
-            if sums is None:  # group sums of A's rows, per permutation: (B, u, w) = M_pi^T A
-                G = (_stacked_codes(Y_coded.codes, Pc, u) @ A).reshape(B, u, -1)
-            else:
-                G = sums[s:s + B]
-            if A_factor is not None:
-                out[s:s + B] = np.einsum("bur,bur->b", np.matmul(Lu, G), G)
-            else:
-                C = Y_coded.codes[Pc]
-                for b in range(B):  # sum_{a, j} G[a, j] Lu[a, c_pi(j)]
-                    out[s + b] = np.einsum("aj,aj->", G[b], Lu[:, C[b]])
-        return out
     if A_factor is not None and Y_factor is not None:
         for b, pi in enumerate(P):
             C = Y_factor[pi].T @ A_factor
@@ -284,21 +298,22 @@ class _CKA(_Engine):
             a_key = "factor"
             dK, rK, sK, kk = xs.get("factor_terms", lambda: _factor_terms(F))
             if coded is not None:
-                self.coded = ys.get("coded_linear", lambda: _coded_linear(ys.centered(), coded))
+                self.coded = ys.get("coded_linear", lambda: _CodedKernel(coded[1], ys.rows().linear()))
             else:
                 self.G = ys.get("factor", lambda: _factor(ys.centered()))
         else:
             gram = ("rbf", float(sig))
-            K, L = xs.rbf(float(sig)), ys.rbf(float(sig))
+            K = xs.rbf(float(sig))
+            if coded is not None:  # (u, u) table of the category rows
+                self.coded = ys.get(("coded", gram), lambda: _CodedKernel(coded[1], ys.rows().rbf(float(sig))))
+                ll_biased = ys.get(("sq_norm_centred", gram), self.coded.sq_norm_centred)
+            else:
+                self.L = L = ys.rbf(float(sig))
+                ll_biased = ys.get(("sq_norm_centred", gram), lambda: float(np.sum(sim._double_center(L) ** 2)))
             Kc = xs.get(("double_centred", gram), lambda: sim._double_center(K))
             self.A = K if self.unbiased else Kc
             a_key = gram if self.unbiased else ("double_centred", gram)
             dK, rK, sK, kk = xs.get(("kernel_terms", gram, self.unbiased), lambda: _kernel_terms(K, Kc, self.unbiased))
-            ll_biased = ys.get(("sq_norm_centred", gram), lambda: float(np.sum(sim._double_center(L) ** 2)))
-            if coded is not None:
-                self.coded = ys.get(("coded", gram), lambda: _CodedKernel(coded[1], L[np.ix_(coded[0], coded[0])]))
-            else:
-                self.L = L
         if self.coded is not None:
             c = self.coded
             dL, rL, sL, ll = c.diag(), c.rowsums(), c.total(), c.sq_norm()
@@ -313,6 +328,8 @@ class _CKA(_Engine):
         if self.unbiased:  # zero-diagonal row sums and totals of the unbiased estimator
             self.dK, self.dL = dK, dL
             self.rK, self.rL = rK - dK, rL - dL
+            self.terms_key = ("unbiased_terms", a_key)
+            self.terms = xs.get(self.terms_key, lambda: np.column_stack([self.dK, self.rK]))
             self.sK, self.sL = sK - dK.sum(), sL - dL.sum()
             hxx = self._hsic_u(kk, dK @ dK, self.rK @ self.rK, self.sK * self.sK)
             hyy = self._hsic_u(ll, dL @ dL, self.rL @ self.rL, self.sL * self.sL)
@@ -322,7 +339,9 @@ class _CKA(_Engine):
         sim._check_self(hyy, "Y")
         self.denominator = math.sqrt(hxx * hyy)
         A = self.F if self.F is not None else self.A
-        self.shared = lambda coded, P: _group_sums(xs, a_key, A, coded, P)
+        self.sums = lambda key, M, P, pairs=None: _canonical_sums(xs, key, M, self.coded.codes, len(self.coded.Lu), P,
+                                                                   pairs)
+        self.pairs = lambda P: self.sums(a_key, A, P, "factor" if self.F is not None else "dense")
 
     def _hsic_u(self, q, diag, rows, sums):
         """Song et al.'s unbiased HSIC from ``sum(K * L)``, ``diag(K) . diag(L)``, zero-diagonal row sums and totals."""
@@ -331,15 +350,23 @@ class _CKA(_Engine):
 
     def scores(self, P):
         if self.coded is None:
-            q = _quad(self.F, self.A, self.G, self.L, self.coded, P)
-        else:  # the biased and unbiased engines on the same X and Y share A and L, hence these sums
-            A, key = (self.F if self.F is not None else self.A), P.tobytes()
-            hit = self.coded.quads.get(key)
-            if hit is None or hit[0] is not A:  # (the entry holds its A, so ``is`` cannot mistake a new one for it)
-                hit = self.coded.quads[key] = (A, _quad(self.F, self.A, None, None, self.coded, P, self.shared))
-            q = hit[1]
-        if self.unbiased:
-            q = self._hsic_u(q, self.dL[P] @ self.dK, self.rL[P] @ self.rK, self.sK * self.sL)
+            q = _quad(self.F, self.A, self.G, self.L, P)
+            if self.unbiased:
+                q = self._hsic_u(q, self.dL[P] @ self.dK, self.rL[P] @ self.rK, self.sK * self.sL)
+            return q / self.denominator
+        # L = M Lu M^T: sum(A * L[pi][:, pi]) = sum(Lu * M_pi^T A M_pi), the (u, u) pair sums of X's side
+        A, key = (self.F if self.F is not None else self.A), P.tobytes()
+        hit = self.coded.quads.get(key)  # the biased and unbiased engines on the same X and Y share A and L
+        if hit is None or hit[0] is not A:  # (the entry holds its A, so ``is`` cannot mistake a new one for it)
+            H, rank = self.pairs(P)
+            hit = self.coded.quads[key] = (A, np.einsum("bac,ac->b", H, _to_canonical(self.coded.Lu, rank, 2)))
+        q = hit[1]
+        if self.unbiased:  # dL[pi] . dK and rL[pi] . rK from the sums of dK and rK by the permuted codes
+            T, rank = self.sums(self.terms_key, self.terms, P)
+            Lu, counts = self.coded.Lu, self.coded.counts
+            dLu = np.diag(Lu).copy()
+            tables = _to_canonical(np.column_stack([dLu, Lu @ counts - dLu]), rank)
+            q = self._hsic_u(q, T[:, :, 0] @ tables[:, 0], T[:, :, 1] @ tables[:, 1], self.sK * self.sL)
         return q / self.denominator
 
 
@@ -362,37 +389,93 @@ class _Lookup:
     """An ``(n, n)`` matrix read at ``(P[:, r], P[:, c])`` for off-diagonal positions ``r != c``.
 
     When ``Y`` repeats rows (``codes`` ``(n,)``) and the matrix is a function of the two codes off the diagonal, it is
-    kept as a ``(u, u)`` table (cache-resident); otherwise dense.
+    kept as a ``(u, u)`` table (cache-resident): ``table`` when known (``W`` may then be None), else taken from ``W``
+    when it reproduces it; otherwise dense.
     """
 
-    def __init__(self, W: np.ndarray, coded: tuple[np.ndarray, np.ndarray] | None):
+    def __init__(self, W: np.ndarray | None, coded: tuple[np.ndarray, np.ndarray] | None,
+                 table: np.ndarray | None = None):
         self.W, self.codes = W, None
         if coded is None:
             return
         first, codes = coded
         u = len(first)
-        counts = np.bincount(codes, minlength=u)
-        order = np.argsort(codes, kind="stable")
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        second = np.where(counts > 1, order[np.minimum(starts + 1, len(codes) - 1)], first)
-        table = W[np.ix_(first, first)].copy()
-        table[np.diag_indices(u)] = W[first, second] * (counts > 1)
-        full = table[np.ix_(codes, codes)]
-        np.fill_diagonal(full, np.diag(W))
-        if np.allclose(full, W, rtol=0.0, atol=1e-12):  # the table reproduces W (to rounding): use it
-            self.W, self.codes, self.table = None, codes, table.ravel()
-            self.u = u
+        if table is None:
+            counts = np.bincount(codes, minlength=u)
+            order = np.argsort(codes, kind="stable")
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            second = np.where(counts > 1, order[np.minimum(starts + 1, len(codes) - 1)], first)
+            table = W[np.ix_(first, first)].copy()
+            table[np.diag_indices(u)] = W[first, second] * (counts > 1)
+            full = table[np.ix_(codes, codes)]
+            np.fill_diagonal(full, np.diag(W))
+            if not np.allclose(full, W, rtol=0.0, atol=1e-12):  # the table does not reproduce W: keep W
+                return
+        self.W, self.codes, self.table, self.u = None, codes, table, u
 
     def at(self, P: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
         if self.codes is None:
             return self.W[P[:, r], P[:, c]]
         C = self.codes[P]
-        return self.table[C[:, r] * self.u + C[:, c]]
+        return self.table.ravel()[C[:, r] * self.u + C[:, c]]
+
+    def pairs(self, index: np.ndarray, rank: np.ndarray) -> np.ndarray:
+        """A coded lookup read at the canonical code pairs ``index`` of :func:`_pair_index` (``rank``: its canonical
+        labels): what :meth:`at` returns, with the code-pair index shared by every target set."""
+        return _to_canonical(self.table, rank, 2).ravel()[index]
+
+
+def _pair_index(side: sim._Side, key, r: np.ndarray, c: np.ndarray, codes: np.ndarray, u: int, P: np.ndarray):
+    """``(index (B, m), rank (u,))``: the canonical code pair ``u canon[pi[r]] + canon[pi[c]]`` of each entry of a graph
+    ``(r, c)`` ``(m,)`` of ``side`` under each permutation ``pi`` of ``P`` ``(B, n)`` (memoised like
+    :func:`_canonical_sums`; ``index`` None when too big to keep)."""
+    canon, rank = _canonical(codes, u)
+    key = ("pair_index", key, canon.tobytes(), P.tobytes())
+    size = len(P) * len(r) * 8
+    if key not in side.memo and (size > _GROUP_SUMS_BYTES or side.memo.get("kept_bytes", 0) + size > _KEPT_BYTES):
+        return None, rank  # the caller reads its tables per chunk of permutations
+
+    def compute():
+        C = canon[P]
+        return C[:, r] * u + C[:, c]
+    return _kept(side, key, size, compute), rank
+
+
+def _pair_weights(side: sim._Side, key, r: np.ndarray, c: np.ndarray, w: np.ndarray, codes: np.ndarray, u: int,
+                  P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(H (B, u * u), rank (u,))``: the weights ``w`` ``(m,)`` of a graph ``(r, c)`` of ``side`` summed by canonical
+    code pair under each permutation of ``P`` (:func:`_pair_index`), so that ``sum_e w_e T[pi[r_e], pi[c_e]]`` of a
+    coded ``(u, u)`` table ``T`` is ``H @ T_canonical.ravel()`` (memoised like :func:`_canonical_sums`)."""
+    canon, rank = _canonical(codes, u)
+
+    def compute():
+        H = np.empty((len(P), u * u))
+        for s in range(0, len(P), _KNN_CHUNK):
+            C = canon[P[s:s + _KNN_CHUNK]]
+            index = C[:, r] * u + C[:, c] + (np.arange(len(C)) * u * u)[:, None]
+            H[s:s + len(C)] = np.bincount(index.ravel(), np.tile(w, len(C)), len(C) * u * u).reshape(len(C), -1)
+        return H
+
+    return _kept(side, ("pair_weights", key, canon.tobytes(), P.tobytes()), len(P) * u * u * 8, compute), rank
 
 
 def _knn_lookup(side: sim._Side, k: int) -> _Lookup:
     """:class:`_Lookup` of one side's neighbour weights (memoised with it)."""
-    return side.get(("knn_lookup", k), lambda: _Lookup(side.knn(k, "average"), _codes(side)))
+    def compute():
+        if side.rows() is not None:
+            return _Lookup(None, side.coded(), side.knn_table(k))
+        return _Lookup(side.knn(k, "average"), None)
+    return side.get(("knn_lookup", k), compute)
+
+
+def _knn_nonzeros(side: sim._Side, k: int) -> int:
+    """The number of nonzero neighbour weights of one side (counted on its ``(u, u)`` table when it repeats rows)."""
+    def compute():
+        if side.rows() is not None:
+            c = side.rows().counts
+            return int(np.sum((side.knn_table(k) != 0) * (np.outer(c, c) - np.diag(c))))
+        return int(np.count_nonzero(side.knn(k, "average")))
+    return side.get(("knn_nonzeros", k), compute)
 
 
 def _sparse_entries(W: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -410,14 +493,18 @@ class _MutualKNN(_Engine):
         xs, ys = sim._sides(X, Y, cache)
         self.n = n = len(X)
         self.k = k = sim._check_k(k, n)
-        WX, WY = xs.knn(k, "average"), ys.knn(k, "average")
         # the sum runs over the sparser matrix's nonzeros; the other is looked up at the permuted positions
-        self.x_sparse = np.count_nonzero(WX) <= np.count_nonzero(WY)
+        self.x_sparse = _knn_nonzeros(xs, k) <= _knn_nonzeros(ys, k)
         sparse, dense = (xs, ys) if self.x_sparse else (ys, xs)
         self.r, self.c, self.w = sparse.get(("knn_entries", k), lambda: _sparse_entries(sparse.knn(k, "average")))
         self.D = _knn_lookup(dense, k)
+        self.x = xs
 
     def scores(self, P):
+        if self.x_sparse and self.D.codes is not None:  # sum over code pairs of X's weights, shared by target sets
+            D = self.D
+            H, rank = _pair_weights(self.x, ("knn", self.k), self.r, self.c, self.w, D.codes, D.u, P)
+            return H @ _to_canonical(D.table, rank, 2).ravel() / (self.n * self.k)
         if not self.x_sparse:  # sum_ij W_X[i, j] W_Y[pi i, pi j] = sum_ab W_X[pinv a, pinv b] W_Y[a, b]
             P = np.argsort(P, axis=1)
         out = np.empty(len(P))
@@ -428,8 +515,8 @@ class _MutualKNN(_Engine):
 
 def _cknna_graph(K: np.ndarray, WK: np.ndarray) -> tuple:
     """X's side of CKNNA's cross term: the nonzeros ``(r, c)`` of its neighbour weights ``WK`` with their weights and
-    ``WK o K`` values, where each entry's transpose sits among them (``has_t``, ``t``), and the sparse ``(m, n)``
-    operators that sum the entries by column and by row."""
+    ``WK o K`` values, where each entry's transpose sits among them (``has_t``, ``t``), and the sparse ``(n, m)``
+    operators that sum the entries by column and by row (kept transposed: built once with X's graph)."""
     from scipy.sparse import csr_matrix
 
     n = len(K)
@@ -441,7 +528,7 @@ def _cknna_graph(K: np.ndarray, WK: np.ndarray) -> tuple:
     m = len(r)
     col_sum = csr_matrix((np.ones(m), (np.arange(m), c)), shape=(m, n))
     row_sum = csr_matrix((np.ones(m), (np.arange(m), r)), shape=(m, n))
-    return r, c, wk, kw, has_t, pos[has_t], col_sum, row_sum
+    return r, c, wk, kw, has_t, pos[has_t], col_sum.T, row_sum.T
 
 
 @_register("cknna")
@@ -451,7 +538,7 @@ class _CKNNA(_Engine):
         xs, ys = sim._sides(X, Y, cache)
         self.n = n = len(X)
         self.k = k = sim._check_k(k, n, minimum=2)
-        xs.cosine(), ys.cosine()  # a zero row of X is reported before one of Y
+        xs.cosine(), (ys.cosine_table() if ys.rows() is not None else ys.cosine())  # X's zero rows reported first
         kk = sim._knn_self_alignment(xs, k, "average")  # neither self-alignment depends on the pairing
         ll = sim._knn_self_alignment(ys, k, "average")
         if not kk * ll > 0:
@@ -460,13 +547,16 @@ class _CKNNA(_Engine):
                 f"(their product must be positive); use a larger k or check for constant features")
         self.denominator = math.sqrt(kk * ll)
         self.WL = _knn_lookup(ys, k)
-        self.L = ys.get("cosine_lookup", lambda: _Lookup(ys.cosine(), _codes(ys)))
+        self.L = ys.get("cosine_lookup", lambda: _Lookup(None, ys.coded(), ys.cosine_table()) if ys.rows() is not None
+                        else _Lookup(ys.cosine(), None))
+        self.x = xs
         # the cross term lives on X's neighbour graph
         self.r, self.c, self.wk, self.kw, self.has_t, self.t, self.col_sum, self.row_sum = xs.get(
             ("cknna_graph", k), lambda: _cknna_graph(xs.cosine(), xs.knn(k, "average")))
 
     def scores(self, P):
-        n = self.n
+        if self.WL.codes is not None and self.L.codes is not None:
+            return self._coded_scores(P)
         out = np.empty(len(P))
         for s in range(0, len(P), _KNN_CHUNK):
             Pc = P[s:s + _KNN_CHUNK]
@@ -474,10 +564,44 @@ class _CKNNA(_Engine):
             a = self.kw * wl  # (M o K) on the graph, M = W_K o W_L[pi][:, pi]
             b = self.wk * wl * self.L.at(Pc, self.r, self.c)  # M o L[pi][:, pi]
             trace = np.einsum("bm,bm->b", a[:, self.has_t], b[:, self.t])
-            cross = np.einsum("bj,bj->b", (self.col_sum.T @ a.T).T, (self.row_sum.T @ b.T).T)
-            kl = (trace + a.sum(1) * b.sum(1) / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
-            out[s:s + len(Pc)] = kl
+            cross = np.einsum("bj,bj->b", (self.col_sum @ a.T).T, (self.row_sum @ b.T).T)
+            out[s:s + len(Pc)] = self._hsic(trace, a.sum(1), b.sum(1), cross)
         return out / self.denominator
+
+    def _hsic(self, trace, sum_a, sum_b, cross):
+        """The unbiased HSIC of the cross term from its trace, totals and ``1^T A B 1`` ``(B,)``."""
+        n = self.n
+        return (trace + sum_a * sum_b / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
+
+    def _coded_scores(self, P):
+        """:meth:`scores` when ``W_L`` and ``L`` are ``(u, u)`` tables: the totals and the trace are X's graph
+        weights summed by code pair (:func:`_pair_weights`) against the tables; ``1^T A B 1`` reads the tables at
+        X's graph entries through one code-pair index (:func:`_pair_index`). Both are shared by every target set."""
+        WL, L = self.WL, self.L
+        codes, u, key = WL.codes, WL.u, ("cknna", self.k)
+        _, rank = _canonical(codes, u)
+        wl = _to_canonical(WL.table, rank, 2)
+        wll = wl * _to_canonical(L.table, rank, 2)  # an entry of M o L[pi][:, pi] is w_K wl l
+
+        def weights(name, r, c, w):
+            return _pair_weights(self.x, key + (name,), r, c, w, codes, u, P)[0]
+        sum_a = weights("kw", self.r, self.c, self.kw) @ wl.ravel()
+        sum_b = weights("wk", self.r, self.c, self.wk) @ wll.ravel()
+        # trace: entry e times its transpose t(e), read at (pi r_e, pi c_e) from wl and the transpose of wll
+        t = self.has_t
+        trace = weights("trace", self.r[t], self.c[t], self.kw[t] * self.wk[self.t]) @ (wl * wll.T).ravel()
+        index, _ = _pair_index(self.x, key, self.r, self.c, codes, u, P)
+        cross = np.empty(len(P))
+        for s in range(0, len(P), _KNN_CHUNK):  # (in chunks either way: the same arithmetic with or without index)
+            Pc = P[s:s + _KNN_CHUNK]
+            if index is not None:
+                at = index[s:s + len(Pc)]
+            else:
+                C = _canonical(codes, u)[0][Pc]
+                at = C[:, self.r] * u + C[:, self.c]
+            a, b = self.kw * wl.ravel()[at], self.wk * wll.ravel()[at]
+            cross[s:s + len(Pc)] = np.einsum("bj,bj->b", (self.col_sum @ a.T).T, (self.row_sum @ b.T).T)
+        return self._hsic(trace, sum_a, sum_b, cross) / self.denominator
 
 
 @_register("svcca")
@@ -491,11 +615,16 @@ class _SVCCA(_Engine):
             raise ObjalignError(f"dim={dim} is too large: expected dim <= min(n_samples - 1, n_features_x, "
                                 f"n_features_y) = {limit}")
         xs, ys = sim._sides(X, Y, cache)
-        self.n = len(X)
+        self.n, self.dim, self.x, self.y = len(X), int(dim), xs, ys
         self.Ux, self.Uy = xs.subspace(int(dim)), ys.subspace(int(dim))
 
     def scores(self, P):
         out = np.empty(len(P))
+        if self.y.rows() is not None:  # U_Y = M W: U_Y[pi]^T U_X = W^T (M_pi^T U_X), X's group sums
+            codes, W = self.y.coded()[1], self.y.subspace_rows(self.dim)
+            G, rank = _canonical_sums(self.x, ("subspace", self.dim), self.Ux, codes, len(W), P)
+            C = np.matmul(_to_canonical(W, rank).T, G)  # (B, dim, dim)
+            return np.mean(np.clip(np.linalg.svd(C, compute_uv=False), 0.0, 1.0), axis=1)
         for s in range(0, len(P), _KNN_CHUNK):
             C = np.matmul(self.Uy[P[s:s + _KNN_CHUNK]].transpose(0, 2, 1), self.Ux)  # (B, dim, dim)
             out[s:s + len(C)] = np.mean(np.clip(np.linalg.svd(C, compute_uv=False), 0.0, 1.0), axis=1)
@@ -590,11 +719,15 @@ def calibrated(measure, X, Y, groups=None, n_permutations: int = 1000, alpha: fl
         ``null_mean``, ``n_permutations``, ``alpha``, ``measure`` (its name) and ``scheme``
         (``"image-blocks"`` or ``"rows"``).
     """
-    from objalign.evaluate.stats import group_permutations
-
     alpha = check_alpha(alpha)
     K = _check_count(n_permutations, "n_permutations")
-    engine = permutation_engine(measure, X, Y, cache, **options)
+    return _calibrated(permutation_engine(measure, X, Y, cache, **options), groups, K, alpha, seed, cache)
+
+
+def _calibrated(engine: _Engine, groups, K: int, alpha: float, seed, cache: dict | None) -> dict:
+    """:func:`calibrated` of a built engine."""
+    from objalign.evaluate.stats import group_permutations
+
     n = engine.n
     if groups is not None and len(np.asarray(groups)) != n:
         raise ObjalignError(f"groups has {len(np.asarray(groups))} labels for {n} samples: pass one image id per row")
@@ -629,7 +762,8 @@ def bh_adjust(pvalues) -> np.ndarray:
 
 
 def calibrate_measures(measures: dict[str, tuple], X, Y, groups=None, n_permutations: int = 1000,
-                       alpha: float = 0.05, seed=0, cache: dict | None = None) -> dict[str, dict]:
+                       alpha: float = 0.05, seed=0, cache: dict | None = None,
+                       engines: dict | None = None) -> dict[str, dict]:
     """:func:`calibrated` for several measures on one pairing (one set of permutations), BH-adjusted together.
 
     Parameters
@@ -641,6 +775,9 @@ def calibrate_measures(measures: dict[str, tuple], X, Y, groups=None, n_permutat
     cache : dict, optional
         As in :func:`calibrated`; without one, the measures still share one cache (what they compute from ``X``
         or ``Y`` alone, and the permutations) within this call.
+    engines : dict, optional
+        Result name -> that measure's engine on ``(X, Y)``, already built by the caller with ``cache``
+        (:func:`permutation_engine`): used instead of building it again (the same result).
 
     Returns
     -------
@@ -652,7 +789,11 @@ def calibrate_measures(measures: dict[str, tuple], X, Y, groups=None, n_permutat
     cache = {} if cache is None else cache
     for name, (measure, options) in measures.items():
         try:
-            r = calibrated(measure, X, Y, groups, n_permutations, alpha, seed, cache, **options)
+            if engines is not None and name in engines:
+                r = _calibrated(engines[name], groups, _check_count(n_permutations, "n_permutations"),
+                                check_alpha(alpha), seed, cache)
+            else:
+                r = calibrated(measure, X, Y, groups, n_permutations, alpha, seed, cache, **options)
         except ObjalignError as exc:
             out[name] = {"error": str(exc)}
             continue
