@@ -125,3 +125,15 @@ def test_a_sets_figures_do_not_depend_on_its_companions():
                 np.testing.assert_array_equal(res["per_instance"][k], v)
         assert {r["split"] for r in alone["rows"]} == {"heldout_images", "heldout_categories"}
         assert all(r["ci"] for r in alone["rows"])
+
+
+def test_kendall_tau_a_from_scipy_equals_the_sign_table():
+    from objalign.evaluate.rsa import _kendall_sign_table, kendall_tau_a
+
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        m = int(rng.integers(64, 400))
+        a = rng.integers(0, 6, m).astype(float) if trial % 2 else rng.normal(size=m)  # with ties, and without
+        b = rng.integers(0, 9, m).astype(float) if trial % 3 else a + rng.normal(size=m)
+        assert kendall_tau_a(a, b) == _kendall_sign_table(a, b)  # bit for bit: an exact pair count
+    assert kendall_tau_a(np.ones(100), rng.normal(size=100)) == 0.0
