@@ -10,6 +10,7 @@ from sklearn.metrics import r2_score
 import objalign.evaluate.intervals as intervals
 from objalign.align.stage import evaluate, evaluate_targets
 from objalign.config import AlignConfig
+from objalign.errors import ObjalignError
 from objalign.evaluate.intervals import bootstrap_figures, resample_counts
 from objalign.evaluate.metrics import per_instance, r2_scores, r2_uniform, r2_variance_weighted
 
@@ -137,3 +138,17 @@ def test_kendall_tau_a_from_scipy_equals_the_sign_table():
         b = rng.integers(0, 9, m).astype(float) if trial % 3 else a + rng.normal(size=m)
         assert kendall_tau_a(a, b) == _kendall_sign_table(a, b)  # bit for bit: an exact pair count
     assert kendall_tau_a(np.ones(100), rng.normal(size=100)) == 0.0
+
+
+def test_per_instance_of_the_category_rows_equals_the_explicit_targets():
+    groups, lab, Es, preds = _sets()
+    for E, P in zip(Es, preds):
+        for cand in (None, np.unique(lab)[:5]):
+            keep = np.ones(len(lab), bool) if cand is None else np.isin(lab, cand)
+            got = per_instance(P[keep], None, lab[keep], E, cand)
+            want = per_instance(P[keep], E[lab[keep]], lab[keep], E, cand)
+            assert got.keys() == want.keys()
+            for k in want:
+                np.testing.assert_array_equal(got[k], want[k])  # bit for bit
+    with pytest.raises(ObjalignError, match="outside"):
+        per_instance(preds[0][:2], None, np.array([0, 99]), Es[0])

@@ -368,8 +368,8 @@ def _evaluate(X, groups, label_index, targets: dict, cfg: AlignConfig, category_
                     fits = [{"pca_dim": ff["keys"][k]["pca_dim"], "n_train": ff["n_train"],
                              **ff["keys"][k]["methods"][method]} for ff in fold_fits]
                     pred = np.vstack([fit["pred"] for fit in fits])
-                    inst_parts = [per_instance(fit["pred"], Yt[a:b], lab[a:b], class_emb, f.unseen if unseen else None)
-                                  for f, fit, a, b in zip(folds, fits, bounds[:-1], bounds[1:])]
+                    inst_parts = [per_instance(fit["pred"], None, lab[a:b], class_emb, f.unseen if unseen else None)
+                                  for f, fit, a, b in zip(folds, fits, bounds[:-1], bounds[1:])]  # true: class rows
                     inst = {n: np.concatenate([p[n] for p in inst_parts]) for n in inst_parts[0]}
                     figs = {**r2_scores(Yt, pred, categories=(lab, class_emb)), **figures_from_instances(inst)}
                     hps = [fit["hp"] for fit in fits]

@@ -268,7 +268,8 @@ class _Resamples:
         return (self.kept is not None and isinstance(seed, (int, np.integer)) and int(seed) == int(self.seed)
                 and n_resamples == self.n_resamples and n_categories == self.n_categories
                 and np.array_equal(groups, self.groups)
-                and (labels is None) == (self.labels is None) and (labels is None or np.array_equal(labels, self.labels)))
+                and (labels is None) == (self.labels is None)
+                and (labels is None or np.array_equal(labels, self.labels)))
 
     def blocks(self):
         """:class:`_Draws` of every block of resamples, in order."""

@@ -43,11 +43,11 @@ def _ranks(sims: np.ndarray, label_col: np.ndarray) -> np.ndarray:
 
 def _check_inputs(pred, true, label_index, class_emb, candidates=None):
     pred = np.asarray(pred, dtype=np.float64)
-    true = np.asarray(true, dtype=np.float64)
+    true = None if true is None else np.asarray(true, dtype=np.float64)
     class_emb = np.asarray(class_emb, dtype=np.float64)
     label_index = np.asarray(label_index)
-    if pred.ndim != 2 or pred.shape != true.shape:
-        raise ObjalignError(f"predictions have shape {pred.shape} but true targets {true.shape}; "
+    if pred.ndim != 2 or (true is not None and pred.shape != true.shape):
+        raise ObjalignError(f"predictions have shape {pred.shape} but true targets {getattr(true, 'shape', None)}; "
                             "expected equal (n_objects, text_dim) arrays")
     if class_emb.ndim != 2 or class_emb.shape[1] != pred.shape[1]:
         raise ObjalignError(f"class_emb has shape {class_emb.shape}; expected (n_categories, {pred.shape[1]})")
@@ -65,14 +65,15 @@ def _check_inputs(pred, true, label_index, class_emb, candidates=None):
     return pred, true, label_index, class_emb, candidates
 
 
-def per_instance(pred: np.ndarray, true: np.ndarray, label_index: np.ndarray, class_emb: np.ndarray,
+def per_instance(pred: np.ndarray, true: np.ndarray | None, label_index: np.ndarray, class_emb: np.ndarray,
                  candidates: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-instance residuals and retrieval ranks.
 
     Parameters
     ----------
     pred, true : (n, d)
-        Predicted and true text embeddings.
+        Predicted and true text embeddings. ``true=None``: each object's category row ``class_emb[label_index]``
+        (the same numbers; the unit vectors then come from the c category rows instead of the n objects).
     label_index : (n,) int
         Row of ``class_emb`` that holds each instance's true category.
     class_emb : (c, d)
@@ -88,11 +89,15 @@ def per_instance(pred: np.ndarray, true: np.ndarray, label_index: np.ndarray, cl
     rank = 1 + number of candidates scoring strictly higher) — and, with ``candidates``, ``rank_unseen`` (n,).
     """
     pred, true, label_index, class_emb, candidates = _check_inputs(pred, true, label_index, class_emb, candidates)
-    diff = pred - true
-    residual = np.sqrt(np.add.reduce(np.square(diff, out=diff), axis=1))  # what np.linalg.norm(pred - true, axis=1) sums
+    unit_emb = _unit(class_emb)
+    if true is None:  # the category rows: a row's unit vector does not depend on the rows around it
+        diff, unit_true = pred - class_emb[label_index], unit_emb[label_index]
+    else:
+        diff, unit_true = pred - true, _unit(true)
+    residual = np.sqrt(np.add.reduce(np.square(diff, out=diff), axis=1))  # np.linalg.norm(diff, axis=1)
     unit_pred = _unit(pred)
-    cosine = np.sum(unit_pred * _unit(true), axis=1)
-    sims = unit_pred @ _unit(class_emb).T
+    cosine = np.sum(unit_pred * unit_true, axis=1)
+    sims = unit_pred @ unit_emb.T
     out = {"residual_l2": residual, "cosine": cosine, "rank": _ranks(sims, label_index)}
     if candidates is not None:
         col = np.searchsorted(np.sort(candidates), label_index)
