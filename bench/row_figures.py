@@ -128,7 +128,7 @@ def _before_median(values, w):
 def _before_figures(pred, true, inst, counts, labels, E, codes):
     from scipy import sparse
 
-    from objalign.evaluate.intervals import _r2_from_sums
+    from objalign.evaluate.intervals import _r2_from_sums, _weighted_means
 
     w = np.asarray(counts, dtype=np.float64)
     per_group = sparse.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))),
@@ -146,13 +146,7 @@ def _before_figures(pred, true, inst, counts, labels, E, codes):
     wc = wsum(onehot)
     s_y, s_y2 = wc @ Ec, wc @ (Ec ** 2)
     r2, r2w = _r2_from_sums(wsum((pred - true) ** 2), s_y2 - s_y ** 2 / W[:, None])
-    cols = [inst["cosine"], inst["residual_l2"], inst["rank"] <= 1, inst["rank"] <= 5, inst["rank"]]
-    names = ["cosine_mean", "residual_mean", "top1", "top5", "mean_rank"]
-    if "rank_unseen" in inst:
-        cols += [inst["rank_unseen"] <= 1, inst["rank_unseen"] <= 5, inst["rank_unseen"]]
-        names += ["top1_unseen", "top5_unseen", "mean_rank_unseen"]
-    means = wsum(np.column_stack(cols).astype(np.float64)) / W[:, None]
-    out = {"r2": r2, "r2_variance_weighted": r2w, **{k: means[:, j] for j, k in enumerate(names)}}
+    out = {"r2": r2, "r2_variance_weighted": r2w, **_weighted_means(inst, wsum, W)}  # (unchanged)
     out["residual_median"] = _before_median(inst["residual_l2"], weights)
     return out
 

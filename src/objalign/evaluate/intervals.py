@@ -200,16 +200,21 @@ def _figures(draws: _Draws, pred: np.ndarray, true: np.ndarray, inst: dict[str, 
     sq = pred - true
     ss_res = wsum(np.square(sq, out=sq))
     r2, r2w = _r2_from_sums(ss_res, ss_tot)
+    out = {"r2": r2, "r2_variance_weighted": r2w, **_weighted_means(inst, wsum, W)}
+    out["residual_median"] = _weighted_median(inst["residual_l2"], draws.counts, draws.codes)
+    return out
+
+
+def _weighted_means(inst: dict[str, np.ndarray], wsum, W: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-object means of a row (cosine, residual, top-k, ranks) on every resample: ``wsum`` sums (n, k)
+    columns with each resample's weights, ``W`` (B,) the objects per resample -> figure -> (B,)."""
     cols = [inst["cosine"], inst["residual_l2"], inst["rank"] <= 1, inst["rank"] <= 5, inst["rank"]]
     names = ["cosine_mean", "residual_mean", "top1", "top5", "mean_rank"]
     if "rank_unseen" in inst:
         cols += [inst["rank_unseen"] <= 1, inst["rank_unseen"] <= 5, inst["rank_unseen"]]
         names += ["top1_unseen", "top5_unseen", "mean_rank_unseen"]
     means = wsum(np.column_stack(cols).astype(np.float64)) / W[:, None]
-    out = {"r2": r2, "r2_variance_weighted": r2w}
-    out.update({k: means[:, j] for j, k in enumerate(names)})
-    out["residual_median"] = _weighted_median(inst["residual_l2"], draws.counts, draws.codes)
-    return out
+    return {k: means[:, j] for j, k in enumerate(names)}
 
 
 def figures_for_weights(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.ndarray],
