@@ -115,10 +115,21 @@ def _r2_from_sums(ss_res: np.ndarray, ss_tot: np.ndarray) -> tuple[np.ndarray, n
     Constant dimensions are left out of the uniform average as in
     :func:`objalign.evaluate.metrics.r2_uniform`.
     """
+    return _r2_from_totals(ss_res, _totals(ss_tot))
+
+
+def _totals(ss_tot: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What :func:`_r2_from_sums` takes from the total sums ``(B, q)`` alone (the same for every prediction of the
+    targets): ``(ss_tot, live (B, q) mask of the dimensions that vary, their count (B,), their total (B,))``."""
     scale = np.maximum(ss_tot.max(axis=1, keepdims=True), 1e-300)
     live = ss_tot > CONSTANT_DIM_RTOL * scale
-    n_live = live.sum(axis=1)
-    tot, res = np.sum(np.where(live, ss_tot, 0.0), axis=1), np.sum(np.where(live, ss_res, 0.0), axis=1)
+    return ss_tot, live, live.sum(axis=1), np.sum(np.where(live, ss_tot, 0.0), axis=1)
+
+
+def _r2_from_totals(ss_res: np.ndarray, totals: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_r2_from_sums` with the targets' side from :func:`_totals`."""
+    ss_tot, live, n_live, tot = totals
+    res = np.sum(np.where(live, ss_res, 0.0), axis=1)
     exact = np.where(ss_res.sum(axis=1) <= 0, 1.0, 0.0)  # all dimensions constant: 1 for an exact prediction, else 0
     with np.errstate(divide="ignore", invalid="ignore"):
         uniform = np.where(n_live > 0, np.sum(np.where(live, 1.0 - ss_res / ss_tot, 0.0), axis=1) / n_live, exact)
@@ -152,27 +163,27 @@ class _Draws:
         self.per_group = per_group
         self.W = self.wsum(np.ones((n, 1)))[:, 0]  # objects in each resample
         self.wc = self.label_counts = None
-        self.totals: list[tuple[np.ndarray, np.ndarray]] = []  # (E, its total_squares)
+        self.totals: list[tuple[np.ndarray, tuple]] = []  # (E, its total_squares)
         if labels is not None:
             self.label_counts = np.bincount(labels, minlength=n_categories).astype(np.float64)
             onehot = np.zeros((n, n_categories))
             onehot[np.arange(n), labels] = 1.0
             self.wc = self.wsum(onehot)  # integer sums, exact
 
-    def total_squares(self, E: np.ndarray) -> np.ndarray:
-        """Per resample and text dimension, the total sum of squares of the targets ``E[labels]`` (B, q), from
-        the per-category weights; kept for the next call with the same ``E`` (compared bit for bit: every method
-        of a target set)."""
-        for held, ss_tot in self.totals:
-            if held.shape == E.shape and np.array_equal(held, E):
-                return ss_tot
+    def total_squares(self, E: np.ndarray) -> tuple:
+        """Per resample and text dimension, the total sums of squares of the targets ``E[labels]`` (B, q), from
+        the per-category weights, as :func:`_totals`; kept for the next call with the same ``E`` (compared bit for
+        bit: every method of a target set)."""
+        for held, totals in self.totals:
+            if held.shape == E.shape and np.array_equal(held[0], E[0]) and np.array_equal(held, E):
+                return totals
         cnt = self.label_counts
         Ec = E - cnt @ E / max(cnt.sum(), 1.0)  # shift-invariant; keeps the weighted sums well conditioned
         s_y, s_y2 = self.wc @ Ec, self.wc @ (Ec ** 2)
-        ss_tot = s_y2 - s_y ** 2 / self.W[:, None]
-        if ss_tot.size * (len(self.totals) + 1) <= 4 * _CHUNK_ELEMENTS:  # kept up to 64 MB
-            self.totals.append((E.copy(), ss_tot))
-        return ss_tot
+        totals = _totals(s_y2 - s_y ** 2 / self.W[:, None])
+        if totals[0].size * (len(self.totals) + 1) <= 4 * _CHUNK_ELEMENTS:  # kept up to 64 MB
+            self.totals.append((E.copy(), totals))
+        return totals
 
     def wsum(self, a: np.ndarray) -> np.ndarray:
         """Sum over objects of each resample's weights times ``a`` (n, k) -> (B, k)."""
@@ -194,12 +205,11 @@ def _figures(draws: _Draws, pred: np.ndarray, true: np.ndarray, inst: dict[str, 
     if E is None:
         yc = true - true.mean(axis=0)  # shift-invariant; keeps the weighted sums well conditioned
         s_y, s_y2 = wsum(yc), wsum(yc ** 2)
-        ss_tot = s_y2 - s_y ** 2 / W[:, None]
+        totals = _totals(s_y2 - s_y ** 2 / W[:, None])
     else:
-        ss_tot = draws.total_squares(E)
+        totals = draws.total_squares(E)
     sq = pred - true
-    ss_res = wsum(np.square(sq, out=sq))
-    r2, r2w = _r2_from_sums(ss_res, ss_tot)
+    r2, r2w = _r2_from_totals(wsum(np.square(sq, out=sq)), totals)
     out = {"r2": r2, "r2_variance_weighted": r2w, **_weighted_means(inst, wsum, W)}
     out["residual_median"] = _weighted_median(inst["residual_l2"], draws.counts, draws.codes)
     return out
