@@ -89,14 +89,18 @@ def per_instance(pred: np.ndarray, true: np.ndarray | None, label_index: np.ndar
     rank = 1 + number of candidates scoring strictly higher) — and, with ``candidates``, ``rank_unseen`` (n,).
     """
     pred, true, label_index, class_emb, candidates = _check_inputs(pred, true, label_index, class_emb, candidates)
+    # the (n, d) arrays are written in place where they can be: at demo size each new one costs its page faults
     unit_emb = _unit(class_emb)
     if true is None:  # the category rows: a row's unit vector does not depend on the rows around it
-        diff, unit_true = pred - class_emb[label_index], unit_emb[label_index]
+        rows = class_emb[label_index]
+        diff = np.subtract(pred, rows, out=rows)
+        unit_true = unit_emb[label_index]
     else:
         diff, unit_true = pred - true, _unit(true)
     residual = np.sqrt(np.add.reduce(np.square(diff, out=diff), axis=1))  # np.linalg.norm(diff, axis=1)
-    unit_pred = _unit(pred)
-    cosine = np.sum(unit_pred * unit_true, axis=1)
+    norm = np.sqrt(np.add.reduce(np.multiply(pred, pred, out=diff), axis=1, keepdims=True))  # as in _unit(pred)
+    unit_pred = pred / np.maximum(norm, 1e-12)
+    cosine = np.add.reduce(np.multiply(unit_pred, unit_true, out=diff), axis=1)
     sims = unit_pred @ unit_emb.T
     out = {"residual_l2": residual, "cosine": cosine, "rank": _ranks(sims, label_index)}
     if candidates is not None:
