@@ -308,8 +308,7 @@ def _evaluate(X, groups, label_index, targets: dict, cfg: AlignConfig, category_
               vocabularies: dict, strict: bool) -> dict:
     """The engine of :func:`evaluate` and :func:`evaluate_targets` (``strict``: a bad target set raises)."""
     from ..evaluate.intervals import bootstrap_figures
-    from ..evaluate.metrics import per_category, per_instance, r2_uniform, r2_variance_weighted, \
-        figures_from_instances
+    from ..evaluate.metrics import figures_from_instances, per_category, per_instance, r2_scores
     from ..evaluate.nulls import NULL_DESCRIPTIONS, pvalues, single_threaded_blas, smoother_nulls
     from . import PCAMatch
     from .shared import fit_fold
@@ -350,6 +349,11 @@ def _evaluate(X, groups, label_index, targets: dict, cfg: AlignConfig, category_
                 start += len(f.test)
         for k in keys:
             results[k]["per_instance"][f"{protocol}__index"] = test
+        n_images_test = int(len(np.unique(g)))
+        bounds = np.cumsum([0] + [len(f.test) for f in folds])  # fold i's objects: test[bounds[i]:bounds[i + 1]]
+        # the resamples of this protocol's test images and what is summed from them alone: drawn once for every
+        # method and target set (bootstrap_figures checks them against its arguments)
+        boot_cache: dict = {}
         # the per-target-set figures, intervals and nulls: many small products, where a BLAS thread team only
         # adds synchronisation (and, in a matrix, is paid once per target set)
         with single_threaded_blas():
@@ -357,23 +361,22 @@ def _evaluate(X, groups, label_index, targets: dict, cfg: AlignConfig, category_
                 rows = {}
                 for k in keys:
                     class_emb = live[k]
-                    Y = class_emb[label_index]
+                    Yt = class_emb[lab]  # the test objects' targets, in the order of test (fold by fold)
                     res = results[k]
                     fits = [{"pca_dim": ff["keys"][k]["pca_dim"], "n_train": ff["n_train"],
                              **ff["keys"][k]["methods"][method]} for ff in fold_fits]
                     pred = np.vstack([fit["pred"] for fit in fits])
-                    inst_parts = [per_instance(fit["pred"], Y[f.test], label_index[f.test], class_emb,
-                                               f.unseen if unseen else None) for f, fit in zip(folds, fits)]
+                    inst_parts = [per_instance(fit["pred"], None, lab[a:b], class_emb, f.unseen if unseen else None)
+                                  for f, fit, a, b in zip(folds, fits, bounds[:-1], bounds[1:])]  # true: class rows
                     inst = {n: np.concatenate([p[n] for p in inst_parts]) for n in inst_parts[0]}
-                    figs = {"r2": r2_uniform(Y[test], pred),
-                            "r2_variance_weighted": r2_variance_weighted(Y[test], pred), **figures_from_instances(inst)}
+                    figs = {**r2_scores(Yt, pred, categories=(lab, class_emb)), **figures_from_instances(inst)}
                     hps = [fit["hp"] for fit in fits]
                     row = {"method": method, "split": protocol, **figs, "n_test": int(len(test)),
                            "n_candidates": int(c), "chance_top1": 1.0 / c,
                            "hyperparameters": {h: _mode([x[h] for x in hps]) for h in hps[0]},
                            "pca_dim": int(_mode([fit["pca_dim"] for fit in fits])),
                            "n_train": int(round(np.mean([fit["n_train"] for fit in fits]))),
-                           "n_images_test": int(len(np.unique(g))),
+                           "n_images_test": n_images_test,
                            "fit_seconds": round(sum(fit["seconds"] for fit in fits), 3)}
                     if unseen:
                         row["n_candidates_unseen"] = float(np.mean([len(f.unseen) for f in folds]))
@@ -387,8 +390,8 @@ def _evaluate(X, groups, label_index, targets: dict, cfg: AlignConfig, category_
 
                         row["open_vocabulary"] = open_vocabulary(pred, lab, class_emb, vocabulary, cfg.retrieval_k)
                     if cfg.n_bootstrap > 0:
-                        row["ci"] = bootstrap_figures(pred, Y[test], inst, g, cfg.n_bootstrap, cfg.confidence, cfg.seed,
-                                                      categories=(lab, class_emb))
+                        row["ci"] = bootstrap_figures(pred, Yt, inst, g, cfg.n_bootstrap, cfg.confidence, cfg.seed,
+                                                      categories=(lab, class_emb), cache=boot_cache)
                         row["ci_level"] = cfg.confidence
                     rows[k] = (row, figs, fits)
                     for r in per_category(inst, lab, names, cids):

@@ -43,11 +43,11 @@ def _ranks(sims: np.ndarray, label_col: np.ndarray) -> np.ndarray:
 
 def _check_inputs(pred, true, label_index, class_emb, candidates=None):
     pred = np.asarray(pred, dtype=np.float64)
-    true = np.asarray(true, dtype=np.float64)
+    true = None if true is None else np.asarray(true, dtype=np.float64)
     class_emb = np.asarray(class_emb, dtype=np.float64)
     label_index = np.asarray(label_index)
-    if pred.ndim != 2 or pred.shape != true.shape:
-        raise ObjalignError(f"predictions have shape {pred.shape} but true targets {true.shape}; "
+    if pred.ndim != 2 or (true is not None and pred.shape != true.shape):
+        raise ObjalignError(f"predictions have shape {pred.shape} but true targets {getattr(true, 'shape', None)}; "
                             "expected equal (n_objects, text_dim) arrays")
     if class_emb.ndim != 2 or class_emb.shape[1] != pred.shape[1]:
         raise ObjalignError(f"class_emb has shape {class_emb.shape}; expected (n_categories, {pred.shape[1]})")
@@ -65,14 +65,15 @@ def _check_inputs(pred, true, label_index, class_emb, candidates=None):
     return pred, true, label_index, class_emb, candidates
 
 
-def per_instance(pred: np.ndarray, true: np.ndarray, label_index: np.ndarray, class_emb: np.ndarray,
+def per_instance(pred: np.ndarray, true: np.ndarray | None, label_index: np.ndarray, class_emb: np.ndarray,
                  candidates: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-instance residuals and retrieval ranks.
 
     Parameters
     ----------
     pred, true : (n, d)
-        Predicted and true text embeddings.
+        Predicted and true text embeddings. ``true=None``: each object's category row ``class_emb[label_index]``
+        (the same numbers; the unit vectors then come from the c category rows instead of the n objects).
     label_index : (n,) int
         Row of ``class_emb`` that holds each instance's true category.
     class_emb : (c, d)
@@ -88,9 +89,19 @@ def per_instance(pred: np.ndarray, true: np.ndarray, label_index: np.ndarray, cl
     rank = 1 + number of candidates scoring strictly higher) — and, with ``candidates``, ``rank_unseen`` (n,).
     """
     pred, true, label_index, class_emb, candidates = _check_inputs(pred, true, label_index, class_emb, candidates)
-    residual = np.linalg.norm(pred - true, axis=1)
-    cosine = np.sum(_unit(pred) * _unit(true), axis=1)
-    sims = _unit(pred) @ _unit(class_emb).T
+    # the (n, d) arrays are written in place where they can be: at demo size each new one costs its page faults
+    unit_emb = _unit(class_emb)
+    if true is None:  # the category rows: a row's unit vector does not depend on the rows around it
+        rows = class_emb[label_index]
+        diff = np.subtract(pred, rows, out=rows)
+        unit_true = unit_emb[label_index]
+    else:
+        diff, unit_true = pred - true, _unit(true)
+    residual = np.sqrt(np.add.reduce(np.square(diff, out=diff), axis=1))  # np.linalg.norm(diff, axis=1)
+    norm = np.sqrt(np.add.reduce(np.multiply(pred, pred, out=diff), axis=1, keepdims=True))  # as in _unit(pred)
+    unit_pred = pred / np.maximum(norm, 1e-12)
+    cosine = np.add.reduce(np.multiply(unit_pred, unit_true, out=diff), axis=1)
+    sims = unit_pred @ unit_emb.T
     out = {"residual_l2": residual, "cosine": cosine, "rank": _ranks(sims, label_index)}
     if candidates is not None:
         col = np.searchsorted(np.sort(candidates), label_index)
@@ -100,6 +111,41 @@ def per_instance(pred: np.ndarray, true: np.ndarray, label_index: np.ndarray, cl
 
 #: A text dimension whose variance over the test objects is at most this fraction of the largest one is constant.
 CONSTANT_DIM_RTOL = 1e-12
+
+
+def r2_scores(true: np.ndarray, pred: np.ndarray, categories: tuple | None = None) -> dict[str, float]:
+    """Both R² figures of a row, ``{"r2": r2_uniform, "r2_variance_weighted": r2_variance_weighted}``, from one
+    pass over the residuals.
+
+    Parameters
+    ----------
+    true, pred : (n, q)
+    categories : (labels (n,), class_emb (c, q)), optional
+        When ``true`` is ``class_emb[labels]``: the total sums of squares then come from the (c, q) category
+        embeddings weighted by their counts instead of the (n, q) targets (equal up to float rounding; only the
+        residuals need the n rows).
+
+    Returns
+    -------
+    dict with ``r2`` and ``r2_variance_weighted`` (floats)
+    """
+    true = np.asarray(true, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+    if categories is None:
+        ss_tot = _total_squares(true)
+    else:
+        E = np.asarray(categories[1], dtype=np.float64)
+        cnt = np.bincount(np.asarray(categories[0]), minlength=len(E)).astype(np.float64)
+        Ec = E - cnt @ E / max(cnt.sum(), 1.0)
+        ss_tot = cnt @ (Ec * Ec)
+    diff = true - pred
+    ss_res = np.sum(np.square(diff, out=diff), axis=0)
+    live = _varying(ss_tot)
+    if not live.any():
+        exact = 1.0 if not np.any(ss_res) else 0.0
+        return {"r2": exact, "r2_variance_weighted": exact}
+    return {"r2": float(np.mean(1.0 - ss_res[live] / ss_tot[live])),
+            "r2_variance_weighted": float(1.0 - ss_res[live].sum() / ss_tot[live].sum())}
 
 
 def r2_uniform(true: np.ndarray, pred: np.ndarray) -> float:
@@ -120,19 +166,17 @@ def r2_uniform(true: np.ndarray, pred: np.ndarray) -> float:
     -------
     float
     """
-    ss_tot, ss_res, live = _sums_of_squares(true, pred)
-    if not live.any():
-        return 1.0 if not np.any(ss_res) else 0.0
-    return float(np.mean(1.0 - ss_res[live] / ss_tot[live]))
+    return r2_scores(true, pred)["r2"]
 
 
-def _sums_of_squares(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per text dimension: total and residual sums of squares ``(q,)`` and the mask of dimensions that vary."""
-    true = np.asarray(true, dtype=np.float64)
-    pred = np.asarray(pred, dtype=np.float64)
-    ss_tot = np.sum((true - true.mean(axis=0)) ** 2, axis=0)
-    ss_res = np.sum((true - pred) ** 2, axis=0)
-    return ss_tot, ss_res, ss_tot > CONSTANT_DIM_RTOL * max(float(ss_tot.max()), 1e-300)
+def _total_squares(true: np.ndarray) -> np.ndarray:
+    """Per text dimension, the sum of squared deviations from the mean ``(q,)``."""
+    return np.sum((true - true.mean(axis=0)) ** 2, axis=0)
+
+
+def _varying(ss_tot: np.ndarray) -> np.ndarray:
+    """The text dimensions that vary: total sum of squares above ``CONSTANT_DIM_RTOL`` times the largest."""
+    return ss_tot > CONSTANT_DIM_RTOL * max(float(ss_tot.max()), 1e-300)
 
 
 def r2_variance_weighted(true: np.ndarray, pred: np.ndarray) -> float:
@@ -148,10 +192,7 @@ def r2_variance_weighted(true: np.ndarray, pred: np.ndarray) -> float:
     -------
     float
     """
-    ss_tot, ss_res, live = _sums_of_squares(true, pred)
-    if not live.any():
-        return 1.0 if not np.any(ss_res) else 0.0
-    return float(1.0 - ss_res[live].sum() / ss_tot[live].sum())
+    return r2_scores(true, pred)["r2_variance_weighted"]
 
 
 def figures_from_instances(inst: dict[str, np.ndarray]) -> dict[str, float]:
@@ -195,7 +236,7 @@ def summarize(pred: np.ndarray, true: np.ndarray, label_index: np.ndarray, class
         :func:`per_instance` arrays.
     """
     per = per_instance(pred, true, label_index, class_emb, candidates)
-    agg = {"r2": r2_uniform(true, pred), "r2_variance_weighted": r2_variance_weighted(true, pred),
+    agg = {**r2_scores(true, pred),
            **figures_from_instances(per), "n_test": int(len(pred)), "n_candidates": int(len(class_emb))}
     if candidates is not None:
         agg["n_candidates_unseen"] = int(len(candidates))
