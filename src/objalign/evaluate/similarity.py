@@ -367,15 +367,11 @@ def distinct_rows(Y, cache: dict | None = None) -> int:
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    """``np.median(np.repeat(values, weights))`` without the repetition (integer ``weights``, total > 0)."""
-    order = np.argsort(values, kind="stable")
-    v, ends = values[order], np.cumsum(weights[order])
-    m = int(ends[-1])
+    """``np.median(np.repeat(values, weights))`` without the repetition (integer ``weights``, total > 0): the
+    bootstrap's exact weighted median (:func:`objalign.evaluate.intervals._weighted_median`) on one row."""
+    from .intervals import _weighted_median as per_row
 
-    def at(p):  # the p-th (0-based) element of the repeated, sorted values
-        return v[np.searchsorted(ends, p, side="right")]
-
-    return float(at((m - 1) // 2)) if m % 2 else float(np.mean([at(m // 2 - 1), at(m // 2)]))
+    return float(per_row(np.asarray(values), np.asarray(weights)[None, :])[0])
 
 
 def _side(cache: dict | None, slot: str, A: np.ndarray) -> _Side:
