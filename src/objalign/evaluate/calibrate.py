@@ -135,11 +135,6 @@ def _factor(Xc: np.ndarray) -> np.ndarray:
     return U * s
 
 
-def _codes(side: sim._Side) -> tuple[np.ndarray, np.ndarray] | None:
-    """:func:`objalign.evaluate.similarity.unique_codes` of one side's matrix (memoised with it)."""
-    return side.coded()
-
-
 def _factor_terms(F: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Diagonal ``(n,)``, row sums ``(n,)``, total and squared Frobenius norm of ``K = F F^T``."""
     FtF = F.T @ F
@@ -291,7 +286,7 @@ class _CKA(_Engine):
         X, Y = sim._validate_pair(X, Y, 4 if self.unbiased else 2, self.name)
         xs, ys = sim._sides(X, Y, cache)
         self.n = len(X)
-        coded = _codes(ys)
+        coded = ys.coded()
         self.F = self.A = self.G = self.L = self.coded = None
         if self.kernel == "linear":
             self.F = F = xs.get("factor", lambda: _factor(xs.centered()))  # K = F F^T is already centred
