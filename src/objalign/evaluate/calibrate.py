@@ -574,7 +574,7 @@ class _CKNNA(_Engine):
         X's graph entries through one code-pair index (:func:`_pair_index`). Both are shared by every target set."""
         WL, L = self.WL, self.L
         codes, u, key = WL.codes, WL.u, ("cknna", self.k)
-        _, rank = _canonical(codes, u)
+        canon, rank = _canonical(codes, u)
         wl = _to_canonical(WL.table, rank, 2)
         wll = wl * _to_canonical(L.table, rank, 2)  # an entry of M o L[pi][:, pi] is w_K wl l
 
@@ -592,7 +592,7 @@ class _CKNNA(_Engine):
             if index is not None:
                 at = index[s:s + len(Pc)]
             else:
-                C = _canonical(codes, u)[0][Pc]
+                C = canon[Pc]
                 at = C[:, self.r] * u + C[:, self.c]
             a, b = self.kw * wl.ravel()[at], self.wk * wll.ravel()[at]
             cross[s:s + len(Pc)] = np.einsum("bj,bj->b", (self.col_sum @ a.T).T, (self.row_sum @ b.T).T)
