@@ -45,7 +45,7 @@ def seed_problem(n=3000, dx=1024, dy=512, n_cat=80, d_pca=256, seed=0, noise=3.0
     Y : ndarray of shape (n, dy)         text embedding of each instance's category (n_cat distinct rows)
     groups : ndarray of shape (n,)       image id of each instance (~7 objects per image)
     """
-    from objalign.align import PCAMatch
+    from objalign.maps import PCAMatch
 
     rng = np.random.default_rng(seed)
     text = rng.standard_normal((n_cat, dy))
@@ -73,7 +73,7 @@ def run_seed(args):
     from sklearn.linear_model import Ridge as SkRidge
     from sklearn.model_selection import GridSearchCV, GroupKFold
 
-    from objalign.align import KernelRidgeCV, RidgeCV
+    from objalign.maps import KernelRidgeCV, RidgeCV
 
     X, Y, groups = seed_problem(n=args.n)
     sq = float(((X - X.mean(0)) ** 2).sum(1).mean())
@@ -159,8 +159,8 @@ def run_gamma_grid(args):
 
     from sklearn.model_selection import GroupKFold
 
-    from objalign.align import KernelRidgeCV
-    from objalign.align import _kernels
+    from objalign.maps import KernelRidgeCV
+    from objalign.maps import _kernels
 
     X, Y, groups = seed_problem(n=args.n)
     X32, Y32 = X.astype(np.float32), Y.astype(np.float32)
@@ -216,7 +216,7 @@ def nystroem_accuracy():
     """Nyström vs exact kernel ridge on the seed-sized problem (both fit in memory)."""
     from sklearn.model_selection import GroupKFold
 
-    from objalign.align import KernelRidge, KernelRidgeCV
+    from objalign.maps import KernelRidge, KernelRidgeCV
 
     X, Y, groups = seed_problem()
     sq = float(((X - X.mean(0)) ** 2).sum(1).mean())
@@ -245,7 +245,7 @@ def nystroem_accuracy():
 def run_scale(args):
     from sklearn.model_selection import GroupKFold
 
-    from objalign.align import KernelRidgeCV, RidgeCV
+    from objalign.maps import KernelRidgeCV, RidgeCV
 
     n, d, n_cat = args.scale_n, 256, 80
     rng = np.random.default_rng(0)

@@ -65,12 +65,12 @@ def main(argv=None):
     from sklearn.model_selection import GroupKFold
     from threadpoolctl import threadpool_limits
 
-    import objalign.align._ridge_stats as rs
-    import objalign.align.kernel as km
-    import objalign.align.linear as lin
+    import objalign.maps._ridge_stats as rs
+    import objalign.maps.kernel as km
+    import objalign.maps.linear as lin
     from align import seed_problem
-    from objalign.align import KernelRidgeCV, RidgeCV
-    from objalign.align._logo import _plan
+    from objalign.maps import KernelRidgeCV, RidgeCV
+    from objalign.maps._logo import _plan
 
     X, Y, groups = seed_problem()
     splits = list(GroupKFold(5).split(X, Y, groups))
@@ -79,7 +79,7 @@ def main(argv=None):
     gammas = np.array([0.1, 0.3, 1.0, 3.0]) / sq
 
     if args.long_grid:
-        from objalign.align.kernel import _exact_engine
+        from objalign.maps.kernel import _exact_engine
 
         long_alphas = np.logspace(-3, 3, 40)
         est = KernelRidgeCV(alphas=long_alphas, gammas=gammas, cv=splits)
@@ -90,7 +90,7 @@ def main(argv=None):
                 est.fit(X, Y)
                 print(f"KernelRidgeCV float64, 40 alphas x 4 gammas, {jobs} worker(s): {time.perf_counter() - t0:.2f} s "
                       f"(best {est.best_params_}, score {est.best_score_:.6f})")
-        from objalign.align._splits import find_partition
+        from objalign.maps._splits import find_partition
 
         print(f"engine: {_exact_engine(find_partition(splits, X.shape[0]), 40, 80, np.float64)}")
         return 0

@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=860_000)
     ap.add_argument("--out", default="/tmp/objalign-align-scale")
     args = ap.parse_args()
-    from objalign.align.stage import run_align
+    from objalign.pipeline.align import run_align
     from objalign.config import load_config
 
     out = Path(args.out)

@@ -40,7 +40,7 @@ def main(argv=None):
     from scipy.linalg import get_blas_funcs, get_lapack_funcs
     from threadpoolctl import threadpool_limits
 
-    from objalign.align._blas import Blas
+    from objalign.maps._blas import Blas
 
     n = args.n
     rng = np.random.default_rng(0)

@@ -2,10 +2,10 @@
 
 Made-up data shaped like the thesis configuration after PCA: 3,000 objects in images of 1-13 objects (COCO
 averages ~7), 256-d vision features, 80 categories with 512-d text embeddings (so the text targets repeat per
-category), and a weak vision-text relation. For every measure of :data:`objalign.evaluate.calibrate.MEASURES`,
-:func:`objalign.evaluate.calibrated` runs 1,000 image-block permutations (engines: fixed Gram matrices, neighbour
+category), and a weak vision-text relation. For every measure of :data:`objalign.measures.calibrate.MEASURES`,
+:func:`objalign.measures.calibrated` runs 1,000 image-block permutations (engines: fixed Gram matrices, neighbour
 graphs and subspaces, permutations applied as indices). Side by side, the baseline recomputes the measure from
-scratch (:mod:`objalign.evaluate.similarity`) on ``--check`` of the same permutations: the values are checked to
+scratch (:mod:`objalign.measures.similarity`) on ``--check`` of the same permutations: the values are checked to
 agree and its time is extrapolated to 1,000 permutations for the ratio.
 
     python bench/calibrate.py [--n 3000] [--perms 1000] [--check 3]
@@ -41,10 +41,10 @@ def main(argv=None):
     ap.add_argument("--check", type=int, default=3, help="permutations recomputed from scratch (the baseline)")
     args = ap.parse_args(argv)
 
-    from objalign.evaluate import similarity as sim
-    from objalign.evaluate.calibrate import MEASURES, calibrated
-    from objalign.evaluate.nulls import single_threaded_blas
-    from objalign.evaluate.stats import group_permutations
+    from objalign.measures import similarity as sim
+    from objalign.measures.calibrate import MEASURES, calibrated
+    from objalign.stats.nulls import single_threaded_blas
+    from objalign.stats.resampling import group_permutations
 
     X, Y, groups = thesis_like(args.n)
     print(f"data: {X.shape[0]} objects, {len(np.unique(groups))} images, vision {X.shape[1]}-d, "

@@ -1,7 +1,7 @@
 """Convergence-curve draws with BLAS's default threads vs one thread, side by side on the same subsamples.
 
 The curves refit the whole evaluation (PCA, grouped CV ridge, both protocols) on many whole-image subsamples of a
-demo-sized run (1,300 objects of 384-d, 30 categories, 320 images); ``objalign.evaluate.convergence`` runs these
+demo-sized run (1,300 objects of 384-d, 30 categories, 320 images); ``objalign.evaluation.convergence`` runs these
 small fits with one BLAS thread. This prints both timings and their ratio; the last line is
 ``seconds_default=<x> seconds_single=<y> ratio=<x/y>``.
 
@@ -17,10 +17,10 @@ import numpy as np
 
 
 def main(argv=None) -> None:
-    from objalign.align.stage import evaluate
+    from objalign.evaluation.engine import evaluate
     from objalign.config import load_config
-    from objalign.evaluate.convergence import check_sizes, curve_config, subsample_images
-    from objalign.evaluate.nulls import single_threaded_blas
+    from objalign.evaluation.convergence import check_sizes, curve_config, subsample_images
+    from objalign.stats.nulls import single_threaded_blas
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=2)

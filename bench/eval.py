@@ -58,13 +58,13 @@ def main(argv=None):
 
     from sklearn.linear_model import Ridge as SkRidge
 
-    from objalign.align import PCAMatch, Ridge
-    from objalign.align.stage import evaluate, heldout_image_split
+    from objalign.maps import PCAMatch, Ridge
+    from objalign.evaluation.engine import evaluate, heldout_image_split
     from objalign.config import AlignConfig
-    from objalign.evaluate.intervals import bootstrap_figures, resample_counts
-    from objalign.evaluate.metrics import summarize
-    from objalign.evaluate.nulls import single_threaded_blas, smoother_null, smoother_operator
-    from objalign.evaluate.stats import group_permutations
+    from objalign.stats.intervals import bootstrap_figures, resample_counts
+    from objalign.stats.metrics import summarize
+    from objalign.stats.nulls import single_threaded_blas, smoother_null, smoother_operator
+    from objalign.stats.resampling import group_permutations
 
     X, Y, groups, lab, E = from_run(args.run) if args.run else demo_like()
     print(f"data: {len(X)} objects, {X.shape[1]}-d vision, {E.shape[1]}-d text, {len(E)} categories, "

@@ -1,7 +1,7 @@
 """The permutation null's scoring step alone: :meth:`CategoryScorer.figures_batch` before and after.
 
 Every permutation of a smoother null is scored from its category coefficients ``C`` (n_test, c) and the
-category Gram matrix (:class:`objalign.evaluate.nulls.CategoryScorer`). This times that scoring on demo-sized
+category Gram matrix (:class:`objalign.stats.nulls.CategoryScorer`). This times that scoring on demo-sized
 stacks (32 permutations, c = 30 categories, 384-d text; the held-out-images split's ~260 test objects and the
 held-out-categories protocol's ~1,300 pooled ones with per-object unseen candidates), side by side in one run:
 
@@ -9,7 +9,7 @@ held-out-categories protocol's ~1,300 pooled ones with per-object unseen candida
   ``(n, c) @ (c, c)`` products and every figure from ``(m, n, c)`` elementwise temporaries;
 - **after**: :meth:`CategoryScorer.figures_batch_cn` on the coefficients in the layout the null produces
   (``(m, c, n)``), with the R² figures from ``(c, c)`` totals; also timed with ``C^T C`` given, as
-  :func:`~objalign.evaluate.nulls.smoother_nulls` passes it (computed once for every target set, so this is the
+  :func:`~objalign.stats.nulls.smoother_nulls` passes it (computed once for every target set, so this is the
   part each extra target set of ``evaluate_targets`` pays).
 
 Both are run on the same inputs, alternating, single-threaded BLAS (as the null runs); every figure is
@@ -63,7 +63,7 @@ def reference_figures_batch(scorer, C: np.ndarray) -> dict[str, np.ndarray]:
 
 def case(n: int, unseen: bool, m: int = 32, c: int = 30, q: int = 384, seed: int = 0):
     """A scorer and a (m, c, n) stack of ridge-like coefficients (rows summing to ~1, the truth favoured)."""
-    from objalign.evaluate.nulls import CategoryScorer
+    from objalign.stats.nulls import CategoryScorer
 
     rng = np.random.default_rng(seed)
     E = rng.normal(size=(c, q))
@@ -82,7 +82,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=30, help="timed calls per implementation and case")
     args = ap.parse_args(argv)
 
-    from objalign.evaluate.nulls import single_threaded_blas
+    from objalign.stats.nulls import single_threaded_blas
 
     total = {"before": 0.0, "after": 0.0, "after_shared": 0.0}
     worst = 0.0

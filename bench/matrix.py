@@ -7,7 +7,7 @@ Every cell (vision layer x text layer) is aligned as each command runs it, side 
   ``objalign run`` leaves as they are;
 - **matrix**: what ``objalign matrix`` does per vision layer (:func:`objalign.matrix.study.evaluate_block`):
   one ``evaluate_targets`` call with every text layer as a target set (the work that does not depend on the
-  text side shared, :mod:`objalign.align.shared`) on one BLAS thread, then ``write_results`` per cell;
+  text side shared, :mod:`objalign.evaluation.folds`) on one BLAS thread, then ``write_results`` per cell;
 - **separate, one BLAS thread** (``--one-thread-baseline``): the separate loop on one BLAS thread too, the
   stronger baseline on this small problem, printed as ``matrix_vs_separate_one_thread``.
 
@@ -101,8 +101,9 @@ def main() -> None:
                     help="also time the separate runs on one BLAS thread (matrix_vs_separate_one_thread)")
     args = ap.parse_args()
 
-    from objalign.align.stage import compute_dtype, evaluate, evaluate_targets, write_results
-    from objalign.evaluate.nulls import single_threaded_blas
+    from objalign.evaluation.engine import compute_dtype, evaluate, evaluate_targets
+    from objalign.pipeline.align import write_results
+    from objalign.stats.nulls import single_threaded_blas
     from objalign.matrix.config import load_matrix
 
     cfg = load_matrix(args.matrix, list(args.set)).base.align

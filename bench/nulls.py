@@ -3,8 +3,8 @@
 Seed-sized problem (``bench/align.py``'s): 3,000 objects, PCA to 256, 512-d text with 80 categories, ~7 objects
 per image; a held-out-image split (2,400-ish training objects), ``GroupKFold(5)`` inside it, 7 alphas x 4 RBF
 gammas. For ridge and kernel ridge it times the whole selection null of ``B`` permutations as the align stage
-runs it (:func:`objalign.evaluate.nulls.selection_smoothers`: the CV search of every permutation and the
-smoothers of the maps selected, then :func:`~objalign.evaluate.nulls.smoother_null`: every figure of every
+runs it (:func:`objalign.stats.nulls.selection_smoothers`: the CV search of every permutation and the
+smoothers of the maps selected, then :func:`~objalign.stats.nulls.smoother_null`: every figure of every
 permutation), and, side by side, the naive way: ``RidgeCV`` / ``KernelRidgeCV`` refitted from scratch on a few
 permutations, predicted and scored, extrapolated to ``B``. It checks on those few that both ways select the
 same grid point. Last line::
@@ -45,11 +45,11 @@ def main(argv=None):
     from sklearn.model_selection import GroupKFold
     from threadpoolctl import threadpool_limits
 
-    from objalign.align import KernelRidgeCV, RidgeCV
-    from objalign.align._targets import factor_targets
-    from objalign.align.stage import heldout_image_split, median_sq_distance
-    from objalign.evaluate.metrics import summarize
-    from objalign.evaluate.nulls import block_permutations, selection_smoothers, smoother_null
+    from objalign.maps import KernelRidgeCV, RidgeCV
+    from objalign.maps._targets import factor_targets
+    from objalign.evaluation.engine import heldout_image_split, median_sq_distance
+    from objalign.stats.metrics import summarize
+    from objalign.stats.nulls import block_permutations, selection_smoothers, smoother_null
 
     X, Y, groups = seed_problem(n=args.n)
     basis = factor_targets(Y)

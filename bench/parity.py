@@ -50,7 +50,7 @@ def bench_sam(folder: str, device: str, images: int, seed: int) -> dict:
     import torch
     from segment_anything import SamPredictor
 
-    from objalign.checkpoints import reference
+    from objalign.encoders import reference
     from objalign.crops.sam import SamSegmenter
 
     sam = reference.tiny_sam(seed=seed)
@@ -88,7 +88,8 @@ def bench_dinov2(folder: str, device: str, quick: bool, seed: int, crops: int) -
     import torchvision.transforms as tv
     from PIL import Image
 
-    from objalign.checkpoints import load_original, reference
+    from objalign.checkpoints import load_original
+    from objalign.encoders import reference
     from objalign.crops.render import render_input
     from objalign.encoders.hf_dinov2 import HFDinov2, hub_eval_preprocess
 
@@ -128,7 +129,7 @@ def bench_clip(folder: str, device: str, dtype: str, seed: int) -> dict:
     import clip
     import torch
 
-    from objalign.checkpoints import reference
+    from objalign.encoders import reference
     from objalign.checkpoints.clip import openai_tokenizer
     from objalign.encoders.hf_clip_text import HFClipText
 

@@ -1,7 +1,7 @@
 """Time RidgeCV's two exact cross-validation engines against each other, to place the switch between them.
 
-Per fold, :func:`objalign.align._ridge_stats._cv_r2_scores_eig` does one (p, p) eigendecomposition that serves
-every alpha; :func:`~objalign.align._ridge_stats._cv_r2_scores_chol` does one Cholesky fit per alpha. Both
+Per fold, :func:`objalign.maps._ridge_stats._cv_r2_scores_eig` does one (p, p) eigendecomposition that serves
+every alpha; :func:`~objalign.maps._ridge_stats._cv_r2_scores_chol` does one Cholesky fit per alpha. Both
 get the same fold moments (from a real ``RidgeCV.fit`` on the seed-sized problem of ``bench/align.py``),
 on one core. Prints, per alpha-grid length, both times, which one the cost model
 (``_use_cholesky``) picks, and whether that pick was the faster one; for factorised targets (80 distinct
@@ -37,9 +37,9 @@ def main():
     from sklearn.model_selection import GroupKFold
     from threadpoolctl import threadpool_limits
 
-    import objalign.align._ridge_stats as rs
+    import objalign.maps._ridge_stats as rs
     from align import seed_problem
-    from objalign.align import RidgeCV
+    from objalign.maps import RidgeCV
 
     X, Y, groups = seed_problem()
     splits = list(GroupKFold(5).split(X, Y, groups))

@@ -2,7 +2,7 @@
 
 In a matrix every text layer is a target set of one ``evaluate_targets`` call per vision layer; what depends only on
 the vision side is shared, and each set pays for its own result rows. This times that per-set part, per protocol
-(held-out images, held-out categories), method and set, exactly as ``objalign.align.stage._evaluate`` calls it:
+(held-out images, held-out categories), method and set, exactly as ``objalign.evaluation.engine._evaluate`` calls it:
 
 - ``per_instance`` per fold (residuals, cosines, ranks among the categories);
 - the two R² figures;
@@ -64,7 +64,7 @@ def from_stores(vision: str, text: str, layer: int):
 
 def predictions(X, groups, lab, sets, folds, dim):
     """``{(method, set): [pred (n_test_f, q) per fold]}``: PCA + ridge (alpha 1 and 100) and the training mean."""
-    from objalign.align import PCAMatch, Ridge
+    from objalign.maps import PCAMatch, Ridge
 
     out = defaultdict(list)
     for f in folds:
@@ -84,7 +84,7 @@ def _before_unit(a):
 
 
 def _before_per_instance(pred, true, label_index, class_emb, candidates=None):
-    from objalign.evaluate.metrics import _check_inputs, _ranks
+    from objalign.stats.metrics import _check_inputs, _ranks
 
     pred, true, label_index, class_emb, candidates = _check_inputs(pred, true, label_index, class_emb, candidates)
     out = {"residual_l2": np.linalg.norm(pred - true, axis=1),
@@ -98,7 +98,7 @@ def _before_per_instance(pred, true, label_index, class_emb, candidates=None):
 
 def _before_r2(true, pred):
     """r2_uniform and r2_variance_weighted, each with its own sums of squares."""
-    from objalign.evaluate.metrics import CONSTANT_DIM_RTOL
+    from objalign.stats.metrics import CONSTANT_DIM_RTOL
 
     out = []
     for uniform in (True, False):
@@ -128,7 +128,7 @@ def _before_median(values, w):
 def _before_figures(pred, true, inst, counts, labels, E, codes):
     from scipy import sparse
 
-    from objalign.evaluate.intervals import _r2_from_sums, _weighted_means
+    from objalign.stats.intervals import _r2_from_sums, _weighted_means
 
     w = np.asarray(counts, dtype=np.float64)
     per_group = sparse.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))),
@@ -152,8 +152,8 @@ def _before_figures(pred, true, inst, counts, labels, E, codes):
 
 
 def _before_bootstrap(pred, true, inst, groups, n_resamples, confidence, seed, categories):
-    from objalign.evaluate.intervals import _CHUNK_ELEMENTS, _counts
-    from objalign.evaluate.metrics import FIGURES, UNSEEN_FIGURES
+    from objalign.stats.intervals import _CHUNK_ELEMENTS, _counts
+    from objalign.stats.metrics import FIGURES, UNSEEN_FIGURES
 
     _, codes = np.unique(groups, return_inverse=True)
     codes = codes.ravel()
@@ -174,8 +174,8 @@ def _before_bootstrap(pred, true, inst, groups, n_resamples, confidence, seed, c
 def per_set_part(version, protocols, preds, sets, lab, groups, cfg, clock):
     """Every set's figures, per-instance arrays and intervals, as ``_evaluate`` computes them; ``clock[part]``
     accumulates the seconds of each part. Returns ``{(protocol, method, set): {name: value}}``."""
-    from objalign.evaluate.intervals import bootstrap_figures
-    from objalign.evaluate.metrics import figures_from_instances, per_instance, r2_scores
+    from objalign.stats.intervals import bootstrap_figures
+    from objalign.stats.metrics import figures_from_instances, per_instance, r2_scores
 
     out = {}
     for protocol, folds in protocols.items():
@@ -230,8 +230,8 @@ def main(argv=None):
     from dataclasses import replace
 
     from objalign.config import AlignConfig
-    from objalign.evaluate import protocols as P
-    from objalign.evaluate.nulls import single_threaded_blas
+    from objalign.stats import protocols as P
+    from objalign.stats.nulls import single_threaded_blas
 
     X, groups, lab, sets = from_stores(*args.stores, args.vision_layer) if args.stores else made_up()
     cfg = replace(AlignConfig(), n_bootstrap=args.resamples)

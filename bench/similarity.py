@@ -62,9 +62,9 @@ def from_stores(vision: str, text: str, layer: int, cfg):
     """One vision layer's held-out test features (PCA fitted on the training split) and every text layer."""
     from pathlib import Path
 
-    from objalign.align import PCAMatch
-    from objalign.align.shared import pca_dim
-    from objalign.align.stage import heldout_image_split
+    from objalign.maps import PCAMatch
+    from objalign.evaluation.folds import pca_dim
+    from objalign.evaluation.engine import heldout_image_split
     from objalign.embed.store import EmbeddingStore
 
     vm, X = EmbeddingStore(Path(vision)).read()
@@ -96,9 +96,9 @@ def main(argv=None):
 
     import scipy.linalg  # noqa: F401  (loaded before the thread limit, so that it applies to scipy's BLAS too)
 
-    from objalign.align.stage import _similarity
+    from objalign.evaluation.engine import _similarity
     from objalign.config import AlignConfig
-    from objalign.evaluate.nulls import single_threaded_blas
+    from objalign.stats.nulls import single_threaded_blas
 
     cfg = AlignConfig(similarity_permutations=args.perms)
     if args.stores:

@@ -1,9 +1,9 @@
-"""The GIL-free BLAS/LAPACK calls of :mod:`objalign.align._blas` against numpy, in float32 and float64."""
+"""The GIL-free BLAS/LAPACK calls of :mod:`objalign.maps._blas` against numpy, in float32 and float64."""
 
 import numpy as np
 import pytest
 
-from objalign.align._blas import Blas
+from objalign.maps._blas import Blas
 
 
 @pytest.fixture(params=[np.float64, np.float32])

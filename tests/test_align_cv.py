@@ -10,10 +10,10 @@ from sklearn.metrics import r2_score
 from sklearn.metrics.pairwise import rbf_kernel
 from sklearn.model_selection import GridSearchCV, GroupKFold, KFold, PredefinedSplit, ShuffleSplit
 
-from objalign.align import KernelRidgeCV, RidgeCV
-from objalign.align._logo import block_logo_residuals
-from objalign.align._scoring import r2_from_ss, total_sum_of_squares
-from objalign.align._targets import factor_targets
+from objalign.maps import KernelRidgeCV, RidgeCV
+from objalign.maps._logo import block_logo_residuals
+from objalign.maps._scoring import r2_from_ss, total_sum_of_squares
+from objalign.maps._targets import factor_targets
 
 
 def _problem(n=120, d=6, dy=12, n_cat=7, seed=0, repeated=True):
@@ -44,7 +44,7 @@ def _splits(kind, X, Y, groups):
 @pytest.fixture(params=["eig", "chol"])
 def ridge_engine(request, monkeypatch):
     """Run a RidgeCV test once with each exact engine (per-fold eigendecomposition, per-alpha Cholesky)."""
-    import objalign.align._ridge_stats as rs
+    import objalign.maps._ridge_stats as rs
 
     monkeypatch.setattr(rs, "_use_cholesky", lambda p, r, n_alphas: request.param == "chol")
     return request.param
@@ -120,7 +120,7 @@ def test_block_elimination_equals_direct_solves():
 def test_block_elimination_reuses_one_workspace_and_never_writes_the_kernel(dtype):
     """Deeper elimination trees (up to 10 folds, uneven sizes, never-held-out rows), one workspace reused
     across calls with other layouts and alphas; the kernel and targets are read, never written."""
-    from objalign.align._logo import Workspace
+    from objalign.maps._logo import Workspace
 
     rng = np.random.default_rng(1)
     n = 90
@@ -159,7 +159,7 @@ def test_factor_targets_is_exact_and_declines_unique_rows():
 
 def test_held_out_totals_match_direct_computation():
     """Fold totals from category counts agree with scikit-learn's arithmetic; the direct path is bit-exact."""
-    from objalign.align._scoring import held_out_totals
+    from objalign.maps._scoring import held_out_totals
 
     X, Y, groups = _problem(n=300, dy=40, n_cat=9, seed=4)
     splits = list(GroupKFold(4).split(X, Y, groups))
@@ -190,7 +190,7 @@ def test_r2_from_ss_matches_sklearn_including_constant_outputs():
 
 def test_nystroem_cv_equals_per_fold_nystroem_fits():
     """Nyström CV scores == fitting Nyström KRR on each training fold with the centres outside its test set."""
-    from objalign.align._nystroem import normalization
+    from objalign.maps._nystroem import normalization
 
     X, Y, _ = _problem(n=100, seed=3)
     alphas, gammas = [0.1, 1.0], [0.1, 0.3]
@@ -234,7 +234,7 @@ def test_parallel_grid_equals_sequential():
 
 
 def test_elimination_plan_is_cheaper_than_separate_fits():
-    from objalign.align._logo import _full_cost, _plan
+    from objalign.maps._logo import _full_cost, _plan
 
     split, cost = _plan((600,) * 5)
     assert set(split) == {(0, 5), (1, 5), (2, 5), (3, 5)}
@@ -270,7 +270,7 @@ def test_constant_outputs_score_like_sklearn(Est, ref, grid, ridge_engine):
 
 def test_eigendecomposition_engine_equals_grid_search(monkeypatch):
     """The one-eigh-per-gamma engine (chosen for long alpha grids) gives GridSearchCV's scores too."""
-    import objalign.align.kernel as kernel_mod
+    import objalign.maps.kernel as kernel_mod
 
     monkeypatch.setattr(kernel_mod, "_exact_engine", lambda *a, **k: "eigh")
     X, Y, groups = _problem(seed=6)
@@ -282,8 +282,8 @@ def test_eigendecomposition_engine_equals_grid_search(monkeypatch):
 
 
 def test_engine_choice_follows_grid_length():
-    from objalign.align._splits import Partition
-    from objalign.align.kernel import _exact_engine
+    from objalign.maps._splits import Partition
+    from objalign.maps.kernel import _exact_engine
 
     part = Partition(order=np.arange(3000), bounds=np.arange(0, 3001, 600))
     assert _exact_engine(part, 7, 80, np.float64) == "blocks"
@@ -294,8 +294,8 @@ def test_engine_choice_follows_grid_length():
 def test_kernel_refit_falls_back_when_in_place_cholesky_fails(monkeypatch):
     """The refit factorises the kernel in place; if that Cholesky fails the kernel is rebuilt and solved
     the way scikit-learn does (so the fallback sees the original matrix, not the half-factorised one)."""
-    from objalign.align import KernelRidge
-    from objalign.align._blas import Blas
+    from objalign.maps import KernelRidge
+    from objalign.maps._blas import Blas
 
     X, Y, _ = _problem(seed=8)
     ref = SkKernelRidge(alpha=0.3, kernel="rbf", gamma=0.2).fit(X, Y)

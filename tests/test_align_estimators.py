@@ -1,4 +1,4 @@
-"""objalign.align estimators: scikit-learn contract and agreement with scikit-learn / closed forms."""
+"""objalign.maps estimators: scikit-learn contract and agreement with scikit-learn / closed forms."""
 
 import warnings
 
@@ -12,7 +12,7 @@ from sklearn.metrics.pairwise import rbf_kernel
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import check_estimator
 
-from objalign.align import KernelRidge, KernelRidgeCV, PCAMatch, Procrustes, Ridge, RidgeCV
+from objalign.maps import KernelRidge, KernelRidgeCV, PCAMatch, Procrustes, Ridge, RidgeCV
 
 
 @pytest.mark.parametrize(
@@ -147,8 +147,8 @@ def test_pcamatch_streams_the_scatter_in_chunks(monkeypatch):
     """Many chunks (as at full-COCO scale) give the same axes and variances as scikit-learn's PCA."""
     from sklearn.decomposition import PCA
 
-    import objalign.align.pca as pca_mod
-    from objalign.align import PCAMatch
+    import objalign.maps.pca as pca_mod
+    from objalign.maps import PCAMatch
 
     monkeypatch.setattr(pca_mod, "_CHUNK_ROWS", 7)
     rng = np.random.default_rng(3)

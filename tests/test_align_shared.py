@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from sklearn.model_selection import GroupKFold
 
-from objalign.align import KernelRidgeCV, RidgeCV
-from objalign.align._permuted_cv import kernel_choices, ridge_choices
-from objalign.align._splits import resolve_splits
-from objalign.align.stage import evaluate, evaluate_targets
+from objalign.maps import KernelRidgeCV, RidgeCV
+from objalign.maps._permuted_cv import kernel_choices, ridge_choices
+from objalign.maps._splits import resolve_splits
+from objalign.evaluation.engine import evaluate, evaluate_targets
 from objalign.config import AlignConfig
 from objalign.errors import ObjalignError
 
@@ -126,8 +126,8 @@ def test_bad_target_is_recorded_and_the_others_complete():
 
 
 def test_bootstrap_from_category_sums_equals_the_plain_sums():
-    from objalign.evaluate.intervals import bootstrap_figures
-    from objalign.evaluate.metrics import per_instance
+    from objalign.stats.intervals import bootstrap_figures
+    from objalign.stats.metrics import per_instance
 
     rng = np.random.default_rng(4)
     E = rng.normal(size=(6, 7))

@@ -5,9 +5,9 @@ import pytest
 import scipy.sparse as sp
 from sklearn.model_selection import GroupKFold
 
-import objalign.align.kernel as kernel_mod
-import objalign.align.linear as linear_mod
-from objalign.align import KernelRidge, KernelRidgeCV, PCAMatch, Procrustes, Ridge, RidgeCV, check_grid, check_xy
+import objalign.maps.kernel as kernel_mod
+import objalign.maps.linear as linear_mod
+from objalign.maps import KernelRidge, KernelRidgeCV, PCAMatch, Procrustes, Ridge, RidgeCV, check_grid, check_xy
 from objalign.errors import ObjalignError
 
 

@@ -1,4 +1,4 @@
-"""Tests for objalign.evaluate.calibrate: permutation engines against recomputation, and the calibration definitions."""
+"""Tests for objalign.measures.calibrate: permutation engines against recomputation, and the calibration definitions."""
 
 import math
 
@@ -7,10 +7,10 @@ import pytest
 from scipy import stats
 
 from objalign.errors import ObjalignError
-from objalign.evaluate import bh_adjust, calibrated
-from objalign.evaluate import similarity as sim
-from objalign.evaluate.calibrate import MEASURES, calibrate_measures, calibration_summary, permutation_engine
-from objalign.evaluate.stats import group_permutations
+from objalign.measures import bh_adjust, calibrated
+from objalign.measures import similarity as sim
+from objalign.measures.calibrate import MEASURES, calibrate_measures, calibration_summary, permutation_engine
+from objalign.stats.resampling import group_permutations
 
 OPTIONS = {"mutual_knn": {"k": 5}, "cknna": {"k": 5}, "svcca": {"dim": 4}}
 DIRECT = {

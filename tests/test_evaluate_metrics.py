@@ -5,8 +5,8 @@ import pytest
 from sklearn.metrics import r2_score
 
 from objalign.errors import ObjalignError
-from objalign.evaluate.intervals import bootstrap_figures, figures_for_weights, resample_counts
-from objalign.evaluate.metrics import FIGURES, per_category, per_instance, summarize
+from objalign.stats.intervals import bootstrap_figures, figures_for_weights, resample_counts
+from objalign.stats.metrics import FIGURES, per_category, per_instance, summarize
 
 
 def _data(n=120, q=12, c=7, seed=0, noise=0.8):
@@ -121,13 +121,13 @@ def test_resample_counts_draw_groups_with_replacement():
     assert counts.shape == (400, 50) and np.all(counts.sum(1) == 50)
     assert counts.mean() == pytest.approx(1.0) and np.all(counts >= 0)
     assert np.array_equal(counts, resample_counts(50, 400, seed=1))
-    from objalign.evaluate.intervals import _iter_counts
+    from objalign.stats.intervals import _iter_counts
 
     assert np.array_equal(counts, np.concatenate(list(_iter_counts(50, 400, 1, 7))))  # chunking draws the same
 
 
 def test_bootstrap_intervals_are_quantiles_of_grouped_resamples(monkeypatch):
-    import objalign.evaluate.intervals as intervals
+    import objalign.stats.intervals as intervals
 
     monkeypatch.setattr(intervals, "_CHUNK_ELEMENTS", 150 * 37)  # several chunks of resamples
     P, T, lab, E, groups = _data(n=150)
@@ -173,8 +173,8 @@ def test_bootstrap_bad_input():
 def test_constant_text_dimensions_are_left_out_of_uniform_r2():
     # some text encoders have dimensions that are constant over all categories; float rounding of their mean
     # leaves a variance of ~1e-60 that would make scikit-learn's per-dimension score arbitrary
-    from objalign.evaluate.metrics import r2_uniform
-    from objalign.evaluate.nulls import CategoryScorer
+    from objalign.stats.metrics import r2_uniform
+    from objalign.stats.nulls import CategoryScorer
 
     P, T, lab, E, groups = _data(n=80)
     E = E.copy()

@@ -5,11 +5,11 @@ import pytest
 from sklearn.kernel_ridge import KernelRidge as SkKernelRidge
 from sklearn.linear_model import Ridge as SkRidge
 
-from objalign.align import KernelRidge, Ridge
+from objalign.maps import KernelRidge, Ridge
 from objalign.errors import ObjalignError
-from objalign.evaluate.metrics import summarize
-from objalign.evaluate.nulls import CategoryScorer, pvalues, smoother_null, smoother_operator
-from objalign.evaluate.stats import group_permutations
+from objalign.stats.metrics import summarize
+from objalign.stats.nulls import CategoryScorer, pvalues, smoother_null, smoother_operator
+from objalign.stats.resampling import group_permutations
 
 
 def _problem(n=90, m=40, d=6, q=10, c=5, seed=0, signal=1.0):
@@ -41,7 +41,7 @@ def test_kernel_ridge_smoother_reproduces_sklearn_kernel_ridge():
 
 @pytest.mark.parametrize("d", [10, 60])  # primal (d <= n_train) and dual (d > n_train) ridge
 def test_fast_smoothers_equal_the_estimators_operators(d):
-    from objalign.evaluate.nulls import FastSmoothers
+    from objalign.stats.nulls import FastSmoothers
 
     rng = np.random.default_rng(3)
     Xtr, Xte = rng.normal(size=(40, d)), rng.normal(size=(13, d))
@@ -117,8 +117,8 @@ def test_null_rejects_a_bad_count():
 
 
 def _direct_figures(C, E, lab, fold_of=None):
-    """Every figure of the predictions ``C @ E`` from objalign.evaluate.metrics (per fold of unseen candidates)."""
-    from objalign.evaluate.metrics import figures_from_instances, per_instance, r2_uniform, r2_variance_weighted
+    """Every figure of the predictions ``C @ E`` from objalign.stats.metrics (per fold of unseen candidates)."""
+    from objalign.stats.metrics import figures_from_instances, per_instance, r2_uniform, r2_variance_weighted
 
     P, T = C @ E, E[lab]
     if fold_of is None:
@@ -177,7 +177,7 @@ def test_a_permutation_scores_the_same_alone_or_in_any_batch():
 def test_nulls_of_several_target_sets_equal_each_set_alone_and_the_refits():
     # two blocks (pooled held-out-category folds), two grid points chosen per permutation (selection null):
     # two sets with the same choices (sharing coefficients) and one with its own
-    from objalign.evaluate.nulls import block_permutations, smoother_nulls
+    from objalign.stats.nulls import block_permutations, smoother_nulls
 
     rng = np.random.default_rng(9)
     B, c = 7, 5

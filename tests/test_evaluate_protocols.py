@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from objalign.align.stage import evaluate
+from objalign.evaluation.engine import evaluate
 from objalign.config import AlignConfig
 from objalign.errors import ObjalignError
-from objalign.evaluate.protocols import heldout_categories, heldout_images
+from objalign.stats.protocols import heldout_categories, heldout_images
 
 
 def _objects(n_img=120, c=12, seed=0):
@@ -150,8 +150,8 @@ def test_nulls_off_and_bad_settings():
 
 
 def test_similarity_section_is_computed_on_the_heldout_pca_features(compositional):
-    from objalign.align import PCAMatch
-    from objalign.evaluate import cka, mutual_knn
+    from objalign.maps import PCAMatch
+    from objalign.measures import cka, mutual_knn
 
     X, Y, groups, lab, E = _embeddings(True)
     (fold,) = heldout_images(groups, CFG.test_size, CFG.seed)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import r2_score
 
-import objalign.evaluate.intervals as intervals
-from objalign.align.stage import evaluate, evaluate_targets
+import objalign.stats.intervals as intervals
+from objalign.evaluation.engine import evaluate, evaluate_targets
 from objalign.config import AlignConfig
 from objalign.errors import ObjalignError
-from objalign.evaluate.intervals import bootstrap_figures, resample_counts
-from objalign.evaluate.metrics import per_instance, r2_scores, r2_uniform, r2_variance_weighted
+from objalign.stats.intervals import bootstrap_figures, resample_counts
+from objalign.stats.metrics import per_instance, r2_scores, r2_uniform, r2_variance_weighted
 
 
 def _sets(seed=0, n_img=60, c=8, q=10, n_sets=3):
@@ -41,8 +41,8 @@ def test_block_median_is_the_median_of_each_resample(monkeypatch, chunk):
         counts = rng.integers(0, 3, (5, codes.max() + 1))
         counts[:, codes[0]] += 1  # no empty resample
         want = _explicit_median(values, counts[:, codes])
-        np.testing.assert_array_equal(intervals._weighted_median(values, counts, codes), want)
-        np.testing.assert_array_equal(intervals._weighted_median(values, counts[:, codes]), want)
+        np.testing.assert_array_equal(intervals.weighted_median(values, counts, codes), want)
+        np.testing.assert_array_equal(intervals.weighted_median(values, counts[:, codes]), want)
 
 
 def test_r2_scores_equal_the_plain_figures_and_scikit_learn():
@@ -129,7 +129,7 @@ def test_a_sets_figures_do_not_depend_on_its_companions():
 
 
 def test_kendall_tau_a_from_scipy_equals_the_sign_table():
-    from objalign.evaluate.rsa import _kendall_sign_table, kendall_tau_a
+    from objalign.measures.rsa import _kendall_sign_table, kendall_tau_a
 
     rng = np.random.default_rng(3)
     for trial in range(60):

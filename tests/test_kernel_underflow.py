@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from sklearn.metrics.pairwise import laplacian_kernel, rbf_kernel
 
-from objalign.align import KernelRidge, KernelRidgeCV
-from objalign.align import _kernels
-from objalign.align._kernels import KernelBase, flush_subnormal, kernel_matrix
+from objalign.maps import KernelRidge, KernelRidgeCV
+from objalign.maps import _kernels
+from objalign.maps._kernels import KernelBase, flush_subnormal, kernel_matrix
 
 
 def _data(dtype, n=60, d=8, seed=0):

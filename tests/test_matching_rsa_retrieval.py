@@ -8,10 +8,10 @@ from scipy import stats
 
 from objalign.data.vocab import load_vocabulary
 from objalign.errors import ObjalignError
-from objalign.evaluate.matching import (blind_match, category_prototypes, cosine_kernel, match_accuracy, match_study,
+from objalign.measures.matching import (blind_match, category_prototypes, cosine_kernel, match_accuracy, match_study,
                                         qap_objective)
-from objalign.evaluate.retrieval import candidate_index, csls_scores, precision_at_k, retrieval
-from objalign.evaluate.rsa import compare_rdms, crossval_rdm, kendall_tau_a, rdm, rsa
+from objalign.measures.retrieval import candidate_index, csls_scores, precision_at_k, retrieval
+from objalign.measures.rsa import compare_rdms, crossval_rdm, kendall_tau_a, rdm, rsa
 
 
 def _kernel(n, seed=0, d=6):
@@ -227,9 +227,9 @@ def test_user_vocabulary_file(tmp_path):
 
 
 def test_rsa_calibration_equals_recomputed_null():
-    from objalign.evaluate.calibrate import calibration_summary
-    from objalign.evaluate.category_level import _rsa_calibrated
-    from objalign.evaluate.stats import group_permutations
+    from objalign.measures.calibrate import calibration_summary
+    from objalign.evaluation.category_level import _rsa_calibrated
+    from objalign.stats.resampling import group_permutations
 
     rng = np.random.default_rng(0)
     P = rng.normal(size=(12, 5))

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from objalign.errors import ObjalignError
-from objalign.evaluate.grid import grid_max_pvalue
-from objalign.evaluate.stats import permutation_pvalue
+from objalign.stats.grid import grid_max_pvalue
+from objalign.stats.resampling import permutation_pvalue
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -102,7 +102,7 @@ def read(path):
 def test_matrix_table_has_every_cell_protocol_method_and_measure(tiny):
     import pyarrow.parquet as pq
 
-    from objalign.evaluate.metrics import FIGURES
+    from objalign.stats.metrics import FIGURES
     from objalign.matrix.study import COLUMNS
 
     _, out = tiny

@@ -1,6 +1,6 @@
 """Equivalence with the original implementations: segment-anything, DINOv2's own model code, OpenAI CLIP.
 
-Each original is built small with every parameter randomised (objalign.checkpoints.reference), saved as the
+Each original is built small with every parameter randomised (objalign.encoders.reference), saved as the
 reference pipeline saves it (a state dict), converted by objalign's loader and compared on CPU in float32:
 embeddings within 1e-5 relative, logits within 1e-4, masks equal except where |logit| < 1e-3, token ids
 identical. These run in the second test environment (.ci/run, `pytest -m parity`), where torchvision imports
@@ -38,7 +38,7 @@ def _cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def sam_pair(tmp_path_factory):
     original_package("segment_anything")
-    from objalign.checkpoints import reference
+    from objalign.encoders import reference
 
     sam = reference.tiny_sam()
     path = tmp_path_factory.mktemp("sam") / "sam_tiny.pth"
@@ -106,7 +106,8 @@ def test_sam_segment_gives_the_predictors_mask(sam_pair):
 @pytest.mark.parametrize("side", [224, 518])
 def test_dinov2_tokens_with_hub_interpolation(tmp_path, ffn, side):
     original_package("dinov2.models.vision_transformer")
-    from objalign.checkpoints import load_original, reference
+    from objalign.checkpoints import load_original
+    from objalign.encoders import reference
     from objalign.checkpoints.dinov2 import use_hub_interpolation
 
     model = reference.tiny_dinov2(ffn_layer=ffn)
@@ -123,7 +124,8 @@ def test_dinov2_tokens_with_hub_interpolation(tmp_path, ffn, side):
 def test_dinov2_transformers_interpolation_differs_at_224_only(tmp_path):
     """Why the parity setting exists: transformers' own resizing moves the CLS token at 224 px, not at 518."""
     original_package("dinov2.models.vision_transformer")
-    from objalign.checkpoints import load_original, reference
+    from objalign.checkpoints import load_original
+    from objalign.encoders import reference
 
     model = reference.tiny_dinov2()
     torch.save(model.state_dict(), tmp_path / "d.pth")
@@ -140,7 +142,8 @@ def test_dinov2_transformers_interpolation_differs_at_224_only(tmp_path):
 def test_dinov2_vitl14_full_size_at_224(tmp_path):
     """The released ViT-L/14 architecture (304M parameters, random weights) at 224 px with the parity setting."""
     original_package("dinov2.models.vision_transformer")
-    from objalign.checkpoints import load_original, reference
+    from objalign.checkpoints import load_original
+    from objalign.encoders import reference
     from objalign.checkpoints.dinov2 import use_hub_interpolation
 
     model = reference.dinov2_vitl14()
@@ -162,7 +165,7 @@ def test_dinov2_encoder_with_the_hub_eval_transform(tmp_path):
     tv = original_package("torchvision.transforms")
     from PIL import Image
 
-    from objalign.checkpoints import reference
+    from objalign.encoders import reference
     from objalign.crops.render import render_input
     from objalign.encoders.hf_dinov2 import HFDinov2
 
@@ -214,7 +217,7 @@ def test_clip_token_ids_identical_for_coco_names_and_templates(tmp_path):
     clip = original_package("clip")
     from objalign.checkpoints.clip import openai_tokenizer
 
-    from objalign.checkpoints.reference import COCO_NAMES, coco_prompts
+    from objalign.encoders.reference import COCO_NAMES, coco_prompts
     from objalign.encoders.prompts import CLIP_IMAGENET_TEMPLATES
 
     prompts = coco_prompts()
@@ -227,7 +230,7 @@ def test_clip_token_ids_identical_for_coco_names_and_templates(tmp_path):
 
 def test_clip_text_embeddings(tmp_path):
     clip = original_package("clip")
-    from objalign.checkpoints import reference
+    from objalign.encoders import reference
     from objalign.encoders.hf_clip_text import HFClipText
 
     model = reference.tiny_clip()
@@ -254,7 +257,7 @@ def test_a_run_on_the_three_original_files(small_demo, tmp_path):
     import json
     from pathlib import Path
 
-    from objalign.checkpoints import reference
+    from objalign.encoders import reference
     from objalign.cli import main
 
     files = {"sam": tmp_path / "sam_tiny.pth", "dinov2": tmp_path / "dinov2_tiny.pth", "clip": tmp_path / "clip.pt"}

@@ -59,7 +59,7 @@ def test_report_files_and_schema(run_dir):
 
 def test_second_run_reuses_finished_stages(run_dir, capsys, monkeypatch):
     """A second run loads no model and fits no map (any attempt fails the test, whatever the machine's load)."""
-    import objalign.align.stage as align_stage
+    import objalign.evaluation.engine as align_stage
     import objalign.embed.stage as embed_stage
 
     def refuse(*args, **kwargs):

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from objalign.align.stage import evaluate, write_results
+from objalign.evaluation.engine import evaluate
+from objalign.pipeline.align import write_results
 from objalign.config import AlignConfig, RunConfig
 from objalign.runs import write_stage
 
@@ -44,7 +45,7 @@ def _fake_run(out: Path, seed: int = 0, crop: str = "box", align: AlignConfig = 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from objalign.report.stage import run_report
+    from objalign.pipeline.report import run_report
 
     out = _fake_run(tmp_path_factory.mktemp("run"))
     run_report(RunConfig(), out)
@@ -132,7 +133,7 @@ def test_report_html_renders_every_figure_in_headless_chromium(run, tmp_path):
 
 def test_compare_puts_runs_side_by_side(run, tmp_path, capsys):
     from objalign.cli import main
-    from objalign.report.stage import run_report
+    from objalign.pipeline.report import run_report
 
     other = _fake_run(tmp_path / "other", seed=1, crop="gt-mask", align=replace(CFG, protocols=("heldout_images",)))
     run_report(RunConfig(), other)
@@ -146,7 +147,7 @@ def test_compare_puts_runs_side_by_side(run, tmp_path, capsys):
     r = next(r for r in rows if r["crop"] == "gt-mask" and r["method"] == "ridge")
     assert r["split"] == "heldout_images" and len(r["ci"]["top1"]) == 2 and "top1" in r["pvalue"]
     assert f"{r['top1']:.3f} [{r['ci']['top1'][0]:.3f},{r['ci']['top1'][1]:.3f}]" in table
-    from objalign.evaluate import bh_adjust
+    from objalign.measures import bh_adjust
     from objalign.report.compare import calibrated_rows
 
     cal = calibrated_rows([run, other])

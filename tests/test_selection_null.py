@@ -11,14 +11,14 @@ import pytest
 from scipy.stats import binom
 from sklearn.model_selection import GroupKFold
 
-from objalign.align import KernelRidgeCV, RidgeCV
-from objalign.align._permuted_cv import kernel_choices, ridge_choices
-from objalign.align._splits import resolve_splits
+from objalign.maps import KernelRidgeCV, RidgeCV
+from objalign.maps._permuted_cv import kernel_choices, ridge_choices
+from objalign.maps._splits import resolve_splits
 from objalign.config import AlignConfig, load_config
 from objalign.errors import ObjalignError
-from objalign.evaluate import nulls
-from objalign.evaluate.metrics import summarize
-from objalign.evaluate.nulls import block_permutations, pvalues, selection_smoothers, smoother_null
+from objalign.stats import nulls
+from objalign.stats.metrics import summarize
+from objalign.stats.nulls import block_permutations, pvalues, selection_smoothers, smoother_null
 from test_evaluate_nulls import _problem as _nulls_problem
 
 @pytest.fixture(autouse=True)
@@ -62,7 +62,7 @@ def test_fast_cv_scores_and_choices_equal_the_estimators_on_every_permutation():
 
 
 def test_shared_weight_cache_gives_the_same_scores_and_reuses_rows():
-    from objalign.align._permuted_cv import WeightCache
+    from objalign.maps._permuted_cv import WeightCache
 
     Xtr, _, lab, _, E, g = _problem()
     E2 = E + np.random.default_rng(1).normal(size=E.shape)  # a second target set
@@ -169,7 +169,7 @@ def test_too_few_images_for_the_folds_fails_before_any_permutation(monkeypatch):
 
 
 def test_stage_raises_the_real_fits_error_before_any_permutation(monkeypatch):
-    from objalign.align.stage import evaluate
+    from objalign.evaluation.engine import evaluate
 
     rng = np.random.default_rng(0)
     n = 40
@@ -182,7 +182,7 @@ def test_stage_raises_the_real_fits_error_before_any_permutation(monkeypatch):
 
 
 def test_unknown_null_is_one_line_with_did_you_mean():
-    from objalign.align.stage import _methods
+    from objalign.evaluation.engine import _methods
 
     cfg = load_config(None, ["align.null=selecton"]).align
     with pytest.raises(ObjalignError, match=r"align.null = 'selecton'.*did you mean 'selection'") as err:
@@ -200,7 +200,7 @@ def test_fewer_kernel_permutations_only_beyond_the_stated_size():
 
 
 def test_stage_rows_name_their_null_and_the_report_says_it():
-    from objalign.align.stage import evaluate
+    from objalign.evaluation.engine import evaluate
     from objalign.report.html import results_table
 
     Xtr, Xte, lab_tr, lab_te, E, g = _problem(n=120, m=0, seed=4)

@@ -1,4 +1,4 @@
-"""Tests for objalign.evaluate.similarity: closed forms, brute-force loops, random-data behaviour."""
+"""Tests for objalign.measures.similarity: closed forms, brute-force loops, random-data behaviour."""
 
 import itertools
 
@@ -7,7 +7,7 @@ import pytest
 from scipy.spatial.distance import pdist, squareform
 
 from objalign.errors import ObjalignError
-from objalign.evaluate.similarity import cka, cknna, hsic, mutual_knn, svcca
+from objalign.measures.similarity import cka, cknna, hsic, mutual_knn, svcca
 
 
 def _rng(seed=0):

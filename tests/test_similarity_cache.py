@@ -1,7 +1,7 @@
 """A cache shared by similarity measures and permutation engines on one X: values bit-identical to no cache.
 
 ``evaluate_targets`` scores several text target sets against the same held-out vision features with one cache
-(:mod:`objalign.evaluate.similarity`, :mod:`objalign.evaluate.calibrate`); a separate run has none. Every number
+(:mod:`objalign.measures.similarity`, :mod:`objalign.measures.calibrate`); a separate run has none. Every number
 must be exactly the same either way, for every target set, in any order, and a cache must never hand one X's
 quantities to another X.
 """
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from objalign.errors import ObjalignError
-from objalign.evaluate import calibrate as cal
-from objalign.evaluate import similarity as sim
-from objalign.evaluate.calibrate import calibrate_measures, calibrated
-from objalign.evaluate.stats import unique_rows
+from objalign.measures import calibrate as cal
+from objalign.measures import similarity as sim
+from objalign.measures.calibrate import calibrate_measures, calibrated
+from objalign.stats.resampling import unique_rows
 
 MEASURES = {
     "cka_linear": lambda X, Y, c: sim.cka(X, Y, cache=c),
@@ -178,7 +178,7 @@ def test_unique_rows_is_np_unique():
 
 
 def test_evaluate_targets_similarity_is_bit_identical_to_separate_runs():
-    from objalign.align.stage import evaluate, evaluate_targets
+    from objalign.evaluation.engine import evaluate, evaluate_targets
     from objalign.config import AlignConfig
 
     rng = np.random.default_rng(0)

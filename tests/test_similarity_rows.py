@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from objalign.errors import ObjalignError
-from objalign.evaluate import similarity as sim
-from objalign.evaluate.calibrate import calibrated
+from objalign.measures import similarity as sim
+from objalign.measures.calibrate import calibrated
 
 MEASURES = {
     "cka_linear": lambda X, Y: sim.cka(X, Y),
@@ -121,7 +121,7 @@ def _same(a, b) -> bool:
 
 
 def test_a_target_set_alone_equals_it_among_other_target_sets():
-    from objalign.align.stage import _similarity
+    from objalign.evaluation.engine import _similarity
     from objalign.config import AlignConfig
 
     X, groups, Y = _problem(4, n=120)
@@ -154,7 +154,7 @@ def test_a_target_set_alone_equals_it_among_other_target_sets():
 
 def test_values_are_the_measures(monkeypatch):
     """``_similarity``'s values (by the permutation engines) equal the measures computed on every row."""
-    from objalign.align.stage import _similarity
+    from objalign.evaluation.engine import _similarity
     from objalign.config import AlignConfig
 
     X, groups, Y = _problem(5, ties=True)
@@ -167,7 +167,7 @@ def test_values_are_the_measures(monkeypatch):
 
 @pytest.mark.parametrize("ties", [False, True])
 def test_category_level_hsic_terms_equal_the_n_by_n_ones(ties):
-    from objalign.evaluate.calibrate import _CodedKernel
+    from objalign.measures.calibrate import _CodedKernel
 
     _, _, Y = _problem(6, ties=ties)
     side = sim._side(None, "Y", Y)
@@ -183,7 +183,7 @@ def test_category_level_hsic_terms_equal_the_n_by_n_ones(ties):
 
 
 def test_neighbour_weight_nonzeros_from_the_table():
-    from objalign.evaluate.calibrate import _knn_nonzeros
+    from objalign.measures.calibrate import _knn_nonzeros
 
     for ties in (False, True):
         _, _, Y = _problem(7, ties=ties)

@@ -1,4 +1,4 @@
-"""Tests for objalign.evaluate.stats: grouped bootstrap, permutation p-values, ridge permutation null."""
+"""Tests for objalign.stats.resampling: grouped bootstrap, permutation p-values, ridge permutation null."""
 
 import json
 
@@ -9,7 +9,7 @@ from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
 
 from objalign.errors import ObjalignError
-from objalign.evaluate.stats import (
+from objalign.stats.resampling import (
     bootstrap_ci,
     group_permutations,
     permutation_pvalue,

@@ -9,9 +9,9 @@ import pytest
 
 from objalign.config import AlignConfig
 from objalign.errors import ObjalignError
-from objalign.evaluate.convergence import check_sizes, convergence, subsample_images
-from objalign.evaluate.matching import category_prototypes
-from objalign.evaluate.units import check_units, image_level, image_targets, parse_ks, prototype_curve, prototypes
+from objalign.evaluation.convergence import check_sizes, convergence, subsample_images
+from objalign.measures.matching import category_prototypes
+from objalign.evaluation.units import check_units, image_level, image_targets, parse_ks, prototype_curve, prototypes
 
 
 DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
@@ -43,7 +43,7 @@ def test_image_target_is_the_mean_of_its_objects_label_embeddings():
 
 
 def test_image_level_uses_the_object_levels_test_images_and_recovers_a_linear_map():
-    from objalign.align.stage import evaluate
+    from objalign.evaluation.engine import evaluate
 
     X, Y, groups, lab, C, A = _data()
     ids, T, _ = image_targets(lab, groups, C)
@@ -107,7 +107,7 @@ def test_convergence_subsamples_are_whole_images_of_the_asked_size():
 
 
 def test_convergence_at_full_size_equals_the_main_figures():
-    from objalign.align.stage import evaluate
+    from objalign.evaluation.engine import evaluate
 
     X, Y, groups, lab, C, _ = _data()
     main_cfg = dataclasses.replace(CFG, n_bootstrap=50, n_permutations=100, convergence_sizes=(60, 150),
@@ -140,7 +140,7 @@ def test_bad_input_is_one_line_naming_the_value(call, needle):
 
 
 def test_align_stage_checks_the_settings_before_fitting():
-    from objalign.align.units_stage import check_unit_studies
+    from objalign.pipeline.units import check_unit_studies
 
     with pytest.raises(ObjalignError, match="prototype_k"):
         check_unit_studies(dataclasses.replace(CFG, units=("prototype",), prototype_k=("0",)), 100)

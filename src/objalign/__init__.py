@@ -1,27 +1,40 @@
 """objalign: measure how object-level vision embeddings align with language embeddings.
 
-The Python API mirrors the command line: ``load_config`` -> ``run`` (or the stage functions in
-``objalign.pipeline``) -> ``read_embeddings`` / ``report.json``. Heavy libraries load only when used.
+Two layers (``docs/`` explains both):
+
+- the **library** computes on arrays: :func:`evaluate_alignment` (held-out images and categories, maps, nulls,
+  intervals, similarity measures, RSA, retrieval, blind matching in one call) and its parts --
+  :mod:`objalign.maps` (estimators and their exact CV engines), :mod:`objalign.measures` (similarity measures
+  by ID, calibration, RSA, retrieval, matching), :mod:`objalign.stats` (splits, nulls, intervals, metrics),
+  :mod:`objalign.report` (report files from results);
+- the **application** runs the pipeline on a dataset: ``load_config`` -> ``run`` (stages in
+  :mod:`objalign.pipeline`) -> ``read_embeddings`` / ``report.json``.
+
+Heavy libraries load only when used.
 """
 
 from __future__ import annotations
 
+from objalign import _compat
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_config", "run", "read_embeddings"]
+__all__ = ["__version__", "evaluate_alignment", "AlignmentResult", "load_config", "run", "read_embeddings"]
+
+_compat.install()  # old import paths (objalign.align.*, objalign.evaluate.*) keep working, with a warning
+
+_LAZY = {
+    "evaluate_alignment": "objalign.evaluation",
+    "AlignmentResult": "objalign.evaluation",
+    "load_config": "objalign.config",
+    "run": "objalign.pipeline",
+    "read_embeddings": "objalign.embed.store",
+}
 
 
 def __getattr__(name):
-    if name == "load_config":
-        from .config import load_config
+    if name in _LAZY:
+        import importlib
 
-        return load_config
-    if name == "run":
-        from .pipeline import run
-
-        return run
-    if name == "read_embeddings":
-        from .embed.store import read_embeddings
-
-        return read_embeddings
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'objalign' has no attribute {name!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import ObjalignError
+from objalign.errors import ObjalignError
 
 STAGE_HELP = {
     "sample": "sample object instances from the dataset -> sample/instances.parquet",
@@ -51,7 +51,7 @@ def _add_config_args(p: argparse.ArgumentParser, out_required: bool = True) -> N
 
 
 def _config_from_args(args):
-    from .config import load_config
+    from objalign.config import load_config
 
     overrides = list(args.overrides)
     for flag, key in (("vision", "embed.vision.name"), ("text", "embed.text.name"), ("crop_mode", "crop.mode"),
@@ -73,7 +73,7 @@ def _config_from_args(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from objalign import __version__
 
     parser = argparse.ArgumentParser(
         prog="objalign",
@@ -144,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_models(args) -> int:
-    from .crops import CROP_MODES
-    from .encoders import TEXT_ENCODERS, VISION_ENCODERS
+    from objalign.crops import CROP_MODES
+    from objalign.encoders import TEXT_ENCODERS, VISION_ENCODERS
 
     for title, reg in (("vision encoders", VISION_ENCODERS), ("text encoders", TEXT_ENCODERS),
                        ("crop modes", CROP_MODES)):
@@ -160,8 +160,8 @@ def _cmd_models(args) -> int:
 def _cmd_cache(args) -> int:
     import json
 
-    from .runs import cache_dir
-    from .stores import find_stores, remove_store
+    from objalign.runs import cache_dir
+    from objalign.stores import find_stores, remove_store
 
     if args.cache_command == "ls":
         root = args.root or cache_dir(None) or "runs"
@@ -208,13 +208,13 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_cache(args)
         if args.command == "data":
             if args.data_command == "demo":
-                from .data.demo import make_demo_dataset
+                from objalign.data.demo import make_demo_dataset
 
                 path = make_demo_dataset(args.out, seed=args.seed, n_images=args.n_images)
                 print(f"demo dataset written: {path}")
                 return 0
             if args.data_command == "coco2017":
-                from .data.download import download_coco2017
+                from objalign.data.download import download_coco2017
 
                 got = download_coco2017(args.root, split=args.split, annotations_only=args.annotations_only,
                                         mirror=args.mirror, progress=not args.no_progress,
@@ -225,13 +225,13 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             raise ObjalignError("data: expected `objalign data demo --out DIR` or `objalign data coco2017 --root DIR`")
         if args.command == "sweep":
-            from .pipeline import sweep
+            from objalign.pipeline.chain import sweep
 
             print(sweep(args.config, args.out, args.overrides, force=args.force,
                         progress=not args.no_progress and sys.stderr.isatty()))
             return 0
         if args.command == "matrix":
-            from .matrix import run_matrix
+            from objalign.matrix import run_matrix
 
             res = run_matrix(args.config, args.out, args.overrides, force=args.force,
                              progress=not args.no_progress and sys.stderr.isatty(), jobs=args.jobs)
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.out}/matrix.html, matrix.parquet, best.parquet")
             return 0
         if args.command == "compare":
-            from .report.compare import compare_runs
+            from objalign.report.compare import compare_runs
 
             print(compare_runs(args.runs, json_out=args.out))
             return 0
@@ -250,19 +250,19 @@ def main(argv: list[str] | None = None) -> int:
             args.out = default_out(args.config)
             print(f"run folder: {args.out} (the default; choose another with --out)")
         if args.command == "run" and args.dry_run:
-            from .pipeline import plan
+            from objalign.pipeline.chain import plan
 
             print(plan(cfg, args.out))
             return 0
         if args.command == "run":
-            from .pipeline import run
+            from objalign.pipeline.chain import run
 
             report = run(cfg, args.out, force=args.force, progress=progress)
             print((__import__("pathlib").Path(args.out) / "report.txt").read_text())
             print(f"report written to {args.out}/: report.html (open in a browser), report.txt, report.json, "
                   "figures (*.png), config.yaml")
             return 0 if report else 1
-        from .pipeline import stage_function
+        from objalign.pipeline.chain import stage_function
 
         kwargs = {"force": args.force}
         if args.command in ("crop", "embed"):

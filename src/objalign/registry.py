@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import ObjalignError, did_you_mean
+from objalign.errors import ObjalignError, did_you_mean
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import json
 import shutil
 from pathlib import Path
 
-from .errors import ObjalignError
-from .runs import atomic_write_json, is_stale_temporary
+from objalign.errors import ObjalignError
+from objalign.runs import atomic_write_json, is_stale_temporary
 
 MANIFEST = "manifest.json"
 

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
+from objalign.runs import atomic_write_bytes
+
 
 def write_table(path: str | Path, cols: dict[str, np.ndarray]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .runs import atomic_write_bytes
 
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table({k: np.asarray(v) if not isinstance(v, list) else v for k, v in cols.items()}), sink)

@@ -19,13 +19,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import ObjalignError
+from objalign.checkpoints import clip, dinov2, sam
+from objalign.checkpoints._io import cache_dir_for, check_file, is_torchscript, read_state_dict, read_torchscript
+from objalign.checkpoints.clip import OFFICIAL_SHA256, RELEASE_ARCH
+from objalign.checkpoints.keymap import apply_rules
+from objalign.errors import ObjalignError, did_you_mean
 
 __all__ = ["load_original", "find_original", "arch_family", "arch_from_file_name", "ARCHS"]
 
 
 def _families():
-    from . import clip, dinov2, sam
 
     return {"sam": sam, "dinov2": dinov2, "clip": clip}
 
@@ -53,7 +56,6 @@ def arch_family(arch: str) -> str:
         return arch
     archs = _all_archs()
     if arch not in archs:
-        from ..errors import did_you_mean
 
         raise ObjalignError(f"unknown checkpoint arch {arch!r}{did_you_mean(arch, archs)} (known: {', '.join(archs)}, or the family "
                             "names sam, dinov2, clip to take the architecture from the file)")
@@ -64,7 +66,6 @@ def arch_from_file_name(path: str | os.PathLike) -> str | None:
     """The arch an official file name implies (``dinov2_vitl14_pretrain.pth`` -> ``dinov2_vitl14``), or ``None``."""
     import re
 
-    from . import clip
 
     name = Path(path).name
     m = re.search(r"dinov2_vit[sblg]14(?:_reg4)?|sam_vit_[hlb]", name)
@@ -76,7 +77,6 @@ def arch_from_file_name(path: str | os.PathLike) -> str | None:
 def search_paths(arch: str) -> list[Path]:
     """Where the reference code leaves ``arch``'s file: torch hub's ``checkpoints/`` (DINOv2; SAM too, with the
     working directory and ``./checkpoints``), ``~/.cache/clip`` (CLIP)."""
-    from . import clip, dinov2, sam
 
     family = arch_family(arch)
     if family == "clip":
@@ -105,10 +105,8 @@ def find_original(arch: str) -> Path:
 
 def _read(path: Path, family: str, what: str) -> tuple[dict, tuple[str, str | None] | None]:
     """The state dict, and for an official CLIP archive ``(release, arch)``."""
-    from ._io import is_torchscript, read_state_dict, read_torchscript
 
     if family == "clip" and is_torchscript(path):
-        from .clip import OFFICIAL_SHA256, RELEASE_ARCH
 
         state_dict, release = read_torchscript(path, OFFICIAL_SHA256, what)
         return state_dict, (release, RELEASE_ARCH.get(release))
@@ -143,7 +141,6 @@ def load_original(path: str | os.PathLike, arch: str, cache_dir: str | os.PathLi
         One line naming the file and the first offending key: unreadable or truncated file, not a state dict,
         another architecture, a key the map does not know, a TorchScript archive with an unknown hash.
     """
-    from ._io import cache_dir_for, check_file
 
     family = arch_family(arch)
     module = _families()[family]
@@ -161,7 +158,6 @@ def load_original(path: str | os.PathLike, arch: str, cache_dir: str | os.PathLi
         release, right = implied
         raise ObjalignError(f"{where} is OpenAI's official {release} release, not {arch}; "
                             + (f"set the arch to {right}" if right else "objalign converts the ViT text towers only"))
-    from .keymap import apply_rules
 
     converted, source_of = apply_rules(state_dict, module.RULES, where)
     fields, source = module.infer(state_dict, where)

@@ -13,7 +13,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from ..errors import ObjalignError
+from objalign.errors import ObjalignError
 
 #: Bump when a key map or a converted config changes, so stale conversions are not reused.
 CONVERSION_VERSION = 1

@@ -15,7 +15,9 @@ import html
 import os
 from pathlib import Path
 
-from .keymap import check_against, count_indexed, need, rule
+from objalign.checkpoints._io import cache_root
+from objalign.checkpoints.keymap import check_against, count_indexed, need, rule
+from objalign.errors import ObjalignError
 
 #: Official releases: SHA-256 (the folder name in each URL of OpenAI's ``clip/clip.py`` ``_MODELS``) -> name.
 OFFICIAL_SHA256 = {
@@ -159,8 +161,6 @@ def openai_tokenizer(bpe_path: str | os.PathLike | None = None, cache: str | os.
     """
     from transformers import CLIPTokenizer
 
-    from ..errors import ObjalignError
-    from ._io import cache_root
 
     bpe_path = bpe_path or find_bpe_vocab()
     if bpe_path is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import types
 
-from .keymap import check_against, count_indexed, need, rule
+from objalign.checkpoints.keymap import check_against, count_indexed, need, rule
 
 _BASE = {"s": (384, 12), "b": (768, 12), "l": (1024, 24), "g": (1536, 40)}
 #: ``dinov2_vit{s,b,l,g}14`` and their ``_reg4`` variants (``dinov2/hub/backbones.py``): 518-px position grid.

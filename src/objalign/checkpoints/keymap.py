@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import ObjalignError
+from objalign.errors import ObjalignError
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ named release.
 
 from __future__ import annotations
 
-from .keymap import check_against, count_indexed, need, rule
+from objalign.checkpoints.keymap import check_against, count_indexed, need, rule
 
 #: The three released image encoders (segment-anything's ``build_sam.py``); all take 1024-px inputs.
 ARCHS = {

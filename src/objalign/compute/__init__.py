@@ -11,8 +11,8 @@ the shards that are missing. :func:`~objalign.compute.shards.partition` splits t
 started by something else (a Slurm array, torchrun) for the same result without Ray.
 """
 
-from .executors import EXECUTORS, check_compute, make_executor, release_workers
-from .shards import ShardWork, image_aligned_bounds, partition
+from objalign.compute.executors import EXECUTORS, check_compute, make_executor, release_workers
+from objalign.compute.shards import ShardWork, image_aligned_bounds, partition
 
 __all__ = ["EXECUTORS", "ShardWork", "check_compute", "image_aligned_bounds", "make_executor", "partition",
            "release_workers"]

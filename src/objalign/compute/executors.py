@@ -19,9 +19,9 @@ import os
 import time
 from collections import deque
 
-from ..errors import ObjalignError
-from ..registry import Registry
-from .shards import ShardWork, check_partition
+from objalign.compute.shards import ShardWork, check_partition
+from objalign.errors import ObjalignError
+from objalign.registry import Registry
 
 EXECUTORS = Registry("executor")
 EXECUTORS.register("local", "objalign.compute.executors:LocalExecutor", "this process, one device (default)")

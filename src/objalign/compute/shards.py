@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import ObjalignError
+from objalign.errors import ObjalignError
 
 
 class ShardWork(Protocol):

@@ -1,6 +1,6 @@
 """Deciding and rendering object crops: box, ground-truth mask, segmenters (GrabCut, SAM)."""
 
-from ..registry import Registry
+from objalign.registry import Registry
 
 #: Crop modes by name; each target is a class whose instances have ``decide(image, annotations, h, w)``.
 CROP_MODES = Registry("crop mode")

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from objalign.crops.segmenter import SegResult, Segmenter, check_boxes, check_image, clip_box_xywh, finish_mask
+from objalign.crops.segmenter import Segmenter, SegResult, check_boxes, check_image, clip_box_xywh, finish_mask
 from objalign.errors import ObjalignError, require
 
 __all__ = ["GrabCutSegmenter"]

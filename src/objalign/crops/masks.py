@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ObjalignError
+from objalign.errors import ObjalignError
 
 
 def segmentation_to_rle(segmentation, height: int, width: int) -> dict | None:

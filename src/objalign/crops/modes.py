@@ -11,7 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .masks import segmentation_to_rle
+from objalign.crops.grabcut import GrabCutSegmenter
+from objalign.crops.masks import mask_to_rle, rle_to_mask, segmentation_to_rle
+from objalign.crops.sam import SamSegmenter
+from objalign.crops.segmenter import mask_iou
+from objalign.encoders.base import resolve_device
 
 
 @dataclass
@@ -76,8 +80,6 @@ class SegmenterMode:
         self.images_seen = 0
 
     def decide(self, image: np.ndarray, annotations: list[dict], height: int, width: int) -> list[MaskDecision]:
-        from .masks import mask_to_rle, rle_to_mask
-        from .segmenter import mask_iou
 
         self.images_seen += 1
         boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
@@ -100,7 +102,6 @@ class SegmenterMode:
 
 def grabcut_mode(iterations: int = 5, **_: object) -> SegmenterMode:
     """``grabcut``: OpenCV GrabCut initialised from the box (no weights, runs offline)."""
-    from .grabcut import GrabCutSegmenter
 
     return SegmenterMode(GrabCutSegmenter(iterations=iterations))
 
@@ -113,8 +114,6 @@ def sam_mode(sam_model: str = "facebook/sam-vit-huge", sam_model_path: str | Non
     ``sam_checkpoint``: segment-anything's own ``.pth`` (or ``auto``) instead of ``sam_model``; ``sam_mask``:
     ``best_iou`` or ``first`` (see :mod:`objalign.crops.sam`)."""
     if segmenter is None:
-        from ..encoders.base import resolve_device
-        from .sam import SamSegmenter
 
         segmenter = SamSegmenter(sam_model, model_path=sam_model_path, device=resolve_device(device), dtype=dtype,
                                  checkpoint=sam_checkpoint, mask=sam_mask)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .masks import rle_to_mask
+from objalign.crops.masks import rle_to_mask
+from objalign.data.coco import box_fault
 
 
 def crop_window(x: float, y: float, w: float, h: float, padding: float = 0.1, square: bool = True,
@@ -152,7 +153,6 @@ def box_problem(box, height: int, width: int) -> str | None:
     Non-finite, zero-area, wholly outside the image, or less than :data:`MIN_FRACTION_INSIDE_IMAGE` of its
     area inside it.
     """
-    from ..data.coco import box_fault
 
     fault = box_fault(box)
     if fault is not None:

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from objalign.crops.segmenter import SegResult, Segmenter, check_boxes, check_image, clip_box_xywh, finish_mask
+from objalign.checkpoints import arch_from_file_name, find_original, load_original
+from objalign.crops.segmenter import Segmenter, SegResult, check_boxes, check_image, clip_box_xywh, finish_mask
 from objalign.errors import ObjalignError, require
 
 __all__ = ["SamSegmenter", "boxes_to_model_frame", "resized_shape", "SAM_MASKS"]
@@ -471,7 +472,6 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
 
 def _load_original(checkpoint, arch: str | None, device: str, dtype):
     """segment-anything's own file -> (``SamModel`` on ``device`` in ``dtype``, no processor)."""
-    from ..checkpoints import arch_from_file_name, find_original, load_original
 
     if os.fspath(checkpoint) == "auto":
         checkpoint = find_original(arch or "sam_vit_h")

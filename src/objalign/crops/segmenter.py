@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from objalign.crops.masks import mask_iou, mask_to_rle, rle_to_mask  # re-exported: segmenters speak RLE
 from objalign.errors import ObjalignError
-
-from .masks import mask_iou, mask_to_rle, rle_to_mask  # re-exported: segmenters speak RLE
 
 __all__ = [
     "SegResult",

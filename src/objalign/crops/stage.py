@@ -13,15 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import RunConfig
-from ..data import open_dataset
-from ..errors import ObjalignError
-from ..runs import ensure_out, is_current, stage_key, stage_record, write_stage
-from ..tables import read_table, write_table
-from . import CROP_MODES
-from .render import crop_window
-from .store import CropStore
-
+from objalign.compute import image_aligned_bounds, make_executor, partition
+from objalign.config import RunConfig
+from objalign.crops import CROP_MODES
+from objalign.crops.render import crop_window, groups_by_image, render_image_group
+from objalign.crops.store import CropStore
+from objalign.data import open_dataset
+from objalign.errors import ObjalignError
+from objalign.runs import ensure_out, is_current, stage_key, stage_record, store_home, write_stage
+from objalign.stores import store_key
+from objalign.tables import content_hash, read_table, write_table
 
 #: Crop settings that change the crop table (the rest — background, fill — only change rendering).
 DECISION_KEYS = ("crop.mode", "crop.padding", "crop.square", "crop.sam_model", "crop.grabcut_iterations",
@@ -61,7 +62,6 @@ def decide_rows(source, anns: dict, inst: dict[str, np.ndarray], mode, padding: 
     annotation; ``source``: the image source (read only by modes that need pixels)."""
     from tqdm.auto import tqdm
 
-    from .render import groups_by_image
 
     n = len(inst["annotation_id"])
     windows = np.zeros((n, 4), np.int64)
@@ -167,7 +167,6 @@ def save_preview(ds, table: dict, path: Path, fill, background: str = "fill", n:
     """A contact sheet of the first ``n`` crops as the encoder will see them (for a quick visual check)."""
     from PIL import Image
 
-    from .render import render_image_group
 
     source = ds.image_source()
     k = min(n, len(table["annotation_id"]))
@@ -190,10 +189,6 @@ def run_crop(cfg: RunConfig, out: str | Path, force: bool = False, progress: boo
     With a static partition (``compute.num_workers`` > 1) this process decides its share of the shards; the
     one that then finds every shard done writes ``crop/crops.parquet`` and records the stage.
     """
-    from ..compute import image_aligned_bounds, make_executor, partition
-    from ..runs import store_home
-    from ..stores import store_key
-    from ..tables import content_hash
 
     out = ensure_out(out)
     started = time.time()

@@ -18,9 +18,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..errors import ObjalignError
-from ..runs import atomic_write_bytes, atomic_write_json
-from ..stores import MANIFEST, open_manifest, remove_stale_temporaries
+from objalign.errors import ObjalignError
+from objalign.runs import atomic_write_bytes, atomic_write_json
+from objalign.stores import MANIFEST, open_manifest, remove_stale_temporaries
 
 
 class CropStore:

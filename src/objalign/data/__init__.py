@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import DataConfig
-from ..errors import ObjalignError
+from objalign.config import DataConfig
+from objalign.data.coco import load_coco
+from objalign.data.demo import make_demo_dataset
+from objalign.data.download import download_coco2017
+from objalign.errors import ObjalignError
 
 
 def open_dataset(cfg: DataConfig):
     """Load the dataset a config names; the demo is generated on first use."""
-    from .coco import load_coco
 
     root = Path(cfg.root)
     ann = Path(cfg.annotations) if Path(cfg.annotations).is_absolute() else root / cfg.annotations
     images = Path(cfg.images) if Path(cfg.images).is_absolute() else root / cfg.images
     if cfg.kind == "demo":
-        from .demo import make_demo_dataset
 
         make_demo_dataset(root, seed=cfg.seed, n_images=cfg.demo_images)
     elif cfg.kind == "coco2017":
@@ -31,7 +32,6 @@ def open_dataset(cfg: DataConfig):
 
 def coco2017_paths(cfg: DataConfig, progress: bool = True) -> tuple[Path, Path]:
     """COCO 2017 ``(annotations json, image folder or zip)`` for ``cfg.split``, downloading what is missing."""
-    from .download import download_coco2017
 
     if cfg.split not in ("train", "val"):
         raise ObjalignError(f"data.split = {cfg.split!r}: expected 'train' or 'val'")

@@ -21,8 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ObjalignError
-from .images import file_name_problem
+from objalign.data.images import FolderImages, ZipImages, file_name_problem
+from objalign.errors import ObjalignError
 
 
 @dataclass
@@ -67,13 +67,11 @@ class CocoDataset:
     def image_path(self, image_id: int) -> Path:
         """The resolved image file of ``image_id``; :class:`~objalign.data.images.ImagePathError` for a name
         that leaves ``image_root``."""
-        from .images import FolderImages
 
         return FolderImages(self.image_root).path(self.images[image_id]["file_name"])
 
     def image_source(self):
         """Where pixels come from: ``load(file_name) -> (H, W, 3) uint8`` (a folder or a zip archive)."""
-        from .images import FolderImages, ZipImages
 
         return ZipImages(self.image_root) if self.images_from_zip else FolderImages(self.image_root)
 

@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from objalign import __version__
 from objalign.errors import ObjalignError
 
 __all__ = [
@@ -502,7 +503,6 @@ def _fetch(url: str, part: Path, size: int | None, opts: _Options) -> tuple[int,
 
 
 def _fetch_once(url: str, part: Path, size: int | None, opts: _Options) -> tuple[int, str | None]:
-    from objalign import __version__
 
     offset = part.stat().st_size if part.exists() else 0
     meta = _read_json(_part_meta_path(part)) or {}

@@ -16,7 +16,8 @@ from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
-from ..errors import ObjalignError
+from objalign.data.zipimages import ZipImageReader
+from objalign.errors import ObjalignError
 
 #: Modes PIL decodes to that are not 8-bit RGB and need more than ``convert("RGB")``.
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -115,7 +116,6 @@ class ZipImages:
     """Images read straight from a zip archive (``images_from_zip: true``), thread- and process-safe."""
 
     def __init__(self, zip_path: str | Path):
-        from .zipimages import ZipImageReader
 
         self.path = Path(zip_path)
         self.reader = ZipImageReader(zip_path)

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from ..errors import ObjalignError
-from .coco import CocoDataset
+from objalign.data.coco import CocoDataset
+from objalign.errors import ObjalignError
 
 #: Columns of the instance table written by the ``sample`` stage (one row per sampled object).
 INSTANCE_COLUMNS = ("annotation_id", "image_id", "category_id", "category", "file_name",

@@ -8,11 +8,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ..config import RunConfig
-from ..runs import atomic_write_json, ensure_out, is_current, stage_record, write_stage
-from ..tables import write_table
-from . import open_dataset
-from .sample import sample_instances
+from objalign.config import RunConfig
+from objalign.data import open_dataset
+from objalign.data.sample import sample_instances
+from objalign.runs import atomic_write_json, ensure_out, is_current, stage_record, write_stage
+from objalign.tables import write_table
 
 
 def run_sample(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:

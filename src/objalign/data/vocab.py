@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ObjalignError
+from objalign.errors import ObjalignError
 
 __all__ = ["SHIPPED", "load_vocabulary", "normalise_name"]
 

@@ -19,12 +19,15 @@ from typing import Callable
 
 import numpy as np
 
-from ..crops.render import groups_by_image, render_rows
+from objalign.crops.render import groups_by_image, render_rows
+from objalign.embed.encoding import quiet_transformers
+from objalign.embed.store import EmbeddingStore
+from objalign.errors import ObjalignError
+
 
 def _make_pool(executor: str, num_workers: int):
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-    from ..errors import ObjalignError
 
     if executor == "thread":
         return ThreadPoolExecutor(max(1, num_workers), thread_name_prefix="objalign-render")
@@ -79,7 +82,6 @@ def extract_vision(table: dict[str, np.ndarray], images, encoder, store, shard_s
 
     from tqdm.auto import tqdm
 
-    from ..errors import ObjalignError
 
     if batch_size < 1 or shard_size < 1:
         raise ObjalignError(f"batch_size={batch_size}, shard_size={shard_size}: both must be >= 1")
@@ -239,13 +241,11 @@ class VisionShardWork:
         return repr(self.encoder_spec)
 
     def setup(self):
-        from .stage import _quiet_transformers
 
-        _quiet_transformers()
+        quiet_transformers()
         return self.encoder_spec.build()
 
     def run(self, encoder, shards: list[int], progress: bool = False) -> list[dict]:
-        from .store import EmbeddingStore
 
         o = self.options
         stats = extract_vision(self.table, self.images, encoder, EmbeddingStore(self.store_path), o["shard_size"],

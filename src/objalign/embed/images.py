@@ -19,16 +19,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runs import atomic_write_json
-from ..stores import store_key
-from .store import EmbeddingStore
+from objalign.crops.render import groups_by_image
+from objalign.data import open_dataset
+from objalign.embed.encoding import build_vision_encoder, model_layers, vision_key_fields
+from objalign.embed.engine import extract_vision
+from objalign.embed.store import EmbeddingStore
+from objalign.evaluation.units import check_units
+from objalign.runs import atomic_write_json, store_home
+from objalign.stores import store_key
+from objalign.tables import read_table
 
 __all__ = ["embed_image_store", "image_table", "image_key_extra", "load_image_embeddings"]
 
 
 def wants_images(cfg) -> bool:
     """Whether ``align.units`` asks for the image level (an unknown unit fails here, before any model loads)."""
-    from ..evaluate.units import check_units
 
     return "image" in check_units(cfg.align.units)
 
@@ -44,7 +49,6 @@ def image_table(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
     ``annotation_id`` holds the image id (the store's row id, which its skipped list names) and ``category_id`` -1.
     """
-    from ..crops.render import groups_by_image
 
     first = np.asarray([a for a, _ in groups_by_image(np.asarray(table["image_id"]))], dtype=np.int64)
     ids = np.asarray(table["image_id"])[first]
@@ -62,11 +66,6 @@ def embed_image_store(cfg, out: str | Path, progress: bool = True, encoder=None,
 
     ``encoder`` and ``ds``: the vision encoder and dataset the embed stage already holds (built and opened here
     when not given)."""
-    from ..data import open_dataset
-    from ..runs import store_home
-    from ..tables import read_table
-    from .engine import extract_vision
-    from .stage import build_vision_encoder, model_layers, vision_key_fields
 
     out = Path(out)
     record = out / "embeddings" / "image.json"

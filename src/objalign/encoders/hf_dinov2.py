@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 
-from ..errors import ObjalignError
-from .base import Preprocess, VisionEncoder, check_pooling, hub_load, pool_tokens
-from .layers import config_layer_count, normed_token_layers
+from objalign.checkpoints import ARCHS, arch_from_file_name, find_original, load_original
+from objalign.checkpoints.dinov2 import use_hub_interpolation
+from objalign.encoders.base import Preprocess, VisionEncoder, check_pooling, hub_load, pool_tokens
+from objalign.encoders.layers import config_layer_count, normed_token_layers
+from objalign.errors import ObjalignError
 
 PREPROCESS_KINDS = ("default", "hub")
 #: blocks of the released sizes (``facebook/dinov2-<size>``, ``dinov2_vit<k>14``), known before loading
@@ -66,11 +68,9 @@ class HFDinov2(VisionEncoder):
         if pos_interpolation not in POS_INTERPOLATIONS:
             raise ObjalignError(f"embed.vision.pos_interpolation = {pos_interpolation!r}: expected one of "
                                 f"{', '.join(POS_INTERPOLATIONS)}")
-        from ..checkpoints import ARCHS
 
         revision = None
         if model is None and (checkpoint or name in ARCHS):
-            from ..checkpoints import arch_from_file_name, find_original, load_original
 
             checkpoint = checkpoint or find_original(name)
             arch = name if name in ARCHS else (arch_from_file_name(checkpoint) or "dinov2")
@@ -81,7 +81,6 @@ class HFDinov2(VisionEncoder):
 
             model = hub_load(AutoModel.from_pretrained, name, model_path, "DINOv2 model")
         if pos_interpolation == "hub" or (pos_interpolation == "auto" and revision is not None):
-            from ..checkpoints.dinov2 import use_hub_interpolation
 
             use_hub_interpolation(model)
             revision = (revision or str(getattr(model.config, "_commit_hash", "") or "")) + "|pos=hub"

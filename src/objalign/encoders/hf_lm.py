@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import inspect
 
-from ..errors import ObjalignError
-from .base import TokenizedTextEncoder, hub_load, resolve_device
-from .layers import config_layer_count
+from objalign.encoders.base import TokenizedTextEncoder, hub_load, resolve_device
+from objalign.encoders.layers import config_layer_count
+from objalign.errors import ObjalignError
 
 LM_POOLINGS = ("mean", "last")
 LM_DTYPES = ("float32", "float16", "bfloat16")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ..errors import ObjalignError
-from .base import TokenizedTextEncoder, hub_load, resolve_device
-from .layers import config_layer_count
+from objalign.encoders.base import TokenizedTextEncoder, hub_load, resolve_device
+from objalign.encoders.layers import config_layer_count
+from objalign.errors import ObjalignError
 
 
 def mean_pool(last_hidden_state, attention_mask):

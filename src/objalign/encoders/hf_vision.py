@@ -5,9 +5,17 @@ processor when it has one, else from its config."""
 
 from __future__ import annotations
 
-from .base import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, VisionEncoder, check_pooling, hub_load, pool_tokens,
-                   resample_name)
-from .layers import config_layer_count, no_layers_error, normed_token_layers
+from objalign.encoders.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocess,
+    VisionEncoder,
+    check_pooling,
+    hub_load,
+    pool_tokens,
+    resample_name,
+)
+from objalign.encoders.layers import config_layer_count, no_layers_error, normed_token_layers
 
 
 def preprocess_from_processor(proc, image_size: int | None = None) -> Preprocess:

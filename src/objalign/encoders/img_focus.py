@@ -14,9 +14,9 @@ import importlib.util
 import re
 from pathlib import Path
 
-from ..errors import ObjalignError
-from .base import Preprocess, VisionEncoder, check_pooling, pool_tokens
-from .layers import normed_token_layers
+from objalign.encoders.base import Preprocess, VisionEncoder, check_pooling, pool_tokens
+from objalign.encoders.layers import normed_token_layers
+from objalign.errors import ObjalignError
 
 ONNX_RELPATH = Path("models") / "vit_s_focus.onnx"
 #: Graph output holding the backbone's final layer-normed tokens ``(B, 1 + P, 384)``.

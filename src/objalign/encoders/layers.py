@@ -9,7 +9,7 @@ usual output (what objalign always embedded; no layer axis). Every requested lay
 
 from __future__ import annotations
 
-from ..errors import ObjalignError
+from objalign.errors import ObjalignError
 
 #: what the one-line error for an encoder without hidden states suggests instead
 LAYERED_BACKENDS = {
@@ -78,7 +78,6 @@ def normed_token_layers(model, pixel_values, layers: list[int], pooling: str, n_
     """
     import torch
 
-    from .base import pool_tokens
 
     hidden = model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
     out = []
@@ -102,3 +101,44 @@ def config_layer_count(source: str | None, side: str = "text") -> int | None:
     cfg = getattr(cfg, f"{side}_config", None) or cfg
     n = getattr(cfg, "num_hidden_layers", None)
     return int(n) if n else None
+
+
+POOLINGS = ("cls", "mean", "cls+mean")
+
+
+def check_pooling(pooling: str) -> None:
+    if pooling not in POOLINGS:
+        raise ObjalignError(f"pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
+
+
+def pool_tokens(last_hidden_state, pooler_output, pooling: str, n_prefix: int = 1):
+    """Pool a backbone's output.
+
+    Parameters
+    ----------
+    last_hidden_state : (B, n_prefix + P, D) tensor or (B, D, h, w) feature map
+        Token sequence (CLS first, then ``n_prefix - 1`` register tokens, then patches) or a conv feature map.
+    pooler_output : (B, D) tensor or None
+        The model's pooled output (DINOv2/ViT: the layer-normed CLS token); ``None`` -> the first token.
+    pooling : {"cls", "mean", "cls+mean"}
+        ``cls``: the pooled/CLS vector; ``mean``: mean of the patch tokens (of the feature map); ``cls+mean``:
+        their concatenation, ``2 D`` wide.
+
+    Returns
+    -------
+    (B, D) or (B, 2 D) tensor
+    """
+    import torch
+
+    check_pooling(pooling)
+    if last_hidden_state.ndim == 4:  # (B, D, h, w) conv feature map
+        patch_mean = last_hidden_state.mean(dim=(2, 3))
+        cls = pooler_output.flatten(1) if pooler_output is not None else patch_mean
+    else:
+        cls = pooler_output if pooler_output is not None else last_hidden_state[:, 0]
+        patch_mean = last_hidden_state[:, n_prefix:].mean(dim=1)
+    if pooling == "cls":
+        return cls
+    if pooling == "mean":
+        return patch_mean
+    return torch.cat([cls, patch_mean], dim=1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import TextEncoder, resolve_device
-from .open_clip_vision import load_open_clip
+from objalign.encoders.base import TextEncoder, resolve_device
+from objalign.encoders.open_clip_vision import load_open_clip
 
 
 class OpenClipText(TextEncoder):

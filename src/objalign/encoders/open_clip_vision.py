@@ -7,8 +7,8 @@ size, mean/std, interpolation, resize mode). Needs the ``open_clip`` extra (``pi
 
 from __future__ import annotations
 
-from ..errors import ObjalignError
-from .base import Preprocess, VisionEncoder, optional_import, resample_name
+from objalign.encoders.base import Preprocess, VisionEncoder, optional_import, resample_name
+from objalign.errors import ObjalignError
 
 OPEN_CLIP_EXTRA = ("open_clip", "open_clip", "open_clip_torch")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ObjalignError
+from objalign.errors import ObjalignError
 
 #: ``name``: the bare category name; ``template``: one template; ``ensemble``: :data:`CLIP_IMAGENET_TEMPLATES`;
 #: ``file``: one template per line of a text file (blank lines and ``#`` comments ignored).

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ObjalignError
-from .base import TextEncoder, optional_import, resolve_device
+from objalign.encoders.base import TextEncoder, optional_import, resolve_device
+from objalign.errors import ObjalignError
 
 
 class SentenceTransformerText(TextEncoder):

@@ -8,8 +8,8 @@ ViTs). The preprocessing is the model's ``pretrained_cfg`` (input size, mean/std
 
 from __future__ import annotations
 
-from ..errors import ObjalignError
-from .base import Preprocess, VisionEncoder, optional_import, resample_name
+from objalign.encoders.base import Preprocess, VisionEncoder, optional_import, resample_name
+from objalign.errors import ObjalignError
 
 TIMM_EXTRA = ("timm", "timm", "timm")
 

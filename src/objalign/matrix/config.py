@@ -27,9 +27,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, TextConfig, VisionConfig, load_config, parse_override
-from ..errors import ObjalignError
-from ..evaluate.metrics import FIGURES, UNSEEN_FIGURES
+from objalign.config import RunConfig, TextConfig, VisionConfig, load_config, parse_override
+from objalign.encoders import TEXT_ENCODERS, VISION_ENCODERS
+from objalign.errors import ObjalignError
+from objalign.stats.metrics import FIGURES, UNSEEN_FIGURES
 
 #: Run-config sections a matrix file may hold beside ``base`` and ``matrix``.
 SECTIONS = tuple(f.name for f in fields(RunConfig))
@@ -96,7 +97,6 @@ def _layers(value: Any, where: str) -> str | tuple[int, ...]:
 
 
 def _model(kind: str, i: int, entry: Any, base_raw: dict, overrides: list[str]) -> ModelSpec:
-    from ..encoders import TEXT_ENCODERS, VISION_ENCODERS
 
     where = f"matrix.{kind}[{i}]"
     if isinstance(entry, str):

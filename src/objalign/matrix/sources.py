@@ -1,6 +1,6 @@
 """Where the matrix gets its layered embeddings and its per-vision-layer evaluation: the embed stage's
 content-addressed stores (:func:`objalign.embed.stage.embed_vision_store` / ``embed_text_store``, layered with
-``EmbeddingStore.layers()``) and the shared evaluation core (:func:`objalign.align.stage.evaluate_targets`)."""
+``EmbeddingStore.layers()``) and the shared evaluation core (:func:`objalign.evaluation.engine.evaluate_targets`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import RunConfig
+from objalign.config import RunConfig
+from objalign.embed.stage import embed_text_store, embed_vision_store
+from objalign.embed.store import EmbeddingStore
 
 
 def _read_layered(path: Path) -> tuple[dict, np.ndarray, list[int]]:
-    from ..embed.store import EmbeddingStore
 
     store = EmbeddingStore(path)
     cols, arr = store.read()
@@ -25,7 +26,6 @@ def _read_layered(path: Path) -> tuple[dict, np.ndarray, list[int]]:
 def vision_layers(cfg: RunConfig, layers, out: Path, progress: bool = True) -> tuple[dict, np.ndarray, list[int]]:
     """The vision store of ``cfg.embed.vision`` (whose ``layers`` the matrix config set): ``(metadata columns,
     (n, L, dim), layer indices)``. Needs ``out/crop/crops.parquet`` (the crop stage has run into ``out``)."""
-    from ..embed.stage import embed_vision_store
 
     return _read_layered(embed_vision_store(cfg, out, progress=progress))
 
@@ -33,13 +33,5 @@ def vision_layers(cfg: RunConfig, layers, out: Path, progress: bool = True) -> t
 def text_layers(cfg: RunConfig, layers, out: Path) -> tuple[dict, np.ndarray, list[int]]:
     """The text store of ``cfg.embed.text``: ``(metadata columns, (c, L, dim), layer indices)``, one row per
     dataset category in category-id order."""
-    from ..embed.stage import embed_text_store
 
     return _read_layered(embed_text_store(cfg, out))
-
-
-def evaluate_targets():
-    """:func:`objalign.align.stage.evaluate_targets` (imported when a block runs, also in worker processes)."""
-    from ..align.stage import evaluate_targets
-
-    return evaluate_targets

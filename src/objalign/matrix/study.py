@@ -10,7 +10,7 @@
    and nulls are written atomically to ``DIR/matrix_blocks/<vision>__L<layer>/`` with ``block.json`` last: a rerun
    reuses every finished block whose inputs are unchanged.
 5. ``matrix.parquet`` (one row per cell, protocol, method and measure), ``best.parquet`` (the best layer pair of
-   every model pair with its selection-corrected p-value, :func:`objalign.evaluate.grid.grid_max_pvalue`), the
+   every model pair with its selection-corrected p-value, :func:`objalign.stats.grid.grid_max_pvalue`), the
    figures and ``matrix.html`` (:mod:`objalign.report.matrix`), ``matrix.json`` and the resolved ``config.yaml``.
 
 A cell that cannot be computed is recorded with ``status`` ``error`` and its ``reason``, a protocol skipped for
@@ -27,9 +27,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ObjalignError
-from ..evaluate.metrics import FIGURES, UNSEEN_FIGURES
-from .config import MatrixConfig, load_matrix
+from objalign.config import dump_config
+from objalign.errors import ObjalignError
+from objalign.evaluation.engine import compute_dtype, evaluate_targets
+from objalign.maps.threads import single_threaded_blas
+from objalign.matrix import sources
+from objalign.matrix.config import MatrixConfig, load_matrix
+from objalign.pipeline.chain import stage_function
+from objalign.report.matrix import file_label, write_matrix_report
+from objalign.runs import atomic_write_bytes, atomic_write_json, ensure_out
+from objalign.stats.grid import grid_max_pvalue, is_smaller_better
+from objalign.stats.metrics import FIGURES, UNSEEN_FIGURES
+from objalign.stores import store_key
+from objalign.tables import content_hash
 
 #: ``matrix.parquet``'s columns, in order.
 COLUMNS = ("vision_model", "vision_name", "vision_layer", "text_model", "text_name", "text_layer", "protocol",
@@ -41,7 +51,7 @@ BLOCKS = "matrix_blocks"
 
 
 def cell_rows(res: dict, base: dict) -> list[dict]:
-    """``matrix.parquet`` rows of one cell from its :func:`objalign.align.stage.evaluate` result (``base``: the
+    """``matrix.parquet`` rows of one cell from its :func:`objalign.evaluation.engine.evaluate` result (``base``: the
     cell's model and layer columns)."""
     empty = {"value": np.nan, "ci_low": np.nan, "ci_high": np.nan, "pvalue": np.nan, "n_permutations": 0,
              "null": "", "status": "ok", "reason": ""}
@@ -108,7 +118,6 @@ def _npz_bytes(arrays: dict) -> bytes:
 
 
 def _block_dir(out: Path, vlabel: str, layer: int) -> Path:
-    from ..report.matrix import file_label
 
     return out / BLOCKS / f"{file_label(vlabel)}__L{layer}"
 
@@ -129,7 +138,6 @@ def _load_block(out: Path, key: str, vlabel: str, layer: int) -> tuple[list[dict
 
 def _save_block(out: Path, key: str, vlabel: str, layer: int, rows: list[dict], nulls: dict, seconds: float) -> None:
     """Write a block's rows and nulls atomically, ``block.json`` (the completion mark) last."""
-    from ..runs import atomic_write_bytes, atomic_write_json
 
     d = _block_dir(out, vlabel, layer)
     d.mkdir(parents=True, exist_ok=True)
@@ -147,13 +155,11 @@ def evaluate_block(X, groups, label_index, targets: dict, align, names, category
     each target key to its ``text_model``, ``text_name`` and ``text_layer`` columns (plain values: this runs in
     worker processes with ``matrix.jobs`` > 1).
     """
-    from ..evaluate.nulls import single_threaded_blas
-    from .sources import evaluate_targets
 
     t0 = time.time()
     try:  # one BLAS thread: the many small products of a cell only lose to threads' synchronisation
         with single_threaded_blas():
-            res = evaluate_targets()(X, groups, label_index, targets, align, names, category_ids)
+            res = evaluate_targets(X, groups, label_index, targets, align, names, category_ids)
     except ObjalignError as exc:  # concerns X itself (e.g. too few objects for the folds)
         res = {k: {"error": str(exc)} for k in targets}
     rows, nulls = [], {}
@@ -166,13 +172,12 @@ def evaluate_block(X, groups, label_index, targets: dict, align, names, category
 
 def best_cells(rows: list[dict], nulls: dict[tuple, np.ndarray]) -> list[dict]:
     """The best layer pair of every (vision model, text model, protocol, method, measure) that has nulls, with
-    its selection-corrected p-value (:func:`objalign.evaluate.grid.grid_max_pvalue`).
+    its selection-corrected p-value (:func:`objalign.stats.grid.grid_max_pvalue`).
 
     ``nulls`` maps ``(vision_model, vision_layer, text_model, text_layer, protocol, method, measure)`` to the
     cell's (B,) null. Cells that failed, or have no null, are left out of the grid (``n_cells`` says how many
     took part).
     """
-    from ..evaluate.grid import grid_max_pvalue, is_smaller_better
 
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -205,13 +210,6 @@ def run_matrix(mcfg: MatrixConfig | str | Path, out: str | Path, overrides: list
                force: bool = False, progress: bool = True, log=print, jobs: int | None = None) -> dict:
     """Run the matrix (see the module docstring); returns ``matrix.json``'s content. ``jobs`` replaces the
     file's ``matrix.jobs``."""
-    from ..align.stage import compute_dtype
-    from ..config import dump_config
-    from ..pipeline import stage_function
-    from ..runs import atomic_write_bytes, atomic_write_json, ensure_out
-    from ..stores import store_key
-    from ..tables import content_hash
-    from . import sources
 
     if not isinstance(mcfg, MatrixConfig):
         mcfg = load_matrix(mcfg, overrides, jobs)
@@ -322,7 +320,6 @@ def run_matrix(mcfg: MatrixConfig | str | Path, out: str | Path, overrides: list
                "matrix": mcfg.source}
     atomic_write_json(out / "matrix.json", summary)
     dump_config(base, out / "config.yaml")
-    from ..report.matrix import write_matrix_report
 
     summary["files"] = write_matrix_report(out)
     atomic_write_json(out / "matrix.json", summary)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from objalign.report.figures import _plt
+
 NOTE = ("Calibrated scores (Groger, Wen & Brbic 2026): each similarity measure is recomputed on K image-block "
         "permutations of the pairing; tau is the ceil((1-alpha)(K+1))-th smallest of the observed and null scores, "
         "calibrated = max((s - tau)/(1 - tau), 0), p = (1 + #null >= s)/(K + 1), p(BH) Benjamini-Hochberg adjusted "
@@ -140,7 +142,6 @@ def _save(plt, fig, path: Path) -> None:
 
 def figures(report: dict, out: Path) -> list[tuple[str, Path, str]]:
     """Figures of the studies present in ``report``: ``(heading, path, caption)`` each."""
-    from .figures import _plt
 
     made = []
     cal = calibrated_rows(report)

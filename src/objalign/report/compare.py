@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import ObjalignError
+from objalign.errors import ObjalignError
+from objalign.measures.calibrate import bh_adjust
 
 FIGURES = ("r2", "cosine_mean", "residual_median", "top1", "top5", "mean_rank", "top1_unseen")
 
@@ -83,7 +84,6 @@ def compare_runs(run_dirs: list[str | Path], json_out: str | Path | None = None)
 
 def calibrated_rows(run_dirs: list[str | Path]) -> list[dict]:
     """Every run's calibrated similarity measures, with p-values BH-adjusted over all runs and measures together."""
-    from ..evaluate.calibrate import bh_adjust
 
     rows = [{"run": d, "measure": m, **v} for d, rep in load_reports(run_dirs)
             for m, v in ((rep.get("similarity") or {}).get("calibrated") or {}).items() if "pvalue" in v]

@@ -9,8 +9,9 @@ import base64
 import html
 from pathlib import Path
 
-from ..evaluate.metrics import SMALLER_IS_BETTER
-from ..evaluate.nulls import describe_null
+from objalign.report import beyond, units
+from objalign.stats.metrics import SMALLER_IS_BETTER
+from objalign.stats.nulls import describe_null
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222;
@@ -116,7 +117,6 @@ def build_html(report: dict, title: str, figures: list[tuple[str, Path, str]], n
             body += ("<tr class=base><td class=l>shuffled images</td>"
                      + "".join(f"<td>{_num(sim['values_shuffled'].get(k))}</td>" for k in sim["values"]) + "</tr>")
         parts.append("<table>" + head + body + "</table>")
-    from . import beyond, units
 
     parts += beyond.html_parts(report) + units.html_parts(report)
     for heading, path, caption in figures:

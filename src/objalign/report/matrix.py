@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import SPLIT_TITLES, _plt
-from .html import _CSS, _png
+from objalign.report.figures import SPLIT_TITLES, _plt
+from objalign.report.html import _CSS, _png
 
 NOTE = ("Each cell is one vision layer against one text layer, aligned exactly as `objalign run` aligns a model "
         "pair (PCA, ridge and kernel ridge with grouped CV, held-out images and held-out categories, bootstrap "

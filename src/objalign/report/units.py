@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .beyond import _e, _f, _save, _table
-from .figures import SPLIT_TITLES
+from objalign.report.beyond import _e, _f, _save, _table
+from objalign.report.figures import SPLIT_TITLES, _plt
 
 NOTE = ("Unit of analysis: 'object' maps each object crop to its category's text embedding (the tables above); "
         "'image' maps each whole image (the same vision encoder on the whole image) to the mean of its objects' label "
@@ -139,7 +139,6 @@ def _yerr(points: list[dict]) -> list[list[float]]:
 
 def figures(report: dict, out: Path) -> list[tuple[str, Path, str]]:
     """The unit-of-analysis, prototype-k and convergence figures: ``(heading, path, caption)`` each."""
-    from .figures import _plt
 
     made = []
     pairs = [r for r in side_by_side(report) if r["method"] == "ridge"]
