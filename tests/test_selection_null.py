@@ -182,14 +182,14 @@ def test_stage_raises_the_real_fits_error_before_any_permutation(monkeypatch):
 
 
 def test_unknown_null_is_one_line_with_did_you_mean():
-    from objalign.evaluation.engine import _methods
+    from objalign.evaluation.engine import methods_of
 
     cfg = load_config(None, ["align.null=selecton"]).align
     with pytest.raises(ObjalignError, match=r"align.null = 'selecton'.*did you mean 'selection'") as err:
-        _methods(cfg)
+        methods_of(cfg)
     assert "\n" not in str(err.value)
     assert AlignConfig().null == "selection"
-    _methods(replace(AlignConfig(), null="fixed"))
+    methods_of(replace(AlignConfig(), null="fixed"))
 
 
 def test_fewer_kernel_permutations_only_beyond_the_stated_size():

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from objalign.checkpoints import clip, dinov2, sam
 from objalign.checkpoints._io import cache_dir_for, check_file, is_torchscript, read_state_dict, read_torchscript
-from objalign.checkpoints.clip import OFFICIAL_SHA256, RELEASE_ARCH
 from objalign.checkpoints.keymap import apply_rules
 from objalign.errors import ObjalignError, did_you_mean
 
@@ -108,8 +107,8 @@ def _read(path: Path, family: str, what: str) -> tuple[dict, tuple[str, str | No
 
     if family == "clip" and is_torchscript(path):
 
-        state_dict, release = read_torchscript(path, OFFICIAL_SHA256, what)
-        return state_dict, (release, RELEASE_ARCH.get(release))
+        state_dict, release = read_torchscript(path, clip.OFFICIAL_SHA256, what)
+        return state_dict, (release, clip.RELEASE_ARCH.get(release))
     return read_state_dict(path, what), None
 
 
