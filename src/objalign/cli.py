@@ -126,6 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recompute sample, crop and every block (stores are content-addressed and still reused)")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("evaluate", help="your own embeddings (npy, npz, parquet): the report a run writes",
+                       description="Evaluate embeddings you already have. FILE may name an array inside it: "
+                                   "FILE.npz:KEY, FILE.parquet:COLUMN.")
+    p.add_argument("config", nargs="?", help="YAML config whose align: and report: sections apply (optional)")
+    p.add_argument("--vision", required=True, metavar="FILE", help="(n, d) vision features, one row per object")
+    p.add_argument("--text", required=True, metavar="FILE",
+                   help="(n, q) text features per object, or (c, q) per category with --labels indexing its rows")
+    p.add_argument("--labels", required=True, metavar="FILE", help="(n,) each object's category")
+    p.add_argument("--groups", metavar="FILE", help="(n,) image ids (default: every object its own image)")
+    p.add_argument("--names", metavar="FILE", help="category names, one per category (.txt: one per line)")
+    p.add_argument("--vocabulary", metavar="FILE",
+                   help="(m, q) distractor name embeddings: open-vocabulary retrieval among the c + m names")
+    p.add_argument("--out", required=True, help="folder for the report")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set align.n_permutations=200 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+
     p = sub.add_parser("compare", help="put several runs (model pairs, crop modes) side by side")
     p.add_argument("runs", nargs="+", help="run folders holding report.json")
     p.add_argument("--out", help="also write the comparison as JSON to this file")
@@ -195,6 +212,18 @@ def _cmd_cache(args) -> int:
     raise ObjalignError("cache: expected `objalign cache ls [ROOT]` or `objalign cache rm PATH ...`")
 
 
+def _cmd_evaluate(args) -> int:
+    from objalign.config import load_config
+    from objalign.pipeline.arrays import evaluate_files
+
+    cfg = load_config(args.config, args.overrides)
+    result = evaluate_files(args.vision, args.text, args.labels, args.out, cfg, groups=args.groups,
+                            names=args.names, vocabulary=args.vocabulary)
+    print(result.summary(cfg.report.title))
+    print(f"report written to {args.out}/: report.html (open in a browser), report.txt, report.json, figures")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -239,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"({res['blocks_reused']} of {res['blocks']} vision-layer blocks reused); "
                   f"{args.out}/matrix.html, matrix.parquet, best.parquet")
             return 0
+        if args.command == "evaluate":
+            return _cmd_evaluate(args)
         if args.command == "compare":
             from objalign.report.compare import compare_runs
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from objalign.runs import atomic_write_bytes
+from objalign.atomic import atomic_write_bytes
 
 
 def write_table(path: str | Path, cols: dict[str, np.ndarray]) -> None:

@@ -16,7 +16,8 @@ from objalign.stats.resampling import group_permutations
 SIMILARITY_MEASURES = ("cka_linear", "cka_linear_unbiased", "cka_rbf", "mutual_knn", "cknna", "svcca")
 
 
-def heldout_similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConfig, cache: dict | None = None) -> dict:
+def heldout_similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConfig,
+                       cache: dict | None = None) -> dict:
     """Similarity measures between held-out vision features and their text targets, and a shuffled floor.
 
     Parameters

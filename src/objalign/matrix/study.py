@@ -29,7 +29,8 @@ import numpy as np
 
 from objalign.config import dump_config
 from objalign.errors import ObjalignError
-from objalign.evaluation.engine import compute_dtype, evaluate_targets
+from objalign.evaluation.api import call_options, evaluate_alignment
+from objalign.evaluation.engine import compute_dtype
 from objalign.maps.threads import single_threaded_blas
 from objalign.matrix import sources
 from objalign.matrix.config import MatrixConfig, load_matrix
@@ -159,7 +160,9 @@ def evaluate_block(X, groups, label_index, targets: dict, align, names, category
     t0 = time.time()
     try:  # one BLAS thread: the many small products of a cell only lose to threads' synchronisation
         with single_threaded_blas():
-            res = evaluate_targets(X, groups, label_index, targets, align, names, category_ids)
+            out = evaluate_alignment(X, targets, label_index, groups, names=names, category_ids=category_ids,
+                                     text_per="category", **call_options(align))
+            res = {k: r.raw for k, r in out.items()}
     except ObjalignError as exc:  # concerns X itself (e.g. too few objects for the folds)
         res = {k: {"error": str(exc)} for k in targets}
     rows, nulls = [], {}

@@ -16,6 +16,7 @@ import numpy as np
 from objalign.config import RunConfig
 from objalign.embed.stage import load_run_embeddings
 from objalign.embed.vocab import load_vocabulary_embeddings
+from objalign.evaluation.api import call_options, evaluate_alignment
 from objalign.evaluation.engine import compute_dtype, evaluate, methods_of
 from objalign.pipeline.units import check_unit_studies, unit_studies
 from objalign.runs import atomic_write_json, ensure_out, is_current, stage_key, stage_record, write_stage
@@ -60,8 +61,9 @@ def run_align(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     check_unit_studies(cfg.align, len(X))  # align.units, prototype_k, convergence_sizes: before any fit
     vocab = load_vocabulary_embeddings(out)
     X, Y, T = X.astype(dtype, copy=False), Y.astype(dtype, copy=False), T.astype(dtype)  # one cast for both uses
-    res = evaluate(X, Y, vm["image_id"], label_index, T, cfg.align, names, np.asarray(tm["category_id"]),
-                   vocabulary=None if vocab is None else vocab[1].astype(dtype))
+    res = evaluate_alignment(X, T, label_index, vm["image_id"], names=names, category_ids=np.asarray(tm["category_id"]),
+                             vocabulary=None if vocab is None else vocab[1].astype(dtype), text_per="category",
+                             **call_options(cfg.align)).raw
     write_results(out / "align", res, {k: vm[k] for k in ("annotation_id", "category_id", "image_id")})
     studies = unit_studies(out, X, Y, vm["image_id"], label_index, T, cfg.align, res["rows"],
                            evaluate)  # align/units.json, convergence.json

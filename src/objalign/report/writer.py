@@ -102,7 +102,7 @@ def format_text(report: dict, title: str) -> str:
            if report.get("n_excluded") else ""),
         f"crops          {report['crop']['mode']} (sources: {report['crop']['sources']}, "
         f"fallbacks: {report['crop']['n_fallback']})",
-        f"vision         {v['name']} ({v['dim']}-d, pooling {v.get('pooling', '?')})",
+        f"vision         {v['name']} ({v['dim']}-d" + (f", pooling {v['pooling']})" if v.get('pooling') else ")"),
         f"text           {t['name']} ({t['dim']}-d, prompt {t.get('template', '{}')!r})",
         f"chance top-1   {report['chance_top1']:.3f}", "",
     ]
