@@ -27,8 +27,10 @@ def open_dataset(cfg: DataConfig):
         return ds
     elif cfg.kind != "coco":
         raise ObjalignError(f"data.kind = {cfg.kind!r}: expected 'demo', 'coco' or 'coco2017'")
-    else:
+    else:  # the annotations' own errors first (a broken file is the first thing to fix), then the folder
+        ds = load_coco(ann, images, strict=cfg.strict, duplicate_names=cfg.duplicate_names)
         check_image_folder(cfg, images)
+        return ds
     return load_coco(ann, images, strict=cfg.strict, duplicate_names=cfg.duplicate_names)
 
 
