@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from objalign.errors import ObjalignError, did_you_mean
-from objalign.evaluation.settings import AlignConfig
+from objalign.evaluation.settings import (
+    AlignConfig,
+    check_align,
+    check_choice,
+    check_int,
+    check_number,
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,10 @@ class DataConfig:
     #: file) or a repeated annotation id, as one error line. Off (default): such annotations are skipped,
     #: recorded in ``sample/excluded.json`` and counted in one warning line.
     strict: bool = False
+    #: two category ids with one name (their text targets would be identical, so retrieval could never tell them
+    #: apart): ``suffix`` (default: the id is added to each such name, ``"bank (id 12)"``, with a warning),
+    #: ``merge`` (the ids become one category, the first id's, with a warning) or ``error`` (refuse the dataset)
+    duplicate_names: str = "suffix"
 
 
 @dataclass(frozen=True)
@@ -358,7 +368,110 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         for text in overrides or []:
             k, v = parse_override(text)
             _set_dotted(raw, k, v)
-    return _build(RunConfig, raw)
+    return check_config(_build(RunConfig, raw))
+
+
+# The names a few settings may take, kept here so that checking a config imports no numerical library (the modules
+# that implement them import numpy); tests/test_config_validation.py checks that they match those modules.
+DATA_KINDS = ("demo", "coco", "coco2017")
+DUPLICATE_NAME_RULES = ("suffix", "merge", "error")  #: ``data.duplicate_names`` (objalign.data.coco)
+SAMPLE_STRATEGIES = ("instances", "images_first")
+CROP_BACKGROUNDS = ("fill", "mean", "blur", "context")  #: objalign.crops.render.BACKGROUNDS
+SAM_MASKS = ("best_iou", "first")
+VISION_EXECUTORS = ("thread", "process")
+STORAGE_DTYPES = ("float32", "float16")  #: objalign.embed.store.STORAGE_DTYPES
+PROMPT_MODES = ("name", "template", "ensemble", "file")  #: objalign.encoders.prompts.PROMPT_MODES
+PREPROCESS_KINDS = ("default", "hub")  #: objalign.encoders.hf_dinov2.PREPROCESS_KINDS
+POS_INTERPOLATIONS = ("auto", "transformers", "hub")  #: objalign.encoders.hf_dinov2.POS_INTERPOLATIONS
+TEXT_POOLINGS = ("default", "mean", "last")
+COMPUTE_EXECUTORS = ("local", "ray")  #: objalign.compute.executors.EXECUTORS
+
+
+def check_config(cfg: RunConfig) -> RunConfig:
+    """Check every setting's range and its relation to the others, the types having been checked while building.
+
+    :func:`load_config` calls it, so a bad value is refused in one line (``KEY = VALUE: expected ...; fix``) when
+    the config is read, before any stage runs or any model loads. What needs the files or the models (a dataset's
+    category names, an encoder's layer count) is checked by the stage that opens them, before its work.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+
+    Returns
+    -------
+    RunConfig
+        ``cfg`` itself.
+
+    Raises
+    ------
+    ObjalignError
+        One line naming the first bad key, its value and the fix.
+    """
+    from objalign.crops import CROP_MODES
+
+    d, s, c, e, p = cfg.data, cfg.sample, cfg.crop, cfg.embed, cfg.compute
+    check_choice("data.kind", d.kind, DATA_KINDS)
+    check_choice("data.duplicate_names", d.duplicate_names, DUPLICATE_NAME_RULES)
+    check_int("data.demo_images", d.demo_images, 1, "the number of images the demo generator draws, e.g. 320")
+    if d.kind == "coco2017":
+        check_choice("data.split", d.split, ("train", "val"))
+    check_int("sample.n", s.n, 1, "the number of instances to sample, e.g. 3000")
+    check_int("sample.seed", s.seed, 0, "use a non-negative seed, e.g. 0")
+    check_choice("sample.strategy", s.strategy, SAMPLE_STRATEGIES)
+    check_number("sample.min_area", s.min_area, "the minimum annotation area in pixels, e.g. 100", low=0)
+    check_choice("crop.mode", c.mode, CROP_MODES.names(), "objalign models lists the segmenters")
+    check_number("crop.padding", c.padding, "the fraction of the box's longer side added on each side (0: tight), "
+                 "e.g. 0.1", low=0)
+    check_choice("crop.background", c.background, CROP_BACKGROUNDS)
+    for v in c.fill:
+        if not 0 <= v <= 255:
+            raise ObjalignError(f"crop.fill = {list(c.fill)}: {v} is outside 0..255; give an RGB colour, e.g. "
+                                "[124, 116, 104]")
+    check_choice("crop.sam_mask", c.sam_mask, SAM_MASKS)
+    check_int("crop.grabcut_iterations", c.grabcut_iterations, 1, "e.g. 5")
+    check_int("crop.shard_size", c.shard_size, 1, "objects per crop shard, e.g. 512")
+    v, t = e.vision, e.text
+    check_int("embed.vision.batch_size", v.batch_size, 1, "e.g. 32")
+    check_int("embed.vision.num_workers", v.num_workers, 0, "background decoding workers (0: none), e.g. 2")
+    check_choice("embed.vision.executor", v.executor, VISION_EXECUTORS)
+    if v.image_size is not None:
+        check_int("embed.vision.image_size", v.image_size, 1, "an input side in pixels (or null: the encoder's own)")
+    check_choice("embed.vision.preprocess", v.preprocess, PREPROCESS_KINDS)
+    check_choice("embed.vision.pos_interpolation", v.pos_interpolation, POS_INTERPOLATIONS)
+    check_choice("embed.text.prompts", t.prompts, PROMPT_MODES)
+    if t.prompts == "file" and not t.template_file:
+        raise ObjalignError("embed.text.prompts = 'file' needs embed.text.template_file: give a text file with one "
+                            "template per line (or use prompts: template)")
+    if t.prompts == "template" and "{}" not in t.template:
+        raise ObjalignError(f"embed.text.template = {t.template!r} has no '{{}}' for the category name; write "
+                            "e.g. 'a photo of a {}.'")
+    check_choice("embed.text.pooling", t.pooling, TEXT_POOLINGS)
+    for side, layers in (("vision", v.layers), ("text", t.layers)):
+        if isinstance(layers, str):
+            check_choice(f"embed.{side}.layers", layers, ("last", "all"), "or give a list of block numbers")
+        elif not layers:
+            raise ObjalignError(f"embed.{side}.layers = []: give last, all or a list of block numbers, e.g. [-1]")
+    check_int("embed.shard_size", e.shard_size, 1, "vectors per shard, e.g. 1024")
+    check_choice("embed.storage_dtype", e.storage_dtype, STORAGE_DTYPES)
+    check_choice("compute.executor", p.executor, COMPUTE_EXECUTORS)
+    if p.workers is not None:
+        check_int("compute.workers", p.workers, 1, "a number of actors (or null: one per GPU)")
+    if p.gpus_per_worker is not None:
+        check_number("compute.gpus_per_worker", p.gpus_per_worker, "0 (CPU workers), a fraction up to 1 or a whole "
+                     "number of GPUs", low=0)
+    check_number("compute.cpus_per_worker", p.cpus_per_worker, "logical CPUs per actor, e.g. 1", low=0)
+    if p.threads_per_worker is not None:
+        check_int("compute.threads_per_worker", p.threads_per_worker, 1, "torch threads per actor (or null)")
+    check_number("compute.connect_timeout_s", p.connect_timeout_s, "seconds, e.g. 30", low=0, open_low=True)
+    check_number("compute.start_timeout_s", p.start_timeout_s, "seconds, e.g. 300", low=0, open_low=True)
+    check_int("compute.max_restarts", p.max_restarts, 0, "e.g. 3")
+    check_int("compute.num_workers", p.num_workers, 1, "the number of processes of a static partition, e.g. 1")
+    if not 0 <= p.worker_index < p.num_workers:
+        raise ObjalignError(f"compute.worker_index = {p.worker_index}: expected 0..{p.num_workers - 1} with "
+                            f"compute.num_workers = {p.num_workers}")
+    check_align(cfg.align)
+    return cfg
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:

@@ -22,12 +22,27 @@ def open_dataset(cfg: DataConfig):
         make_demo_dataset(root, seed=cfg.seed, n_images=cfg.demo_images)
     elif cfg.kind == "coco2017":
         ann, images = coco2017_paths(cfg)
-        ds = load_coco(ann, images, strict=cfg.strict)
+        ds = load_coco(ann, images, strict=cfg.strict, duplicate_names=cfg.duplicate_names)
         ds.images_from_zip = cfg.images_from_zip
         return ds
     elif cfg.kind != "coco":
         raise ObjalignError(f"data.kind = {cfg.kind!r}: expected 'demo', 'coco' or 'coco2017'")
-    return load_coco(ann, images, strict=cfg.strict)
+    else:  # the annotations' own errors first (a broken file is the first thing to fix), then the folder
+        ds = load_coco(ann, images, strict=cfg.strict, duplicate_names=cfg.duplicate_names)
+        check_image_folder(cfg, images)
+        return ds
+    return load_coco(ann, images, strict=cfg.strict, duplicate_names=cfg.duplicate_names)
+
+
+def check_image_folder(cfg: DataConfig, images: Path) -> None:
+    """Refuse, before any work, an image folder that does not exist (every object would be skipped while
+    embedding, and the align stage would have nothing to fit): one line naming ``data.images`` and the path."""
+
+    if not images.is_dir():
+        what = "is a file, not a folder" if images.exists() else "does not exist"
+        raise ObjalignError(f"data.images = {cfg.images!r}: the image folder {str(images)!r} {what}; set data.images "
+                            f"(relative to data.root = {cfg.root!r}, or absolute) to the folder that holds the "
+                            "COCO file_name paths")
 
 
 def coco2017_paths(cfg: DataConfig, progress: bool = True) -> tuple[Path, Path]:

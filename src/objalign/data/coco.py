@@ -10,6 +10,10 @@ box is non-finite or has no area, whose image's ``file_name`` would leave the im
 or ``category_id`` is dangling (not in ``images`` / ``categories``) or whose ``id`` repeats an earlier one is
 left out of :attr:`CocoDataset.annotations` and recorded in :attr:`CocoDataset.excluded` with the reason
 (``strict=True`` refuses dangling references and repeated ids instead, as objalign did before).
+
+Two category ids with one name would get identical text targets, so retrieval could never tell them apart:
+``duplicate_names`` (``data.duplicate_names``) suffixes the id to each such name (``"bank (id 12)"``, the default),
+merges the ids into the first one's category, or refuses the file; the first two print one warning line.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +63,9 @@ class CocoDataset:
 
     images_from_zip: bool = False  #: ``image_root`` is a zip archive, not a folder
     excluded: list = field(default_factory=list)
+    #: name -> the category ids that shared it in the file (empty when every name is distinct); what
+    #: ``duplicate_names`` did to them is in :attr:`categories`
+    duplicate_names: dict = field(default_factory=dict)
 
     def excluded_summary(self) -> str:
         """``"3 dangling reference, 1 bad box"``: counts of :attr:`excluded` by kind of reason."""
@@ -93,7 +101,60 @@ def box_fault(bbox) -> str | None:
     return None
 
 
-def load_coco(annotations: str | Path, image_root: str | Path, strict: bool = False) -> CocoDataset:
+DUPLICATE_NAME_RULES = ("suffix", "merge", "error")  #: ``data.duplicate_names``
+
+_warned: set = set()  # (file, fingerprint, rule) already warned about in this process: one line per dataset
+
+
+def resolve_duplicate_names(categories: dict[int, str], rule: str, path: Path) -> tuple[dict, dict, dict]:
+    """Apply ``rule`` to category ids that share a name.
+
+    Parameters
+    ----------
+    categories : dict[int, str]
+        Category id -> name, in file order.
+    rule : str
+        ``suffix`` (each such name gets ``" (id N)"``), ``merge`` (the later ids become the first id) or ``error``.
+    path : Path
+        The file, for the message.
+
+    Returns
+    -------
+    (categories, alias, duplicates)
+        The new id -> name table, ``{merged id: kept id}`` (``merge`` only) and ``{name: [ids]}`` of each shared name.
+
+    Raises
+    ------
+    ObjalignError
+        ``rule == "error"`` and two ids share a name, or an unknown rule.
+    """
+    if rule not in DUPLICATE_NAME_RULES:
+        raise ObjalignError(f"data.duplicate_names = {rule!r}: expected one of {', '.join(DUPLICATE_NAME_RULES)}")
+    ids_of: dict[str, list[int]] = {}
+    for cid, name in categories.items():
+        ids_of.setdefault(name, []).append(cid)
+    dups = {name: ids for name, ids in ids_of.items() if len(ids) > 1}
+    if not dups:
+        return categories, {}, {}
+    listed = "; ".join(f"ids {', '.join(map(str, ids))} are all {name!r}" for name, ids in list(dups.items())[:3])
+    more = f" (and {len(dups) - 3} more names)" if len(dups) > 3 else ""
+    if rule == "error":
+        raise _fail(path, f"category {listed}{more}: their text targets would be identical; set data.duplicate_names: "
+                          "suffix (name them 'NAME (id N)') or merge, or rename them in the file")
+    alias = {}
+    out = dict(categories)
+    for name, ids in dups.items():
+        for cid in ids:
+            if rule == "suffix":
+                out[cid] = f"{name} (id {cid})"
+            elif cid != ids[0]:
+                alias[cid] = ids[0]
+                del out[cid]
+    return out, alias, dups
+
+
+def load_coco(annotations: str | Path, image_root: str | Path, strict: bool = False,
+              duplicate_names: str = "suffix") -> CocoDataset:
     """Load and validate a COCO instances JSON.
 
     Parameters
@@ -103,6 +164,9 @@ def load_coco(annotations: str | Path, image_root: str | Path, strict: bool = Fa
     strict : bool
         Refuse a dangling ``image_id`` / ``category_id`` or a repeated annotation id (``data.strict``) instead
         of leaving that annotation out and recording it in ``excluded``.
+    duplicate_names : str
+        Two category ids with one name (``data.duplicate_names``): ``suffix`` (``"bank (id 12)"``), ``merge``
+        (into the first id) or ``error``; see :func:`resolve_duplicate_names`. One warning line on stderr.
 
     Raises
     ------
@@ -179,12 +243,27 @@ def load_coco(annotations: str | Path, image_root: str | Path, strict: bool = Fa
         else:
             kept.append(a)
 
+    fingerprint = hashlib.sha256(blob).hexdigest()[:16]
+    categories, alias, dups = resolve_duplicate_names(categories, duplicate_names, path)
+    if alias:
+        kept = [{**a, "category_id": alias.get(a["category_id"], a["category_id"])} for a in kept]
+    if dups and (str(path), fingerprint, duplicate_names) not in _warned:
+        _warned.add((str(path), fingerprint, duplicate_names))
+        name, ids = next(iter(dups.items()))
+        done = (f"named {', '.join(repr(categories[c]) for c in ids)}" if duplicate_names == "suffix"
+                else f"merged into id {ids[0]}")
+        more = f" ({len(dups)} names are shared, each treated alike)" if len(dups) > 1 else ""
+        print(f"objalign: warning: {path}: category ids {', '.join(map(str, ids))} share the name {name!r}, so their "
+              f"text targets would be identical; {done}{more} (data.duplicate_names: {duplicate_names}; "
+              "suffix, merge or error)", file=sys.stderr)
+
     return CocoDataset(
         path=path,
         image_root=Path(image_root),
         images=images,
         annotations=kept,
         categories=categories,
-        fingerprint=hashlib.sha256(blob).hexdigest()[:16],
+        fingerprint=fingerprint,
         excluded=excluded,
+        duplicate_names=dups,
     )

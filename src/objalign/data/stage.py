@@ -19,7 +19,10 @@ def run_sample(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     out = ensure_out(out)
     started = time.time()
     ds = open_dataset(cfg.data)
-    key = cfg.section_key("sample", "data.strict", extra={"dataset": ds.fingerprint})
+    extra = {"dataset": ds.fingerprint}
+    if ds.duplicate_names:  # the rule changes the sampled names or ids only where names are shared
+        extra["duplicate_names"] = cfg.data.duplicate_names
+    key = cfg.section_key("sample", "data.strict", extra=extra)
     if not force and is_current(out, "sample", key) and (out / "sample" / "instances.parquet").is_file():
         return {**stage_record(out, "sample"), "reused": True}
     s = cfg.sample

@@ -38,14 +38,12 @@ from objalign.evaluation.category_level import category_level, open_vocabulary
 from objalign.evaluation.folds import fit_fold, median_sq_distance  # noqa: F401  (re-exported)
 from objalign.evaluation.heldout_similarity import heldout_similarity
 from objalign.evaluation.pvalues import null_rows
-from objalign.evaluation.settings import AlignConfig
+from objalign.evaluation.settings import AlignConfig, check_align
 from objalign.maps import PCAMatch, check_xy
 from objalign.maps.threads import single_threaded_blas
-from objalign.measures.matching import METHODS as MATCH_METHODS
 from objalign.stats import protocols
 from objalign.stats.intervals import bootstrap_figures
 from objalign.stats.metrics import figures_from_instances, per_category, per_instance, r2_scores
-from objalign.stats.nulls import check_null
 from objalign.stats.protocols import heldout_images
 
 METHODS = ("ridge", "kernel_ridge")
@@ -60,37 +58,10 @@ def heldout_image_split(groups: np.ndarray, test_size: float, seed: int) -> tupl
 
 
 def methods_of(cfg: AlignConfig) -> list[str]:
-    names = list(dict.fromkeys(list(cfg.methods) + list(cfg.baselines)))
-    known = METHODS + BASELINES
-    unknown = [m for m in names if m not in known]
-    if unknown:
-        raise ObjalignError(f"align.methods/baselines: unknown {unknown}; expected any of {', '.join(known)}")
-    bad = [p for p in cfg.protocols if p not in ("heldout_images", "heldout_categories")]
-    if bad or not cfg.protocols:
-        raise ObjalignError(f"align.protocols = {list(cfg.protocols)}: expected one or both of "
-                            "heldout_images, heldout_categories")
-    for name in ("n_permutations", "n_bootstrap"):
-        if getattr(cfg, name) < 0:
-            raise ObjalignError(f"align.{name} = {getattr(cfg, name)}: expected 0 (off) or a positive count")
-
-    check_null(cfg.null)
-    if 0 < cfg.n_permutations < 100:
-        raise ObjalignError(f"align.n_permutations = {cfg.n_permutations}: use at least 100 (or 0 to turn nulls off)")
-    if cfg.similarity_permutations < 0:
-        raise ObjalignError(f"align.similarity_permutations = {cfg.similarity_permutations}: expected 0 (off) or a "
-                            "positive count, e.g. 1000")
-
-    if any(m not in MATCH_METHODS for m in cfg.match_methods):
-        raise ObjalignError(f"align.match_methods = {list(cfg.match_methods)}: expected any of "
-                            f"{', '.join(MATCH_METHODS)} (or [] to turn blind matching off)")
-    if cfg.retrieval_k < 1 or cfg.match_restarts < 1 or cfg.match_bootstrap < 0:
-        raise ObjalignError(f"align.retrieval_k = {cfg.retrieval_k}, match_restarts = {cfg.match_restarts}, "
-                            f"match_bootstrap = {cfg.match_bootstrap}: expected k >= 1, restarts >= 1, bootstrap >= 0")
-    if not 0 < cfg.similarity_alpha < 1:
-        raise ObjalignError(f"align.similarity_alpha = {cfg.similarity_alpha}: expected a level in (0, 1), e.g. 0.05")
-    if not 0 < cfg.confidence < 1:
-        raise ObjalignError(f"align.confidence = {cfg.confidence}: expected a coverage in (0, 1), e.g. 0.95")
-    return names
+    """The maps then the baselines to fit, after :func:`objalign.evaluation.settings.check_align` has checked every
+    ``align`` setting (one line naming ``align.KEY`` for a bad one)."""
+    check_align(cfg)
+    return list(dict.fromkeys(list(cfg.methods) + list(cfg.baselines)))
 
 
 def _folds(protocol: str, groups, label_index, cfg: AlignConfig):

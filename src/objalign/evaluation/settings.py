@@ -71,3 +71,188 @@ class AlignConfig:
     #: arithmetic of the align stage: ``auto`` = float64 up to ``float64_max_n`` objects, float32 above
     dtype: str = "auto"
     float64_max_n: int = 200000
+
+
+# ------------------------------------------------------------------------------------------------- validation
+# The names each setting may take. They live here, not only beside their implementations, so that checking a config
+# imports no numpy, scipy or scikit-learn (a bad value is refused in well under a second, before any stage runs);
+# tests/test_config_validation.py checks that they match the modules that implement them.
+MAP_METHODS = ("ridge", "kernel_ridge")  #: ``align.methods`` (objalign.evaluation.engine.METHODS)
+BASELINE_METHODS = ("mean", "shuffled")  #: ``align.baselines`` (objalign.evaluation.engine.BASELINES)
+PROTOCOLS = ("heldout_images", "heldout_categories")  #: ``align.protocols`` (objalign.stats.protocols)
+NULL_KINDS = ("selection", "fixed")  #: ``align.null`` (objalign.stats.nulls.NULLS)
+#: ``align.similarity_measures`` (objalign.evaluation.heldout_similarity.SIMILARITY_MEASURES)
+SIMILARITY_IDS = ("cka_linear", "cka_linear_unbiased", "cka_rbf", "mutual_knn", "cknna", "svcca")
+MATCH_IDS = ("faq", "local_cka", "exact")  #: ``align.match_methods`` (objalign.measures.matching.METHODS)
+UNIT_IDS = ("object", "image", "prototype")  #: ``align.units`` (objalign.evaluation.units.UNITS)
+KERNEL_APPROX = ("auto", "exact", "nystroem")  #: ``align.kernel_approx``
+ALIGN_DTYPES = ("auto", "float64", "float32")  #: ``align.dtype``
+
+
+def _is_int(v) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool)) or type(v).__name__.startswith(("int", "uint"))
+
+
+def _is_number(v) -> bool:
+    import math
+
+    if isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def check_int(key: str, value, low: int, fix: str, zero_ok: bool = False) -> None:
+    """Refuse ``value`` unless it is an integer ``>= low`` (or 0 with ``zero_ok``): one line naming ``key``."""
+    from objalign.errors import ObjalignError
+
+    if not _is_int(value) or (value < low and not (zero_ok and value == 0)):
+        what = f"0 or an integer >= {low}" if zero_ok else f"an integer >= {low}"
+        raise ObjalignError(f"{key} = {value!r}: expected {what}; {fix}")
+
+
+def check_number(key: str, value, fix: str, low: float | None = None, high: float | None = None,
+                 open_low: bool = False, open_high: bool = False) -> None:
+    """Refuse ``value`` unless it is a finite number in the interval given (ends open or closed): one line."""
+    from objalign.errors import ObjalignError
+
+    ok = _is_number(value)
+    if ok and low is not None:
+        ok = value > low if open_low else value >= low
+    if ok and high is not None:
+        ok = value < high if open_high else value <= high
+    if not ok:
+        lo = "" if low is None else f"{'(' if open_low else '['}{low:g}"
+        hi = "" if high is None else f"{high:g}{')' if open_high else ']'}"
+        span = f"a number in {lo or '(-inf'}, {hi or 'inf)'}"
+        raise ObjalignError(f"{key} = {value!r}: expected {span}; {fix}")
+
+
+def check_choice(key: str, value, choices, fix: str = "") -> None:
+    """Refuse ``value`` unless it is one of ``choices``: one line with a did-you-mean."""
+    from objalign.errors import ObjalignError, did_you_mean
+
+    if not isinstance(value, str) or value not in choices:
+        hint = did_you_mean(value, choices, cutoff=0.4)
+        raise ObjalignError(f"{key} = {value!r} is not one of {', '.join(choices)}{hint}" + (f"; {fix}" if fix else ""))
+
+
+def check_names(key: str, values, choices, empty: str | None = None) -> None:
+    """Refuse a list with a name not in ``choices`` (did-you-mean), a repeated name, or (unless ``empty`` says what
+    an empty list means, e.g. "turns them off") an empty list: one line naming ``key``."""
+    from objalign.errors import ObjalignError, did_you_mean
+
+    if isinstance(values, str) or not isinstance(values, (list, tuple)):
+        raise ObjalignError(f"{key} = {values!r}: expected a list of names from {', '.join(choices)}")
+    if not values and empty is None:
+        raise ObjalignError(f"{key} = []: expected at least one of {', '.join(choices)}")
+    for v in values:
+        if v not in choices:
+            hint = did_you_mean(v, choices, cutoff=0.4)
+            raise ObjalignError(f"{key}: unknown name {v!r}{hint} (expected any of {', '.join(choices)}"
+                                + (f"; [] {empty})" if empty else ")"))
+    twice = sorted({v for v in values if list(values).count(v) > 1})
+    if twice:
+        raise ObjalignError(f"{key} = {list(values)}: {', '.join(map(repr, twice))} listed more than once; "
+                            "list each name once")
+
+
+def _check_grid(key: str, values, fix: str) -> None:
+    from objalign.errors import ObjalignError
+
+    shown = list(values) if isinstance(values, (list, tuple)) else values
+    if isinstance(values, str) or not isinstance(values, (list, tuple)) or not values \
+            or not all(_is_number(v) and v > 0 for v in values):
+        raise ObjalignError(f"{key} = {shown!r}: expected a non-empty list of positive numbers; {fix}")
+
+
+def check_align(cfg: AlignConfig) -> AlignConfig:
+    """Check every ``align`` setting's type, range and relation to the others; return ``cfg`` unchanged.
+
+    Runs when a run's config is loaded (:func:`objalign.config.load_config`) and when the library evaluates
+    (:func:`objalign.evaluation.engine.methods_of`), so a bare :class:`AlignConfig` is checked too. Imports no
+    numerical library: it answers in milliseconds.
+
+    Parameters
+    ----------
+    cfg : AlignConfig
+
+    Returns
+    -------
+    AlignConfig
+        ``cfg`` itself.
+
+    Raises
+    ------
+    ObjalignError
+        One line naming ``align.KEY``, the value and the fix, for the first bad setting.
+    """
+    from objalign.errors import ObjalignError
+
+    a = "align."
+    # either list may name a map or a baseline (fitted once, maps first)
+    check_names(a + "methods", cfg.methods, MAP_METHODS + BASELINE_METHODS, empty="fits no map (the baselines only)")
+    check_names(a + "baselines", cfg.baselines, MAP_METHODS + BASELINE_METHODS, empty="turns the baselines off")
+    if not cfg.methods and not cfg.baselines:
+        raise ObjalignError("align.methods = [] and align.baselines = []: nothing to fit; list ridge and/or "
+                            "kernel_ridge in align.methods")
+    check_names(a + "protocols", cfg.protocols, PROTOCOLS)
+    check_int(a + "common_dim", cfg.common_dim, 1, "it is the PCA dimension of the vision features, e.g. 256")
+    check_number(a + "test_size", cfg.test_size, "the fraction of images held out, e.g. 0.2", low=0, high=1,
+                 open_low=True, open_high=True)
+    check_int(a + "cv_folds", cfg.cv_folds, 2, "the grouped K-fold of the hyperparameter search needs K >= 2, e.g. 5")
+    _check_grid(a + "alphas", cfg.alphas, "give the ridge penalties to search, e.g. [0.01, 0.1, 1, 10, 100]")
+    if "kernel_ridge" in cfg.methods:
+        _check_grid(a + "gammas", cfg.gammas, "give the RBF gammas to search, e.g. [0.25, 0.5, 1, 2]")
+    check_int(a + "seed", cfg.seed, 0, "use a non-negative seed, e.g. 0")
+    check_int(a + "category_folds", cfg.category_folds, 2, "held-out categories need K >= 2 folds, e.g. 5")
+    check_int(a + "n_permutations", cfg.n_permutations, 100, "use at least 100 (or 0 to turn nulls off), e.g. 1000",
+              zero_ok=True)
+    check_int(a + "n_bootstrap", cfg.n_bootstrap, 1, "0 turns the intervals off; use e.g. 1000", zero_ok=True)
+    check_number(a + "confidence", cfg.confidence, "the coverage of the bootstrap intervals, e.g. 0.95", low=0,
+                 high=1, open_low=True, open_high=True)
+    check_int(a + "null_max_train", cfg.null_max_train, 1, "the largest fit that gets a null, e.g. 10000")
+    check_choice(a + "null", cfg.null, NULL_KINDS)
+    check_int(a + "null_selection_max_train", cfg.null_selection_max_train, 1, "e.g. 4000")
+    check_names(a + "similarity_measures", cfg.similarity_measures, SIMILARITY_IDS, empty="turns them off")
+    check_int(a + "similarity_k", cfg.similarity_k, 1, "the neighbourhood of mutual_knn and cknna, e.g. 10")
+    check_int(a + "svcca_dim", cfg.svcca_dim, 1, "the SVCCA dimension, e.g. 10")
+    check_int(a + "similarity_max_n", cfg.similarity_max_n, 2, "the most test objects the measures use, e.g. 2000")
+    check_int(a + "similarity_permutations", cfg.similarity_permutations, 1, "0 turns calibration off; use e.g. 1000",
+              zero_ok=True)
+    check_number(a + "similarity_alpha", cfg.similarity_alpha, "the level of the calibration threshold, e.g. 0.05",
+                 low=0, high=1, open_low=True, open_high=True)
+    check_names(a + "match_methods", cfg.match_methods, MATCH_IDS, empty="turns blind matching off")
+    check_int(a + "match_restarts", cfg.match_restarts, 1, "FAQ restarts, e.g. 5")
+    check_int(a + "match_bootstrap", cfg.match_bootstrap, 0, "image resamples of the matching interval, e.g. 50")
+    check_int(a + "retrieval_k", cfg.retrieval_k, 1, "the CSLS neighbourhood, e.g. 10")
+    check_names(a + "units", cfg.units, UNIT_IDS, empty="means object only")
+    if "prototype" in cfg.units:
+        for k in cfg.prototype_k:
+            text = str(k).strip().lower()
+            if text != "all" and not (text.isdigit() and int(text) >= 1 and str(int(text)) == text):
+                raise ObjalignError(f"align.prototype_k: {k!r} is not a number of objects; expected integers >= 1 "
+                                    "or 'all', e.g. [1, 2, 5, 10, 20, all]")
+        if not cfg.prototype_k:
+            raise ObjalignError("align.prototype_k = []: give the k to sweep, e.g. [1, 2, 5, 10, 20, all]")
+        check_int(a + "prototype_draws", cfg.prototype_draws, 1, "draws per k, e.g. 20")
+    for s in cfg.convergence_sizes:
+        check_number(a + "convergence_sizes value", s, "numbers of objects (>= 1) or fractions of n in (0, 1)",
+                     low=0, open_low=True)
+        if s >= 1 and not float(s).is_integer():
+            raise ObjalignError(f"align.convergence_sizes: {s!r} is not a number of objects; expected integers >= 1 "
+                                "or fractions in (0, 1)")
+    if cfg.convergence_sizes:
+        check_int(a + "convergence_repeats", cfg.convergence_repeats, 1, "draws per size, e.g. 5")
+        check_names(a + "convergence_methods", cfg.convergence_methods, MAP_METHODS)
+    check_choice(a + "kernel_approx", cfg.kernel_approx, KERNEL_APPROX)
+    check_int(a + "max_exact_samples", cfg.max_exact_samples, 1, "e.g. 10000")
+    check_int(a + "nystroem_components", cfg.nystroem_components, 1, "Nystroem centres, e.g. 1000")
+    if not _is_int(cfg.n_jobs) or not (cfg.n_jobs >= 1 or cfg.n_jobs == -1):
+        raise ObjalignError(f"align.n_jobs = {cfg.n_jobs!r}: expected a positive number of workers (or -1: all "
+                            "cores), e.g. 2")
+    check_choice(a + "dtype", cfg.dtype, ALIGN_DTYPES)
+    check_int(a + "float64_max_n", cfg.float64_max_n, 0, "objects up to which float64 is used, e.g. 200000")
+    return cfg

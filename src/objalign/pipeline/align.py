@@ -46,6 +46,39 @@ def write_results(d: Path, res: dict, meta: dict[str, np.ndarray] | None = None)
     atomic_write_json(d / "results.json", res["rows"])
 
 
+def check_enough(out: Path, groups: np.ndarray, labels: np.ndarray, cfg) -> None:
+    """Stop with one line when the embedded objects cannot support the protocols asked: none at all (every object
+    skipped while embedding, e.g. a wrong ``data.images``), fewer than 2 images, or fewer than 2 categories.
+
+    Parameters
+    ----------
+    out : Path
+        The run folder (its ``embed/stage.json`` says why objects were skipped).
+    groups, labels : (n,) arrays
+        Image id and category id of each embedded object.
+    cfg : AlignConfig
+    """
+    from objalign.errors import ObjalignError
+
+    n, n_images, n_cats = len(groups), len(np.unique(groups)), len(np.unique(labels))
+    if n == 0:
+        rec = (stage_record(out, "embed") or {}).get("summary", {})
+        skipped = rec.get("skipped") or []
+        why = (f"all {len(skipped)} sampled objects were skipped while embedding (first: {skipped[0].get('reason')})"
+               if skipped else "the embed stage produced no vectors")
+        raise ObjalignError(f"align: no objects to align: {why}; check data.images (and data.root) point at the "
+                            "dataset's image folder, then run again")
+    if n_images < 2:
+        raise ObjalignError(f"align: {n} object(s) from {n_images} image; held-out images need objects from at least "
+                            "2 images (align.cv_folds more to choose hyperparameters): raise sample.n")
+    if n_cats < 2:
+        raise ObjalignError(f"align: all {n} objects are of 1 category; aligning to category names needs at least 2 "
+                            "(raise sample.n or widen sample.categories)")
+    if list(cfg.protocols) == ["heldout_categories"] and n_cats < cfg.category_folds:
+        raise ObjalignError(f"align.category_folds = {cfg.category_folds} but the run has {n_cats} categories; lower "
+                            "align.category_folds or sample more categories")
+
+
 def run_align(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     out = ensure_out(out)
     started = time.time()
@@ -53,6 +86,7 @@ def run_align(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     if not force and is_current(out, "align", key) and (out / "align" / "results.json").is_file():
         return {**stage_record(out, "align"), "reused": True}
     vm, X, tm, T = load_run_embeddings(out)
+    check_enough(out, np.asarray(vm["image_id"]), np.asarray(vm["category_id"]), cfg.align)
     cat_row = {int(c): j for j, c in enumerate(tm["category_id"])}
     label_index = np.asarray([cat_row[int(c)] for c in vm["category_id"]])
     Y = T[label_index]
