@@ -123,3 +123,46 @@ def test_open_vocabulary_calibration_and_matching_in_the_report(run_dir):
     assert set(rep["category_level"]["matching"]["methods"]) == {"faq", "local_cka"}
     for f in ("calibrated.png", "matching_shuffle.png", "open_vocabulary.png"):
         assert (out / f).is_file(), f
+
+
+def test_evaluate_on_the_runs_arrays_reproduces_its_figures(run_dir, tmp_path):
+    """`objalign evaluate` on the run's own embeddings, saved as files, gives the run's figures (the same engine)."""
+    from objalign.embed.stage import load_run_embeddings
+    from objalign.embed.vocab import load_vocabulary_embeddings
+
+    out, args = run_dir
+    vm, X, tm, T = load_run_embeddings(out)
+    row_of = {int(c): j for j, c in enumerate(tm["category_id"])}
+    np.save(tmp_path / "vision.npy", X)
+    np.savez(tmp_path / "text.npz", text=T, ids=np.asarray(tm["category_id"]))
+    np.save(tmp_path / "labels.npy", np.asarray([row_of[int(c)] for c in vm["category_id"]]))
+    np.save(tmp_path / "groups.npy", np.asarray(vm["image_id"]))
+    (tmp_path / "names.txt").write_text("\n".join(str(x) for x in tm["category"]))
+    np.save(tmp_path / "vocab.npy", load_vocabulary_embeddings(out)[1])
+    sets = [a for i, a in enumerate(args) if i and args[i - 1] == "--set" and a.startswith("align.")]
+    cmd = ["evaluate", DEMO_CONFIG, "--vision", str(tmp_path / "vision.npy"), "--text", f"{tmp_path / 'text.npz'}:text",
+           "--labels", str(tmp_path / "labels.npy"), "--groups", str(tmp_path / "groups.npy"),
+           "--names", str(tmp_path / "names.txt"), "--vocabulary", str(tmp_path / "vocab.npy"),
+           "--out", str(tmp_path / "ev"), "--no-progress"] + [x for s in sets for x in ("--set", s)]
+    assert main(cmd) == 0
+    run = json.loads((out / "report.json").read_text())
+    got = json.loads((tmp_path / "ev" / "report.json").read_text())
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "fit_seconds"} for r in rows]
+
+    assert strip(got["results"]) == strip(run["results"])
+    for key in ("per_category", "similarity", "pca", "category_level", "protocols"):
+        assert got[key] == run[key], key
+    assert (tmp_path / "ev" / "report.html").is_file() and (tmp_path / "ev" / "config.yaml").is_file()
+
+
+def test_evaluate_names_the_bad_file_before_any_work(tmp_path, capsys):
+    np.save(tmp_path / "v.npy", np.ones((10, 4)))
+    np.save(tmp_path / "t.npy", np.ones((3, 4)))
+    np.save(tmp_path / "l.npy", np.arange(10) % 4)
+    rc = main(["evaluate", "--vision", str(tmp_path / "v.npy"), "--text", str(tmp_path / "t.npy"),
+               "--labels", str(tmp_path / "l.npy"), "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{tmp_path / 'l.npy'}: value 3 (object 3) is out of range" in err and err.count("\n") == 1
+    assert not (tmp_path / "ev").exists()

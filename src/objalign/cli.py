@@ -224,6 +224,63 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_data(args) -> int:
+    if args.data_command == "demo":
+        from objalign.data.demo import make_demo_dataset
+
+        path = make_demo_dataset(args.out, seed=args.seed, n_images=args.n_images)
+        print(f"demo dataset written: {path}")
+        return 0
+    if args.data_command == "coco2017":
+        from objalign.data.download import download_coco2017
+
+        got = download_coco2017(args.root, split=args.split, annotations_only=args.annotations_only,
+                                mirror=args.mirror, progress=not args.no_progress, extract=not args.no_extract,
+                                checksums={} if args.no_official_checksums else None)
+        for split, path in got["annotations"].items():
+            print(f"{split}: annotations {path}; images {got['images'].get(split, '(not requested)')}")
+        return 0
+    raise ObjalignError("data: expected `objalign data demo --out DIR` or `objalign data coco2017 --root DIR`")
+
+
+def _cmd_stages(args) -> int:
+    """``run`` and the single stages (``sample``, ``crop``, ``embed``, ``align``, ``report``)."""
+    cfg = _config_from_args(args)
+    progress = not args.no_progress and sys.stderr.isatty()
+    if args.command == "run" and args.out is None:
+        args.out = default_out(args.config)
+        print(f"run folder: {args.out} (the default; choose another with --out)")
+    if args.command == "run" and args.dry_run:
+        from objalign.pipeline.chain import plan
+
+        print(plan(cfg, args.out))
+        return 0
+    if args.command == "run":
+        from objalign.pipeline.chain import run
+
+        report = run(cfg, args.out, force=args.force, progress=progress)
+        print((__import__("pathlib").Path(args.out) / "report.txt").read_text())
+        print(f"report written to {args.out}/: report.html (open in a browser), report.txt, report.json, "
+              "figures (*.png), config.yaml")
+        return 0 if report else 1
+    from objalign.pipeline.chain import stage_function
+
+    kwargs = {"force": args.force}
+    if args.command in ("crop", "embed"):
+        kwargs["progress"] = progress
+    elif cfg.compute.num_workers > 1:
+        raise ObjalignError(f"--num-workers applies to `objalign crop` and `objalign embed`, not `{args.command}`")
+    rec = stage_function(args.command)(cfg, args.out, **kwargs)
+    if rec.get("partial"):
+        sm = rec["summary"]
+        print(f"[{args.command}] worker {sm['worker']}: computed {sm['shards_computed']} shard(s); "
+              f"{sm['shards_missing']} of {sm['n_shards']} still with other workers (the last to finish "
+              "completes the stage)")
+        return 0
+    print(f"[{args.command}] {'reused' if rec.get('reused') else 'done'}: {rec.get('summary')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -236,23 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "cache":
             return _cmd_cache(args)
         if args.command == "data":
-            if args.data_command == "demo":
-                from objalign.data.demo import make_demo_dataset
-
-                path = make_demo_dataset(args.out, seed=args.seed, n_images=args.n_images)
-                print(f"demo dataset written: {path}")
-                return 0
-            if args.data_command == "coco2017":
-                from objalign.data.download import download_coco2017
-
-                got = download_coco2017(args.root, split=args.split, annotations_only=args.annotations_only,
-                                        mirror=args.mirror, progress=not args.no_progress,
-                                        extract=not args.no_extract,
-                                        checksums={} if args.no_official_checksums else None)
-                for split, path in got["annotations"].items():
-                    print(f"{split}: annotations {path}; images {got['images'].get(split, '(not requested)')}")
-                return 0
-            raise ObjalignError("data: expected `objalign data demo --out DIR` or `objalign data coco2017 --root DIR`")
+            return _cmd_data(args)
         if args.command == "sweep":
             from objalign.pipeline.chain import sweep
 
@@ -275,40 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(compare_runs(args.runs, json_out=args.out))
             return 0
-        cfg = _config_from_args(args)
-        progress = not args.no_progress and sys.stderr.isatty()
-        if args.command == "run" and args.out is None:
-            args.out = default_out(args.config)
-            print(f"run folder: {args.out} (the default; choose another with --out)")
-        if args.command == "run" and args.dry_run:
-            from objalign.pipeline.chain import plan
-
-            print(plan(cfg, args.out))
-            return 0
-        if args.command == "run":
-            from objalign.pipeline.chain import run
-
-            report = run(cfg, args.out, force=args.force, progress=progress)
-            print((__import__("pathlib").Path(args.out) / "report.txt").read_text())
-            print(f"report written to {args.out}/: report.html (open in a browser), report.txt, report.json, "
-                  "figures (*.png), config.yaml")
-            return 0 if report else 1
-        from objalign.pipeline.chain import stage_function
-
-        kwargs = {"force": args.force}
-        if args.command in ("crop", "embed"):
-            kwargs["progress"] = progress
-        elif cfg.compute.num_workers > 1:
-            raise ObjalignError(f"--num-workers applies to `objalign crop` and `objalign embed`, not `{args.command}`")
-        rec = stage_function(args.command)(cfg, args.out, **kwargs)
-        if rec.get("partial"):
-            sm = rec["summary"]
-            print(f"[{args.command}] worker {sm['worker']}: computed {sm['shards_computed']} shard(s); "
-                  f"{sm['shards_missing']} of {sm['n_shards']} still with other workers (the last to finish "
-                  "completes the stage)")
-            return 0
-        print(f"[{args.command}] {'reused' if rec.get('reused') else 'done'}: {rec.get('summary')}")
-        return 0
+        return _cmd_stages(args)
     except ObjalignError as exc:
         print(f"objalign: error: {exc}", file=sys.stderr)
         return 2

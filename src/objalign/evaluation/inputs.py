@@ -80,8 +80,8 @@ def _per_object(T: np.ndarray, lab: np.ndarray, key: str, where: dict) -> tuple[
     if differs.any():
         i = int(np.flatnonzero(differs)[0])
         raise ObjalignError(f"{where['text']}{key}: objects {int(first[label_index[i]])} and {i} have the same label "
-                            f"{lab[i]!r} but different text rows; the maps target one text embedding per category: "
-                            "pass text per category (one row per category, labels indexing it)")
+                            f"{lab[i].tolist()!r} but different text rows; the maps target one text embedding per "
+                            "category: pass text per category (one row per category, labels indexing it)")
     return rows, label_index, cats
 
 
@@ -177,8 +177,8 @@ def prepare_inputs(vision, text, labels, groups=None, *, names=None, category_id
     targets, label_index, cats, mode, errors = _shape_targets(text, lab, n, text_per, where)
     c = len(next(iter(targets.values())))
     if len(np.unique(label_index)) < 2:
-        raise ObjalignError(f"{where['labels']}: every object has the same category ({lab[0]!r}); alignment ranks "
-                            "a category among others: give objects of at least two categories")
+        raise ObjalignError(f"{where['labels']}: every object has the same category ({lab[0].tolist()!r}); alignment "
+                            "ranks a category among others: give objects of at least two categories")
     if names is None:
         names = [str(x) for x in cats] if cats is not None else [str(i) for i in range(c)]
     names = [str(x) for x in names]
