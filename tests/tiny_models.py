@@ -8,6 +8,7 @@ memory or environment changes made after the cluster started:
 - ``die-once``: the first forward pass that finds it renames it to ``died`` and kills its process with
   ``os._exit`` — in the middle of a shard when the shard has more than one batch (the second forward pass);
 - ``delay``: seconds to sleep before every forward pass;
+- ``record-nodes``: every forward pass in a Ray worker touches ``node-<its Ray node id>`` (which nodes compute);
 - ``hold-job``: a Ray job id; that job's workers block for good at their third forward pass (after one
   two-batch shard), so a test can kill the job's driver with shards certainly still missing.
 """
@@ -42,6 +43,11 @@ def _maybe_fault(calls: int) -> None:
     d = _fault_dir()
     if d is None:
         return
+    if (d / "record-nodes").is_file():
+        import ray
+
+        if ray.is_initialized():
+            (d / f"node-{ray.get_runtime_context().get_node_id()}").touch()
     delay = d / "delay"
     if delay.is_file():
         time.sleep(float(delay.read_text() or 0))

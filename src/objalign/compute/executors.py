@@ -6,9 +6,11 @@ writes them (atomically, completion marker last), the store says what is done.
 
 The Ray executor starts one actor per worker (``num_gpus=gpus_per_worker``; Ray's GPUs are logical, so this
 is also how tests schedule "GPU" actors on a CPU machine); each actor builds the work's model once and takes
-whole shards, one at a time with the next one queued behind it. An actor that dies is restarted by Ray and
-its shard re-executed (``max_restarts``/``max_task_retries``), which is harmless because writing a shard is
-idempotent. Every wait is bounded: connecting (``connect_timeout_s``), starting the actors
+whole shards, one at a time with the next one queued behind it. A worker that is lost (its process or its
+node died) is dropped and its shards go back to the queue for the live workers, while a replacement starts
+where the cluster has room (``start_timeout_s``); recomputing a shard is harmless because writing one is
+idempotent. The stage fails, keeping every finished shard, only when no worker is left or a shard was lost
+with ``max_restarts + 1`` workers. Every wait is bounded: connecting (``connect_timeout_s``), starting the actors
 (``start_timeout_s``); a request the cluster can never place fails before any model loads.
 """
 
@@ -242,9 +244,7 @@ class RayExecutor:
                         alive.append(a)
                 except ray.exceptions.RayError:
                     pass
-        actor_cls = ray.remote(_ShardActor).options(
-            num_gpus=self.gpus_per_worker, num_cpus=c.cpus_per_worker, max_restarts=c.max_restarts,
-            max_task_retries=c.max_restarts)
+        actor_cls = self._actor_class(ray)
         new = [actor_cls.remote(threads) for _ in range(max(0, n - len(alive)))]
         if new:
             refs = [a.ready.remote() for a in new]
@@ -258,43 +258,123 @@ class RayExecutor:
         _POOL.update({"key": key, "job": job, "actors": alive + new})
         return (alive + new)[:n]
 
+    def _actor_class(self, ray):
+        """The actor class with this run's resources. Ray never restarts a worker nor retries its task: a dead
+        worker's shards go back to the queue and :meth:`_dispatch` starts its replacement (Ray's task retries on
+        a dead actor were spent before it could come back, and a node's loss then ended the whole run)."""
+        c = self.compute
+        return ray.remote(_ShardActor).options(num_gpus=self.gpus_per_worker, num_cpus=c.cpus_per_worker,
+                                               max_restarts=0, max_task_retries=0)
+
     def _dispatch(self, ray, actors, shards: list[int], boxed_work: list, what: str, progress: bool) -> list[dict]:
+        """Hand out ``shards`` to ``actors`` (one running and one queued per actor) until all are written.
+
+        A worker that is lost (its process or node died, or it stopped answering) is dropped: its shards go back
+        to the front of the queue for the live workers, and a replacement is started, which joins when it is
+        ready within ``start_timeout_s`` (where the cluster has room). The run fails, in one line and with every
+        finished shard kept, when a shard was lost with ``max_restarts + 1`` workers, when no worker is left, or
+        on an error inside the work itself.
+        """
         from tqdm.auto import tqdm
 
+        c = self.compute
+        threads = c.threads_per_worker or _driver_threads()
         queue = deque(shards)
         inflight: dict = {}  # ref -> (actor, shard)
+        starting: dict = {}  # ready ref of a replacement -> (actor, deadline)
+        live = list(actors)
+        lost_by_shard: dict[int, int] = {}
         receipts: list[dict] = []
+        restarts = 0
 
         def submit(actor) -> None:
             if queue:
                 s = queue.popleft()
                 inflight[actor.run.remote(boxed_work, s)] = (actor, s)
 
-        for a in actors:  # one running, one queued behind it: no idle gap between shards
+        def fail(s: int, cause) -> ObjalignError:
+            return ObjalignError(f"shard {s} failed on a Ray worker after {restarts} restart(s): {cause}; the "
+                                 f"{len(receipts)} shard(s) finished are kept, run again to compute the rest")
+
+        def lose(actor, s: int, exc) -> None:
+            nonlocal restarts
+            lost_by_shard[s] = lost_by_shard.get(s, 0) + 1
+            if lost_by_shard[s] > c.max_restarts:
+                raise fail(s, _ray_cause(exc))
+            queue.appendleft(s)
+            if actor in live:  # its other shard, if any, fails too and comes back by itself
+                live.remove(actor)
+                ray.kill(actor, no_restart=True)
+                new = self._actor_class(ray).remote(threads)
+                starting[new.ready.remote()] = (new, time.monotonic() + c.start_timeout_s)
+                restarts += 1
+            if not live and not starting:
+                raise fail(s, _ray_cause(exc))
+
+        for a in live:  # one running, one queued behind it: no idle gap between shards
             submit(a)
             submit(a)
         bar = tqdm(total=len(shards), unit="shard", disable=not progress, desc=f"{what} on {len(actors)} Ray workers",
                    dynamic_ncols=True)
         try:
-            while inflight:
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=10.0)
+            while inflight or queue:
+                now = time.monotonic()
+                for ref, (actor, deadline) in list(starting.items()):
+                    if deadline <= now:  # no room for it in time: the live workers carry on without it
+                        del starting[ref]
+                        ray.kill(actor, no_restart=True)
+                if not inflight and not live and not starting:
+                    raise fail(queue[0], "no Ray worker is left (a replacement found no room within "
+                                         f"{c.start_timeout_s:g} s, compute.start_timeout_s)")
+                wait_s = min([10.0] + [max(0.05, d - now) for _, d in starting.values()])
+                ready, _ = ray.wait(list(inflight) + list(starting), num_returns=1, timeout=wait_s)
                 for ref in ready:
+                    if ref in starting:
+                        actor, _ = starting.pop(ref)
+                        try:
+                            ray.get(ref)
+                        except ray.exceptions.RayError:
+                            ray.kill(actor, no_restart=True)
+                            if not live and not starting and not inflight and queue:
+                                raise fail(queue[0], "no Ray worker is left (a replacement failed to start)")
+                            continue
+                        live.append(actor)
+                        submit(actor)
+                        submit(actor)
+                        continue
                     actor, s = inflight.pop(ref)
                     try:
                         got = ray.get(ref)
                     except ray.exceptions.RayError as exc:
+                        if _worker_lost(ray, exc):
+                            lose(actor, s, exc)
+                            continue
                         cause = _ray_cause(exc)
                         if isinstance(cause, ObjalignError):
                             raise cause from None
-                        raise ObjalignError(
-                            f"shard {s} failed on a Ray worker after {self.compute.max_restarts} restart(s): {cause}; "
-                            f"the {len(receipts)} shard(s) finished are kept, run again to compute the rest") from None
+                        raise fail(s, cause) from None
                     receipts.extend(got)
                     bar.update(1)
-                    submit(actor)
+                    if actor in live:
+                        submit(actor)
+                for actor in live:  # a live worker left idle while shards came back to the queue
+                    while queue and sum(1 for a, _ in inflight.values() if a is actor) < 2:
+                        submit(actor)
         finally:
             bar.close()
+            for actor, _ in starting.values():  # replacements not needed any more (or still without room)
+                ray.kill(actor, no_restart=True)
+            if _POOL.get("actors") is not None:
+                _POOL["actors"] = [a for a in _POOL["actors"] if a not in set(actors) - set(live)] + \
+                    [a for a in live if a not in actors]
         return receipts
+
+
+def _worker_lost(ray, exc) -> bool:
+    """Whether a Ray error means the worker (its process, its node) is gone, not that the work failed in it."""
+    e = ray.exceptions
+    return isinstance(exc, (e.RayActorError, e.WorkerCrashedError, e.NodeDiedError, e.LocalRayletDiedError,
+                            e.ObjectLostError))
 
 
 def _driver_threads() -> int:

@@ -8,8 +8,11 @@ Layout (clip-retrieval's convention, readable by embedding-reader)::
     <store>/skipped/skipped_00000.json        instances of that shard that could not be embedded, with reasons
 
 Every file is written to a temporary name and moved into place (``os.replace``), and a shard counts as done
-only when its metadata file — written last — exists with as many rows as its array, and those rows plus the
-shard's skipped instances account for every instance of the shard. A run killed at any moment (``kill -9``)
+only when its metadata file — written last — exists with as many rows as its array, those rows plus the
+shard's skipped instances account for every instance of the shard, and none of its files is damaged (a
+truncated, empty, padded or foreign vector file, the wrong dtype or row shape: see
+:meth:`EmbeddingStore.shard_problem`). A damaged shard is recomputed like a missing one, and reading a finished
+store that holds one fails in one line instead of returning wrong arrays. A run killed at any moment (``kill -9``)
 and started again removes the temporaries it left, recomputes only the shards that are not done (the engine
 cuts batches at shard boundaries, so a recomputed shard sees the same batches), and ends with exactly the
 bytes an uninterrupted run gives. A store whose key does not match the request is never reused: the error
@@ -111,20 +114,82 @@ class EmbeddingStore:
 
     def shard_done(self, i: int) -> bool:
         """A shard is done when its metadata (written last) exists with as many rows as its array, and those
-        rows plus its skipped instances account for every instance of the shard."""
+        rows plus its skipped instances account for every instance of the shard; a damaged shard is not done
+        (see :meth:`shard_problem`), so the next run recomputes it."""
+        return self.shard_problem(i) is None
+
+    def shard_problem(self, i: int) -> str | None:
+        """Why shard ``i`` is not done, or ``None`` when it is: a missing file, or a damaged one.
+
+        The vector file must be a whole ``.npy`` array (its header readable, its size exactly the header's
+        shape times the itemsize: a truncated or padded file fails) of the store's dtype and row shape
+        (``(dim,)``, or ``(len(layers), dim)`` for a layered store; ``dim`` once the manifest records it); the
+        metadata a readable parquet file with as many rows; the skipped list a JSON list.
+        """
         emb, meta, skip = self.shard_paths(i)
-        if not (emb.is_file() and meta.is_file()):
-            return False
+        for f in (emb, meta):
+            if not f.is_file():
+                return f"{f.parent.name}/{f.name} is missing"
         import pyarrow.parquet as pq
 
+        shape, problem = self._array_shape(emb)
+        if problem:
+            return f"emb/{emb.name} {problem}"
         try:
             rows = pq.read_metadata(meta).num_rows
-            arr = np.load(emb, mmap_mode="r")
-            n_skipped = len(json.loads(skip.read_text())) if skip.is_file() else 0
-        except Exception:
-            return False
+        except Exception as exc:  # any unreadable parquet file: pyarrow raises several kinds
+            return f"metadata/{meta.name} is unreadable ({type(exc).__name__})"
+        try:
+            skipped = json.loads(skip.read_text()) if skip.is_file() else []
+        except (OSError, ValueError) as exc:
+            return f"skipped/{skip.name} is unreadable ({type(exc).__name__})"
+        if not isinstance(skipped, list):
+            return f"skipped/{skip.name} is not a JSON list"
+        if shape[0] != rows:
+            return f"emb/{emb.name} has {shape[0]} rows but metadata/{meta.name} has {rows}"
         want = self.expected_rows(i)
-        return arr.shape[0] == rows and (want is None or rows + n_skipped == want)
+        if want is not None and rows + len(skipped) != want:
+            return f"{rows} rows + {len(skipped)} skipped do not account for the shard's {want} instances"
+        return None
+
+    def _array_shape(self, emb: Path) -> tuple[tuple[int, ...], str | None]:
+        """``(shape, None)`` for an intact vector file, else ``((), what is wrong)``; reads only the header."""
+        fmt = np.lib.format
+        try:
+            size = emb.stat().st_size
+            with open(emb, "rb") as fh:
+                version = fmt.read_magic(fh)
+                read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, fortran, dtype = read_header(fh)
+                offset = fh.tell()
+        except (OSError, ValueError, SyntaxError, TypeError, KeyError) as exc:
+            return (), f"is not a readable .npy array ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"
+        if dtype != np.dtype(self.storage_dtype()) or fortran:
+            return (), f"holds {dtype}{' (Fortran order)' if fortran else ''}, not {self.storage_dtype()}"
+        mf = self._manifest_layout()
+        layers, dim = mf.get("layers"), mf.get("dim")
+        row = (len(layers),) if layers is not None else ()
+        if len(shape) != 1 + len(row) + 1 or tuple(shape[1:-1]) != row or (dim is not None and shape[-1] != dim):
+            want = ", ".join(["rows", *map(str, row), str(dim) if dim is not None else "dim"])
+            return (), f"has shape {tuple(shape)}, expected ({want})"
+        need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if size != need:
+            return (), f"is {'truncated' if size < need else 'padded'}: {size} bytes, its header needs {need}"
+        return tuple(int(k) for k in shape), None
+
+    def _manifest_layout(self) -> dict:
+        """The manifest's ``layers`` and ``dim`` (``dim`` only once a finished store records it)."""
+        try:
+            mf = self.manifest()
+        except (ObjalignError, OSError, ValueError):
+            return {}
+        return {"layers": mf.get("layers"), "dim": int(mf["dim"]) if mf.get("dim") is not None else None}
+
+    def damaged_shards(self) -> dict[int, str]:
+        """The shards of a finished store that are not intact: ``{shard: what is wrong}`` (empty when sound)."""
+        n = int(self.manifest().get("n_shards", 0))
+        found = {i: self.shard_problem(i) for i in range(n)}
+        return {i: why for i, why in found.items() if why}
 
     def write_shard(self, i: int, vectors: np.ndarray, metadata: dict[str, np.ndarray], skipped: list[dict]) -> dict:
         """Write shard ``i``: skipped list, then vectors, then metadata (the completion mark).
@@ -199,6 +264,11 @@ class EmbeddingStore:
             if not (layer in layers or -len(layers) <= layer < 0):
                 raise ObjalignError(f"{self.path}: layer {layer} is not in this store (layers {layers})")
             pick = layers.index(layer) if layer in layers else layer
+        damaged = self.damaged_shards()
+        if damaged:
+            i, why = next(iter(damaged.items()))
+            raise ObjalignError(f"{self.path}: {len(damaged)} damaged shard(s), first shard {i}: {why}; run the "
+                                "embed stage again with --force to recompute them (intact shards are kept)")
         arrays, tables = [], []
         for i in range(mf["n_shards"]):
             emb, meta, _ = self.shard_paths(i)
