@@ -59,14 +59,14 @@ def test_report_files_and_schema(run_dir):
 
 def test_second_run_reuses_finished_stages(run_dir, capsys, monkeypatch):
     """A second run loads no model and fits no map (any attempt fails the test, whatever the machine's load)."""
-    import objalign.evaluation.engine as align_stage
     import objalign.embed.stage as embed_stage
+    import objalign.pipeline.align as align_stage
 
     def refuse(*args, **kwargs):
         raise AssertionError("a reused stage recomputed its work")
 
     for module, name in ((embed_stage, "build_text_encoder"), (embed_stage, "build_vision_encoder"),
-                         (align_stage, "evaluate")):
+                         (align_stage, "evaluate_alignment")):
         monkeypatch.setattr(module, name, refuse)
     out, args = run_dir
     before = {s: json.loads((out / s / "stage.json").read_text())["key"] for s in ("sample", "crop", "embed", "align")}

@@ -10,16 +10,22 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 from sklearn.model_selection import GroupKFold
+from test_evaluate_nulls import _problem as _nulls_problem
 
+from objalign.config import AlignConfig, load_config
+from objalign.errors import ObjalignError
 from objalign.maps import KernelRidgeCV, RidgeCV
 from objalign.maps._permuted_cv import kernel_choices, ridge_choices
 from objalign.maps._splits import resolve_splits
-from objalign.config import AlignConfig, load_config
-from objalign.errors import ObjalignError
 from objalign.stats import nulls
 from objalign.stats.metrics import summarize
-from objalign.stats.nulls import block_permutations, pvalues, selection_smoothers, smoother_null
-from test_evaluate_nulls import _problem as _nulls_problem
+from objalign.stats.nulls import (
+    block_permutations,
+    pvalues,
+    selection_smoothers,
+    smoother_null,
+)
+
 
 @pytest.fixture(autouse=True)
 def _one_blas_thread():
@@ -175,7 +181,10 @@ def test_stage_raises_the_real_fits_error_before_any_permutation(monkeypatch):
     n = 40
     X, E = rng.normal(size=(n, 6)), rng.normal(size=(4, 8))
     lab, g = rng.integers(0, 4, n), np.arange(n) % 4  # 4 images: ~3 in training, 5 CV folds
-    monkeypatch.setattr(nulls, "block_permutations", lambda *a, **k: pytest.fail("permutation drawn"))
+    import objalign.evaluation.folds as folds
+
+    for module in (nulls, folds):  # the nulls' and the stage's shared fold fits' permutations
+        monkeypatch.setattr(module, "block_permutations", lambda *a, **k: pytest.fail("permutation drawn"))
     cfg = AlignConfig(protocols=("heldout_images",), n_bootstrap=0, n_permutations=100, cv_folds=5)
     with pytest.raises(ObjalignError, match=r"align.cv_folds = 5 but the training split has only \d images"):
         evaluate(X, E[lab], g, lab, E, cfg)
