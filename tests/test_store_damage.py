@@ -223,5 +223,14 @@ def test_cli_reading_a_damaged_store_fails_in_one_line_and_embed_recomputes_the_
         rec = json.loads((out / "embed" / "stage.json").read_text())["summary"]
         assert rec["shards_computed"] == 1 and rec["shards_reused"] == rec["n_shards"] - 1
         assert store_files(vision_store(out)) == clean
+        # a plain (not forced) embed stage notices the damage itself: not reused, the shard recomputed alone
+        emb.write_bytes(b"")
+        capsys.readouterr()
+        assert main(["embed"] + cli_args(out, small_demo)) == 0
+        err = capsys.readouterr().err
+        assert "vision store: 1 damaged shard(s)" in err and "recomputing them" in err, err
+        rec = json.loads((out / "embed" / "stage.json").read_text())["summary"]
+        assert rec["shards_computed"] == 1 and rec["shards_reused"] == rec["n_shards"] - 1
+        assert store_files(vision_store(out)) == clean
     finally:
         VISION_ENCODERS._entries.pop("tiny-dinov2-dist", None)

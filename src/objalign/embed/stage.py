@@ -7,6 +7,7 @@ never overwrites an old one); ``<out>/embeddings/<kind>.json`` points at the sto
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -162,6 +163,24 @@ def embed_vision_store(cfg: RunConfig, out: str | Path, progress: bool = True) -
     return res["store"].path
 
 
+def stores_intact(out: Path) -> bool:
+    """True when every store the run's embed stage points at has no damaged shard; otherwise says which (one line
+    per store) and returns False, so the stage runs again and recomputes those shards alone."""
+    emb_dir, intact = Path(out) / "embeddings", True
+    for pointer in sorted(emb_dir.glob("*.json")):
+        try:
+            store = EmbeddingStore(emb_dir / json.loads(pointer.read_text())["store"])
+            damaged = store.damaged_shards() if store.path.is_dir() else {-1: "the store is missing"}
+        except (OSError, ValueError, KeyError) as exc:
+            damaged = {-1: f"its pointer {pointer.name} cannot be read ({exc})"}
+        if damaged:
+            intact = False
+            first = next(iter(damaged.items()))
+            print(f"[embed ] {pointer.stem} store: {len(damaged)} damaged shard(s) (first: {first[1]}); recomputing "
+                  "them", file=sys.stderr)
+    return intact
+
+
 def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = True) -> dict:
     """Embed the crops (vision store, computed by ``compute.executor``) and the category names (text store).
 
@@ -178,7 +197,7 @@ def run_embed(cfg: RunConfig, out: str | Path, force: bool = False, progress: bo
     crop_key = stage_key(out, "crop")
 
     key = cfg.section_key("embed", "crop.fill", "crop.background", extra={"crop": crop_key, **image_key_extra(cfg)})
-    if not force and is_current(out, "embed", key):
+    if not force and is_current(out, "embed", key) and stores_intact(out):
         return {**stage_record(out, "embed"), "reused": True}
     check_encoder_names(cfg)
     check_layers(cfg)
