@@ -27,6 +27,8 @@ FIGURES = ("r2", "r2_variance_weighted", "cosine_mean", "residual_mean", "residu
            "mean_rank")
 #: Retrieval figures among the unseen categories only (held-out-category protocol).
 UNSEEN_FIGURES = ("top1_unseen", "top5_unseen", "mean_rank_unseen")
+#: Every figure a result row can hold, in report order (:data:`FIGURES`, then :data:`UNSEEN_FIGURES`).
+ALL_FIGURES = FIGURES + UNSEEN_FIGURES
 #: Figures where smaller is better (a permutation test asks for "less" there).
 SMALLER_IS_BETTER = frozenset({"residual_mean", "residual_median", "mean_rank", "mean_rank_unseen"})
 
@@ -277,3 +279,18 @@ def per_category(inst: dict[str, np.ndarray], label_index: np.ndarray, names: li
              for k, v in cols.items()}
     return [{"category": str(names[c]), "category_id": int(category_ids[c]), "n": int(n[j]),
              **{k: float(v[j]) for k, v in means.items()}} for j, c in enumerate(present)]
+
+
+def is_smaller_better(measure: str) -> bool:
+    """Whether smaller values of ``measure`` are better (:data:`SMALLER_IS_BETTER`).
+
+    Parameters
+    ----------
+    measure : str
+        A figure name (:data:`ALL_FIGURES`).
+
+    Returns
+    -------
+    bool
+    """
+    return measure in SMALLER_IS_BETTER
