@@ -36,7 +36,7 @@ from objalign.matrix.config import MatrixConfig, load_matrix
 from objalign.pipeline.chain import stage_function
 from objalign.report.matrix import file_label, write_matrix_report
 from objalign.runs import atomic_write_bytes, atomic_write_json, ensure_out
-from objalign.stats.metrics import FIGURES, UNSEEN_FIGURES, is_smaller_better
+from objalign.stats.metrics import ALL_FIGURES, is_smaller_better
 from objalign.stats.permutation import grid_max_pvalue
 from objalign.stores import store_key
 from objalign.tables import content_hash
@@ -61,7 +61,7 @@ def cell_rows(res: dict, base: dict) -> list[dict]:
     rows = []
     for r in res["rows"]:
         null = r.get("null") or {}
-        for m in FIGURES + UNSEEN_FIGURES:
+        for m in ALL_FIGURES:
             if m not in r:
                 continue
             ci = (r.get("ci") or {}).get(m) or (np.nan, np.nan)
