@@ -44,7 +44,7 @@ def main(argv=None):
     from objalign.measures import similarity as sim
     from objalign.measures.calibrate import MEASURES, calibrated
     from objalign.stats.nulls import single_threaded_blas
-    from objalign.stats.resampling import group_permutations
+    from objalign.stats.permutation import group_permutations
 
     X, Y, groups = thesis_like(args.n)
     print(f"data: {X.shape[0]} objects, {len(np.unique(groups))} images, vision {X.shape[1]}-d, "

@@ -64,7 +64,7 @@ def main(argv=None):
     from objalign.stats.intervals import bootstrap_figures, resample_counts
     from objalign.stats.metrics import summarize
     from objalign.stats.nulls import single_threaded_blas, smoother_null, smoother_operator
-    from objalign.stats.resampling import group_permutations
+    from objalign.stats.permutation import group_permutations
 
     X, Y, groups, lab, E = from_run(args.run) if args.run else demo_like()
     print(f"data: {len(X)} objects, {X.shape[1]}-d vision, {E.shape[1]}-d text, {len(E)} categories, "

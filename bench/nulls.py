@@ -49,7 +49,8 @@ def main(argv=None):
     from objalign.maps._targets import factor_targets
     from objalign.evaluation.engine import heldout_image_split, median_sq_distance
     from objalign.stats.metrics import summarize
-    from objalign.stats.nulls import block_permutations, selection_smoothers, smoother_null
+    from objalign.stats.nulls import selection_smoothers, smoother_null
+    from objalign.stats.permutation import block_permutations
 
     X, Y, groups = seed_problem(n=args.n)
     basis = factor_targets(Y)

@@ -10,7 +10,7 @@ from objalign.errors import ObjalignError
 from objalign.measures import bh_adjust, calibrated
 from objalign.measures import similarity as sim
 from objalign.measures.calibrate import MEASURES, calibrate_measures, calibration_summary, permutation_engine
-from objalign.stats.resampling import group_permutations
+from objalign.stats.permutation import group_permutations
 
 OPTIONS = {"mutual_knn": {"k": 5}, "cknna": {"k": 5}, "svcca": {"dim": 4}}
 DIRECT = {

@@ -196,3 +196,24 @@ def test_constant_text_dimensions_are_left_out_of_uniform_r2():
         assert got["r2"][b] == pytest.approx(r2_score(T[idx][:, 1:], P[idx][:, 1:]))
         assert got["r2_variance_weighted"][b] == pytest.approx(
             r2_score(T[idx][:, 1:], P[idx][:, 1:], multioutput="variance_weighted"))
+
+
+def test_figure_names_have_one_definition():
+    """Every named subset is made of the figures of stats.metrics, in their report order, and every producer of a
+    row's figures (observed, bootstrap, null) yields exactly those names."""
+    from objalign.stats import metrics as M
+    from objalign.stats.nulls import CategoryScorer
+
+    assert M.ALL_FIGURES == M.FIGURES + M.UNSEEN_FIGURES and M.SMALLER_IS_BETTER <= set(M.ALL_FIGURES)
+    for subset in (M.MEAN_FIGURES, M.UNIT_FIGURES, M.CURVE_FIGURES, M.COMPARE_FIGURES, M.TABLE_FIGURES):
+        assert list(subset) == [f for f in M.ALL_FIGURES if f in subset]
+    rng = np.random.default_rng(0)
+    E, lab = rng.normal(size=(6, 4)), rng.integers(0, 6, 20)
+    pred = rng.normal(size=(20, 4))
+    agg, inst = summarize(pred, E[lab], lab, E, candidates=np.arange(6))
+    assert tuple(f for f in agg if f in M.ALL_FIGURES) == M.ALL_FIGURES
+    assert tuple(M.instance_values(inst)) == M.MEAN_FIGURES
+    scorer = CategoryScorer(E, lab, candidates=np.ones((20, 6), dtype=bool))
+    assert set(scorer.figures(rng.normal(size=(20, 6)))) == set(M.ALL_FIGURES)
+    ci = bootstrap_figures(pred, E[lab], inst, np.arange(20), n_resamples=20)
+    assert tuple(ci) == M.ALL_FIGURES

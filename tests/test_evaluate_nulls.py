@@ -8,8 +8,8 @@ from sklearn.linear_model import Ridge as SkRidge
 from objalign.maps import KernelRidge, Ridge
 from objalign.errors import ObjalignError
 from objalign.stats.metrics import summarize
-from objalign.stats.nulls import CategoryScorer, pvalues, smoother_null, smoother_operator
-from objalign.stats.resampling import group_permutations
+from objalign.stats.nulls import CategoryScorer, smoother_null, smoother_operator
+from objalign.stats.permutation import group_permutations, pvalues
 
 
 def _problem(n=90, m=40, d=6, q=10, c=5, seed=0, signal=1.0):
@@ -177,7 +177,8 @@ def test_a_permutation_scores_the_same_alone_or_in_any_batch():
 def test_nulls_of_several_target_sets_equal_each_set_alone_and_the_refits():
     # two blocks (pooled held-out-category folds), two grid points chosen per permutation (selection null):
     # two sets with the same choices (sharing coefficients) and one with its own
-    from objalign.stats.nulls import block_permutations, smoother_nulls
+    from objalign.stats.nulls import smoother_nulls
+    from objalign.stats.permutation import block_permutations
 
     rng = np.random.default_rng(9)
     B, c = 7, 5

@@ -229,7 +229,7 @@ def test_user_vocabulary_file(tmp_path):
 def test_rsa_calibration_equals_recomputed_null():
     from objalign.measures.calibrate import calibration_summary
     from objalign.evaluation.category_level import _rsa_calibrated
-    from objalign.stats.resampling import group_permutations
+    from objalign.stats.permutation import group_permutations
 
     rng = np.random.default_rng(0)
     P = rng.normal(size=(12, 5))

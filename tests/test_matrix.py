@@ -10,8 +10,7 @@ import pytest
 import yaml
 
 from objalign.errors import ObjalignError
-from objalign.stats.grid import grid_max_pvalue
-from objalign.stats.resampling import permutation_pvalue
+from objalign.stats.permutation import grid_max_pvalue, permutation_pvalue
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"

@@ -17,14 +17,10 @@ from objalign.errors import ObjalignError
 from objalign.maps import KernelRidgeCV, RidgeCV
 from objalign.maps._permuted_cv import kernel_choices, ridge_choices
 from objalign.maps._splits import resolve_splits
-from objalign.stats import nulls
+from objalign.stats import nulls, permutation
 from objalign.stats.metrics import summarize
-from objalign.stats.nulls import (
-    block_permutations,
-    pvalues,
-    selection_smoothers,
-    smoother_null,
-)
+from objalign.stats.nulls import selection_smoothers, smoother_null
+from objalign.stats.permutation import block_permutations, pvalues
 
 
 @pytest.fixture(autouse=True)
@@ -181,10 +177,10 @@ def test_stage_raises_the_real_fits_error_before_any_permutation(monkeypatch):
     n = 40
     X, E = rng.normal(size=(n, 6)), rng.normal(size=(4, 8))
     lab, g = rng.integers(0, 4, n), np.arange(n) % 4  # 4 images: ~3 in training, 5 CV folds
-    import objalign.evaluation.folds as folds
+    from objalign.evaluation import folds
 
-    for module in (nulls, folds):  # the nulls' and the stage's shared fold fits' permutations
-        monkeypatch.setattr(module, "block_permutations", lambda *a, **k: pytest.fail("permutation drawn"))
+    for where in (nulls, folds):  # the nulls' and the shared fold fits' permutations
+        monkeypatch.setattr(where, "block_permutations", lambda *a, **k: pytest.fail("permutation drawn"))
     cfg = AlignConfig(protocols=("heldout_images",), n_bootstrap=0, n_permutations=100, cv_folds=5)
     with pytest.raises(ObjalignError, match=r"align.cv_folds = 5 but the training split has only \d images"):
         evaluate(X, E[lab], g, lab, E, cfg)
@@ -202,10 +198,10 @@ def test_unknown_null_is_one_line_with_did_you_mean():
 
 
 def test_fewer_kernel_permutations_only_beyond_the_stated_size():
-    assert nulls.selection_permutations(1000, 4000, 4000) == (1000, None)
-    b, why = nulls.selection_permutations(1000, 8000, 4000)
+    assert permutation.selection_permutations(1000, 4000, 4000) == (1000, None)
+    b, why = permutation.selection_permutations(1000, 8000, 4000)
     assert b == 250 and "null_selection_max_train = 4000" in why
-    assert nulls.selection_permutations(1000, 40000, 4000)[0] == 100
+    assert permutation.selection_permutations(1000, 40000, 4000)[0] == 100
 
 
 def test_stage_rows_name_their_null_and_the_report_says_it():

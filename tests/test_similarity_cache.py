@@ -15,7 +15,7 @@ from objalign.errors import ObjalignError
 from objalign.measures import calibrate as cal
 from objalign.measures import similarity as sim
 from objalign.measures.calibrate import calibrate_measures, calibrated
-from objalign.stats.resampling import unique_rows
+from objalign.stats.labels import unique_rows
 
 MEASURES = {
     "cka_linear": lambda X, Y, c: sim.cka(X, Y, cache=c),

@@ -1,20 +1,15 @@
-"""Tests for objalign.stats.resampling: grouped bootstrap, permutation p-values, ridge permutation null."""
+"""Tests for objalign.stats.resampling (grouped bootstrap) and objalign.stats.permutation (p-values, image-block
+permutations)."""
 
 import json
 
 import numpy as np
 import pytest
 from scipy.stats import norm
-from sklearn.linear_model import Ridge
-from sklearn.metrics import r2_score
 
 from objalign.errors import ObjalignError
-from objalign.stats.resampling import (
-    bootstrap_ci,
-    group_permutations,
-    permutation_pvalue,
-    ridge_permutation_null,
-)
+from objalign.stats.permutation import group_permutations, permutation_pvalue
+from objalign.stats.resampling import bootstrap_ci
 
 
 def _rng(seed=0):
@@ -162,83 +157,3 @@ def test_group_permutations_ungrouped_is_uniform():
     freq = np.mean(perms == np.arange(5), axis=0)  # P(pi[i] == i) = 1/5
     assert np.allclose(freq, 0.2, atol=0.02)
     assert np.array_equal(group_permutations(5, 10, seed=0), group_permutations(np.arange(5), 10, seed=0))
-
-
-# --------------------------------------------------------------------------------------- ridge null
-def _category_data(n_train=150, n_test=60, d=12, q=20, n_cat=6, signal=1.0, seed=7):
-    rng = _rng(seed)
-    protos = rng.normal(size=(n_cat, q))
-    lab = rng.integers(0, n_cat, size=n_train + n_test)
-    Y = protos[lab]
-    X = rng.normal(size=(n_train + n_test, d)) + signal * (Y @ rng.normal(size=(q, d))) / np.sqrt(q)
-    return X[:n_train], Y[:n_train], X[n_train:], Y[n_train:], protos
-
-
-def _top1(protos):
-    P = protos / np.linalg.norm(protos, axis=1, keepdims=True)
-
-    def score(Y_true, Y_pred):
-        truth = np.argmax(Y_true @ P.T, axis=1)
-        return float(np.mean(np.argmax(Y_pred @ P.T, axis=1) == truth))
-
-    return score
-
-
-@pytest.mark.parametrize("continuous", [False, True])
-@pytest.mark.parametrize("d", [12, 400])  # primal and dual ridge forms
-def test_ridge_null_equals_sklearn_refits(continuous, d):
-    Xtr, Ytr, Xte, Yte, _ = _category_data(d=d, seed=8)
-    if continuous:  # distinct target rows: the dense path; otherwise per-category sums
-        Ytr = Ytr + 0.1 * _rng(9).normal(size=Ytr.shape)
-    perms = np.stack([_rng(s).permutation(len(Xtr)) for s in range(4)])
-    res = ridge_permutation_null(Xtr, Ytr, Xte, Yte, alpha=3.0, permutations=perms)
-    score = lambda Yp: r2_score(Yte, Yp, multioutput="variance_weighted")  # noqa: E731
-    assert res.observed == pytest.approx(score(Ridge(alpha=3.0).fit(Xtr, Ytr).predict(Xte)), rel=1e-9)
-    for b, pi in enumerate(perms):
-        refit = Ridge(alpha=3.0).fit(Xtr, Ytr[pi]).predict(Xte)
-        assert res.null[b] == pytest.approx(score(refit), rel=1e-9)
-    assert res.scheme == "given" and res.n_permutations == 4
-
-
-def test_ridge_null_near_chance_on_independent_data():
-    Xtr, Ytr, Xte, Yte, protos = _category_data(n_train=300, n_test=200, signal=0.0, n_cat=5, seed=10)
-    res = ridge_permutation_null(Xtr, Ytr, Xte, Yte, alpha=10.0, n_permutations=200, score_fn=_top1(protos))
-    chance = np.max(np.bincount(np.argmax(Yte @ protos.T, axis=1))) / len(Yte)  # majority-class rate
-    assert res.null.mean() == pytest.approx(1 / 5, abs=0.05)
-    assert res.null.mean() <= chance + 0.02
-    assert res.pvalue > 0.05
-    assert res.scheme == "rows"
-
-
-def test_ridge_null_real_relation_gives_smallest_pvalue():
-    Xtr, Ytr, Xte, Yte, protos = _category_data(signal=3.0, seed=11)
-    groups = np.arange(len(Xtr)) // 3
-    for score_fn in (None, _top1(protos)):
-        res = ridge_permutation_null(
-            Xtr, Ytr, Xte, Yte, alpha=1.0, n_permutations=199, score_fn=score_fn, groups=groups
-        )
-        assert res.pvalue == pytest.approx(1 / 200)
-        assert res.observed > res.null.max()
-        assert res.scheme == "image-blocks"
-    assert res.observed > 0.9
-    json.dumps(res.as_dict())
-
-
-def test_ridge_null_errors():
-    Xtr, Ytr, Xte, Yte, _ = _category_data()
-    with pytest.raises(ObjalignError, match="alpha"):
-        ridge_permutation_null(Xtr, Ytr, Xte, Yte, alpha=0.0)
-    with pytest.raises(ObjalignError, match="X_test has"):
-        ridge_permutation_null(Xtr, Ytr, Xte[:, :3], Yte)
-    with pytest.raises(ObjalignError, match="Y_train"):
-        ridge_permutation_null(Xtr, Ytr[:-1], Xte, Yte)
-    with pytest.raises(ObjalignError, match="Y_test"):
-        ridge_permutation_null(Xtr, Ytr, Xte, Yte[:, :2])
-    with pytest.raises(ObjalignError, match="permutation of"):
-        ridge_permutation_null(Xtr, Ytr, Xte, Yte, permutations=np.zeros((2, len(Xtr)), dtype=int))
-    with pytest.raises(ObjalignError, match="groups has"):
-        ridge_permutation_null(Xtr, Ytr, Xte, Yte, groups=np.arange(5))
-    Xn = Xtr.copy()
-    Xn[0, 0] = np.inf
-    with pytest.raises(ObjalignError, match="X_train contains NaN"):
-        ridge_permutation_null(Xn, Ytr, Xte, Yte)

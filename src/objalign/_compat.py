@@ -26,8 +26,10 @@ MOVED: dict[str, tuple[str, ...]] = {
     "objalign.evaluate": ("objalign.measures",),
     **{f"objalign.evaluate.{m}": (f"objalign.measures.{m}",) for m in
        ("similarity", "calibrate", "rsa", "retrieval", "matching")},
-    **{f"objalign.evaluate.{m}": (f"objalign.stats.{m}",) for m in ("nulls", "intervals", "protocols", "metrics", "grid")},
-    "objalign.evaluate.stats": ("objalign.stats.resampling",),
+    **{f"objalign.evaluate.{m}": (f"objalign.stats.{m}",) for m in ("intervals", "protocols", "metrics")},
+    "objalign.evaluate.nulls": ("objalign.stats.nulls", "objalign.stats.permutation"),
+    "objalign.evaluate.grid": ("objalign.stats.permutation", "objalign.stats.metrics"),
+    "objalign.evaluate.stats": ("objalign.stats.resampling", "objalign.stats.permutation", "objalign.stats.labels"),
     **{f"objalign.evaluate.{m}": (f"objalign.evaluation.{m}",) for m in ("category_level", "units", "convergence")},
 }
 

@@ -16,7 +16,7 @@ from objalign.measures.calibrate import calibration_summary
 from objalign.measures.matching import category_prototypes, match_study
 from objalign.measures.retrieval import KS, precision_at_k, retrieval
 from objalign.measures.rsa import compare_rdms, crossval_rdm, rdm, rsa
-from objalign.stats.resampling import group_permutations
+from objalign.stats.permutation import group_permutations
 
 __all__ = ["category_level", "open_vocabulary", "rsa_study"]
 

@@ -20,9 +20,7 @@ import numpy as np
 
 from objalign.errors import ObjalignError
 from objalign.maps.threads import single_threaded_blas
-
-#: figures followed along the curve (``top1_unseen`` where the protocol has it)
-CURVE_FIGURES = ("r2", "cosine_mean", "top1", "top1_unseen")
+from objalign.stats.metrics import CURVE_FIGURES  # followed along the curve (``top1_unseen`` where present)
 
 
 def check_sizes(sizes, n: int) -> list[int]:

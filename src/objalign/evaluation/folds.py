@@ -29,14 +29,8 @@ import numpy as np
 
 from objalign.evaluation.settings import AlignConfig
 from objalign.maps import KernelRidgeCV, PCAMatch, RidgeCV, WeightCache, indicator
-from objalign.stats.nulls import (
-    FastSmoothers,
-    block_permutations,
-    check_cv_images,
-    search_choices,
-    selection_permutations,
-)
-from objalign.stats.resampling import group_permutations
+from objalign.stats.nulls import FastSmoothers, check_cv_images, search_choices
+from objalign.stats.permutation import block_permutations, group_permutations, selection_permutations
 
 #: offset of the seed of the shuffled-pairing baseline's permutation (and of the similarity measures' shuffled floor)
 SHUFFLE_SEED = 7919

@@ -10,7 +10,7 @@ from objalign.evaluation.folds import SHUFFLE_SEED
 from objalign.evaluation.settings import AlignConfig
 from objalign.measures.calibrate import calibrate_measures, permutation_engine
 from objalign.measures.similarity import distinct_rows
-from objalign.stats.resampling import group_permutations
+from objalign.stats.permutation import group_permutations
 
 #: the measures a result reports, in its order (``AlignConfig.similarity_measures`` picks among them)
 SIMILARITY_MEASURES = ("cka_linear", "cka_linear_unbiased", "cka_rbf", "mutual_knn", "cknna", "svcca")

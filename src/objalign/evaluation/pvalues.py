@@ -4,7 +4,8 @@ from one shared pass over the permutations (:func:`objalign.stats.nulls.smoother
 from __future__ import annotations
 
 from objalign.evaluation.settings import AlignConfig
-from objalign.stats.nulls import NULL_DESCRIPTIONS, pvalues, smoother_nulls
+from objalign.stats.nulls import NULL_DESCRIPTIONS, smoother_nulls
+from objalign.stats.permutation import pvalues
 
 
 def null_rows(rows: dict, folds: list, live: dict, label_index, groups, cand_mask, protocol: str, method: str,

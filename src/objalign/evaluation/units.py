@@ -36,12 +36,9 @@ from objalign.measures.rsa import rsa
 from objalign.measures.similarity import cka
 from objalign.stats import protocols
 from objalign.stats.intervals import bootstrap_figures
-from objalign.stats.metrics import figures_from_instances, per_instance, r2_uniform
+from objalign.stats.metrics import UNIT_FIGURES, figures_from_instances, per_instance, r2_uniform
 
 UNITS = ("object", "image", "prototype")
-
-#: figures of a unit-of-analysis row, in report order
-UNIT_FIGURES = ("r2", "cosine_mean", "top1", "top5", "mean_rank")
 
 
 def check_units(units) -> tuple[str, ...]:
@@ -122,9 +119,9 @@ def image_level(X_img: np.ndarray, image_ids: np.ndarray, label_index: np.ndarra
 
     Returns
     -------
-    dict with ``rows`` (one per method and protocol: :data:`UNIT_FIGURES`, ``n_test`` images, ``n_train``,
-    ``n_candidates`` (mean per fold), ``chance_top1``, ``ci``), ``n_images``, ``n_images_without_embedding``,
-    ``skipped_protocols`` (protocol -> reason) and the definitions in words
+    dict with ``rows`` (one per method and protocol: :data:`~objalign.stats.metrics.UNIT_FIGURES`, ``n_test`` images,
+    ``n_train``, ``n_candidates`` (mean per fold), ``chance_top1``, ``ci``), ``n_images``,
+    ``n_images_without_embedding``, ``skipped_protocols`` (protocol -> reason) and the definitions in words
     """
 
     X_img = np.asarray(X_img, dtype=np.float64)

@@ -10,7 +10,7 @@
    and nulls are written atomically to ``DIR/matrix_blocks/<vision>__L<layer>/`` with ``block.json`` last: a rerun
    reuses every finished block whose inputs are unchanged.
 5. ``matrix.parquet`` (one row per cell, protocol, method and measure), ``best.parquet`` (the best layer pair of
-   every model pair with its selection-corrected p-value, :func:`objalign.stats.grid.grid_max_pvalue`), the
+   every model pair with its selection-corrected p-value, :func:`objalign.stats.permutation.grid_max_pvalue`), the
    figures and ``matrix.html`` (:mod:`objalign.report.matrix`), ``matrix.json`` and the resolved ``config.yaml``.
 
 A cell that cannot be computed is recorded with ``status`` ``error`` and its ``reason``, a protocol skipped for
@@ -37,8 +37,8 @@ from objalign.matrix.config import MatrixConfig, load_matrix
 from objalign.pipeline.chain import stage_function
 from objalign.report.matrix import file_label, write_matrix_report
 from objalign.runs import atomic_write_bytes, atomic_write_json, ensure_out
-from objalign.stats.grid import grid_max_pvalue, is_smaller_better
-from objalign.stats.metrics import FIGURES, UNSEEN_FIGURES
+from objalign.stats.metrics import ALL_FIGURES, is_smaller_better
+from objalign.stats.permutation import grid_max_pvalue
 from objalign.stores import store_key
 from objalign.tables import content_hash
 
@@ -62,7 +62,7 @@ def cell_rows(res: dict, base: dict) -> list[dict]:
     rows = []
     for r in res["rows"]:
         null = r.get("null") or {}
-        for m in FIGURES + UNSEEN_FIGURES:
+        for m in ALL_FIGURES:
             if m not in r:
                 continue
             ci = (r.get("ci") or {}).get(m) or (np.nan, np.nan)
@@ -175,7 +175,7 @@ def evaluate_block(X, groups, label_index, targets: dict, align, names, category
 
 def best_cells(rows: list[dict], nulls: dict[tuple, np.ndarray]) -> list[dict]:
     """The best layer pair of every (vision model, text model, protocol, method, measure) that has nulls, with
-    its selection-corrected p-value (:func:`objalign.stats.grid.grid_max_pvalue`).
+    its selection-corrected p-value (:func:`objalign.stats.permutation.grid_max_pvalue`).
 
     ``nulls`` maps ``(vision_model, vision_layer, text_model, text_layer, protocol, method, measure)`` to the
     cell's (B,) null. Cells that failed, or have no null, are left out of the grid (``n_cells`` says how many

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from objalign.errors import ObjalignError
 from objalign.measures.calibrate import bh_adjust
-
-FIGURES = ("r2", "cosine_mean", "residual_median", "top1", "top5", "mean_rank", "top1_unseen")
+from objalign.stats.metrics import COMPARE_FIGURES as FIGURES
 
 
 def load_reports(run_dirs: list[str | Path]) -> list[tuple[str, dict]]:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from objalign.stats.metrics import CURVE_FIGURES
+
 SPLIT_TITLES = {"heldout_images": "held-out images", "heldout_categories": "held-out categories"}
 
 
@@ -104,7 +106,7 @@ def per_category_errors(per_category: list[dict], path: str | Path,
 
 
 def null_distributions(nulls: dict[str, np.ndarray], rows: list[dict], path: str | Path,
-                       figures: tuple[str, ...] = ("r2", "cosine_mean", "top1", "top1_unseen")) -> bool:
+                       figures: tuple[str, ...] = CURVE_FIGURES) -> bool:
     """Observed figure against its permutation null, one panel per (split, method, figure).
 
     Parameters

@@ -10,8 +10,13 @@ import html
 from pathlib import Path
 
 from objalign.report import beyond, units
-from objalign.stats.metrics import SMALLER_IS_BETTER
+from objalign.stats.metrics import ALL_FIGURES, FIGURES, SMALLER_IS_BETTER
 from objalign.stats.nulls import describe_null
+
+#: column heading of each figure in the results table
+HEADS = {"r2": "R²", "r2_variance_weighted": "R² (var.)", "cosine_mean": "cosine", "residual_mean": "residual mean",
+         "residual_median": "residual median", "top1": "top-1", "top5": "top-5", "mean_rank": "mean rank",
+         "top1_unseen": "top-1 unseen", "top5_unseen": "top-5 unseen", "mean_rank_unseen": "rank unseen"}
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222;
@@ -57,11 +62,7 @@ def results_table(rows: list[dict], split: str) -> str:
     if not rows:
         return ""
     unseen = any("top1_unseen" in r for r in rows)
-    cols = [("r2", "R²"), ("r2_variance_weighted", "R² (var.)"), ("cosine_mean", "cosine"),
-            ("residual_mean", "residual mean"), ("residual_median", "residual median"), ("top1", "top-1"),
-            ("top5", "top-5"), ("mean_rank", "mean rank")]
-    if unseen:
-        cols += [("top1_unseen", "top-1 unseen"), ("top5_unseen", "top-5 unseen"), ("mean_rank_unseen", "rank unseen")]
+    cols = [(k, HEADS[k]) for k in (ALL_FIGURES if unseen else FIGURES)]
     pcols = [("r2", "p(R²)"), ("top1", "p(top-1)")] + ([("top1_unseen", "p(top-1 unseen)")] if unseen else [])
     head = "<tr><th class=l>method</th>" + "".join(f"<th>{_e(t)}</th>" for _, t in cols + pcols) + "</tr>"
     body = []

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from objalign.report.beyond import _e, _f, _save, _table
 from objalign.report.figures import SPLIT_TITLES, _plt
+from objalign.stats.metrics import UNIT_FIGURES
 
 NOTE = ("Unit of analysis: 'object' maps each object crop to its category's text embedding (the tables above); "
         "'image' maps each whole image (the same vision encoder on the whole image) to the mean of its objects' label "
@@ -20,7 +21,8 @@ NOTE = ("Unit of analysis: 'object' maps each object crop to its category's text
         "run itself.")
 
 #: figures shown for the unit-of-analysis comparison
-FIGS = (("r2", "R2"), ("cosine_mean", "cos"), ("top1", "top-1"), ("top5", "top-5"), ("mean_rank", "rank"))
+_HEADS = {"r2": "R2", "cosine_mean": "cos", "top1": "top-1", "top5": "top-5", "mean_rank": "rank"}
+FIGS = tuple((k, _HEADS[k]) for k in UNIT_FIGURES)
 #: prototype measures shown
 PROTO = (("rsa_spearman", "RSA (Spearman)"), ("cka_linear", "linear CKA"), ("heldout_top1", "held-out-category top-1"))
 

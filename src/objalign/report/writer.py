@@ -39,9 +39,10 @@ from objalign.atomic import atomic_write_json
 from objalign.report import beyond, units
 from objalign.report import figures as F
 from objalign.report.html import build_html
+from objalign.stats.metrics import TABLE_FIGURES
 from objalign.stats.nulls import describe_null
 
-COLUMNS = ("method", "split", "r2", "cosine_mean", "residual_mean", "residual_median", "top1", "top5", "mean_rank")
+COLUMNS = ("method", "split") + TABLE_FIGURES
 
 PROTOCOLS = {
     "heldout_images": "Train and test on disjoint images. Every test category was seen in training, so with one text "

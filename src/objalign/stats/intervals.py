@@ -26,7 +26,7 @@ import numpy as np
 
 from objalign.errors import ObjalignError
 from objalign.maps.threads import single_threaded_blas
-from objalign.stats.metrics import CONSTANT_DIM_RTOL, FIGURES, UNSEEN_FIGURES
+from objalign.stats.metrics import ALL_FIGURES, CONSTANT_DIM_RTOL, instance_values
 
 _CHUNK_ELEMENTS = 2_000_000
 
@@ -219,12 +219,9 @@ def _figures(draws: _Draws, pred: np.ndarray, true: np.ndarray, inst: dict[str, 
 def _weighted_means(inst: dict[str, np.ndarray], wsum, W: np.ndarray) -> dict[str, np.ndarray]:
     """The per-object means of a row (cosine, residual, top-k, ranks) on every resample: ``wsum`` sums (n, k)
     columns with each resample's weights, ``W`` (B,) the objects per resample -> figure -> (B,)."""
-    cols = [inst["cosine"], inst["residual_l2"], inst["rank"] <= 1, inst["rank"] <= 5, inst["rank"]]
-    names = ["cosine_mean", "residual_mean", "top1", "top5", "mean_rank"]
-    if "rank_unseen" in inst:
-        cols += [inst["rank_unseen"] <= 1, inst["rank_unseen"] <= 5, inst["rank_unseen"]]
-        names += ["top1_unseen", "top5_unseen", "mean_rank_unseen"]
-    means = wsum(np.column_stack(cols).astype(np.float64)) / W[:, None]
+    cols = instance_values(inst)  # MEAN_FIGURES (those inst has), in order
+    names = list(cols)
+    means = wsum(np.column_stack(list(cols.values())).astype(np.float64)) / W[:, None]
     return {k: means[:, j] for j, k in enumerate(names)}
 
 
@@ -362,6 +359,6 @@ def bootstrap_figures(pred: np.ndarray, true: np.ndarray, inst: dict[str, np.nda
             for k, v in _figures(block, pred, true, inst, E).items():
                 parts.setdefault(k, []).append(v)
     q = [(1 - confidence) / 2, (1 + confidence) / 2]
-    order = [f for f in FIGURES + UNSEEN_FIGURES if f in parts]
+    order = [f for f in ALL_FIGURES if f in parts]
     bounds = np.quantile(np.stack([np.concatenate(parts[k]) for k in order]), q, axis=1)  # (2, figures): one call
     return {k: [float(bounds[0, j]), float(bounds[1, j])] for j, k in enumerate(order)}

@@ -27,6 +27,18 @@ FIGURES = ("r2", "r2_variance_weighted", "cosine_mean", "residual_mean", "residu
            "mean_rank")
 #: Retrieval figures among the unseen categories only (held-out-category protocol).
 UNSEEN_FIGURES = ("top1_unseen", "top5_unseen", "mean_rank_unseen")
+#: Every figure a result row can hold, in report order (:data:`FIGURES`, then :data:`UNSEEN_FIGURES`).
+ALL_FIGURES = FIGURES + UNSEEN_FIGURES
+#: Figures that are means of per-object values (:func:`instance_values`; their bootstrap reweights the objects).
+MEAN_FIGURES = ("cosine_mean", "residual_mean", "top1", "top5", "mean_rank") + UNSEEN_FIGURES
+#: Figures of the unit-of-analysis comparison (objects against images).
+UNIT_FIGURES = ("r2", "cosine_mean", "top1", "top5", "mean_rank")
+#: Figures followed along a convergence curve and drawn against their nulls (``top1_unseen`` where present).
+CURVE_FIGURES = ("r2", "cosine_mean", "top1", "top1_unseen")
+#: Figures of the table comparing runs (``objalign compare``).
+COMPARE_FIGURES = ("r2", "cosine_mean", "residual_median", "top1", "top5", "mean_rank", "top1_unseen")
+#: Figures of the text report's result table (the variance-weighted R² is printed beside ``r2``).
+TABLE_FIGURES = tuple(f for f in FIGURES if f != "r2_variance_weighted")
 #: Figures where smaller is better (a permutation test asks for "less" there).
 SMALLER_IS_BETTER = frozenset({"residual_mean", "residual_median", "mean_rank", "mean_rank_unseen"})
 
@@ -195,6 +207,28 @@ def r2_variance_weighted(true: np.ndarray, pred: np.ndarray) -> float:
     return r2_scores(true, pred)["r2_variance_weighted"]
 
 
+def instance_values(inst: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The per-object values whose means are the :data:`MEAN_FIGURES` of a set of objects.
+
+    Parameters
+    ----------
+    inst : dict of (n,) arrays
+        From :func:`per_instance`.
+
+    Returns
+    -------
+    dict figure -> (n,) array
+        In :data:`MEAN_FIGURES` order: cosine, residual, top-1 and top-5 indicators, rank (and the unseen
+        indicators and rank when ``inst`` has ``rank_unseen``).
+    """
+    out = {"cosine_mean": inst["cosine"], "residual_mean": inst["residual_l2"], "top1": inst["rank"] <= 1,
+           "top5": inst["rank"] <= 5, "mean_rank": inst["rank"]}
+    if "rank_unseen" in inst:
+        out.update(top1_unseen=inst["rank_unseen"] <= 1, top5_unseen=inst["rank_unseen"] <= 5,
+                   mean_rank_unseen=inst["rank_unseen"])
+    return out
+
+
 def figures_from_instances(inst: dict[str, np.ndarray]) -> dict[str, float]:
     """The mean/median figures of a set of objects from their :func:`per_instance` arrays (no R²)."""
     out = {
@@ -267,13 +301,24 @@ def per_category(inst: dict[str, np.ndarray], label_index: np.ndarray, names: li
     present, codes = np.unique(np.asarray(label_index), return_inverse=True)
     codes = codes.ravel()
     n = np.bincount(codes, minlength=len(present))
-    cols = {"cosine_mean": inst["cosine"], "residual_mean": inst["residual_l2"], "top1": inst["rank"] <= 1,
-            "top5": inst["rank"] <= 5, "mean_rank": inst["rank"]}
-    if "rank_unseen" in inst:
-        cols.update(top1_unseen=inst["rank_unseen"] <= 1, top5_unseen=inst["rank_unseen"] <= 5,
-                    mean_rank_unseen=inst["rank_unseen"])
+    cols = instance_values(inst)
     # per-category means in one pass each (the matrix computes this for every cell, method and protocol)
     means = {k: np.bincount(codes, weights=np.asarray(v, dtype=np.float64), minlength=len(present)) / n
              for k, v in cols.items()}
     return [{"category": str(names[c]), "category_id": int(category_ids[c]), "n": int(n[j]),
              **{k: float(v[j]) for k, v in means.items()}} for j, c in enumerate(present)]
+
+
+def is_smaller_better(measure: str) -> bool:
+    """Whether smaller values of ``measure`` are better (:data:`SMALLER_IS_BETTER`).
+
+    Parameters
+    ----------
+    measure : str
+        A figure name (:data:`ALL_FIGURES`).
+
+    Returns
+    -------
+    bool
+    """
+    return measure in SMALLER_IS_BETTER

@@ -2,7 +2,7 @@
 
 The null hypothesis is "the map learned nothing that transfers from vision to language": the pairing of
 training images with their labels is shuffled (whole images exchange their label blocks, see
-:func:`objalign.stats.resampling.group_permutations`), the map is re-fitted with the **same hyperparameters**
+:func:`objalign.stats.permutation.group_permutations`), the map is re-fitted with the **same hyperparameters**
 (those chosen by cross-validation on the real pairing; re-running the search per permutation would cost
 B times the search) and scored on the untouched test pairing. PCA is fitted on vision features alone and
 does not depend on the pairing, so it is shared.
@@ -22,6 +22,8 @@ alpha (and gamma) on the permuted pairing (:func:`selection_smoothers`, fast thr
 :mod:`objalign.maps._permuted_cv`), and the permutation is scored with the smoother of the map it selected.
 The real score also had its hyperparameters chosen on its own data, so only this null makes observed and
 null scores exchangeable under the null hypothesis.
+
+How the pairings are permuted and the p-values against these nulls are :mod:`objalign.stats.permutation`.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from objalign.maps import (
     solve_spd,
 )
 from objalign.maps.threads import single_threaded_blas
-from objalign.stats.metrics import CONSTANT_DIM_RTOL, FIGURES, SMALLER_IS_BETTER, UNSEEN_FIGURES
-from objalign.stats.resampling import group_permutations, permutation_pvalue
+from objalign.stats.metrics import CONSTANT_DIM_RTOL
+from objalign.stats.permutation import block_permutations
 
 
 def smoother_operator(estimator, X_train: np.ndarray, X_test: np.ndarray) -> np.ndarray:
@@ -255,7 +257,7 @@ def smoother_null(blocks: list[dict], class_emb: np.ndarray, n_permutations: int
         Category text embeddings.
     n_permutations : int
         B, the number of permutations (whole images exchange their labels; see
-        :func:`objalign.stats.resampling.group_permutations`).
+        :func:`objalign.stats.permutation.group_permutations`).
     seed : int
         Block ``f`` draws its permutations with seed ``seed + f``.
     candidates : (n_test, c) bool, optional
@@ -374,21 +376,6 @@ def _chunk_coefficients(blocks, ST, train_labels, perms, chosen, sets, p0, p1, c
     return list(zip(K, KK))
 
 
-def pvalues(observed: dict[str, float], null: dict[str, np.ndarray]) -> dict[str, float]:
-    """Permutation p-values (``+1`` rule) of each observed figure against its null.
-
-    "greater" for figures where larger is better, "less" for residuals and ranks
-    (:data:`objalign.stats.metrics.SMALLER_IS_BETTER`).
-    """
-
-    out = {}
-    for k in FIGURES + UNSEEN_FIGURES:
-        if k in observed and k in null:
-            alt = "less" if k in SMALLER_IS_BETTER else "greater"
-            out[k] = permutation_pvalue(observed[k], null[k], alternative=alt)
-    return out
-
-
 NULLS = ("selection", "fixed")  #: ``align.null``: hyperparameters re-selected per permutation, or held fixed
 NULL_DESCRIPTIONS = {
     "selection": "re-selected in every permutation by the same grouped CV search (the whole procedure repeated)",
@@ -413,27 +400,6 @@ def check_cv_images(train_groups: np.ndarray, cv_folds: int, where: str = "the t
                             "lower align.cv_folds or sample more instances")
 
 
-def block_permutations(train_groups: np.ndarray, n_permutations: int, seed: int, block: int) -> np.ndarray:
-    """The (B, n_train) image-block permutations of block ``block`` of a null (seed ``seed + block``)."""
-
-    return group_permutations(train_groups, int(n_permutations), seed + block)
-
-
-def selection_permutations(n_permutations: int, n_train: int, max_train: int) -> tuple[int, str | None]:
-    """How many permutations kernel ridge's selection null runs, and why fewer when fewer.
-
-    Up to ``max_train`` training objects, all of them. Each permutation costs about ``n_train^2`` additions per
-    grid point (:func:`objalign.maps._permuted_cv.kernel_choices`), so above it ``B (max_train / n_train)^2``
-    (at least 100) keep the cost at the stated size's; the reason is recorded in the report.
-    """
-    if n_train <= max_train:
-        return int(n_permutations), None
-    b = int(min(n_permutations, max(100, int(n_permutations * (max_train / n_train) ** 2))))
-    return b, (f"{n_train} training objects > align.null_selection_max_train = {max_train}: kernel ridge's "
-               f"selection null ran {b} of {n_permutations} permutations (its cost grows as n_train^2 per "
-               "permutation and grid point)")
-
-
 def selection_smoothers(method: str, Z_train: np.ndarray, Z_test: np.ndarray, train_labels: np.ndarray,
                         train_groups: np.ndarray, class_emb: np.ndarray, *, cv_folds: int, alphas, gammas=None,
                         n_permutations: int, seed: int = 0, block: int = 0, n_jobs: int = 1,
@@ -451,8 +417,9 @@ def selection_smoothers(method: str, Z_train: np.ndarray, Z_test: np.ndarray, tr
     class_emb : (c, q) category text embeddings
     alphas, gammas : the grid (gammas in absolute units, kernel ridge only)
     n_permutations, seed, block :
-        Permutation ``b`` is row ``b`` of :func:`block_permutations` ``(train_groups, n_permutations, seed,
-        block)``, the same permutations :func:`smoother_null` scores for block ``block``.
+        Permutation ``b`` is row ``b`` of :func:`~objalign.stats.permutation.block_permutations`
+        ``(train_groups, n_permutations, seed, block)``, the same permutations :func:`smoother_null` scores for
+        block ``block``.
     n_jobs : threads for kernel ridge
     where : how the error for too few images names this fit
 
