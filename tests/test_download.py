@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from objalign.data import download as dl
 from objalign.data.download import MARKER, DownloadError, download_coco2017, verify_archive
+from objalign.data.download import archives as dl_archives  # where _crc_sample is looked up
+from objalign.data.download import fetch as dl_fetch  # where _RETRY_BACKOFF_S and _open_part are
 from objalign.data.zipimages import ZipImageReader
 
 TRAIN_URL = "/zips/train2017.zip"
@@ -177,7 +178,7 @@ def server(coco):
 
 @pytest.fixture(autouse=True)
 def _no_backoff(monkeypatch):
-    monkeypatch.setattr(dl, "_RETRY_BACKOFF_S", 0.0)
+    monkeypatch.setattr(dl_fetch, "_RETRY_BACKOFF_S", 0.0)
 
 
 def _dead_url() -> str:
@@ -349,7 +350,7 @@ def test_corrupt_archive_without_checksum_fails_crc(tmp_path, server, coco):
 
 def test_crc_failure_during_extraction_leaves_no_folder(tmp_path, server, coco, monkeypatch):
     server.files[TRAIN_URL] = _corrupted(coco["archives"][TRAIN_URL], coco["train"]["000000000030.jpg"])
-    monkeypatch.setattr(dl, "_crc_sample", lambda infos: [])  # let the bad member reach extraction
+    monkeypatch.setattr(dl_archives, "_crc_sample", lambda infos: [])  # let the bad member reach extraction
     with pytest.raises(DownloadError, match=r"train2017\.zip is corrupt .*CRC.*moved it to"):
         _get(tmp_path, server, coco, checksums={})
     assert (tmp_path / "downloads" / "train2017.zip.corrupt").exists()
@@ -396,7 +397,7 @@ def test_connection_refused_names_the_url(tmp_path, coco):
 def test_disk_full_keeps_the_part_for_resume(tmp_path, server, coco, monkeypatch):
     data = coco["archives"][TRAIN_URL]
     limit = 2500
-    real_open = dl._open_part
+    real_open = dl_fetch._open_part
 
     class FullDisk:
         def __init__(self, fh):
@@ -418,13 +419,13 @@ def test_disk_full_keeps_the_part_for_resume(tmp_path, server, coco, monkeypatch
         def __exit__(self, *exc):
             self.fh.close()
 
-    monkeypatch.setattr(dl, "_open_part", lambda part, mode: FullDisk(real_open(part, mode)))
+    monkeypatch.setattr(dl_fetch, "_open_part", lambda part, mode: FullDisk(real_open(part, mode)))
     with pytest.raises(DownloadError, match=r"disk full while writing .*train2017\.zip\.part \(2500 bytes kept"):
         _get(tmp_path, server, coco)
     part = tmp_path / "downloads" / "train2017.zip.part"
     assert part.read_bytes() == data[:limit]
 
-    monkeypatch.setattr(dl, "_open_part", real_open)
+    monkeypatch.setattr(dl_fetch, "_open_part", real_open)
     _get(tmp_path, server, coco)
     assert _requests(server, TRAIN_URL) == [None, f"bytes={limit}-"]
     assert (tmp_path / "downloads" / "train2017.zip").read_bytes() == data
@@ -487,13 +488,13 @@ def test_crash_during_extraction_never_leaves_a_complete_looking_folder(tmp_path
         return real_extract(self, member, path, pwd)
 
     monkeypatch.setattr(zipfile.ZipFile, "extract", dying_extract)
-    monkeypatch.setattr(dl.shutil, "rmtree", lambda *a, **k: None)  # as after a hard kill: no clean-up
+    monkeypatch.setattr(dl_archives.shutil, "rmtree", lambda *a, **k: None)  # as after a hard kill: no clean-up
     with pytest.raises(KeyboardInterrupt):
         _get(tmp_path, server, coco)
     assert not (tmp_path / "train2017").exists()
     assert list(tmp_path.glob(".train2017.extract-*"))  # the half-extracted temp folder is all that is left
     monkeypatch.undo()
-    monkeypatch.setattr(dl, "_RETRY_BACKOFF_S", 0.0)
+    monkeypatch.setattr(dl_fetch, "_RETRY_BACKOFF_S", 0.0)
 
     n = len(server.requests)
     out = _get(tmp_path, server, coco)
@@ -576,8 +577,8 @@ def test_disk_full_during_extraction_keeps_the_archive(tmp_path, server, coco, m
 
 
 def test_too_little_free_space_is_refused_up_front(tmp_path, server, coco, monkeypatch):
-    real = dl.shutil.disk_usage
-    monkeypatch.setattr(dl.shutil, "disk_usage", lambda p: real(p)._replace(free=100))
+    real = dl_archives.shutil.disk_usage
+    monkeypatch.setattr(dl_archives.shutil, "disk_usage", lambda p: real(p)._replace(free=100))
     with pytest.raises(DownloadError, match=r"needs \d+ B more but only 100 B is free .*free space"):
         _get(tmp_path, server, coco, annotations_only=True)
     assert _leftovers(tmp_path) == []

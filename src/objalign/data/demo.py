@@ -108,6 +108,76 @@ def _bbox(mask: np.ndarray) -> list[float]:
     return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
 
 
+def _is_complete(ann_path: Path, seed: int, n_images: int) -> bool:
+    """True if ``ann_path`` is a finished demo made with this seed, generator version and image count."""
+    if not ann_path.is_file():
+        return False
+    try:
+        info = json.loads(ann_path.read_text()).get("info", {})
+    except json.JSONDecodeError:
+        info = {}
+    return (info.get("seed") == seed and info.get("generator_version") == GENERATOR_VERSION
+            and info.get("n_images") == n_images)
+
+
+def _objects(rng: np.random.RandomState, img, w: int, h: int, cats: list[dict], image_id: int,
+             ann_id: int) -> list[dict]:
+    """Draw 2 to 6 non-overlapping shapes on ``img``; their annotations, numbered from ``ann_id``."""
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    annotations = []
+    placed: list[tuple[float, float, float]] = []
+    n_obj = int(rng.randint(2, 7))
+    for _ in range(n_obj * 20):
+        if len(placed) == n_obj:
+            break
+        r = float(np.exp(rng.uniform(np.log(12), np.log(min(w, h) * 0.3))))
+        cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
+        if any((cx - px) ** 2 + (cy - py) ** 2 < (r + pr + 3) ** 2 for px, py, pr in placed):
+            continue
+        placed.append((cx, cy, r))
+        cat = cats[rng.randint(len(cats))]
+        colour, shape = cat["name"].split(" ")
+        poly = _shape_polygon(shape, cx, cy, r, rng.uniform(0, 2 * np.pi))
+        mask_img = Image.new("L", (w, h), 0)
+        _draw(img, mask_img, poly, _colour(rng, colour))
+        mask = np.asarray(mask_img, dtype=np.uint8)
+        if mask.sum() == 0:  # pragma: no cover - radius >= 12 px always draws pixels
+            continue
+        if rng.rand() < 0.25:
+            rle = mask_utils.encode(np.asfortranarray(mask))
+            seg = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+        else:
+            seg = [[round(float(v), 2) for v in poly.reshape(-1)]]
+        annotations.append({"id": ann_id, "image_id": image_id, "category_id": cat["id"],
+                            "bbox": _bbox(mask), "area": float(mask.sum()), "iscrowd": 0,
+                            "segmentation": seg})
+        ann_id += 1
+    return annotations
+
+
+def _crowd(rng: np.random.RandomState, img, w: int, h: int, cats: list[dict], image_id: int, ann_id: int) -> dict:
+    """Draw a crowd (many small shapes of one category) on ``img``; its one ``iscrowd=1`` annotation."""
+    from PIL import Image
+
+    cat = cats[rng.randint(len(cats))]
+    colour, shape = cat["name"].split(" ")
+    crowd = Image.new("L", (w, h), 0)
+    gx, gy = rng.uniform(20, w - 60), rng.uniform(20, h - 60)
+    for _ in range(int(rng.randint(5, 9))):
+        poly = _shape_polygon(shape, gx + rng.uniform(0, 40), gy + rng.uniform(0, 40), 5.0,
+                              rng.uniform(0, 2 * np.pi))
+        _draw(img, crowd, poly, _colour(rng, colour))
+    m = np.asarray(crowd, dtype=np.uint8)
+    # uncompressed RLE, as COCO stores crowd regions: column-major run lengths starting with zeros
+    flat = m.flatten(order="F")
+    change = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+    counts = np.diff(np.concatenate([[0], change])).tolist()
+    return {"id": ann_id, "image_id": image_id, "category_id": cat["id"], "bbox": _bbox(m), "area": float(m.sum()),
+            "iscrowd": 1, "segmentation": {"size": [h, w], "counts": counts}}
+
+
 def make_demo_dataset(out_dir: str | Path, seed: int = 0, n_images: int = 320) -> Path:
     """Write the demo dataset to ``out_dir`` and return the path of its ``annotations.json``.
 
@@ -124,18 +194,11 @@ def make_demo_dataset(out_dir: str | Path, seed: int = 0, n_images: int = 320) -
         Number of images; the default gives about 1,250 object instances in 30 categories.
     """
     from PIL import Image
-    from pycocotools import mask as mask_utils
 
     out = Path(out_dir)
     ann_path = out / "annotations.json"
-    if ann_path.is_file():
-        try:
-            info = json.loads(ann_path.read_text()).get("info", {})
-        except json.JSONDecodeError:
-            info = {}
-        if (info.get("seed") == seed and info.get("generator_version") == GENERATOR_VERSION
-                and info.get("n_images") == n_images):
-            return ann_path
+    if _is_complete(ann_path, seed, n_images):
+        return ann_path
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     (tmp / "images").mkdir()
@@ -144,55 +207,12 @@ def make_demo_dataset(out_dir: str | Path, seed: int = 0, n_images: int = 320) -
     cats = demo_categories()
     colour_names = list(COLOURS)
     images, annotations = [], []
-    ann_id = 1
     for image_id in range(1, n_images + 1):
         w, h = int(rng.randint(240, 401)), int(rng.randint(200, 321))
         img = Image.fromarray(_background(rng, w, h))
-        placed: list[tuple[float, float, float]] = []
-        n_obj = int(rng.randint(2, 7))
-        for _ in range(n_obj * 20):
-            if len(placed) == n_obj:
-                break
-            r = float(np.exp(rng.uniform(np.log(12), np.log(min(w, h) * 0.3))))
-            cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
-            if any((cx - px) ** 2 + (cy - py) ** 2 < (r + pr + 3) ** 2 for px, py, pr in placed):
-                continue
-            placed.append((cx, cy, r))
-            cat = cats[rng.randint(len(cats))]
-            colour, shape = cat["name"].split(" ")
-            poly = _shape_polygon(shape, cx, cy, r, rng.uniform(0, 2 * np.pi))
-            mask_img = Image.new("L", (w, h), 0)
-            _draw(img, mask_img, poly, _colour(rng, colour))
-            mask = np.asarray(mask_img, dtype=np.uint8)
-            if mask.sum() == 0:  # pragma: no cover - radius >= 12 px always draws pixels
-                continue
-            if rng.rand() < 0.25:
-                rle = mask_utils.encode(np.asfortranarray(mask))
-                seg = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
-            else:
-                seg = [[round(float(v), 2) for v in poly.reshape(-1)]]
-            annotations.append({"id": ann_id, "image_id": image_id, "category_id": cat["id"],
-                                "bbox": _bbox(mask), "area": float(mask.sum()), "iscrowd": 0,
-                                "segmentation": seg})
-            ann_id += 1
+        annotations += _objects(rng, img, w, h, cats, image_id, len(annotations) + 1)
         if image_id % 25 == 0:  # a crowd: many small shapes of one category, one iscrowd=1 region
-            cat = cats[rng.randint(len(cats))]
-            colour, shape = cat["name"].split(" ")
-            crowd = Image.new("L", (w, h), 0)
-            gx, gy = rng.uniform(20, w - 60), rng.uniform(20, h - 60)
-            for _ in range(int(rng.randint(5, 9))):
-                poly = _shape_polygon(shape, gx + rng.uniform(0, 40), gy + rng.uniform(0, 40), 5.0,
-                                      rng.uniform(0, 2 * np.pi))
-                _draw(img, crowd, poly, _colour(rng, colour))
-            m = np.asarray(crowd, dtype=np.uint8)
-            # uncompressed RLE, as COCO stores crowd regions: column-major run lengths starting with zeros
-            flat = m.flatten(order="F")
-            change = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
-            counts = np.diff(np.concatenate([[0], change])).tolist()
-            annotations.append({"id": ann_id, "image_id": image_id, "category_id": cat["id"],
-                                "bbox": _bbox(m), "area": float(m.sum()), "iscrowd": 1,
-                                "segmentation": {"size": [h, w], "counts": counts}})
-            ann_id += 1
+            annotations.append(_crowd(rng, img, w, h, cats, image_id, len(annotations) + 1))
         name = f"{image_id:06d}.jpg"
         img.save(tmp / "images" / name, quality=92)
         images.append({"id": image_id, "file_name": name, "width": w, "height": h})

@@ -23,6 +23,7 @@ import io
 import json
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,133 @@ def best_cells(rows: list[dict], nulls: dict[tuple, np.ndarray]) -> list[dict]:
     return out
 
 
+def _base_stages(base, out: Path, force: bool, progress: bool, log) -> None:
+    """Run (or reuse) ``sample`` and ``crop`` into ``out`` with the base configuration."""
+    for name in ("sample", "crop"):
+        t0 = time.time()
+        kwargs = {"force": force, **({"progress": progress} if name == "crop" else {})}
+        rec = stage_function(name)(base, out, **kwargs)
+        log(f"[{name:<6}] {'reused' if rec.get('reused') else f'done in {time.time() - t0:.1f} s'}")
+
+
+def _text_stores(mcfg: MatrixConfig, out: Path, log) -> tuple[list[tuple], np.ndarray, list[str]]:
+    """Every text model's layered store: ``([(spec, columns, (C, L, D) vectors, layers)], category ids, names)``;
+    every text model must embed the same categories."""
+    texts = []
+    for spec in mcfg.text:
+        t0 = time.time()
+        cols, T, layers = sources.text_layers(spec.cfg, spec.layers, out)
+        texts.append((spec, cols, T, layers))
+        log(f"[text  ] {spec.label}: layers {layers} ({T.shape[-1]}-d) in {time.time() - t0:.1f} s")
+    cat_ids = np.asarray(texts[0][1]["category_id"]).astype(np.int64)
+    for spec, cols, _, _ in texts[1:]:
+        if not np.array_equal(np.asarray(cols["category_id"]).astype(np.int64), cat_ids):
+            raise ObjalignError(f"text model {spec.label!r}: its store's categories differ from "
+                                f"{texts[0][0].label!r}'s; both must embed the dataset's categories")
+    names = [str(x) for x in texts[0][1]["category"]]
+    return texts, cat_ids, names
+
+
+def _vision_stores(mcfg: MatrixConfig, out: Path, progress: bool, log) -> list[tuple]:
+    """Every vision model's layered store: ``[(spec, columns, (N, L, D) vectors, layers)]``."""
+    visions = []
+    for spec in mcfg.vision:
+        t0 = time.time()
+        cols, V, layers = sources.vision_layers(spec.cfg, spec.layers, out, progress=progress)
+        visions.append((spec, cols, V, layers))
+        log(f"[vision] {spec.label}: layers {layers} ({V.shape[-1]}-d, {len(V)} objects) in {time.time() - t0:.1f} s")
+    return visions
+
+
+def _common_objects(visions: list[tuple], cat_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same objects in every cell: those every vision model embedded, in the first store's order, as
+    ``(annotation ids, image ids, category rows)``."""
+    ids = [np.asarray(cols["annotation_id"]).astype(np.int64) for _, cols, _, _ in visions]
+    common = ids[0][np.isin(ids[0], _intersect(ids))]
+    first = visions[0][1]
+    pos0 = {a: i for i, a in enumerate(ids[0])}
+    rows0 = np.asarray([pos0[a] for a in common])
+    groups = np.asarray(first["image_id"])[rows0]
+    cat_row = {int(c): j for j, c in enumerate(cat_ids)}
+    label_index = np.asarray([cat_row[int(c)] for c in np.asarray(first["category_id"])[rows0]])
+    return common, groups, label_index
+
+
+def _targets(texts: list[tuple], dtype) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
+    """Every (text model, text layer) as a target: ``({key: (C, D) array}, {key: (spec, layer)})``."""
+    targets, target_of = {}, {}
+    for ti, (spec, _, T, layers) in enumerate(texts):
+        for j, tl in enumerate(layers):
+            key = f"t{ti}_L{tl}"
+            targets[key] = np.ascontiguousarray(T[:, j], dtype=dtype)
+            target_of[key] = (spec, tl)
+    return targets, target_of
+
+
+def _plan_blocks(out: Path, visions: list[tuple], common: np.ndarray, dtype, shared: dict, force: bool,
+                 n_targets: int, log) -> tuple[dict, list]:
+    """``(done, todo)``: the (vision model, layer) blocks reused from an earlier run, by slot ``(vi, j)``, and
+    those to compute, as ``(slot, key, X, vision columns)``."""
+    done, todo = {}, []
+    for vi, (vspec, cols, V, vlayers) in enumerate(visions):
+        pos = {a: i for i, a in enumerate(np.asarray(cols["annotation_id"]).astype(np.int64))}
+        idx = np.asarray([pos[a] for a in common])
+        for j, vl in enumerate(vlayers):
+            X = np.ascontiguousarray(V[idx, j], dtype=dtype)
+            key = store_key({**shared, "X": content_hash(X)})
+            got = None if force else _load_block(out, key, vspec.label, vl)
+            if got is not None:
+                done[vi, j] = (*got, True)
+                log(f"[align ] {vspec.label} layer {vl}: {n_targets} cell(s) reused")
+            else:
+                todo.append(((vi, j), key, X, {"vision_model": vspec.label, "vision_name": vspec.name,
+                                               "vision_layer": int(vl)}))
+    return done, todo
+
+
+def _finish_block(out: Path, done: dict, n_targets: int, log, slot, key: str, vision: dict, rows: list[dict],
+                  nulls: dict, seconds: float) -> None:
+    """Save a computed block, file it in ``done`` and log it."""
+    _save_block(out, key, vision["vision_model"], vision["vision_layer"], rows, nulls, seconds)
+    done[slot] = (rows, nulls, False)
+    n_err = sum(r["status"] == "error" for r in rows)
+    log(f"[align ] {vision['vision_model']} layer {vision['vision_layer']}: {n_targets} cell(s) in "
+        f"{seconds:.1f} s" + (f"; {n_err} row(s) failed (see matrix.parquet status/reason)" if n_err else ""))
+
+
+def _gather(done: dict, visions: list[tuple], target_of: dict) -> tuple[list[dict], dict, list[dict]]:
+    """Every block's rows and nulls (nulls keyed as :func:`best_cells` takes them), and the blocks' list."""
+    all_rows, all_nulls, blocks = [], {}, []
+    for slot in sorted(done):  # vision model, then layer: the same table whatever order the blocks finished in
+        rows, nulls, reused = done[slot]
+        vspec, vl = visions[slot[0]][0], visions[slot[0]][3][slot[1]]
+        blocks.append({"vision_model": vspec.label, "vision_layer": vl, "reused": reused})
+        all_rows += rows
+        for nk, arr in nulls.items():
+            tkey, protocol, method, figure = nk.split("__")
+            tspec, tl = target_of[tkey]
+            all_nulls[(vspec.label, vl, tspec.label, tl, protocol, method, figure)] = arr
+    return all_rows, all_nulls, blocks
+
+
+def _summary(mcfg: MatrixConfig, common: np.ndarray, groups: np.ndarray, cat_ids: np.ndarray, visions: list[tuple],
+             texts: list[tuple], n_targets: int, all_rows: list[dict], blocks: list[dict], started: float) -> dict:
+    """``matrix.json``'s content (without ``files``)."""
+    base = mcfg.base
+    return {"n_objects": int(len(common)), "n_images": int(len(np.unique(groups))),
+            "n_categories": int(len(cat_ids)), "method": mcfg.method, "measure": mcfg.measure,
+            "vision": [{"label": s.label, "name": s.name, "layers": [int(x) for x in ls], "dim": int(V.shape[-1]),
+                        "n_embedded": int(len(V))} for s, _, V, ls in visions],
+            "text": [{"label": s.label, "name": s.name, "layers": [int(x) for x in ls], "dim": int(T.shape[-1])}
+                     for s, _, T, ls in texts],
+            "n_cells": int(sum(len(ls) for *_, ls in visions) * n_targets),
+            "n_failed_rows": int(sum(r["status"] == "error" for r in all_rows)),
+            "blocks_reused": int(sum(b["reused"] for b in blocks)), "blocks": len(blocks),
+            "null": base.align.null, "n_permutations": base.align.n_permutations,
+            "title": base.report.title, "seconds": round(time.time() - started, 1),
+            "matrix": mcfg.source}
+
+
 def run_matrix(mcfg: MatrixConfig | str | Path, out: str | Path, overrides: list[str] | None = None,
                force: bool = False, progress: bool = True, log=print, jobs: int | None = None) -> dict:
     """Run the matrix (see the module docstring); returns ``matrix.json``'s content. ``jobs`` replaces the
@@ -222,105 +350,30 @@ def run_matrix(mcfg: MatrixConfig | str | Path, out: str | Path, overrides: list
                             "run the matrix in one process")
     out = ensure_out(out)
     started = time.time()
-    for name in ("sample", "crop"):
-        t0 = time.time()
-        kwargs = {"force": force, **({"progress": progress} if name == "crop" else {})}
-        rec = stage_function(name)(base, out, **kwargs)
-        log(f"[{name:<6}] {'reused' if rec.get('reused') else f'done in {time.time() - t0:.1f} s'}")
-
-    texts = []
-    for spec in mcfg.text:
-        t0 = time.time()
-        cols, T, layers = sources.text_layers(spec.cfg, spec.layers, out)
-        texts.append((spec, cols, T, layers))
-        log(f"[text  ] {spec.label}: layers {layers} ({T.shape[-1]}-d) in {time.time() - t0:.1f} s")
-    cat_ids = np.asarray(texts[0][1]["category_id"]).astype(np.int64)
-    for spec, cols, _, _ in texts[1:]:
-        if not np.array_equal(np.asarray(cols["category_id"]).astype(np.int64), cat_ids):
-            raise ObjalignError(f"text model {spec.label!r}: its store's categories differ from "
-                                f"{texts[0][0].label!r}'s; both must embed the dataset's categories")
-    names = [str(x) for x in texts[0][1]["category"]]
-    visions = []
-    for spec in mcfg.vision:
-        t0 = time.time()
-        cols, V, layers = sources.vision_layers(spec.cfg, spec.layers, out, progress=progress)
-        visions.append((spec, cols, V, layers))
-        log(f"[vision] {spec.label}: layers {layers} ({V.shape[-1]}-d, {len(V)} objects) in {time.time() - t0:.1f} s")
-
-    # the same objects in every cell: those every vision model embedded, in the first store's order
-    ids = [np.asarray(cols["annotation_id"]).astype(np.int64) for _, cols, _, _ in visions]
-    common = ids[0][np.isin(ids[0], _intersect(ids))]
-    first = visions[0][1]
-    pos0 = {a: i for i, a in enumerate(ids[0])}
-    rows0 = np.asarray([pos0[a] for a in common])
-    groups = np.asarray(first["image_id"])[rows0]
-    cat_row = {int(c): j for j, c in enumerate(cat_ids)}
-    label_index = np.asarray([cat_row[int(c)] for c in np.asarray(first["category_id"])[rows0]])
+    _base_stages(base, out, force, progress, log)
+    texts, cat_ids, names = _text_stores(mcfg, out, log)
+    visions = _vision_stores(mcfg, out, progress, log)
+    common, groups, label_index = _common_objects(visions, cat_ids)
     dtype = compute_dtype(base.align, len(common))
-    targets, target_of = {}, {}
-    for ti, (spec, _, T, layers) in enumerate(texts):
-        for j, tl in enumerate(layers):
-            key = f"t{ti}_L{tl}"
-            targets[key] = np.ascontiguousarray(T[:, j], dtype=dtype)
-            target_of[key] = (spec, tl)
+    targets, target_of = _targets(texts, dtype)
     shared = {"align": asdict(base.align), "dtype": np.dtype(dtype).name, "names": names,
               "groups": content_hash(groups), "labels": content_hash(label_index),
               "targets": {k: [target_of[k][0].label, target_of[k][1], content_hash(T)] for k, T in targets.items()}}
     text_of = {k: {"text_model": t.label, "text_name": t.name, "text_layer": int(tl)}
                for k, (t, tl) in target_of.items()}
     args = (groups, label_index, targets, base.align, names, cat_ids)
-    done, todo = {}, []
-    for vi, (vspec, cols, V, vlayers) in enumerate(visions):
-        pos = {a: i for i, a in enumerate(np.asarray(cols["annotation_id"]).astype(np.int64))}
-        idx = np.asarray([pos[a] for a in common])
-        for j, vl in enumerate(vlayers):
-            X = np.ascontiguousarray(V[idx, j], dtype=dtype)
-            key = store_key({**shared, "X": content_hash(X)})
-            got = None if force else _load_block(out, key, vspec.label, vl)
-            if got is not None:
-                done[vi, j] = (*got, True)
-                log(f"[align ] {vspec.label} layer {vl}: {len(targets)} cell(s) reused")
-            else:
-                todo.append(((vi, j), key, X, {"vision_model": vspec.label, "vision_name": vspec.name,
-                                               "vision_layer": int(vl)}))
-
-    def finished(slot, key, vision, rows, nulls, seconds):
-        _save_block(out, key, vision["vision_model"], vision["vision_layer"], rows, nulls, seconds)
-        done[slot] = (rows, nulls, False)
-        n_err = sum(r["status"] == "error" for r in rows)
-        log(f"[align ] {vision['vision_model']} layer {vision['vision_layer']}: {len(targets)} cell(s) in "
-            f"{seconds:.1f} s" + (f"; {n_err} row(s) failed (see matrix.parquet status/reason)" if n_err else ""))
-
+    done, todo = _plan_blocks(out, visions, common, dtype, shared, force, len(targets), log)
+    finished = partial(_finish_block, out, done, len(targets), log)
     if mcfg.jobs > 1 and len(todo) > 1:
         _run_parallel(todo, args, text_of, mcfg.jobs, finished)
     else:
         for slot, key, X, vision in todo:
             finished(slot, key, vision, *evaluate_block(X, *args, vision, text_of))
-    all_rows, all_nulls, blocks = [], {}, []
-    for slot in sorted(done):  # vision model, then layer: the same table whatever order the blocks finished in
-        rows, nulls, reused = done[slot]
-        vspec, vl = visions[slot[0]][0], visions[slot[0]][3][slot[1]]
-        blocks.append({"vision_model": vspec.label, "vision_layer": vl, "reused": reused})
-        all_rows += rows
-        for nk, arr in nulls.items():
-            tkey, protocol, method, figure = nk.split("__")
-            tspec, tl = target_of[tkey]
-            all_nulls[(vspec.label, vl, tspec.label, tl, protocol, method, figure)] = arr
+    all_rows, all_nulls, blocks = _gather(done, visions, target_of)
     atomic_write_bytes(out / "matrix.parquet", _table_bytes(all_rows, COLUMNS))
     best = best_cells(all_rows, all_nulls)
     atomic_write_bytes(out / "best.parquet", _table_bytes(best, BEST_COLUMNS))
-    summary = {"n_objects": int(len(common)), "n_images": int(len(np.unique(groups))),
-               "n_categories": int(len(cat_ids)), "method": mcfg.method, "measure": mcfg.measure,
-               "vision": [{"label": s.label, "name": s.name, "layers": [int(x) for x in ls], "dim": int(V.shape[-1]),
-                           "n_embedded": int(len(V))} for s, _, V, ls in visions],
-               "text": [{"label": s.label, "name": s.name, "layers": [int(x) for x in ls], "dim": int(T.shape[-1])}
-                        for s, _, T, ls in texts],
-               "n_cells": int(sum(len(ls) for *_, ls in visions) * len(targets)),
-               "n_failed_rows": int(sum(r["status"] == "error" for r in all_rows)),
-               "blocks_reused": int(sum(b["reused"] for b in blocks)), "blocks": len(blocks),
-               "null": base.align.null, "n_permutations": base.align.n_permutations,
-               "title": base.report.title, "seconds": round(time.time() - started, 1),
-               "matrix": mcfg.source}
+    summary = _summary(mcfg, common, groups, cat_ids, visions, texts, len(targets), all_rows, blocks, started)
     atomic_write_json(out / "matrix.json", summary)
     dump_config(base, out / "config.yaml")
 
