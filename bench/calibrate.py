@@ -43,7 +43,7 @@ def main(argv=None):
 
     from objalign.measures import similarity as sim
     from objalign.measures.calibrate import MEASURES, calibrated
-    from objalign.stats.nulls import single_threaded_blas
+    from objalign.maps.threads import single_threaded_blas
     from objalign.stats.permutation import group_permutations
 
     X, Y, groups = thesis_like(args.n)

@@ -20,7 +20,7 @@ def main(argv=None) -> None:
     from objalign.evaluation.engine import evaluate
     from objalign.config import load_config
     from objalign.evaluation.convergence import check_sizes, curve_config, subsample_images
-    from objalign.stats.nulls import single_threaded_blas
+    from objalign.maps.threads import single_threaded_blas
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=2)

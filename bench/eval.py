@@ -63,7 +63,8 @@ def main(argv=None):
     from objalign.config import AlignConfig
     from objalign.stats.intervals import bootstrap_figures, resample_counts
     from objalign.stats.metrics import summarize
-    from objalign.stats.nulls import single_threaded_blas, smoother_null, smoother_operator
+    from objalign.maps.threads import single_threaded_blas
+    from objalign.stats.nulls import smoother_null, smoother_operator
     from objalign.stats.permutation import group_permutations
 
     X, Y, groups, lab, E = from_run(args.run) if args.run else demo_like()

@@ -82,7 +82,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=30, help="timed calls per implementation and case")
     args = ap.parse_args(argv)
 
-    from objalign.stats.nulls import single_threaded_blas
+    from objalign.maps.threads import single_threaded_blas
 
     total = {"before": 0.0, "after": 0.0, "after_shared": 0.0}
     worst = 0.0

@@ -103,7 +103,7 @@ def main() -> None:
 
     from objalign.evaluation.engine import compute_dtype, evaluate, evaluate_targets
     from objalign.pipeline.align import write_results
-    from objalign.stats.nulls import single_threaded_blas
+    from objalign.maps.threads import single_threaded_blas
     from objalign.matrix.config import load_matrix
 
     cfg = load_matrix(args.matrix, list(args.set)).base.align

@@ -231,7 +231,7 @@ def main(argv=None):
 
     from objalign.config import AlignConfig
     from objalign.stats import protocols as P
-    from objalign.stats.nulls import single_threaded_blas
+    from objalign.maps.threads import single_threaded_blas
 
     X, groups, lab, sets = from_stores(*args.stores, args.vision_layer) if args.stores else made_up()
     cfg = replace(AlignConfig(), n_bootstrap=args.resamples)

@@ -2,7 +2,7 @@
 
 ``evaluate_targets`` scores every target set (e.g. every text layer) against the same PCA'd held-out vision features
 ``Z``: CKA (linear, unbiased, RBF), mutual k-NN, CKNNA and SVCCA, a shuffled floor, and each measure calibrated
-against image-block permutations (``align.stage._similarity``). What those compute from ``Z`` alone (Grams, kernels,
+against image-block permutations (``objalign.evaluation.heldout_similarity``). What those compute from ``Z`` alone (Grams, kernels,
 neighbour graphs, subspaces, the permutation engines' factors and group sums, the permutations) is the same for
 every target set; with one ``cache`` per ``Z`` it is computed once. Side by side in one run, for ``--targets``
 target sets:
@@ -96,9 +96,14 @@ def main(argv=None):
 
     import scipy.linalg  # noqa: F401  (loaded before the thread limit, so that it applies to scipy's BLAS too)
 
-    from objalign.evaluation.engine import _similarity
     from objalign.config import AlignConfig
-    from objalign.stats.nulls import single_threaded_blas
+
+    try:
+        from objalign.evaluation.heldout_similarity import heldout_similarity as _similarity
+        from objalign.maps.threads import single_threaded_blas
+    except ImportError:  # a baseline tree (--against) from before the library/application split
+        from objalign.align.stage import _similarity
+        from objalign.evaluate.stats import single_threaded_blas
 
     cfg = AlignConfig(similarity_permutations=args.perms)
     if args.stores:

@@ -34,7 +34,7 @@ def normalise(batch, mean, std):
 @pytest.fixture(scope="module")
 def tiny_open_clip(tmp_path_factory):
     open_clip = original_package("open_clip")
-    from objalign.checkpoints.reference import randomize
+    from objalign.encoders.reference import randomize
 
     folder = tmp_path_factory.mktemp("open_clip")
     (folder / "objalign-tiny.json").write_text(json.dumps(TINY_OPEN_CLIP))
@@ -73,7 +73,7 @@ def test_open_clip_text_tower_is_the_packages_encode_text(tiny_open_clip):
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_timm_backend_is_the_packages_forward(tmp_path, pooling):
     timm = original_package("timm")
-    from objalign.checkpoints.reference import randomize
+    from objalign.encoders.reference import randomize
     from objalign.encoders import VISION_ENCODERS
 
     reference = randomize(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,

@@ -121,7 +121,7 @@ def _same(a, b) -> bool:
 
 
 def test_a_target_set_alone_equals_it_among_other_target_sets():
-    from objalign.evaluation.engine import _similarity
+    from objalign.evaluation.heldout_similarity import heldout_similarity as _similarity
     from objalign.config import AlignConfig
 
     X, groups, Y = _problem(4, n=120)
@@ -154,7 +154,7 @@ def test_a_target_set_alone_equals_it_among_other_target_sets():
 
 def test_values_are_the_measures(monkeypatch):
     """``_similarity``'s values (by the permutation engines) equal the measures computed on every row."""
-    from objalign.evaluation.engine import _similarity
+    from objalign.evaluation.heldout_similarity import heldout_similarity as _similarity
     from objalign.config import AlignConfig
 
     X, groups, Y = _problem(5, ties=True)
