@@ -37,7 +37,7 @@ DEMO = CONFIGS / "demo.yaml"
     ("sample.n=0", "sample.n"),
     ("crop.fill=[0,0,300]", "crop.fill"),
     ("embed.vision.batch_size=0", "embed.vision.batch_size"),
-    ("compute.worker_index=2", "compute.worker_index"),
+    ("compute.worker_index=2", "--worker-index 2 (compute.worker_index)"),  # the flag and the key, as the CLI says
 ])
 def test_bad_value_is_one_line_at_load_naming_the_key(override, key):
     t0 = time.perf_counter()
@@ -100,14 +100,13 @@ def test_methods_of_checks_the_settings():
         methods_of(AlignConfig(cv_folds=1))
 
 
-def test_name_lists_match_their_implementations():
+def test_name_lists_have_one_definition():
+    """The names a setting may take are the very tuples the implementations use (one definition each)."""
     from objalign import config, evaluation
-    from objalign.compute.executors import EXECUTORS
     from objalign.crops.render import BACKGROUNDS
     from objalign.data import coco
-    from objalign.embed.store import STORAGE_DTYPES
-    from objalign.encoders import hf_dinov2
-    from objalign.encoders.prompts import PROMPT_MODES
+    from objalign.embed import store
+    from objalign.encoders import hf_dinov2, prompts
     from objalign.evaluation import engine
     from objalign.evaluation.heldout_similarity import SIMILARITY_MEASURES
     from objalign.evaluation.units import UNITS
@@ -115,14 +114,13 @@ def test_name_lists_match_their_implementations():
     from objalign.stats.nulls import NULLS
 
     s = evaluation.settings
-    assert s.MAP_METHODS == engine.METHODS and s.BASELINE_METHODS == engine.BASELINES
-    assert s.SIMILARITY_IDS == SIMILARITY_MEASURES and s.MATCH_IDS == METHODS
-    assert s.NULL_KINDS == NULLS and s.UNIT_IDS == UNITS
-    assert config.CROP_BACKGROUNDS == BACKGROUNDS and config.STORAGE_DTYPES == STORAGE_DTYPES
-    assert config.PROMPT_MODES == PROMPT_MODES and config.DUPLICATE_NAME_RULES == coco.DUPLICATE_NAME_RULES
-    assert config.PREPROCESS_KINDS == hf_dinov2.PREPROCESS_KINDS
-    assert config.POS_INTERPOLATIONS == hf_dinov2.POS_INTERPOLATIONS
-    assert sorted(config.COMPUTE_EXECUTORS) == EXECUTORS.names()
+    assert s.MAP_METHODS is engine.METHODS and s.BASELINE_METHODS is engine.BASELINES
+    assert s.SIMILARITY_IDS is SIMILARITY_MEASURES and s.MATCH_IDS is METHODS
+    assert s.NULL_KINDS is NULLS and s.UNIT_IDS is UNITS
+    assert config.CROP_BACKGROUNDS is BACKGROUNDS and config.STORAGE_DTYPES is store.STORAGE_DTYPES
+    assert config.PROMPT_MODES is prompts.PROMPT_MODES and config.DUPLICATE_NAME_RULES is coco.DUPLICATE_NAME_RULES
+    assert config.PREPROCESS_KINDS is hf_dinov2.PREPROCESS_KINDS
+    assert config.POS_INTERPOLATIONS is hf_dinov2.POS_INTERPOLATIONS
 
 
 # ------------------------------------------------------------------------------------ item 2: missing images

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from objalign.compute.executors import check_compute
+from objalign.crops import CROP_MODES
 from objalign.errors import ObjalignError, did_you_mean
 from objalign.evaluation.settings import (
     AlignConfig,
@@ -376,15 +378,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 DATA_KINDS = ("demo", "coco", "coco2017")
 DUPLICATE_NAME_RULES = ("suffix", "merge", "error")  #: ``data.duplicate_names`` (objalign.data.coco)
 SAMPLE_STRATEGIES = ("instances", "images_first")
-CROP_BACKGROUNDS = ("fill", "mean", "blur", "context")  #: objalign.crops.render.BACKGROUNDS
+CROP_BACKGROUNDS = ("fill", "mean", "blur", "context")
 SAM_MASKS = ("best_iou", "first")
 VISION_EXECUTORS = ("thread", "process")
-STORAGE_DTYPES = ("float32", "float16")  #: objalign.embed.store.STORAGE_DTYPES
-PROMPT_MODES = ("name", "template", "ensemble", "file")  #: objalign.encoders.prompts.PROMPT_MODES
-PREPROCESS_KINDS = ("default", "hub")  #: objalign.encoders.hf_dinov2.PREPROCESS_KINDS
-POS_INTERPOLATIONS = ("auto", "transformers", "hub")  #: objalign.encoders.hf_dinov2.POS_INTERPOLATIONS
+STORAGE_DTYPES = ("float32", "float16")
+PROMPT_MODES = ("name", "template", "ensemble", "file")
+PREPROCESS_KINDS = ("default", "hub")
+POS_INTERPOLATIONS = ("auto", "transformers", "hub")
 TEXT_POOLINGS = ("default", "mean", "last")
-COMPUTE_EXECUTORS = ("local", "ray")  #: objalign.compute.executors.EXECUTORS
 
 
 def check_config(cfg: RunConfig) -> RunConfig:
@@ -408,7 +409,6 @@ def check_config(cfg: RunConfig) -> RunConfig:
     ObjalignError
         One line naming the first bad key, its value and the fix.
     """
-    from objalign.crops import CROP_MODES
 
     d, s, c, e, p = cfg.data, cfg.sample, cfg.crop, cfg.embed, cfg.compute
     check_choice("data.kind", d.kind, DATA_KINDS)
@@ -454,22 +454,7 @@ def check_config(cfg: RunConfig) -> RunConfig:
             raise ObjalignError(f"embed.{side}.layers = []: give last, all or a list of block numbers, e.g. [-1]")
     check_int("embed.shard_size", e.shard_size, 1, "vectors per shard, e.g. 1024")
     check_choice("embed.storage_dtype", e.storage_dtype, STORAGE_DTYPES)
-    check_choice("compute.executor", p.executor, COMPUTE_EXECUTORS)
-    if p.workers is not None:
-        check_int("compute.workers", p.workers, 1, "a number of actors (or null: one per GPU)")
-    if p.gpus_per_worker is not None:
-        check_number("compute.gpus_per_worker", p.gpus_per_worker, "0 (CPU workers), a fraction up to 1 or a whole "
-                     "number of GPUs", low=0)
-    check_number("compute.cpus_per_worker", p.cpus_per_worker, "logical CPUs per actor, e.g. 1", low=0)
-    if p.threads_per_worker is not None:
-        check_int("compute.threads_per_worker", p.threads_per_worker, 1, "torch threads per actor (or null)")
-    check_number("compute.connect_timeout_s", p.connect_timeout_s, "seconds, e.g. 30", low=0, open_low=True)
-    check_number("compute.start_timeout_s", p.start_timeout_s, "seconds, e.g. 300", low=0, open_low=True)
-    check_int("compute.max_restarts", p.max_restarts, 0, "e.g. 3")
-    check_int("compute.num_workers", p.num_workers, 1, "the number of processes of a static partition, e.g. 1")
-    if not 0 <= p.worker_index < p.num_workers:
-        raise ObjalignError(f"compute.worker_index = {p.worker_index}: expected 0..{p.num_workers - 1} with "
-                            f"compute.num_workers = {p.num_workers}")
+    check_compute(p)  # the executors' own checks: one line naming the flag (--workers, --num-workers, ...)
     check_align(cfg.align)
     return cfg
 

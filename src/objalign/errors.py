@@ -3,6 +3,9 @@
 The CLI prints an :class:`ObjalignError` as a single line (no traceback) and exits with status 2.
 """
 
+import difflib
+import importlib
+
 
 class ObjalignError(ValueError):
     """A problem with the user's input, configuration or environment (not a bug in objalign)."""
@@ -15,7 +18,6 @@ class MissingDependencyError(ObjalignError, ImportError):
 def did_you_mean(value, choices, n: int = 1, cutoff: float = 0.6, prefix: str = "") -> str:
     """``"; did you mean 'x'?"`` (up to ``n`` close matches of ``value`` among ``choices``, each written as
     ``prefix`` + the choice), or ``""`` when nothing is close: the hint every unknown-name error carries."""
-    import difflib
 
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=n, cutoff=cutoff)
     return f"; did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ""
@@ -23,7 +25,6 @@ def did_you_mean(value, choices, n: int = 1, cutoff: float = 0.6, prefix: str = 
 
 def require(module: str, extra: str, package: str | None = None):
     """Import ``module`` or raise :class:`MissingDependencyError` naming the extra that provides it."""
-    import importlib
 
     try:
         return importlib.import_module(module)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,6 @@ def read_table(path: str | Path) -> dict[str, np.ndarray]:
 
 def content_hash(*arrays) -> str:
     """sha256 (16 hex digits) of arrays' dtypes, shapes and bytes (object arrays through their strings)."""
-    import hashlib
 
     h = hashlib.sha256()
     for a in arrays:

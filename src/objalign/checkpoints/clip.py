@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import gzip
 import html
+import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -100,7 +102,6 @@ BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 
 def find_bpe_vocab() -> Path | None:
     """OpenAI's BPE merges file as shipped inside the ``clip`` or ``open_clip`` package, or in ``~/.cache/clip``."""
-    import importlib.util
 
     for package in ("clip", "open_clip"):
         spec = importlib.util.find_spec(package)
@@ -133,7 +134,6 @@ def tokenizer_files(bpe_path: str | os.PathLike, folder: str | os.PathLike) -> t
     The vocabulary is built exactly as OpenAI's ``SimpleTokenizer``: the 256 byte characters, the same with
     ``</w>``, one entry per merge (lines 2 .. 49152 - 256 - 2 + 1 of the file), then the two special tokens.
     """
-    import json
 
     with gzip.open(bpe_path, "rt", encoding="utf-8") as fh:
         merges = fh.read().split("\n")[1:49152 - 256 - 2 + 1]

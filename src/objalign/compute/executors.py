@@ -16,8 +16,11 @@ with ``max_restarts + 1`` workers. Every wait is bounded: connecting (``connect_
 
 from __future__ import annotations
 
+import gc
 import math
 import os
+import socket
+import sys
 import time
 from collections import deque
 
@@ -124,8 +127,6 @@ class _ShardActor:
 
 
 def _free_accelerator_memory() -> None:
-    import gc
-    import sys
 
     gc.collect()
     torch = sys.modules.get("torch")
@@ -277,97 +278,118 @@ class RayExecutor:
         """
         from tqdm.auto import tqdm
 
-        c = self.compute
-        threads = c.threads_per_worker or _driver_threads()
-        queue = deque(shards)
-        inflight: dict = {}  # ref -> (actor, shard)
-        starting: dict = {}  # ready ref of a replacement -> (actor, deadline)
-        live = list(actors)
-        lost_by_shard: dict[int, int] = {}
-        receipts: list[dict] = []
-        restarts = 0
-
-        def submit(actor) -> None:
-            if queue:
-                s = queue.popleft()
-                inflight[actor.run.remote(boxed_work, s)] = (actor, s)
-
-        def fail(s: int, cause) -> ObjalignError:
-            return ObjalignError(f"shard {s} failed on a Ray worker after {restarts} restart(s): {cause}; the "
-                                 f"{len(receipts)} shard(s) finished are kept, run again to compute the rest")
-
-        def lose(actor, s: int, exc) -> None:
-            nonlocal restarts
-            lost_by_shard[s] = lost_by_shard.get(s, 0) + 1
-            if lost_by_shard[s] > c.max_restarts:
-                raise fail(s, _ray_cause(exc))
-            queue.appendleft(s)
-            if actor in live:  # its other shard, if any, fails too and comes back by itself
-                live.remove(actor)
-                ray.kill(actor, no_restart=True)
-                new = self._actor_class(ray).remote(threads)
-                starting[new.ready.remote()] = (new, time.monotonic() + c.start_timeout_s)
-                restarts += 1
-            if not live and not starting:
-                raise fail(s, _ray_cause(exc))
-
-        for a in live:  # one running, one queued behind it: no idle gap between shards
-            submit(a)
-            submit(a)
+        d = _Dispatch(ray, self, actors, shards, boxed_work)
         bar = tqdm(total=len(shards), unit="shard", disable=not progress, desc=f"{what} on {len(actors)} Ray workers",
                    dynamic_ncols=True)
         try:
-            while inflight or queue:
-                now = time.monotonic()
-                for ref, (actor, deadline) in list(starting.items()):
-                    if deadline <= now:  # no room for it in time: the live workers carry on without it
-                        del starting[ref]
-                        ray.kill(actor, no_restart=True)
-                if not inflight and not live and not starting:
-                    raise fail(queue[0], "no Ray worker is left (a replacement found no room within "
-                                         f"{c.start_timeout_s:g} s, compute.start_timeout_s)")
-                wait_s = min([10.0] + [max(0.05, d - now) for _, d in starting.values()])
-                ready, _ = ray.wait(list(inflight) + list(starting), num_returns=1, timeout=wait_s)
-                for ref in ready:
-                    if ref in starting:
-                        actor, _ = starting.pop(ref)
-                        try:
-                            ray.get(ref)
-                        except ray.exceptions.RayError:
-                            ray.kill(actor, no_restart=True)
-                            if not live and not starting and not inflight and queue:
-                                raise fail(queue[0], "no Ray worker is left (a replacement failed to start)")
-                            continue
-                        live.append(actor)
-                        submit(actor)
-                        submit(actor)
-                        continue
-                    actor, s = inflight.pop(ref)
-                    try:
-                        got = ray.get(ref)
-                    except ray.exceptions.RayError as exc:
-                        if _worker_lost(ray, exc):
-                            lose(actor, s, exc)
-                            continue
-                        cause = _ray_cause(exc)
-                        if isinstance(cause, ObjalignError):
-                            raise cause from None
-                        raise fail(s, cause) from None
-                    receipts.extend(got)
-                    bar.update(1)
-                    if actor in live:
-                        submit(actor)
-                for actor in live:  # a live worker left idle while shards came back to the queue
-                    while queue and sum(1 for a, _ in inflight.values() if a is actor) < 2:
-                        submit(actor)
+            d.run(bar)
         finally:
             bar.close()
-            for actor, _ in starting.values():  # replacements not needed any more (or still without room)
+            for actor, _ in d.starting.values():  # replacements not needed any more (or still without room)
                 ray.kill(actor, no_restart=True)
             if _POOL.get("actors") is not None:
-                _POOL["actors"] = [a for a in _POOL["actors"] if a not in set(actors) - set(live)] + \
-                    [a for a in live if a not in actors]
-        return receipts
+                _POOL["actors"] = [a for a in _POOL["actors"] if a not in set(actors) - set(d.live)] + \
+                    [a for a in d.live if a not in actors]
+        return d.receipts
+
+
+class _Dispatch:
+    """The state of one :meth:`RayExecutor._dispatch`: the queue, the shards in flight, the live workers and the
+    replacements starting."""
+
+    def __init__(self, ray, executor, actors, shards: list[int], boxed_work: list):
+        self.ray, self.executor, self.boxed_work = ray, executor, boxed_work
+        self.c = executor.compute
+        self.threads = self.c.threads_per_worker or _driver_threads()
+        self.queue = deque(shards)
+        self.inflight: dict = {}  # ref -> (actor, shard)
+        self.starting: dict = {}  # ready ref of a replacement -> (actor, deadline)
+        self.live = list(actors)
+        self.lost_by_shard: dict[int, int] = {}
+        self.receipts: list[dict] = []
+        self.restarts = 0
+
+    def submit(self, actor) -> None:
+        if self.queue:
+            s = self.queue.popleft()
+            self.inflight[actor.run.remote(self.boxed_work, s)] = (actor, s)
+
+    def fail(self, s: int, cause) -> ObjalignError:
+        return ObjalignError(f"shard {s} failed on a Ray worker after {self.restarts} restart(s): {cause}; the "
+                             f"{len(self.receipts)} shard(s) finished are kept, run again to compute the rest")
+
+    def lose(self, actor, s: int, exc) -> None:
+        """A worker died under shard ``s``: the shard goes back to the queue and a replacement starts."""
+        self.lost_by_shard[s] = self.lost_by_shard.get(s, 0) + 1
+        if self.lost_by_shard[s] > self.c.max_restarts:
+            raise self.fail(s, _ray_cause(exc))
+        self.queue.appendleft(s)
+        if actor in self.live:  # its other shard, if any, fails too and comes back by itself
+            self.live.remove(actor)
+            self.ray.kill(actor, no_restart=True)
+            new = self.executor._actor_class(self.ray).remote(self.threads)
+            self.starting[new.ready.remote()] = (new, time.monotonic() + self.c.start_timeout_s)
+            self.restarts += 1
+        if not self.live and not self.starting:
+            raise self.fail(s, _ray_cause(exc))
+
+    def expire(self, now: float) -> None:
+        """Replacements without room in time are given up: the live workers carry on without them."""
+        for ref, (actor, deadline) in list(self.starting.items()):
+            if deadline <= now:
+                del self.starting[ref]
+                self.ray.kill(actor, no_restart=True)
+        if not self.inflight and not self.live and not self.starting:
+            raise self.fail(self.queue[0], "no Ray worker is left (a replacement found no room within "
+                                           f"{self.c.start_timeout_s:g} s, compute.start_timeout_s)")
+
+    def started(self, ref) -> None:
+        actor, _ = self.starting.pop(ref)
+        try:
+            self.ray.get(ref)
+        except self.ray.exceptions.RayError:
+            self.ray.kill(actor, no_restart=True)
+            if not self.live and not self.starting and not self.inflight and self.queue:
+                raise self.fail(self.queue[0], "no Ray worker is left (a replacement failed to start)") from None
+            return
+        self.live.append(actor)
+        self.submit(actor)
+        self.submit(actor)
+
+    def finished(self, ref, bar) -> None:
+        actor, s = self.inflight.pop(ref)
+        try:
+            got = self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:
+            if _worker_lost(self.ray, exc):
+                self.lose(actor, s, exc)
+                return
+            cause = _ray_cause(exc)
+            if isinstance(cause, ObjalignError):
+                raise cause from None
+            raise self.fail(s, cause) from None
+        self.receipts.extend(got)
+        bar.update(1)
+        if actor in self.live:
+            self.submit(actor)
+
+    def run(self, bar) -> None:
+        for a in self.live:  # one running, one queued behind it: no idle gap between shards
+            self.submit(a)
+            self.submit(a)
+        while self.inflight or self.queue:
+            now = time.monotonic()
+            self.expire(now)
+            wait_s = min([10.0] + [max(0.05, d - now) for _, d in self.starting.values()])
+            ready, _ = self.ray.wait(list(self.inflight) + list(self.starting), num_returns=1, timeout=wait_s)
+            for ref in ready:
+                if ref in self.starting:
+                    self.started(ref)
+                else:
+                    self.finished(ref, bar)
+            for actor in self.live:  # a live worker left idle while shards came back to the queue
+                while self.queue and sum(1 for a, _ in self.inflight.values() if a is actor) < 2:
+                    self.submit(actor)
 
 
 def _worker_lost(ray, exc) -> bool:
@@ -379,7 +401,6 @@ def _worker_lost(ray, exc) -> bool:
 
 def _driver_threads() -> int:
     """The intra-op thread count a local run in this process uses (torch's, else the cores)."""
-    import sys
 
     if "torch" in sys.modules:
         return int(sys.modules["torch"].get_num_threads())
@@ -397,7 +418,6 @@ def _ray_cause(exc):
 def _probe(address: str, timeout: float) -> None:
     """Fail in ``timeout`` seconds, with one line, if nothing listens at ``address`` (Ray itself would retry for
     minutes). ``auto`` is left to Ray, which answers at once when no cluster runs here."""
-    import socket
 
     if address == "auto":
         return

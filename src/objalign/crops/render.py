@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from objalign.config import CROP_BACKGROUNDS
 from objalign.crops.masks import rle_to_mask
 from objalign.data.coco import box_fault
 
@@ -33,7 +34,7 @@ def crop_window(x: float, y: float, w: float, h: float, padding: float = 0.1, sq
     return (int(np.floor(cx - hw)), int(np.floor(cy - hh)), int(np.ceil(cx + hw)), int(np.ceil(cy + hh)))
 
 
-BACKGROUNDS = ("fill", "mean", "blur", "context")
+BACKGROUNDS = CROP_BACKGROUNDS  # crop.background (objalign.config)
 
 
 def render_crop(image: np.ndarray, window: tuple[int, int, int, int], size: int | tuple[int, int],

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -451,8 +453,6 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
     A cheap check made only after a cache miss, so an offline machine fails in seconds with one clear
     line instead of minutes of download retries.
     """
-    import socket
-    from urllib.parse import urlparse
 
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
         return False

@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from objalign.config import DUPLICATE_NAME_RULES  # data.duplicate_names
 from objalign.data.images import FolderImages, ZipImages, file_name_problem
 from objalign.errors import ObjalignError
 
@@ -101,7 +102,6 @@ def box_fault(bbox) -> str | None:
     return None
 
 
-DUPLICATE_NAME_RULES = ("suffix", "merge", "error")  #: ``data.duplicate_names``
 
 _warned: set = set()  # (file, fingerprint, rule) already warned about in this process: one line per dataset
 

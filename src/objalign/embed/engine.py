@@ -13,8 +13,11 @@ records ``(annotation_id, reason)`` in the shard's skipped list (gathered into t
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -26,7 +29,6 @@ from objalign.errors import ObjalignError
 
 
 def _make_pool(executor: str, num_workers: int):
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 
     if executor == "thread":
@@ -160,7 +162,6 @@ class _Renderer:
     """Submits one image's rows to the render workers (:func:`objalign.crops.render.render_rows`)."""
 
     def __init__(self, table: dict[str, np.ndarray], images, pre, fill, background: str):
-        import json
 
         self.table, self.images, self.pre, self.fill, self.background = table, images, pre, fill, background
         self.windows = np.stack([table["x0"], table["y0"], table["x1"], table["y1"]], 1).astype(np.int64)
@@ -248,7 +249,6 @@ def extract_vision(table: dict[str, np.ndarray], images, encoder, store, shard_s
         ``skipped`` (this call's ``{"annotation_id", "reason"}``), ``receipts`` (one per shard written, see
         :meth:`EmbeddingStore.write_shard`), ``seconds``.
     """
-    import time
 
     from tqdm.auto import tqdm
 

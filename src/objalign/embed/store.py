@@ -25,17 +25,19 @@ axis; its manifest records ``layers`` (the model's layer numbers, in axis order)
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 
+from objalign.config import STORAGE_DTYPES  # embed.storage_dtype
 from objalign.errors import ObjalignError
 from objalign.runs import atomic_write_bytes, atomic_write_json
 from objalign.stores import MANIFEST, find_stores, open_manifest, remove_stale_temporaries, remove_store, store_key
 
 #: dtypes a store's shards may be kept in (``embed.storage_dtype``)
-STORAGE_DTYPES = ("float32", "float16")
 
 __all__ = ["EmbeddingStore", "find_stores", "read_embeddings", "remove_store", "store_key"]
 
@@ -196,8 +198,6 @@ class EmbeddingStore:
 
         Returns the shard's receipt: ``{"shard", "rows", "skipped", "sha256"}`` (of the vector and metadata
         bytes), small enough to send back from a remote worker."""
-        import hashlib
-        import io
 
         import pyarrow as pa
         import pyarrow.parquet as pq

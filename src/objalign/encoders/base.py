@@ -6,6 +6,7 @@ normalisation; text encoders take strings. Both return float32 numpy arrays ``(B
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import asdict, dataclass
 
@@ -92,7 +93,6 @@ def optional_import(module: str, extra: str, package: str):
     Also catches the ``RuntimeError`` a torchvision built for another torch raises at import time (open_clip
     and timm import torchvision), which otherwise surfaces as an obscure operator error.
     """
-    import importlib
 
 
     try:

@@ -7,14 +7,13 @@ import os
 
 from objalign.checkpoints import ARCHS, arch_from_file_name, find_original, load_original
 from objalign.checkpoints.dinov2 import use_hub_interpolation
+from objalign.config import POS_INTERPOLATIONS, PREPROCESS_KINDS
 from objalign.encoders.base import Preprocess, VisionEncoder, check_pooling, hub_load, pool_tokens
 from objalign.encoders.layers import config_layer_count, normed_token_layers
 from objalign.errors import ObjalignError
 
-PREPROCESS_KINDS = ("default", "hub")
 #: blocks of the released sizes (``facebook/dinov2-<size>``, ``dinov2_vit<k>14``), known before loading
 DEPTHS = {"small": 12, "base": 12, "large": 24, "giant": 40, "vits14": 12, "vitb14": 12, "vitl14": 24, "vitg14": 40}
-POS_INTERPOLATIONS = ("auto", "transformers", "hub")
 
 
 def dinov2_preprocess(image_size: int | None = None) -> Preprocess:

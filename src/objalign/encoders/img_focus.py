@@ -14,6 +14,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+import numpy as np
+
 from objalign.encoders.base import Preprocess, VisionEncoder, check_pooling, pool_tokens
 from objalign.encoders.layers import normed_token_layers
 from objalign.errors import ObjalignError
@@ -50,7 +52,6 @@ def load_backbone_state(path: str | Path | None = None) -> dict:
     (``/backbone/encoder/layer.N/<module path>/MatMul``); the position embeddings are the constants feeding
     the embedding's ``Concat`` (CLS position) and ``Reshape`` (patch grid).
     """
-    import numpy as np
     import onnx
     from onnx import numpy_helper
 

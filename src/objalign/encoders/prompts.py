@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from objalign.config import PROMPT_MODES  # embed.text.prompts
 from objalign.errors import ObjalignError
 
 #: ``name``: the bare category name; ``template``: one template; ``ensemble``: :data:`CLIP_IMAGENET_TEMPLATES`;
 #: ``file``: one template per line of a text file (blank lines and ``#`` comments ignored).
-PROMPT_MODES = ("name", "template", "ensemble", "file")
 
 #: The 80 prompt templates of CLIP's ImageNet zero-shot classifier (OpenAI, Prompt_Engineering_for_ImageNet).
 CLIP_IMAGENET_TEMPLATES = (

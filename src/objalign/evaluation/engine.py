@@ -38,7 +38,7 @@ from objalign.evaluation.category_level import category_level, open_vocabulary
 from objalign.evaluation.folds import fit_fold, median_sq_distance  # noqa: F401  (re-exported)
 from objalign.evaluation.heldout_similarity import heldout_similarity
 from objalign.evaluation.pvalues import null_rows
-from objalign.evaluation.settings import AlignConfig, check_align
+from objalign.evaluation.settings import BASELINE_METHODS, MAP_METHODS, AlignConfig, check_align
 from objalign.maps import PCAMatch, check_xy
 from objalign.maps.threads import single_threaded_blas
 from objalign.stats import protocols
@@ -46,8 +46,7 @@ from objalign.stats.intervals import bootstrap_figures
 from objalign.stats.metrics import figures_from_instances, per_category, per_instance, r2_scores
 from objalign.stats.protocols import heldout_images
 
-METHODS = ("ridge", "kernel_ridge")
-BASELINES = ("mean", "shuffled")
+METHODS, BASELINES = MAP_METHODS, BASELINE_METHODS  # align.methods, align.baselines
 
 
 def heldout_image_split(groups: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

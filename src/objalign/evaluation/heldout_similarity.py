@@ -7,13 +7,13 @@ import numpy as np
 
 from objalign.errors import ObjalignError
 from objalign.evaluation.folds import SHUFFLE_SEED
-from objalign.evaluation.settings import AlignConfig
+from objalign.evaluation.settings import SIMILARITY_IDS, AlignConfig
 from objalign.measures.calibrate import calibrate_measures, permutation_engine
 from objalign.measures.similarity import distinct_rows
 from objalign.stats.permutation import group_permutations
 
 #: the measures a result reports, in its order (``AlignConfig.similarity_measures`` picks among them)
-SIMILARITY_MEASURES = ("cka_linear", "cka_linear_unbiased", "cka_rbf", "mutual_knn", "cknna", "svcca")
+SIMILARITY_MEASURES = SIMILARITY_IDS
 
 
 def heldout_similarity(Z: np.ndarray, Y: np.ndarray, groups: np.ndarray, cfg: AlignConfig,

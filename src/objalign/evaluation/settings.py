@@ -7,7 +7,16 @@ definition, so the library and the pipeline cannot drift apart. It knows nothing
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from objalign.errors import ObjalignError, did_you_mean
+from objalign.evaluation.units import UNITS
+from objalign.measures.matching import METHODS as MATCHING_METHODS
+from objalign.stats.nulls import NULLS
+
+#: ``align.similarity_measures``: the measures a result reports, in its order (IDs of objalign.measures)
+SIMILARITY_IDS = ("cka_linear", "cka_linear_unbiased", "cka_rbf", "mutual_knn", "cknna", "svcca")
 
 
 @dataclass(frozen=True)
@@ -34,8 +43,7 @@ class AlignConfig:
     #: above (``B (max / n_train)^2``, at least 100; the reason is recorded in the report)
     null_selection_max_train: int = 4000
     #: similarity measures on held-out features, by ID (``objalign.measures.list()``; [] turns them off)
-    similarity_measures: tuple[str, ...] = ("cka_linear", "cka_linear_unbiased", "cka_rbf", "mutual_knn", "cknna",
-                                            "svcca")
+    similarity_measures: tuple[str, ...] = SIMILARITY_IDS
     similarity_k: int = 10  #: k of mutual_knn and cknna on held-out features
     svcca_dim: int = 10  #: SVCCA dimension (capped at the rank of the held-out text targets)
     similarity_max_n: int = 2000  #: similarity measures use (n, n) matrices: at most this many test objects (seeded)
@@ -74,17 +82,14 @@ class AlignConfig:
 
 
 # ------------------------------------------------------------------------------------------------- validation
-# The names each setting may take. They live here, not only beside their implementations, so that checking a config
-# imports no numpy, scipy or scikit-learn (a bad value is refused in well under a second, before any stage runs);
-# tests/test_config_validation.py checks that they match the modules that implement them.
-MAP_METHODS = ("ridge", "kernel_ridge")  #: ``align.methods`` (objalign.evaluation.engine.METHODS)
-BASELINE_METHODS = ("mean", "shuffled")  #: ``align.baselines`` (objalign.evaluation.engine.BASELINES)
+# The names each setting may take: defined here where the evaluation owns them, imported from the module that
+# implements them otherwise (one definition each).
+MAP_METHODS = ("ridge", "kernel_ridge")  #: ``align.methods``
+BASELINE_METHODS = ("mean", "shuffled")  #: ``align.baselines``
 PROTOCOLS = ("heldout_images", "heldout_categories")  #: ``align.protocols`` (objalign.stats.protocols)
-NULL_KINDS = ("selection", "fixed")  #: ``align.null`` (objalign.stats.nulls.NULLS)
-#: ``align.similarity_measures`` (objalign.evaluation.heldout_similarity.SIMILARITY_MEASURES)
-SIMILARITY_IDS = ("cka_linear", "cka_linear_unbiased", "cka_rbf", "mutual_knn", "cknna", "svcca")
-MATCH_IDS = ("faq", "local_cka", "exact")  #: ``align.match_methods`` (objalign.measures.matching.METHODS)
-UNIT_IDS = ("object", "image", "prototype")  #: ``align.units`` (objalign.evaluation.units.UNITS)
+NULL_KINDS = NULLS  #: ``align.null``
+MATCH_IDS = MATCHING_METHODS  #: ``align.match_methods``
+UNIT_IDS = UNITS  #: ``align.units``
 KERNEL_APPROX = ("auto", "exact", "nystroem")  #: ``align.kernel_approx``
 ALIGN_DTYPES = ("auto", "float64", "float32")  #: ``align.dtype``
 
@@ -94,7 +99,6 @@ def _is_int(v) -> bool:
 
 
 def _is_number(v) -> bool:
-    import math
 
     if isinstance(v, bool):
         return False
@@ -106,7 +110,6 @@ def _is_number(v) -> bool:
 
 def check_int(key: str, value, low: int, fix: str, zero_ok: bool = False) -> None:
     """Refuse ``value`` unless it is an integer ``>= low`` (or 0 with ``zero_ok``): one line naming ``key``."""
-    from objalign.errors import ObjalignError
 
     if not _is_int(value) or (value < low and not (zero_ok and value == 0)):
         what = f"0 or an integer >= {low}" if zero_ok else f"an integer >= {low}"
@@ -116,7 +119,6 @@ def check_int(key: str, value, low: int, fix: str, zero_ok: bool = False) -> Non
 def check_number(key: str, value, fix: str, low: float | None = None, high: float | None = None,
                  open_low: bool = False, open_high: bool = False) -> None:
     """Refuse ``value`` unless it is a finite number in the interval given (ends open or closed): one line."""
-    from objalign.errors import ObjalignError
 
     ok = _is_number(value)
     if ok and low is not None:
@@ -132,7 +134,6 @@ def check_number(key: str, value, fix: str, low: float | None = None, high: floa
 
 def check_choice(key: str, value, choices, fix: str = "") -> None:
     """Refuse ``value`` unless it is one of ``choices``: one line with a did-you-mean."""
-    from objalign.errors import ObjalignError, did_you_mean
 
     if not isinstance(value, str) or value not in choices:
         hint = did_you_mean(value, choices, cutoff=0.4)
@@ -142,7 +143,6 @@ def check_choice(key: str, value, choices, fix: str = "") -> None:
 def check_names(key: str, values, choices, empty: str | None = None) -> None:
     """Refuse a list with a name not in ``choices`` (did-you-mean), a repeated name, or (unless ``empty`` says what
     an empty list means, e.g. "turns them off") an empty list: one line naming ``key``."""
-    from objalign.errors import ObjalignError, did_you_mean
 
     if isinstance(values, str) or not isinstance(values, (list, tuple)):
         raise ObjalignError(f"{key} = {values!r}: expected a list of names from {', '.join(choices)}")
@@ -160,7 +160,6 @@ def check_names(key: str, values, choices, empty: str | None = None) -> None:
 
 
 def _check_grid(key: str, values, fix: str) -> None:
-    from objalign.errors import ObjalignError
 
     shown = list(values) if isinstance(values, (list, tuple)) else values
     if isinstance(values, str) or not isinstance(values, (list, tuple)) or not values \
@@ -189,7 +188,6 @@ def check_align(cfg: AlignConfig) -> AlignConfig:
     ObjalignError
         One line naming ``align.KEY``, the value and the fix, for the first bad setting.
     """
-    from objalign.errors import ObjalignError
 
     a = "align."
     # either list may name a map or a baseline (fitted once, maps first)

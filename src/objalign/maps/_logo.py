@@ -14,6 +14,8 @@ are chosen by dynamic programming on the flop count (:func:`_plan`); for 5 folds
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from objalign.maps._blas import Blas
@@ -131,7 +133,6 @@ def _plan(sizes):
     split : dict mapping (i, j) -> h, the block index at which the run ``i..j-1`` is split.
     cost : float, total flops of the plan.
     """
-    import functools
 
     pre = np.concatenate([[0], np.cumsum(sizes)]).astype(float)
 

@@ -32,6 +32,8 @@ one kernel matrix and, per worker thread, one residual operator (``n^2`` floats 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import scipy.linalg as sla
 from scipy import sparse
@@ -444,7 +446,6 @@ def kernel_choices(X, codes, Z, splits, alphas, gammas, perms, kernel="rbf", deg
     scores : ndarray of shape (B, n_points, n_folds) (a list when ``Z`` is a list)
         Only with ``return_scores``.
     """
-    from concurrent.futures import ThreadPoolExecutor
 
 
     X = np.asarray(X, dtype=np.float64)

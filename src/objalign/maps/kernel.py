@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.linalg as sla
@@ -73,7 +75,6 @@ def _solve_kernel(K, alpha, Y, rebuild=None):
 
 def _n_workers(n_jobs, n_tasks):
     """Threads for ``n_jobs`` (scikit-learn convention: None = 1, -1 = all cores)."""
-    import os
 
     if n_jobs is None:
         return 1
@@ -461,7 +462,6 @@ class KernelRidgeCV(_KernelBaseEstimator):
             return ss
         # Grid points run concurrently, one BLAS thread each: no OpenBLAS thread-team synchronisation, which
         # stalls badly on a shared machine, and near-perfect scaling (each point is O(n^3) of BLAS-3 work).
-        from concurrent.futures import ThreadPoolExecutor
 
 
         # The points of `workers` gammas at a time go to one pool: workers x n_alphas tasks, so no worker idles

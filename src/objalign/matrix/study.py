@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing as mp
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -386,8 +388,6 @@ def _run_parallel(todo: list, args: tuple, text_of: dict, jobs: int, finished) -
     """Evaluate the blocks of ``todo`` in ``jobs`` worker processes (at most ``2 jobs`` blocks in flight, so memory
     holds a few layers' features, not all of them); ``finished(slot, key, vision, rows, nulls, seconds)`` is called
     here as each one completes."""
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     queue = list(todo)

@@ -16,6 +16,7 @@ import numpy as np
 from objalign.config import RunConfig
 from objalign.embed.stage import load_run_embeddings
 from objalign.embed.vocab import load_vocabulary_embeddings
+from objalign.errors import ObjalignError
 from objalign.evaluation.api import call_options, evaluate_alignment
 from objalign.evaluation.engine import compute_dtype, evaluate, methods_of
 from objalign.pipeline.units import check_unit_studies, unit_studies
@@ -58,7 +59,6 @@ def check_enough(out: Path, groups: np.ndarray, labels: np.ndarray, cfg) -> None
         Image id and category id of each embedded object.
     cfg : AlignConfig
     """
-    from objalign.errors import ObjalignError
 
     n, n_images, n_cats = len(groups), len(np.unique(groups)), len(np.unique(labels))
     if n == 0:

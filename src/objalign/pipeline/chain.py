@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -37,7 +38,6 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = T
     A stage whose inputs and settings are unchanged since it last ran is reused, not recomputed
     (``force=True`` recomputes everything).
     """
-    import json
 
 
     if cfg.compute.num_workers > 1:

@@ -7,6 +7,7 @@ after it (its result rows are the object level) and writes their files. See :mod
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -69,7 +70,6 @@ def unit_studies(out: str | Path, X: np.ndarray, Y: np.ndarray, groups: np.ndarr
 
 def _units(out: Path, X, groups, label_index, class_emb, cfg, rows) -> dict:
     """``align/units.json``'s content: object rows, image level and prototype curve as ``cfg.units`` asks."""
-    import time
 
 
     units = check_units(cfg.units)
