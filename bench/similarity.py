@@ -96,8 +96,8 @@ def main(argv=None):
 
     import scipy.linalg  # noqa: F401  (loaded before the thread limit, so that it applies to scipy's BLAS too)
 
-    from objalign.evaluation.engine import _similarity
     from objalign.config import AlignConfig
+    from objalign.evaluation.heldout_similarity import heldout_similarity as _similarity
     from objalign.stats.nulls import single_threaded_blas
 
     cfg = AlignConfig(similarity_permutations=args.perms)
