@@ -73,10 +73,12 @@ def calibrated(measure, X, Y, groups=None, n_permutations: int = 1000, alpha: fl
     Parameters
     ----------
     measure : str or callable
-        A name in :data:`MEASURES` (``"cka_linear"``, ``"cka_linear_unbiased"``, ``"cka_rbf"``,
-        ``"mutual_knn"``, ``"cknna"``, ``"svcca"``) with its keyword ``options`` (``k``,
-        ``dim``, ``sigma``), or a callable ``f(X, Y, **options) -> float`` (re-evaluated per permutation; pass
-        ``s_max=`` if its maximum is not 1).
+        A measure ID of :func:`objalign.measures.list` (looked up in :mod:`objalign.measures.registry`) with its
+        keyword ``options``: the IDs of :data:`MEASURES` (``"cka_linear"``, ``"cka_linear_unbiased"``,
+        ``"cka_rbf"``, ``"mutual_knn"``, ``"cknna"``, ``"svcca"``) use their fast permutation engine (options ``k``,
+        ``dim``, ``sigma``), any other ID (``"cka_rbf_unbiased"``) re-evaluates its registered callable per
+        permutation (options: its ``options``). Or a callable ``f(X, Y, **options) -> float`` (re-evaluated per
+        permutation; pass ``s_max=`` if its maximum is not 1).
     X : array-like of shape (n_samples, n_features_x)
     Y : array-like of shape (n_samples, n_features_y)
         Paired features (row ``i`` of both describes sample ``i``).
@@ -98,6 +100,24 @@ def calibrated(measure, X, Y, groups=None, n_permutations: int = 1000, alpha: fl
         ``score`` (observed), ``threshold`` (tau), ``pvalue``, ``calibrated``, ``null`` (ndarray ``(K,)``),
         ``null_mean``, ``n_permutations``, ``alpha``, ``measure`` (its name) and ``scheme``
         (``"image-blocks"`` or ``"rows"``).
+
+    Raises
+    ------
+    ObjalignError
+        An unknown ID (with the closest one), bad options, inputs, ``groups``, ``n_permutations`` or ``alpha``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from objalign import measures
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(60, 8))
+    >>> Y = X[:, :4] + 0.5 * rng.normal(size=(60, 4))
+    >>> r = measures.calibrated("mutual_knn", X, Y, n_permutations=99, k=5)
+    >>> round(r["score"], 3), round(r["threshold"], 3), r["pvalue"], round(r["calibrated"], 3)
+    (0.267, 0.113, 0.01, 0.173)
+    >>> r["measure"], r["scheme"]
+    ('mutual_knn', 'rows')
     """
     alpha = check_alpha(alpha)
     K = _check_count(n_permutations, "n_permutations")

@@ -44,7 +44,7 @@ from typing import Callable
 
 import numpy as np
 
-from objalign.errors import ObjalignError, did_you_mean
+from objalign.errors import ObjalignError
 from objalign.measures._grouping import (
     KNN_CHUNK,
     CodedKernel,
@@ -65,12 +65,14 @@ from objalign.measures._grouping import (
 )
 from objalign.measures._kernels import check_k, check_self, double_center, validate_pair
 from objalign.measures._sides import knn_self_alignment, sides_of
+from objalign.measures.registry import get
 
 __all__ = ["MEASURES", "Engine", "permutation_engine"]
 
 
 MEASURES: dict[str, type] = {}
-"""Measure name -> permutation engine class (options are the class's keyword arguments)."""
+"""Measure ID -> fast permutation engine class (options are the class's keyword arguments); every key is an ID of
+the registry (:mod:`objalign.measures.registry`)."""
 
 
 def _register(name: str):
@@ -353,20 +355,31 @@ class _Callable(Engine):
 
 
 def permutation_engine(measure, X, Y, cache: dict | None = None, **options) -> Engine:
-    """The engine of ``measure`` (a name in :data:`MEASURES` or a callable ``f(X, Y) -> float``) on ``(X, Y)``.
+    """The engine of ``measure`` (an ID of :func:`objalign.measures.list` or a callable ``f(X, Y) -> float``) on
+    ``(X, Y)``.
 
+    An ID is looked up in the registry (:mod:`objalign.measures.registry`): one with a fast engine (a name in
+    :data:`MEASURES`) gets it, with the engine's options (``k``, ``dim``, ``sigma``); any other (e.g.
+    ``cka_rbf_unbiased``) re-evaluates its registered callable on each permuted ``Y``, with that callable's options.
     ``engine.score(pi)`` returns the measure on ``(X, Y[pi])`` (``pi=None``: the observed pairing). ``cache`` (a
     dict, as in :mod:`objalign.measures.similarity`): the precomputations of ``X`` alone (Grams, factors, neighbour
     graphs, subspaces) are kept in it and reused by engines built on the same ``X`` -- against another ``Y``, or
     for another measure -- and those of ``Y`` alone by the next engine on the same ``Y``; the engine's scores are
-    identical with or without it. A callable measure ignores it.
+    identical with or without it. A callable measure, or an ID without a fast engine, ignores it.
     """
     if callable(measure):
         return _Callable(measure, X, Y, **options)
-    if measure not in MEASURES:
-
-        raise ObjalignError(f"unknown similarity measure {measure!r}{did_you_mean(measure, MEASURES)}; expected one of "
-                            f"{', '.join(sorted(MEASURES))} or a callable f(X, Y) -> float")
+    try:
+        record = get(measure)
+    except ObjalignError as exc:
+        raise ObjalignError(f"{exc} or a callable f(X, Y) -> float") from None
+    if measure not in MEASURES:  # no fast engine: the registered callable, recomputed per permutation
+        if set(options) - set(record.options):
+            raise ObjalignError(f"bad options {sorted(options)} for measure {measure!r}: it takes "
+                                f"{', '.join(record.options) or 'none'}")
+        engine = _Callable(record.function, X, Y, **options)
+        engine.name = measure
+        return engine
     try:
         return MEASURES[measure](X, Y, cache=cache, **options)
     except TypeError as exc:
