@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from objalign.errors import ObjalignError
-from objalign.measures import calibrate as cal
+from objalign.measures import _grouping as cal
+from objalign.measures import _sides as sides
 from objalign.measures import similarity as sim
 from objalign.measures.calibrate import calibrate_measures, calibrated
 from objalign.stats.labels import unique_rows
@@ -69,9 +70,9 @@ def test_linear_cka_feature_space_path_with_cache():
 def test_x_side_is_computed_once_per_cache(monkeypatch):
     X, _, Ys = _problem()
     calls, medians = [], []
-    real, real_median = sim._rbf_gram, sim._weighted_median
-    monkeypatch.setattr(sim, "_rbf_gram", lambda A, *a, **k: calls.append(A.shape) or real(A, *a, **k))
-    monkeypatch.setattr(sim, "_weighted_median", lambda v, w: medians.append(int(w.sum())) or real_median(v, w))
+    real, real_median = sides.rbf_gram, sides.weighted_median
+    monkeypatch.setattr(sides, "rbf_gram", lambda A, *a, **k: calls.append(A.shape) or real(A, *a, **k))
+    monkeypatch.setattr(sides, "weighted_median", lambda v, w: medians.append(int(w.sum())) or real_median(v, w))
     cache: dict = {}
     for key in ("coded", "coded_other", "dense", "coded"):
         sim.cka(X, Ys[key], kernel="rbf", cache=cache)
@@ -96,8 +97,8 @@ def test_a_different_or_modified_x_is_never_served_from_the_cache():
         assert f(X2, Y, cache) == f(X2, Y, None), name
     # the check is on the bits: -0.0 is not 0.0, a view equals its copy, shapes and dtypes count
     zero = np.zeros((3, 2))
-    assert not sim._identical(zero, -zero) and sim._identical(X[:, ::2], X[:, ::2].copy())
-    assert not sim._identical(X, X.T.copy().T[:, :-1]) and not sim._identical(X, X.astype(np.float32))
+    assert not sides.identical(zero, -zero) and sides.identical(X[:, ::2], X[:, ::2].copy())
+    assert not sides.identical(X, X.T.copy().T[:, :-1]) and not sides.identical(X, X.astype(np.float32))
 
 
 def test_errors_of_the_x_side_are_raised_again_with_a_cache():
@@ -178,8 +179,8 @@ def test_unique_rows_is_np_unique():
 
 
 def test_evaluate_targets_similarity_is_bit_identical_to_separate_runs():
-    from objalign.evaluation.engine import evaluate, evaluate_targets
     from objalign.config import AlignConfig
+    from objalign.evaluation.engine import evaluate, evaluate_targets
 
     rng = np.random.default_rng(0)
     c, d = 8, 20

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from objalign.errors import ObjalignError
+from objalign.measures import _kernels as kern
+from objalign.measures import _sides as sides
 from objalign.measures import similarity as sim
 from objalign.measures.calibrate import calibrated
 
@@ -42,29 +44,29 @@ def _problem(seed=0, n=90, c=9, q=12, ties=False):
 
 def _dense(monkeypatch):
     """Turn the category-row path off: every matrix is computed from its n rows."""
-    monkeypatch.setattr(sim, "CODED_FRACTION", 0.0)
+    monkeypatch.setattr(sides, "CODED_FRACTION", 0.0)
 
 
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_category_rows_equal_the_row_computation(seed, ties):
     _, _, Y = _problem(seed, ties=ties)
-    side = sim._side(None, "Y", Y)
+    side = sides.side_of(None, "Y", Y)
     assert side.rows() is not None and len(side.rows().U) == 9
-    Yc = sim._center(Y)
+    Yc = kern.center(Y)
     close = {"atol": 1e-12, "rtol": 0}
     np.testing.assert_allclose(side.centered(), Yc, **close)
     np.testing.assert_allclose(side.linear(), Yc @ Yc.T, **close)
     for fraction in (0.4, 0.8):
-        np.testing.assert_allclose(side.rbf(fraction), sim._rbf_gram(Yc, fraction, "Y"), **close)
-    S = sim._cosine_gram(Y, "Y")
+        np.testing.assert_allclose(side.rbf(fraction), kern.rbf_gram(Yc, fraction, "Y"), **close)
+    S = kern.cosine_gram(Y, "Y")
     np.testing.assert_allclose(side.cosine(), S, **close)
     for k in (1, 3, 7, 12, 40, 89):  # the k-th neighbour inside a category's block, at its edge, in the tied pair
         W = side.knn(k, "average")
-        np.testing.assert_allclose(W, sim._neighbour_weights(S, k, "average"), **close)
+        np.testing.assert_allclose(W, kern.neighbour_weights(S, k, "average"), **close)
         np.testing.assert_allclose(W.sum(1), k, **close)
     for dim in (1, 4, 7):  # the same subspace: equal projectors
-        U, ref = side.subspace(dim), sim._top_subspace(Yc, dim, "Y")
+        U, ref = side.subspace(dim), kern.top_subspace(Yc, dim, "Y")
         np.testing.assert_allclose(U.T @ U, np.eye(dim), **close)
         np.testing.assert_allclose(U @ U.T, ref @ ref.T, atol=1e-10, rtol=0)
 
@@ -77,7 +79,7 @@ def test_weighted_median_is_np_median():
         weights = rng.integers(0, 5, u)
         if weights.sum() == 0:
             weights[0] = 1
-        assert sim._weighted_median(values, weights) == np.median(np.repeat(values, weights))
+        assert kern.weighted_median(values, weights) == np.median(np.repeat(values, weights))
 
 
 def test_errors_match_the_row_computation(monkeypatch):
@@ -121,8 +123,8 @@ def _same(a, b) -> bool:
 
 
 def test_a_target_set_alone_equals_it_among_other_target_sets():
-    from objalign.evaluation.heldout_similarity import heldout_similarity as _similarity
     from objalign.config import AlignConfig
+    from objalign.evaluation.heldout_similarity import heldout_similarity as _similarity
 
     X, groups, Y = _problem(4, n=120)
     rng = np.random.default_rng(4)
@@ -154,8 +156,8 @@ def test_a_target_set_alone_equals_it_among_other_target_sets():
 
 def test_values_are_the_measures(monkeypatch):
     """``_similarity``'s values (by the permutation engines) equal the measures computed on every row."""
-    from objalign.evaluation.heldout_similarity import heldout_similarity as _similarity
     from objalign.config import AlignConfig
+    from objalign.evaluation.heldout_similarity import heldout_similarity as _similarity
 
     X, groups, Y = _problem(5, ties=True)
     cfg = AlignConfig(similarity_k=7, svcca_dim=4, similarity_permutations=0)
@@ -167,26 +169,26 @@ def test_values_are_the_measures(monkeypatch):
 
 @pytest.mark.parametrize("ties", [False, True])
 def test_category_level_hsic_terms_equal_the_n_by_n_ones(ties):
-    from objalign.measures.calibrate import _CodedKernel
+    from objalign.measures._grouping import CodedKernel as _CodedKernel
 
     _, _, Y = _problem(6, ties=ties)
-    side = sim._side(None, "Y", Y)
+    side = sides.side_of(None, "Y", Y)
     rows, codes = side.rows(), side.coded()[1]
     for k in (3, 7):  # CKNNA's self-alignment: HSIC_u of W o K with a zero diagonal
         T = side.knn_table(k) * side.cosine_table()
         A = side.knn(k, "average") * side.cosine()
-        assert rows.hsic_unbiased_self(T) == pytest.approx(sim._hsic_unbiased(A, A), abs=1e-12, rel=0)
+        assert rows.hsic_unbiased_self(T) == pytest.approx(kern.hsic_unbiased(A, A), abs=1e-12, rel=0)
     L = side.rbf(0.8)  # the double-centred kernel's squared norm (biased RBF CKA)
     got = _CodedKernel(codes, rows.rbf(0.8)).sq_norm_centred()
-    assert got == pytest.approx(float(np.sum(sim._double_center(L) ** 2)), abs=1e-10, rel=1e-13)
+    assert got == pytest.approx(float(np.sum(kern.double_center(L) ** 2)), abs=1e-10, rel=1e-13)
     assert sim.distinct_rows(Y) == 9 and sim.distinct_rows(np.arange(12.0).reshape(6, 2)) == 6
 
 
 def test_neighbour_weight_nonzeros_from_the_table():
-    from objalign.measures.calibrate import _knn_nonzeros
+    from objalign.measures._grouping import knn_nonzeros as _knn_nonzeros
 
     for ties in (False, True):
         _, _, Y = _problem(7, ties=ties)
         for k in (1, 5, 30):
-            side = sim._side(None, "Y", Y)
+            side = sides.side_of(None, "Y", Y)
             assert _knn_nonzeros(side, k) == np.count_nonzero(side.knn(k, "average"))

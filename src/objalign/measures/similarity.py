@@ -52,6 +52,11 @@ counts), cosine similarities and k-NN weights (ties ``"average"``) are ``(u, u)`
 top singular subspace comes from a ``(u, u)`` eigenproblem. The results equal the computation on all ``n`` rows up
 to rounding (``tests/test_similarity_rows.py``); a cache keeps the tables for any order of the same rows (the
 shuffled pairing).
+
+Layout
+------
+This module holds the measures; the input checks and dense kernels live in :mod:`objalign.measures._kernels`, one
+side's memoised quantities (and the category-row computations) in :mod:`objalign.measures._sides`.
 """
 
 from __future__ import annotations
@@ -59,415 +64,23 @@ from __future__ import annotations
 import numpy as np
 
 from objalign.errors import ObjalignError
-from objalign.stats.intervals import weighted_median as per_row
-from objalign.stats.resampling import unique_rows
-
-__all__ = ["TIE_ATOL", "cka", "cknna", "hsic", "mutual_knn", "svcca"]
-
-TIE_ATOL = 1e-10
-"""Absolute tolerance under which two cosine similarities count as tied in k-NN measures."""
-
-_TIES = ("average", "index")
-
-
-# ----------------------------------------------------------------------------------------- validation
-def _as_matrix(a, name: str) -> np.ndarray:
-    try:
-        arr = np.asarray(a, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ObjalignError(
-            f"{name} must be a numeric array of shape (n_samples, n_features); "
-            f"could not convert it to float ({exc}): pass a NumPy array of numbers"
-        ) from None
-    if arr.ndim != 2:
-        raise ObjalignError(
-            f"{name} must be 2-D with shape (n_samples, n_features), got shape {arr.shape}: "
-            f"reshape it, e.g. {name}.reshape(len({name}), -1)"
-        )
-    if not np.all(np.isfinite(arr)):
-        bad = int(np.count_nonzero(~np.isfinite(arr)))
-        raise ObjalignError(
-            f"{name} contains {bad} NaN or infinite values; similarity measures need finite "
-            f"features: drop or repair those rows first"
-        )
-    return arr
-
-
-def _validate_pair(X, Y, min_samples: int, measure: str) -> tuple[np.ndarray, np.ndarray]:
-    X = _as_matrix(X, "X")
-    Y = _as_matrix(Y, "Y")
-    if X.shape[0] != Y.shape[0]:
-        raise ObjalignError(
-            f"X and Y must have the same number of rows (paired samples), got X with "
-            f"{X.shape[0]} and Y with {Y.shape[0]}: pass one row per object in both"
-        )
-    if X.shape[0] < min_samples:
-        raise ObjalignError(
-            f"{measure} needs at least {min_samples} samples, got {X.shape[0]}: pass more objects"
-        )
-    if X.shape[1] == 0 or Y.shape[1] == 0:
-        raise ObjalignError(
-            f"X and Y need at least one feature, got widths {X.shape[1]} and {Y.shape[1]}"
-        )
-    return X, Y
-
-
-def _check_k(k, n: int, minimum: int = 1) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise ObjalignError(f"k must be an integer, got {k!r}: pass e.g. k=10")
-    k = int(k)
-    if not minimum <= k <= n - 1:
-        raise ObjalignError(
-            f"k={k} is out of range for {n} samples: expected {minimum} <= k <= n_samples - 1 = {n - 1}"
-        )
-    return k
-
-
-def _check_ties(ties) -> str:
-    if ties not in _TIES:
-        raise ObjalignError(f"ties={ties!r} is not supported: expected one of {list(_TIES)}")
-    return ties
-
-
-# ------------------------------------------------------------------------------------------ one side
-class _Side:
-    """One feature matrix ``A`` ``(n, d)`` (``X`` or ``Y``) and what is computed from it alone, memoised in ``memo``.
-
-    Every quantity is computed by the same code whether it comes from the memo or not (bit-identical results). An
-    ``ObjalignError`` raised while computing one is memoised too and raised again on the next request.
-
-    When ``A`` repeats rows (at most ``CODED_FRACTION * n`` distinct rows, e.g. text targets: one row per category)
-    its centred rows, Grams, kernels, neighbour weights and top subspace are computed from the ``u`` distinct rows
-    and expanded by indexing (:class:`_Rows`); ``cache`` (the dict the side lives in, or None) keeps those
-    category-level quantities, so ``A`` and a row permutation of it (the shuffled floor) compute them once.
-    """
-
-    def __init__(self, A: np.ndarray, name: str, memo: dict, cache: dict | None = None):
-        self.A, self.name, self.memo, self.cache = A, name, memo, cache
-
-    def get(self, key, compute):
-        if key not in self.memo:
-            try:
-                self.memo[key] = compute()
-            except ObjalignError as exc:
-                self.memo[key] = exc
-        value = self.memo[key]
-        if isinstance(value, ObjalignError):
-            raise value
-        return value
-
-    def coded(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """``(first (u,), codes (n,))`` of :func:`unique_codes`: None when ``A`` does not repeat rows enough."""
-        return self.get("codes", lambda: unique_codes(self.A))
-
-    def rows(self) -> _Rows | None:
-        """The :class:`_Rows` of a side that repeats rows (None otherwise)."""
-        def compute():
-            coded = self.coded()
-            if coded is None:
-                return None
-            first, codes = coded
-            counts = np.bincount(codes, minlength=len(first))
-            U = self.A[first]
-            holder = _side(self.cache, self.name + " rows", U) if self.cache is not None else self
-            return _Rows(U, counts, self.name, holder.get(("rows", counts.tobytes()), dict))
-        return self.get("rows", compute)
-
-    def expand(self, table: np.ndarray, diagonal: float | None = None) -> np.ndarray:
-        """``(n, n)`` matrix ``table[codes[i], codes[j]]`` of a ``(u, u)`` table (``diagonal``: then set on it)."""
-        codes = self.coded()[1]
-        out = table[np.ix_(codes, codes)]
-        if diagonal is not None:
-            np.fill_diagonal(out, diagonal)
-        return out
-
-    def centered(self) -> np.ndarray:
-        rows = self.rows()
-        if rows is not None:
-            return self.get("centered", lambda: rows.centered()[self.coded()[1]])
-        return self.get("centered", lambda: _center(self.A))
-
-    def linear(self) -> np.ndarray:
-        """``Ac Ac^T`` ``(n, n)`` of the column-centred rows."""
-        rows = self.rows()
-        if rows is not None:
-            return self.get("linear", lambda: self.expand(rows.linear()))
-        return self.get("linear", lambda: self.centered() @ self.centered().T)
-
-    def scatter(self) -> np.ndarray:
-        """``Ac^T Ac`` ``(d, d)``."""
-        return self.get("scatter", lambda: self.centered().T @ self.centered())
-
-    def rbf(self, fraction: float) -> np.ndarray:
-        rows = self.rows()
-        if rows is not None:
-            return self.get(("rbf", fraction), lambda: self.expand(rows.rbf(fraction)))
-        return self.get(("rbf", fraction), lambda: _rbf_gram(self.centered(), fraction, self.name, self.linear()))
-
-    def cosine(self) -> np.ndarray:
-        rows = self.rows()
-        if rows is not None:
-            return self.get("cosine", lambda: self.expand(self.cosine_table()))
-        return self.get("cosine", lambda: _cosine_gram(self.A, self.name))
-
-    def cosine_table(self) -> np.ndarray:
-        """The ``(u, u)`` cosine similarities of the distinct rows (a side that repeats rows)."""
-        def compute():
-            first, codes = self.coded()
-            _check_nonzero(np.linalg.norm(self.rows().U, axis=1)[codes], self.name)
-            return self.rows().cosine()
-        return self.get("cosine_table", compute)
-
-    def knn(self, k: int, ties: str) -> np.ndarray:
-        if ties == "average" and self.rows() is not None:
-            return self.get(("knn", k, ties), lambda: self.expand(self.knn_table(k), 0.0))
-        return self.get(("knn", k, ties), lambda: _neighbour_weights(self.cosine(), k, ties))
-
-    def knn_table(self, k: int) -> np.ndarray:
-        """``(u, u)``: the neighbour weight (ties ``"average"``) of any candidate ``j != i`` of code ``b`` for a sample
-        ``i`` of code ``a`` (a side that repeats rows)."""
-        return self.get(("knn_table", k), lambda: self.rows().knn(self.cosine_table(), k))
-
-    def subspace(self, dim: int) -> np.ndarray:
-        rows = self.rows()
-        if rows is not None:
-            return self.get(("subspace", dim), lambda: self.subspace_rows(dim)[self.coded()[1]])
-
-        def compute():
-            n, d = self.A.shape
-            return _top_subspace(self.centered(), dim, self.name, self.scatter() if d <= n else self.linear())
-        return self.get(("subspace", dim), compute)
-
-    def subspace_rows(self, dim: int) -> np.ndarray:
-        """``(u, dim)``: row ``codes[i]`` is row ``i`` of :meth:`subspace` (a side that repeats rows)."""
-        return self.rows().subspace(dim, self.A.shape)
-
-
-class _Rows:
-    """The ``u`` distinct rows ``U`` ``(u, d)`` of a matrix that repeats them ``counts`` ``(u,)`` times, and what is
-    computed from them alone (memoised in ``memo``): the same for any order of the repeated rows.
-
-    With ``M`` the ``(n, u)`` one-hot code matrix the matrix is ``M U``; its column mean is ``counts @ U / n``, its
-    centred Gram ``M (Uc Uc^T) M^T``, its RBF kernel and cosine similarities ``(u, u)`` tables read at the codes,
-    and the top left singular vectors of ``M Uc`` are ``M D^{-1/2} W`` with ``W`` those of ``D^{1/2} Uc``
-    (``D = diag(counts)``).
-    """
-
-    def __init__(self, U: np.ndarray, counts: np.ndarray, name: str, memo: dict):
-        self.U, self.counts, self.name, self.memo = U, counts, name, memo
-        self.n = int(counts.sum())
-
-    get = _Side.get
-
-    def centered(self) -> np.ndarray:
-        """``(u, d)``: the distinct rows minus the column mean of the repeated matrix."""
-        return self.get("centered", lambda: self.U - (self.counts @ self.U) / self.n)
-
-    def linear(self) -> np.ndarray:
-        return self.get("linear", lambda: self.centered() @ self.centered().T)
-
-    def rbf(self, fraction: float) -> np.ndarray:
-        """``(u, u)`` RBF kernel with the bandwidth ``fraction`` times the median distance over the ``n (n - 1) / 2``
-        pairs of repeated rows (as :func:`_rbf_gram` on them; pairs of equal rows are at distance 0)."""
-        def compute():
-            Uc, G, c = self.centered(), self.linear(), self.counts
-            sq = np.einsum("ij,ij->i", Uc, Uc)
-            d2 = sq[:, None] + sq[None, :] - 2.0 * G
-            np.maximum(d2, 0.0, out=d2)
-            np.fill_diagonal(d2, 0.0)
-            iu = np.triu_indices(len(c), k=1)
-            median = _weighted_median(np.append(np.sqrt(d2[iu]), 0.0),
-                                      np.append(c[iu[0]] * c[iu[1]], np.sum(c * (c - 1) // 2)))
-            if median == 0.0:
-                raise ObjalignError(
-                    f"the median pairwise distance of {self.name} is 0 (more than half of its row pairs are "
-                    f"identical), so the RBF bandwidth is undefined: use kernel='linear'")
-            sigma = fraction * median
-            return np.exp(-d2 / (2.0 * sigma**2))
-        return self.get(("rbf", fraction), compute)
-
-    def cosine(self) -> np.ndarray:
-        def compute():
-            Un = self.U / np.linalg.norm(self.U, axis=1)[:, None]
-            return Un @ Un.T
-        return self.get("cosine", compute)
-
-    def knn(self, S: np.ndarray, k: int) -> np.ndarray:
-        """``(u, u)`` neighbour weights from the cosine table ``S``: :func:`_neighbour_weights` (ties ``"average"``)
-        with row ``a``'s candidates the ``counts[b] - (a == b)`` samples of each code ``b``."""
-        def compute():
-            mult = self.counts[None, :] - np.eye(len(S), dtype=self.counts.dtype)  # candidates per code pair
-            order = np.argsort(-S, axis=1, kind="stable")
-            seen = np.cumsum(np.take_along_axis(mult, order, axis=1), axis=1)
-            at = (seen < k).sum(axis=1)  # position of the k-th largest candidate in each row's order
-            kth = S[np.arange(len(S)), order[np.arange(len(S)), at]][:, None]
-            real = mult > 0
-            above = (S > kth + TIE_ATOL) & real
-            tied = (S >= kth - TIE_ATOL) & ~above & real
-            need = k - (above * mult).sum(axis=1)
-            share = need / (tied * mult).sum(axis=1)
-            return above + tied * share[:, None]
-        return self.get(("knn", k), compute)
-
-    def hsic_unbiased_self(self, T: np.ndarray) -> float:
-        """:func:`_hsic_unbiased` ``(A, A)`` of the ``(n, n)`` matrix ``A[i, j] = T[codes[i], codes[j]]`` for ``i != j``
-        and 0 on its diagonal, from the ``(u, u)`` table ``T``."""
-        c, n = self.counts.astype(np.float64), self.n
-        pairs = np.outer(c, c) - np.diag(c)  # ordered pairs i != j of each code pair
-        total = float(np.sum(T * pairs))
-        col, row = c @ T - np.diag(T), T @ c - np.diag(T)  # A's column and row sums at a sample of each code
-        cross = 2.0 * float(np.sum(c * col * row)) / (n - 2)
-        trace = float(np.sum(T * T.T * pairs))
-        return float((trace + total * total / ((n - 1) * (n - 2)) - cross) / (n * (n - 3)))
-
-    def subspace(self, dim: int, shape: tuple[int, int]) -> np.ndarray:
-        """``(u, dim)``: :func:`_top_subspace` of the centred repeated matrix (of ``shape`` ``(n, d)``), one row per
-        code (the same top singular subspace; its basis may differ by a rotation, which SVCCA ignores)."""
-        def compute():
-            from scipy.linalg import eigh
-
-            n, d = shape
-            root = np.sqrt(self.counts.astype(np.float64))
-            Bc = root[:, None] * self.centered()
-            u = len(Bc)
-            if dim <= u:
-                evals, evecs = eigh(Bc @ Bc.T, subset_by_index=[u - dim, u - 1])
-                tol = float(np.max(np.abs(evals))) * max(n, d) * np.finfo(np.float64).eps * 10
-            if dim > u or int(np.count_nonzero(evals > tol)) < dim:
-                rank = int(np.linalg.matrix_rank(Bc))
-                raise ObjalignError(
-                    f"centred {self.name} has rank {rank}, fewer than dim={dim} directions: pass dim <= {rank}")
-            return evecs / root[:, None]
-        return self.get(("subspace", dim), compute)
-
-
-CODED_FRACTION = 0.5
-"""A matrix with at most this fraction of distinct rows is computed from them (:class:`_Rows`)."""
-
-
-def unique_codes(A: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(first (u,), codes (n,))`` of :func:`objalign.stats.resampling.unique_rows` when ``A`` ``(n, d)`` has at most
-    ``CODED_FRACTION * n`` distinct rows, else None."""
-
-    first, codes = unique_rows(A)
-    if len(first) > CODED_FRACTION * len(A):
-        return None
-    return first, codes
-
-
-def distinct_rows(Y, cache: dict | None = None) -> int:
-    """The number of distinct rows of ``Y`` ``(n, d)`` (as ``np.unique(Y, axis=0)``); with ``cache``, found once with
-    the rest of what the measures compute from ``Y`` alone."""
-    side = _side(cache, "Y", np.asarray(Y, dtype=np.float64))
-    coded = side.coded()
-    if coded is not None:
-        return len(coded[0])
-
-    return len(unique_rows(side.A)[0])
-
-
-def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    """``np.median(np.repeat(values, weights))`` without the repetition (integer ``weights``, total > 0): the
-    bootstrap's exact weighted median (:func:`objalign.stats.intervals.weighted_median`) on one row."""
-
-    return float(per_row(np.asarray(values), np.asarray(weights)[None, :])[0])
-
-
-def _side(cache: dict | None, slot: str, A: np.ndarray) -> _Side:
-    """:class:`_Side` of ``A`` (named ``slot`` in messages) memoised in ``cache[slot]``: its entries are replaced
-    when ``A`` differs, bit for bit, from the array they were computed from; ``cache=None``: a memo for this call
-    only."""
-    if cache is None:
-        return _Side(A, slot, {})
-    held = cache.get(slot)
-    if held is None or not _identical(held[0], A):
-        held = cache[slot] = (A.copy(), {})
-    return _Side(A, slot, held[1], cache)
-
-
-def _identical(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether ``a`` and ``b`` hold the same bits (``-0.0`` differs from ``0.0``)."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.dtype.kind in "fiub" and a.dtype.itemsize in (1, 2, 4, 8):  # compare as unsigned integers
-        u = np.dtype(f"u{a.dtype.itemsize}")
-        return bool(np.array_equal(np.ascontiguousarray(a).view(u), np.ascontiguousarray(b).view(u)))
-    return a.tobytes() == b.tobytes()
-
-
-def _sides(X: np.ndarray, Y: np.ndarray, cache: dict | None) -> tuple[_Side, _Side]:
-    """The :class:`_Side` of ``X`` and of ``Y`` in ``cache``."""
-    return _side(cache, "X", X), _side(cache, "Y", Y)
-
-
-# ------------------------------------------------------------------------------------------- helpers
-def _center(X: np.ndarray) -> np.ndarray:
-    return X - X.mean(axis=0, keepdims=True)
-
-
-def _cosine_gram(X: np.ndarray, name: str) -> np.ndarray:
-    """Cosine similarity matrix ``(n, n)`` of the rows of ``X`` ``(n, d)``."""
-    norms = np.linalg.norm(X, axis=1)
-    _check_nonzero(norms, name)
-    Z = X / norms[:, None]
-    return Z @ Z.T
-
-
-def _check_nonzero(norms: np.ndarray, name: str) -> None:
-    """One error naming the all-zero rows of ``name`` (``norms`` ``(n,)`` its row norms), for cosine similarity."""
-    zero = np.flatnonzero(norms == 0)
-    if zero.size:
-        raise ObjalignError(
-            f"{name} has {zero.size} all-zero rows (first at row {int(zero[0])}); cosine similarity "
-            f"is undefined for them: drop those rows"
-        )
-
-
-def _neighbour_weights(S: np.ndarray, k: int, ties: str) -> np.ndarray:
-    """k-NN membership weights ``(n, n)`` from a similarity matrix ``S`` ``(n, n)``.
-
-    Row ``i`` gives, for each ``j``, the (expected) indicator that ``j`` is among the ``k`` most
-    similar samples to ``i`` (self excluded), with the module's tie rule. Rows sum to ``k``.
-    """
-    n = S.shape[0]
-    S = S.copy()
-    np.fill_diagonal(S, -np.inf)
-    kth = np.partition(S, n - k, axis=1)[:, n - k][:, None]  # k-th largest per row (finite)
-    above = S > kth + TIE_ATOL
-    tied = (S >= kth - TIE_ATOL) & ~above
-    need = k - above.sum(axis=1)  # >= 1 places left for the tied block
-    if ties == "average":
-        share = need / tied.sum(axis=1)
-        return above + tied * share[:, None]
-    rank = np.cumsum(tied, axis=1)  # 1-based rank of each tied candidate in index order
-    return (above | (tied & (rank <= need[:, None]))).astype(np.float64)
-
-
-def _double_center(K: np.ndarray) -> np.ndarray:
-    """``H K H`` with ``H = I - 11^T / n`` for a square ``K`` ``(n, n)``."""
-    return K - K.mean(axis=0, keepdims=True) - K.mean(axis=1, keepdims=True) + K.mean()
-
-
-def _hsic_biased(K: np.ndarray, L: np.ndarray) -> float:
-    return _hsic_biased_centred(_double_center(K), L)
-
-
-def _hsic_biased_centred(Kc: np.ndarray, L: np.ndarray) -> float:
-    """The biased HSIC from the double-centred ``Kc = H K H`` (what :func:`_hsic_biased` computes first)."""
-    n = Kc.shape[0]
-    return float(np.sum(Kc * L.T)) / (n - 1) ** 2
-
-
-def _hsic_unbiased(K: np.ndarray, L: np.ndarray) -> float:
-    n = K.shape[0]
-    Kt = K.copy()
-    Lt = L.copy()
-    np.fill_diagonal(Kt, 0.0)
-    np.fill_diagonal(Lt, 0.0)
-    trace_term = np.sum(Kt * Lt.T)  # tr(Kt Lt)
-    sums_term = Kt.sum() * Lt.sum() / ((n - 1) * (n - 2))
-    cross_term = 2.0 * (Kt.sum(axis=0) @ Lt.sum(axis=1)) / (n - 2)  # 2/(n-2) 1^T Kt Lt 1
-    return float((trace_term + sums_term - cross_term) / (n * (n - 3)))
+from objalign.measures._kernels import (
+    TIE_ATOL,
+    as_matrix,
+    check_k,
+    check_self,
+    check_ties,
+    double_center,
+    hsic_biased,
+    hsic_biased_centred,
+    hsic_unbiased,
+    validate_pair,
+)
+from objalign.measures._sides import CODED_FRACTION, knn_self_alignment, side_of, sides_of, unique_codes
+from objalign.stats.labels import unique_rows
+
+__all__ = ["CODED_FRACTION", "TIE_ATOL", "cka", "cknna", "distinct_rows", "hsic", "mutual_knn", "svcca",
+           "unique_codes"]
 
 
 def hsic(K, L, unbiased: bool = False) -> float:
@@ -492,8 +105,8 @@ def hsic(K, L, unbiased: bool = False) -> float:
     float
         The HSIC estimate (the unbiased one can be slightly negative).
     """
-    K = _as_matrix(K, "K")
-    L = _as_matrix(L, "L")
+    K = as_matrix(K, "K")
+    L = as_matrix(L, "L")
     if K.shape[0] != K.shape[1] or K.shape != L.shape:
         raise ObjalignError(
             f"K and L must be square Gram matrices of the same shape (n, n), got {K.shape} and "
@@ -504,25 +117,7 @@ def hsic(K, L, unbiased: bool = False) -> float:
     if n < minimum:
         kind = "unbiased" if unbiased else "biased"
         raise ObjalignError(f"{kind} HSIC needs at least {minimum} samples, got {n}")
-    return _hsic_unbiased(K, L) if unbiased else _hsic_biased(K, L)
-
-
-# ----------------------------------------------------------------------------------------------- CKA
-def _rbf_gram(X: np.ndarray, fraction: float, name: str, gram: np.ndarray | None = None) -> np.ndarray:
-    """RBF kernel ``(n, n)`` of the rows of ``X`` ``(n, d)`` (``gram``: ``X @ X.T`` when already computed)."""
-    sq = np.einsum("ij,ij->i", X, X)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (X @ X.T if gram is None else gram)
-    np.maximum(d2, 0.0, out=d2)
-    np.fill_diagonal(d2, 0.0)
-    iu = np.triu_indices(X.shape[0], k=1)
-    median = float(np.median(np.sqrt(d2[iu])))
-    if median == 0.0:
-        raise ObjalignError(
-            f"the median pairwise distance of {name} is 0 (more than half of its row pairs are "
-            f"identical), so the RBF bandwidth is undefined: use kernel='linear'"
-        )
-    sigma = fraction * median
-    return np.exp(-d2 / (2.0 * sigma**2))
+    return hsic_unbiased(K, L) if unbiased else hsic_biased(K, L)
 
 
 def cka(X, Y, kernel: str = "linear", unbiased: bool = False, sigma: float | None = None,
@@ -580,9 +175,9 @@ def cka(X, Y, kernel: str = "linear", unbiased: bool = False, sigma: float | Non
         raise ObjalignError(
             f"sigma={sigma!r} must be a positive number (a fraction of the median distance), e.g. 0.8"
         )
-    X, Y = _validate_pair(X, Y, 4 if unbiased else 2, "CKA" + (" (unbiased)" if unbiased else ""))
+    X, Y = validate_pair(X, Y, 4 if unbiased else 2, "CKA" + (" (unbiased)" if unbiased else ""))
     n = X.shape[0]
-    xs, ys = _sides(X, Y, cache)
+    xs, ys = sides_of(X, Y, cache)
 
     if kernel == "linear" and not unbiased:
         dx, dy = X.shape[1], Y.shape[1]
@@ -596,8 +191,8 @@ def cka(X, Y, kernel: str = "linear", unbiased: bool = False, sigma: float | Non
             cross = float(np.sum(K * L))
             self_x = xs.get("norm_linear", lambda: float(np.linalg.norm(K)))
             self_y = ys.get("norm_linear", lambda: float(np.linalg.norm(L)))
-        _check_self(self_x, "X")
-        _check_self(self_y, "Y")
+        check_self(self_x, "X")
+        check_self(self_y, "Y")
         return cross / (self_x * self_y)
 
     gram = "linear" if kernel == "linear" else ("rbf", float(sigma))
@@ -606,27 +201,18 @@ def cka(X, Y, kernel: str = "linear", unbiased: bool = False, sigma: float | Non
     else:
         K, L = xs.rbf(float(sigma)), ys.rbf(float(sigma))
     if unbiased:
-        hxx = xs.get(("hsic_unbiased", gram), lambda: _hsic_unbiased(K, K))
-        hyy = ys.get(("hsic_unbiased", gram), lambda: _hsic_unbiased(L, L))
+        hxx = xs.get(("hsic_unbiased", gram), lambda: hsic_unbiased(K, K))
+        hyy = ys.get(("hsic_unbiased", gram), lambda: hsic_unbiased(L, L))
     else:
-        Kc = xs.get(("double_centred", gram), lambda: _double_center(K))
-        hxx = xs.get(("hsic_biased", gram), lambda: _hsic_biased_centred(Kc, K))
-        hyy = ys.get(("hsic_biased", gram), lambda: _hsic_biased(L, L))
-    _check_self(hxx, "X")
-    _check_self(hyy, "Y")
-    cross = _hsic_unbiased(K, L) if unbiased else _hsic_biased_centred(Kc, L)
+        Kc = xs.get(("double_centred", gram), lambda: double_center(K))
+        hxx = xs.get(("hsic_biased", gram), lambda: hsic_biased_centred(Kc, K))
+        hyy = ys.get(("hsic_biased", gram), lambda: hsic_biased(L, L))
+    check_self(hxx, "X")
+    check_self(hyy, "Y")
+    cross = hsic_unbiased(K, L) if unbiased else hsic_biased_centred(Kc, L)
     return cross / np.sqrt(hxx * hyy)
 
 
-def _check_self(value: float, name: str) -> None:
-    if not value > 0:
-        raise ObjalignError(
-            f"{name} has no usable variation (its self-HSIC is {value:.3g}, e.g. all rows equal), so "
-            f"the measure is undefined: check that {name} is not constant"
-        )
-
-
-# ------------------------------------------------------------------------------------ k-NN measures
 def mutual_knn(X, Y, k: int = 10, ties: str = "average", cache: dict | None = None) -> float:
     """Mutual k-nearest-neighbour alignment (Huh et al. 2024, "The Platonic Representation Hypothesis").
 
@@ -656,11 +242,11 @@ def mutual_knn(X, Y, k: int = 10, ties: str = "average", cache: dict | None = No
     float
         The mutual k-NN score.
     """
-    ties = _check_ties(ties)
-    X, Y = _validate_pair(X, Y, 2, "mutual_knn")
+    ties = check_ties(ties)
+    X, Y = validate_pair(X, Y, 2, "mutual_knn")
     n = X.shape[0]
-    k = _check_k(k, n)
-    xs, ys = _sides(X, Y, cache)
+    k = check_k(k, n)
+    xs, ys = sides_of(X, Y, cache)
     WX, WY = xs.knn(k, ties), ys.knn(k, ties)
     return float(np.sum(WX * WY) / (n * k))
 
@@ -707,62 +293,23 @@ def cknna(X, Y, k: int = 10, ties: str = "average", cache: dict | None = None) -
     float
         The CKNNA value (1 for identical neighbourhood structure, near 0 for independent spaces).
     """
-    ties = _check_ties(ties)
-    X, Y = _validate_pair(X, Y, 4, "cknna")
+    ties = check_ties(ties)
+    X, Y = validate_pair(X, Y, 4, "cknna")
     n = X.shape[0]
-    k = _check_k(k, n, minimum=2)
-    xs, ys = _sides(X, Y, cache)
+    k = check_k(k, n, minimum=2)
+    xs, ys = sides_of(X, Y, cache)
     K, L = xs.cosine(), ys.cosine()
     WK, WL = xs.knn(k, ties), ys.knn(k, ties)
     M = WK * WL
-    kl = _hsic_unbiased(M * K, M * L)
-    kk = _knn_self_alignment(xs, k, ties)
-    ll = _knn_self_alignment(ys, k, ties)
+    kl = hsic_unbiased(M * K, M * L)
+    kk = knn_self_alignment(xs, k, ties)
+    ll = knn_self_alignment(ys, k, ties)
     if not kk * ll > 0:
         raise ObjalignError(
             f"CKNNA is undefined here: the k-NN self-alignments of X and Y are {kk:.3g} and {ll:.3g} "
             f"(their product must be positive); use a larger k or check for constant features"
         )
     return float(kl / np.sqrt(kk * ll))
-
-
-def _knn_self_alignment(side: _Side, k: int, ties: str) -> float:
-    """``HSIC_u(W o K, W o K)`` of one space's cosine kernel ``K`` on its own neighbour weights ``W`` (CKNNA)."""
-    def compute():
-        if ties == "average" and side.rows() is not None:
-            return side.rows().hsic_unbiased_self(side.knn_table(k) * side.cosine_table())
-        WK = side.knn(k, ties) * side.cosine()
-        return _hsic_unbiased(WK, WK)
-    return side.get(("knn_self_alignment", k, ties), compute)
-
-
-# --------------------------------------------------------------------------------------------- SVCCA
-def _top_subspace(Xc: np.ndarray, dim: int, name: str, gram: np.ndarray | None = None) -> np.ndarray:
-    """Orthonormal basis ``(n, dim)`` of the span of the top ``dim`` left singular vectors of ``Xc``.
-
-    Uses the symmetric eigendecomposition of the smaller of ``Xc^T Xc`` and ``Xc Xc^T`` (only the
-    top ``dim`` eigenpairs; ``gram``: that matrix when already computed), which is much faster than a
-    full SVD for ``dim << min(n, d)``.
-    """
-    from scipy.linalg import eigh
-
-    n, d = Xc.shape
-    m = min(n, d)
-    if gram is None:
-        gram = Xc.T @ Xc if d <= n else Xc @ Xc.T
-    evals, evecs = eigh(gram, subset_by_index=[m - dim, m - 1])
-    top = float(np.max(np.abs(evals)))
-    tol = top * max(n, d) * np.finfo(np.float64).eps * 10
-    rank_ok = int(np.count_nonzero(evals > tol))
-    if rank_ok < dim:
-        rank = int(np.linalg.matrix_rank(Xc))
-        raise ObjalignError(
-            f"centred {name} has rank {rank}, fewer than dim={dim} directions: pass dim <= {rank}"
-        )
-    if d <= n:
-        basis, _ = np.linalg.qr(Xc @ evecs)  # Xc V spans the top left singular subspace
-        return basis
-    return evecs
 
 
 def svcca(X, Y, dim: int = 10, cache: dict | None = None) -> float:
@@ -795,7 +342,7 @@ def svcca(X, Y, dim: int = 10, cache: dict | None = None) -> float:
     float
         Mean canonical correlation, in ``[0, 1]``.
     """
-    X, Y = _validate_pair(X, Y, 2, "svcca")
+    X, Y = validate_pair(X, Y, 2, "svcca")
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
         raise ObjalignError(f"dim must be a positive integer, got {dim!r}: pass e.g. dim=10")
     dim = int(dim)
@@ -805,7 +352,18 @@ def svcca(X, Y, dim: int = 10, cache: dict | None = None) -> float:
             f"dim={dim} is too large: expected dim <= min(n_samples - 1, n_features_x, "
             f"n_features_y) = {limit}"
         )
-    xs, ys = _sides(X, Y, cache)
+    xs, ys = sides_of(X, Y, cache)
     Ux, Uy = xs.subspace(dim), ys.subspace(dim)
     rho = np.linalg.svd(Ux.T @ Uy, compute_uv=False)
     return float(np.mean(np.clip(rho, 0.0, 1.0)))
+
+
+def distinct_rows(Y, cache: dict | None = None) -> int:
+    """The number of distinct rows of ``Y`` ``(n, d)`` (as ``np.unique(Y, axis=0)``); with ``cache``, found once with
+    the rest of what the measures compute from ``Y`` alone."""
+    side = side_of(cache, "Y", np.asarray(Y, dtype=np.float64))
+    coded = side.coded()
+    if coded is not None:
+        return len(coded[0])
+
+    return len(unique_rows(side.A)[0])

@@ -16,14 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from objalign.errors import ObjalignError
-from objalign.stats.labels import (
-    check_positive_int,
-    group_codes,
-    unique_rows,  # noqa: F401  # re-exported for objalign.measures (switch its imports)
-)
-from objalign.stats.permutation import (
-    group_permutations,  # noqa: F401  # re-exported for objalign.measures (switch its imports)
-)
+from objalign.stats.labels import check_positive_int, group_codes
 
 __all__ = ["BootstrapResult", "bootstrap_ci"]
 
