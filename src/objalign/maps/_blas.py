@@ -18,8 +18,9 @@ nearly all of them; this catches the few that products of the small surviving en
 of the factor at about ``(u / n)^4``). Numerically, both change nothing: a subnormal number is below any
 quantity the solvers resolve. Limit: a multi-threaded BLAS call runs partly in the library's own worker
 threads, which keep their own MXCSR (OpenBLAS built without ``CONSISTENT_FPCSR``), so there only the ``u / n``
-flush applies (measured, float32, n = 1,000, gamma x median squared distance = 16: 151 subnormal numbers reach
-BLAS in one CV search against none with one BLAS thread per worker, as ``n_jobs >= 2`` runs).
+flush applies (measured, float32, n = 1,000, gamma x median squared distance = 22, one CV search: 47 subnormal
+numbers reached BLAS with a two-thread BLAS and ``n_jobs=1``, 151 with the ``u / n`` flush alone, 0 with one
+BLAS thread per worker).
 
 :class:`SubnormalCount` (a debugging aid, used by ``bench/align.py --gamma-grid`` and the tests) counts the
 subnormal numbers in the operands handed to these routines and in the results they write.
