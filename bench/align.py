@@ -6,16 +6,16 @@ gammas, GroupKFold(5) by image. Prints each timing, the score agreement, and as 
 
     ridge_speedup=<x> krr_speedup=<y> max_score_diff=<z>
 
-``--gamma-grid`` times ``KernelRidgeCV`` (float32, rbf, 7 alphas) at each gamma of a grid spanning 1e-4 to 1e-1
-on the seed-sized problem, one gamma per fit, where large gammas drive ``exp()`` towards float32's subnormal
-range; it prints each point's time with subnormal kernel values flushed to zero (objalign's default) and, side
-by side, with the flush switched off, and as its last line::
+``--gamma-grid`` times ``KernelRidgeCV`` (rbf, 7 alphas, float32 and float64) at each gamma of a grid spanning
+1e-4 to 1e-1 on the seed-sized problem, one gamma per fit, where large gammas drive ``exp()`` and the products
+of small kernel values inside the Cholesky factorisation towards the subnormal range; beside each point's time
+it prints how many subnormal values reached BLAS, before the fix (flush below ``tiny`` only, no FTZ) and after
+(flush below ``u / n``, BLAS with FTZ/DAZ), and per dtype as its last line::
 
-    worst_point_vs_median=<x>
+    float64_worst_vs_best=<x> (floor <= 3) float64_subnormal_to_blas=<count>
 
-(the slowest grid point's time over the median point's, flush on; floor <= 2). On this problem the grid ends at
-gamma x median squared distance = 55, short of float32 underflow (87), so two points past it (100 and 200)
-are timed too and shown beside it.
+(the slowest grid point's time over the fastest's, after the fix). Two points past the grid (gamma x median
+squared distance = 100 and 200) are timed too and shown beside it.
 
 ``--scale`` instead runs the full-COCO-sized synthetic problem (860,000 instances, 256-d -> 256-d, float32)
 through RidgeCV and Nyström KernelRidgeCV and reports time and peak memory; ``--nystroem-accuracy``
@@ -149,67 +149,73 @@ def run_seed(args):
 
 
 def run_gamma_grid(args):
-    """Time per grid point of a float32 gamma grid, subnormal flush on and off (interleaved, best of repeats).
+    """Time and subnormal count per grid point of a gamma grid, float32 and float64, before and after the fix.
 
-    Past the grid, two more gammas (gamma x median squared distance = 100 and 200) make most off-diagonal
-    kernel values underflow in float32, which the grid itself does not reach on this problem; they are timed
-    and shown beside the grid but do not enter its figure.
+    "before": kernel values flushed below ``tiny`` only, BLAS without flush-to-zero (objalign until this
+    change); "after": flushed below ``u / n`` and BLAS calls with FTZ/DAZ (the default). The count is of
+    subnormal numbers in the operands and results of every potrf/trsm/syrk/gemm call
+    (:class:`objalign.maps._blas.SubnormalCount`), in one extra, untimed fit per point. Past the grid, two
+    more gammas (gamma x median squared distance = 100 and 200) are shown but do not enter its figure.
     """
     from contextlib import contextmanager
 
     from sklearn.model_selection import GroupKFold
 
-    from objalign.maps import KernelRidgeCV
-    from objalign.maps import _kernels
+    from objalign.maps import KernelRidgeCV, _blas, _kernels
 
     X, Y, groups = seed_problem(n=args.n)
-    X32, Y32 = X.astype(np.float32), Y.astype(np.float32)
-    sq = _kernels._sq_distances(X32[:1000])
+    sq = _kernels._sq_distances(X[:1000])
     med = float(np.median(sq[np.triu_indices_from(sq, 1)]))
     alphas = np.logspace(-3, 3, 7)
     grid = np.logspace(-4, -1, args.grid_points)
     gammas = np.concatenate([grid, [100 / med, 200 / med]])
     splits = list(GroupKFold(5).split(X, Y, groups))
-    print(f"problem: n={X.shape[0]} d_x={X.shape[1]} float32, median squared distance {med:.1f}; "
-          f"{len(grid)} gammas from 1e-4 to 1e-1 (gamma x median up to {grid[-1] * med:.0f}) and 2 past it, "
-          f"{len(alphas)} alphas, {len(splits)} folds, n_jobs={args.cores}; best of {args.repeats} interleaved "
-          f"runs per point")
-
-    real = _kernels.flush_subnormal
+    print(f"problem: n={X.shape[0]} d_x={X.shape[1]}, median squared distance {med:.1f}; {len(grid)} gammas from "
+          f"1e-4 to 1e-1 (gamma x median up to {grid[-1] * med:.0f}) and 2 past it, {len(alphas)} alphas, "
+          f"{len(splits)} folds, n_jobs={args.cores}; best of {args.repeats} interleaved runs per point")
 
     @contextmanager
-    def flushing(on):
-        _kernels.flush_subnormal = real if on else (lambda K: K)
+    def fixed(on):
+        saved = _kernels._SOLVE_FLUSH, _blas.FLUSH_TO_ZERO
+        _kernels._SOLVE_FLUSH, _blas.FLUSH_TO_ZERO = ("resolution", True) if on else ("subnormal", False)
         try:
             yield
         finally:
-            _kernels.flush_subnormal = real
+            _kernels._SOLVE_FLUSH, _blas.FLUSH_TO_ZERO = saved
 
-    def fit(gamma):
-        return KernelRidgeCV(alphas=alphas, gammas=[gamma], kernel="rbf", cv=splits, n_jobs=args.cores).fit(X32, Y32)
+    for dtype in (np.float32, np.float64):
+        Xd, Yd = X.astype(dtype), Y.astype(dtype)
 
-    fit(gammas[0])  # warm-up
-    times = {on: np.full((args.repeats, len(gammas)), np.inf) for on in (True, False)}
-    for r in range(args.repeats):
+        def fit(gamma):
+            return KernelRidgeCV(alphas=alphas, gammas=[gamma], kernel="rbf", cv=splits,
+                                 n_jobs=args.cores).fit(Xd, Yd)
+
+        fit(gammas[0])  # warm-up
+        times = {on: np.full((args.repeats, len(gammas)), np.inf) for on in (True, False)}
+        counts = {on: np.zeros(len(gammas), dtype=np.int64) for on in (True, False)}
+        for r in range(args.repeats):
+            for g, gamma in enumerate(gammas):
+                for on in (True, False):
+                    with fixed(on):
+                        _, times[on][r, g] = _timed(lambda: fit(gamma))
         for g, gamma in enumerate(gammas):
             for on in (True, False):
-                with flushing(on):
-                    _, times[on][r, g] = _timed(lambda: fit(gamma))
-    best = {on: t.min(axis=0) for on, t in times.items()}
-    tiny = np.finfo(np.float32).tiny
-    for g, gamma in enumerate(gammas):
-        with flushing(False):
-            K = _kernels.KernelBase(X32[:1000], "rbf").matrix(gamma)
-        sub = float(np.mean((K > 0) & (K < tiny)))
-        print(f"gamma={gamma:.2e} (x median {gamma * med:6.1f}){' past the grid' if g >= len(grid) else ''}: "
-              f"flush on {best[True][g]:.2f}s, off {best[False][g]:.2f}s; subnormal share of the unflushed "
-              f"kernel {sub:.3f}")
-    n = len(grid)
-    ratio = {on: float(b[:n].max() / np.median(b[:n])) for on, b in best.items()}
-    past = {on: float(b.max() / np.median(b)) for on, b in best.items()}
-    print(f"grid, flush off: worst_point_vs_median={ratio[False]:.2f}; grid and the 2 points past it: flush on "
-          f"{past[True]:.2f}, flush off {past[False]:.2f}")
-    print(f"worst_point_vs_median={ratio[True]:.2f}")
+                with fixed(on), _blas.SubnormalCount() as c:
+                    fit(gamma)
+                counts[on][g] = c.total
+        best = {on: t.min(axis=0) for on, t in times.items()}
+        name = np.dtype(dtype).name
+        for g, gamma in enumerate(gammas):
+            print(f"{name} gamma={gamma:.2e} (x median {gamma * med:6.1f}){' past the grid' if g >= len(grid) else ''}"
+                  f": before {best[False][g]:.2f}s, {counts[False][g]} subnormal values reached BLAS; after "
+                  f"{best[True][g]:.2f}s, {counts[True][g]}")
+        k = len(grid)
+        ratio = {on: float(b[:k].max() / b[:k].min()) for on, b in best.items()}
+        past = {on: float(b.max() / b.min()) for on, b in best.items()}
+        print(f"{name}: grid worst/best before={ratio[False]:.2f} after={ratio[True]:.2f}; with the 2 points past it "
+              f"before={past[False]:.2f} after={past[True]:.2f}; subnormal values reaching BLAS over the grid and "
+              f"past it: before={int(counts[False].sum())} after={int(counts[True].sum())}")
+        print(f"{name}_worst_vs_best={ratio[True]:.2f} (floor <= 3) {name}_subnormal_to_blas={int(counts[True].sum())}")
 
 
 def nystroem_accuracy():
@@ -285,7 +291,7 @@ def main(argv=None):
     ap.add_argument("--n-components", type=int, default=1000)
     ap.add_argument("--nystroem-accuracy", action="store_true", help="Nyström vs exact on the seed problem")
     ap.add_argument("--gamma-grid", action="store_true",
-                    help="float32 KernelRidgeCV time per gamma over 1e-4..1e-1, subnormal flush on and off")
+                    help="KernelRidgeCV time and subnormal count per gamma over 1e-4..1e-1, before and after the fix")
     ap.add_argument("--grid-points", type=int, default=7, help="gammas in the --gamma-grid case")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved runs per point in the --gamma-grid case")
     ap.add_argument("--cores", type=int, default=2,

@@ -77,7 +77,21 @@ def test_missing_image_is_recorded_not_fatal(capsys, small_demo, tmp_path):
     assert main(["sample", *base]) == 0 and main(["crop", *base]) == 0
     assert main(["embed", *base]) == 0
     stdout = capsys.readouterr().out
-    assert "skipped" in stdout or "'n_skipped': 0" in stdout
+    # "n_skipped" is always printed, so check the recorded count itself: exactly the sampled objects of the
+    # deleted image are skipped, each with its reason, and the one-line notice gives the same count
+    import ast
+
+    from objalign.tables import read_table
+
+    sampled = read_table(tmp_path / "run" / "sample" / "instances.parquet")
+    lost = sorted(int(a) for a, i in zip(sampled["annotation_id"], sampled["image_id"]) if i == doc["images"][0]["id"])
+    assert lost, "the deleted image must hold a sampled object for this test to mean anything"
+    line = next(x for x in stdout.splitlines() if x.startswith("[embed] done: "))
+    summary = ast.literal_eval(line[len("[embed] done: "):])
+    assert summary["n_skipped"] == len(lost) and summary["n_vision"] == 20 - len(lost)
+    assert sorted(s["annotation_id"] for s in summary["skipped"]) == lost
+    assert all(s["reason"].startswith("image file not found") for s in summary["skipped"])
+    assert f"objalign: {len(lost)} object(s) skipped while embedding" in stdout
 
 
 def test_data_demo_and_models(capsys, tmp_path):

@@ -40,7 +40,7 @@ from scipy import sparse
 
 from objalign.errors import ObjalignError
 from objalign.maps._blas import Blas
-from objalign.maps._kernels import KernelBase
+from objalign.maps._kernels import KernelBase, solve_floor
 from objalign.maps._splits import find_partition
 from objalign.maps.kernel import _solve_kernel
 from objalign.maps.threads import single_threaded_blas
@@ -473,6 +473,7 @@ def _kernel_scores(base, order, bounds, codes, Zs, splits, alphas, gammas, perms
 
     B, k, ng = perms.shape[0], len(splits), len(gammas)
     C = Zs[0].shape[0]
+    floor = solve_floor(base.base.shape[0], np.float64)
     sizes = np.diff(bounds)
     scores = [np.empty((B, len(alphas) * ng, k)) for _ in Zs]
     refit = [np.zeros(B, dtype=bool) for _ in Zs]
@@ -504,7 +505,7 @@ def _kernel_scores(base, order, bounds, codes, Zs, splits, alphas, gammas, perms
             return res
 
         for g, gamma in enumerate(gammas):
-            K = base.matrix(float(gamma))
+            K = base.matrix(float(gamma), floor=floor)  # as KernelRidgeCV's (see _kernels' notes)
             for a, res in enumerate(pool.map(lambda a: point(K, a), range(len(alphas)))):
                 for j in range(len(Zs)):
                     scores[j][s0:s1, a * ng + g] = res[j]

@@ -14,6 +14,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from objalign.errors import ObjalignError
+from objalign.maps import _kernels
 from objalign.maps import _nystroem as nys
 from objalign.maps._blas import Blas
 from objalign.maps._kernels import GAMMA_KERNELS, KernelBase, check_kernel, kernel_matrix
@@ -186,8 +187,10 @@ class _KernelBaseEstimator(MultiOutputMixin, RegressorMixin, BaseEstimator):
         if self.approx_ == "nystroem":
             pred = self._nystroem_.predict(X)
         else:
+            # values below u / n_fit change no prediction by more than u max|dual| (see _kernels' notes)
             K = kernel_matrix(X, self.X_fit_, kernel=self.kernel, gamma=self._gamma_used(), degree=self.degree,
-                              coef0=self.coef0, kernel_params=getattr(self, "kernel_params", None))
+                              coef0=self.coef0, kernel_params=getattr(self, "kernel_params", None),
+                              floor=_kernels.solve_floor(self.X_fit_.shape[0], X.dtype))
             pred = K @ self.dual_coef_.reshape(self.dual_coef_.shape[0], -1)
         return pred.ravel() if self._ravel_ else pred
 
@@ -204,9 +207,11 @@ class _KernelBaseEstimator(MultiOutputMixin, RegressorMixin, BaseEstimator):
             self._nystroem_ = _NystroemModel(X[idx], proj, self.kernel, gamma, self.degree, self.coef0)
         else:
             self.approx_ = "exact"
+            floor = _kernels.solve_floor(X.shape[0], X.dtype)  # no subnormal number in the factorisation
+
             def kernel():
                 return kernel_matrix(X, kernel=self.kernel, gamma=gamma, degree=self.degree, coef0=self.coef0,
-                                     kernel_params=getattr(self, "kernel_params", None))
+                                     kernel_params=getattr(self, "kernel_params", None), floor=floor)
 
             if basis is not None and basis.Z is not None:  # (K + aI)^-1 Y = ((K + aI)^-1 T) Z, r << n_targets
                 sol = _solve_kernel(kernel(), alpha, basis.T(dtype=X.dtype), rebuild=kernel)
@@ -410,6 +415,9 @@ class KernelRidgeCV(_KernelBaseEstimator):
         part = find_partition(splits, n)
         order = part.order if part is not None else np.arange(n)
         base = KernelBase(X[order], self.kernel, self.degree, self.coef0)
+        # kernel values below u / n are flushed: the solution is unchanged at the working precision and no
+        # product of small values underflows into subnormal numbers inside BLAS (see _kernels' notes)
+        floor = _kernels.solve_floor(n, dtype)
         T = basis.T(order, dtype=dtype)
         Z = None if basis.Z is None else np.asarray(basis.Z, dtype=np.float64)
         ss = np.empty((len(alphas), len(glist), len(splits), basis.Y.shape[1]))
@@ -454,7 +462,7 @@ class KernelRidgeCV(_KernelBaseEstimator):
         buf = None
         if workers == 1:
             for g, gamma in enumerate(glist):
-                K = prepare(base.matrix(gamma, out=buf))
+                K = prepare(base.matrix(gamma, out=buf, floor=floor))
                 buf = K if K is not base.base else None
                 for a, alpha in enumerate(alphas):
                     ss[a, g] = point(K, alpha)
@@ -475,7 +483,7 @@ class KernelRidgeCV(_KernelBaseEstimator):
                 gs = list(range(g0, min(g0 + group, len(glist))))
 
                 def build(i):
-                    K = base.matrix(glist[gs[i]], out=bufs[i])
+                    K = base.matrix(glist[gs[i]], out=bufs[i], floor=floor)
                     if K is not base.base:
                         bufs[i] = K
                     return prepare(K)
