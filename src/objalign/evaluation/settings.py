@@ -21,13 +21,15 @@ SIMILARITY_IDS = ("cka_linear", "cka_linear_unbiased", "cka_rbf", "mutual_knn", 
 
 @dataclass(frozen=True)
 class AlignConfig:
+    #: maps fitted after PCA: ``ridge``, ``kernel_ridge`` (RBF kernel ridge)
     methods: tuple[str, ...] = ("ridge", "kernel_ridge")
     common_dim: int = 256  #: PCA dimension for vision features (capped at the text dim and n)
     test_size: float = 0.2  #: fraction of *images* held out
     cv_folds: int = 5  #: K in the grouped K-fold used to choose hyperparameters on the training split
+    #: ridge and kernel-ridge penalties searched by the grouped CV
     alphas: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
     gammas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  #: RBF gammas, in units of 1 / (median squared distance)
-    seed: int = 0
+    seed: int = 0  #: every split, permutation and resample derives from it
     #: evaluation protocols (``heldout_images``, ``heldout_categories``; see objalign.stats.protocols)
     protocols: tuple[str, ...] = ("heldout_images", "heldout_categories")
     category_folds: int = 5  #: heldout_categories: K category folds, each category unseen in exactly one
