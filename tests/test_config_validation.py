@@ -201,5 +201,12 @@ def test_duplicate_names_reach_the_sample_stage(tmp_path):
     run_sample(load_config(None, base), tmp_path / "run")
     names = set(read_table(tmp_path / "run" / "sample" / "instances.parquet")["category"])
     assert names == {"cat", "bank (id 12)", "bank (id 40)"}
+    from objalign.report.writer import _shared_names
+    from objalign.runs import stage_record
+
+    dup = stage_record(tmp_path / "run", "sample")["summary"]["duplicate_names"]
+    assert dup == {"rule": "suffix", "names": {"bank": [12, 40]}}  # the report's "shared names" line reads this
+    assert _shared_names({"duplicate_names": dup}) == [
+        "shared names   'bank': ids 12, 40 (identical text targets; data.duplicate_names: suffix)"]
     with pytest.raises(ObjalignError, match="share|are all 'bank'"):
         run_sample(load_config(None, {**base, "data.duplicate_names": "error"}), tmp_path / "run2")

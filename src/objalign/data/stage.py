@@ -43,4 +43,7 @@ def run_sample(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
                "n_categories_sampled": int(len(set(table["category_id"]))), "n_categories": len(ds.categories),
                "n_annotations_total": len(ds.annotations) + len(ds.excluded), "n_excluded": len(ds.excluded),
                "excluded_by_kind": dict(Counter(r["kind"] for r in ds.excluded))}
+    if ds.duplicate_names:  # names several category ids share, and what data.duplicate_names did (the report says)
+        summary["duplicate_names"] = {"rule": cfg.data.duplicate_names,
+                                      "names": {n: [int(i) for i in ids] for n, ids in ds.duplicate_names.items()}}
     return {**write_stage(out, "sample", key, summary, started), "reused": False}

@@ -15,46 +15,34 @@ from pathlib import Path
 import numpy as np
 
 from objalign.config import RunConfig, dump_config
-from objalign.report.writer import PROTOCOLS, write_report
+from objalign.evaluation.result import report_dict
+from objalign.report.writer import write_report
 from objalign.runs import ensure_out, stage_key, stage_record, write_stage
 
 
 def build_report(out: Path) -> dict:
-    """Assemble ``report.json``'s content from the stage records and result tables of a run."""
+    """Assemble ``report.json``'s content from the stage records and result tables of a run (the layout of
+    :func:`objalign.evaluation.result.report_dict`, which :class:`objalign.AlignmentResult` uses too)."""
     sample = stage_record(out, "sample")["summary"]
     crop = stage_record(out, "crop")["summary"]
     embed = stage_record(out, "embed")["summary"]
     a = out / "align"
-    rows = json.loads((a / "results.json").read_text())
 
     def opt(name, default):
         f = a / name
         return json.loads(f.read_text()) if f.is_file() else default
 
-    splits = list(dict.fromkeys(r["split"] for r in rows))
-    return {
-        "dataset": sample["dataset"],
-        "dataset_fingerprint": sample["dataset_fingerprint"],
-        "n_instances": embed["n_vision"],
-        "n_instances_sampled": sample["n_instances"],
-        "n_images": sample["n_images"],
-        "n_categories": sample["n_categories"],
-        "crop": crop,
-        "vision_encoder": embed["vision_encoder"],
-        "text_encoder": embed["text_encoder"],
-        "n_skipped": embed["n_skipped"],
-        "n_excluded": sample.get("n_excluded", 0),
-        "chance_top1": 1.0 / sample["n_categories"],
-        "protocols": {s: PROTOCOLS.get(s, "") for s in splits},
-        "results": rows,
-        "per_category": opt("per_category.json", []),
-        "similarity": opt("similarity.json", {}),
-        "pca": opt("pca.json", {}),
-        "skipped_protocols": opt("skipped.json", {}),
-        "category_level": opt("category_level.json", {}),
-        "units": opt("units.json", {}),
-        "convergence": opt("convergence.json", {}),
-    }
+    raw = {"rows": json.loads((a / "results.json").read_text()), "per_category": opt("per_category.json", []),
+           "similarity": opt("similarity.json", {}), "pca": opt("pca.json", {}), "skipped": opt("skipped.json", {}),
+           "category_level": opt("category_level.json", {})}
+    header = {"dataset": sample["dataset"], "dataset_fingerprint": sample["dataset_fingerprint"],
+              "n_instances": embed["n_vision"], "n_instances_sampled": sample["n_instances"],
+              "n_images": sample["n_images"], "n_categories": sample["n_categories"], "crop": crop,
+              "vision_encoder": embed["vision_encoder"], "text_encoder": embed["text_encoder"],
+              "n_skipped": embed["n_skipped"], "n_excluded": sample.get("n_excluded", 0)}
+    if sample.get("duplicate_names"):
+        header["duplicate_names"] = sample["duplicate_names"]
+    return report_dict(raw, header, units=opt("units.json", {}), convergence=opt("convergence.json", {}))
 
 
 def _load_npz(path: Path) -> dict:

@@ -90,6 +90,15 @@ def _pv(r: dict, k: str) -> str:
     return "-" if p is None else f"{p:.2g}"
 
 
+def _shared_names(report: dict) -> list[str]:
+    """The names several category ids shared in the dataset, and what ``data.duplicate_names`` did (if any)."""
+    dup = report.get("duplicate_names")
+    if not dup:
+        return []
+    listed = "; ".join(f"{n!r}: ids {', '.join(map(str, ids))}" for n, ids in dup["names"].items())
+    return [f"shared names   {listed} (identical text targets; data.duplicate_names: {dup['rule']})"]
+
+
 def format_text(report: dict, title: str) -> str:
     v, t = report["vision_encoder"], report["text_encoder"]
     lines = [
@@ -101,6 +110,7 @@ def format_text(report: dict, title: str) -> str:
            else "")
         + (f"; {report['n_excluded']} annotation(s) of the dataset left out (sample/excluded.json)"
            if report.get("n_excluded") else ""),
+        *_shared_names(report),
         f"crops          {report['crop']['mode']} (sources: {report['crop']['sources']}, "
         f"fallbacks: {report['crop']['n_fallback']})",
         f"vision         {v['name']} ({v['dim']}-d" + (f", pooling {v['pooling']})" if v.get('pooling') else ")"),
