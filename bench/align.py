@@ -2,9 +2,11 @@
 
 Seed-sized problem (default): 3,000 instances, 1,024-d "vision" -> 512-d "text" with 80 distinct text rows
 (80 categories), PCA to 256 (fitted once, outside CV, so both sides see identical inputs), 7 alphas x 4 RBF
-gammas, GroupKFold(5) by image. Prints each timing, the score agreement, and as its last line::
+gammas, GroupKFold(5) by image. Both sides are timed alike (``--seed-repeats`` interleaved runs each, median) and
+in the same dtype (ridge float64; kernel ridge float64 and float32). Prints every run, the score agreement, and
+as its last line::
 
-    ridge_speedup=<x> krr_speedup=<y> max_score_diff=<z>
+    ridge_speedup=<x> krr_speedup=<y> max_score_diff=<z> krr32_speedup=<w>
 
 ``--gamma-grid`` times ``KernelRidgeCV`` (rbf, 7 alphas, float32 and float64) at each gamma of a grid spanning
 1e-4 to 1e-1 on the seed-sized problem, one gamma per fit, where large gammas drive ``exp()`` and the products
@@ -23,7 +25,7 @@ compares Nyström with the exact solution on the seed-sized problem (where both 
 
 Usage::
 
-    python bench/align.py [--n 3000] [--cores 2] [--scale] [--nystroem-accuracy] [--gamma-grid]
+    python bench/align.py [--n 3000] [--seed-repeats 3] [--cores 2] [--scale] [--nystroem-accuracy] [--gamma-grid]
 """
 
 from __future__ import annotations
@@ -84,68 +86,74 @@ def run_seed(args):
           f"folds={len(splits)} alphas={len(alphas)} gammas={len(gammas)}")
 
     jobs = args.cores
-    # Ridge: both sides on one core (GridSearchCV's process pool would only add start-up time here). Both
-    # are warmed up once (first calls pay for lazy imports and BLAS discovery); objalign runs three times
-    # before and three times after scikit-learn and its time is the median of the six.
+    reps = args.seed_repeats
+    # Both sides are timed the same way: warmed up once (first calls pay for lazy imports and BLAS discovery), then
+    # `reps` runs each, interleaved (objalign first in even rounds, scikit-learn first in odd ones), and each side's
+    # time is the median of its runs; every run is printed. This machine is shared and its load swings within a
+    # minute: interleaving spreads the swings over both sides alike.
+    def interleaved(sides: dict) -> tuple[dict, dict]:
+        """``name -> fit()``: the last fitted object and the list of run times of each side."""
+        last, times = {}, {k: [] for k in sides}
+        for r in range(reps):
+            for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+                last[name], t = _timed(sides[name])
+                times[name].append(t)
+        return last, times
+
+    def runs(ts):
+        return " ".join(f"{t:.3f}" for t in ts)
+
+    # Ridge: both sides on one core, float64 (GridSearchCV's process pool would only add start-up time here).
     RidgeCV(alphas=alphas, cv=splits).fit(X, Y)
-    SkRidge().fit(X, Y)
-    runs = []
-    for _ in range(3):
-        oa_r, t = _timed(lambda: RidgeCV(alphas=alphas, cv=splits).fit(X, Y))
-        runs.append(t)
-    sk_r, t_sk_r = _timed(lambda: GridSearchCV(SkRidge(), {"alpha": alphas}, cv=splits, scoring="r2").fit(X, Y))
-    for _ in range(3):
-        _, t = _timed(lambda: RidgeCV(alphas=alphas, cv=splits).fit(X, Y))
-        runs.append(t)
-    t_oa_r = float(np.median(runs))
+    GridSearchCV(SkRidge(), {"alpha": alphas}, cv=splits, scoring="r2").fit(X, Y)
+    fits, times = interleaved({
+        "objalign": lambda: RidgeCV(alphas=alphas, cv=splits).fit(X, Y),
+        "sklearn": lambda: GridSearchCV(SkRidge(), {"alpha": alphas}, cv=splits, scoring="r2").fit(X, Y)})
+    oa_r, sk_r = fits["objalign"], fits["sklearn"]
+    t_oa_r, t_sk_r = float(np.median(times["objalign"])), float(np.median(times["sklearn"]))
     d_r = float(np.abs(sk_r.cv_results_["mean_test_score"] - oa_r.cv_results_["mean_test_score"]).max())
     same_r = sk_r.best_params_["alpha"] == oa_r.best_params_["alpha"]
-    print(f"ridge (1 core each): sklearn={t_sk_r:.3f}s objalign={t_oa_r:.4f}s (runs "
-          + " ".join(f"{t * 1e3:.1f}" for t in runs) + " ms) "
-          + f"speedup={t_sk_r / t_oa_r:.1f}x max_score_diff={d_r:.2e} same_best={same_r} best={oa_r.best_params_} "
+    print(f"ridge float64 runs (s): sklearn {runs(times['sklearn'])} | objalign {runs(times['objalign'])}")
+    print(f"ridge float64 (1 core each, median of {reps}): sklearn={t_sk_r:.3f}s objalign={t_oa_r:.4f}s "
+          f"speedup={t_sk_r / t_oa_r:.1f}x max_score_diff={d_r:.2e} same_best={same_r} best={oa_r.best_params_} "
           f"score={oa_r.best_score_:.4f}")
 
     # Kernel ridge: both sides use `jobs` cores with one BLAS thread per worker (GridSearchCV n_jobs=jobs,
-    # KernelRidgeCV n_jobs=jobs). This machine is shared and its load swings within a minute, so the
-    # scikit-learn search runs in one slice per gamma (the same fits in total; refit only in the last slice)
-    # and the full objalign searches run between the slices and after the last: objalign's time is the mean
-    # of those runs, sampled across the whole baseline.
-    X32, Y32 = X.astype(np.float32), Y.astype(np.float32)
-
+    # KernelRidgeCV n_jobs=jobs), the whole 7 x 4 grid and a refit at the best point each, in float64 and in float32
+    # (scikit-learn's KernelRidge keeps float32 input in float32): each dtype compares like with like.
     def ours(Xa, Ya):
         return KernelRidgeCV(alphas=alphas, gammas=gammas, kernel="rbf", cv=splits, n_jobs=jobs).fit(Xa, Ya)
 
-    t64, t32, t_sk_k = [], [], 0.0
-    sk_scores = np.empty((len(alphas), len(gammas)))
-    for i, gamma in enumerate(gammas):
-        oa_k, t = _timed(lambda: ours(X, Y))
-        t64.append(t)
-        oa_k32, t = _timed(lambda: ours(X32, Y32))
-        t32.append(t)
-        sk, t = _timed(lambda: GridSearchCV(SkKernelRidge(kernel="rbf"), {"alpha": alphas, "gamma": [gamma]},
-                                            cv=splits, scoring="r2", n_jobs=jobs,
-                                            refit=i == len(gammas) - 1).fit(X, Y))
-        t_sk_k += t
-        sk_scores[:, i] = sk.cv_results_["mean_test_score"]
-    _, t = _timed(lambda: ours(X, Y))
-    t64.append(t)
-    _, t = _timed(lambda: ours(X32, Y32))
-    t32.append(t)
-    t_oa_k, t_oa_k32 = float(np.mean(t64)), float(np.mean(t32))
-    print("objalign krr runs (s): float64 " + " ".join(f"{t:.2f}" for t in t64) + " | float32 "
-          + " ".join(f"{t:.2f}" for t in t32))
-    sk_mean = sk_scores.ravel()  # GridSearchCV order: alpha outer, gamma inner
-    sk_best = int(np.argmax(sk_mean))
-    d_k = float(np.abs(sk_mean - oa_k.cv_results_["mean_test_score"]).max())
-    d_k32 = float(np.abs(sk_mean - oa_k32.cv_results_["mean_test_score"]).max())
-    same_k = sk_best == oa_k.best_index_
-    same_k32 = sk_best == oa_k32.best_index_
-    print(f"krr float64 ({jobs} core(s) each): sklearn={t_sk_k:.2f}s objalign={t_oa_k:.2f}s "
-          f"speedup={t_sk_k / t_oa_k:.1f}x max_score_diff={d_k:.2e} same_best={same_k} best={oa_k.best_params_} "
-          f"score={oa_k.best_score_:.4f}")
-    print(f"krr float32: sklearn(float64)={t_sk_k:.2f}s objalign={t_oa_k32:.2f}s "
-          f"krr32_speedup={t_sk_k / t_oa_k32:.1f}x max_score_diff_vs_float64={d_k32:.2e} same_best={same_k32}")
-    print(f"ridge_speedup={t_sk_r / t_oa_r:.1f} krr_speedup={t_sk_k / t_oa_k:.1f} max_score_diff={max(d_r, d_k):.2e}")
+    def theirs(Xa, Ya):
+        return GridSearchCV(SkKernelRidge(kernel="rbf"), {"alpha": alphas, "gamma": gammas}, cv=splits,
+                            scoring="r2", n_jobs=jobs).fit(Xa, Ya)
+
+    X32, Y32 = X.astype(np.float32), Y.astype(np.float32)
+    krr = {}
+    for dtype, (Xa, Ya) in (("float64", (X, Y)), ("float32", (X32, Y32))):
+        # warm-up on 300 rows (scikit-learn's worker processes start, objalign's thread pool and dtype paths load)
+        KernelRidgeCV(alphas=alphas, gammas=gammas, kernel="rbf", cv=3, n_jobs=jobs).fit(Xa[:300], Ya[:300])
+        GridSearchCV(SkKernelRidge(kernel="rbf"), {"alpha": alphas, "gamma": gammas}, cv=3, scoring="r2",
+                     n_jobs=jobs).fit(Xa[:300], Ya[:300])
+        fits, times = interleaved({"objalign": lambda: ours(Xa, Ya), "sklearn": lambda: theirs(Xa, Ya)})
+        print(f"krr {dtype} runs (s): sklearn {runs(times['sklearn'])} | objalign {runs(times['objalign'])}")
+        krr[dtype] = (fits["objalign"], fits["sklearn"], float(np.median(times["objalign"])),
+                      float(np.median(times["sklearn"])))
+    sk64 = krr["float64"][1].cv_results_["mean_test_score"]  # GridSearchCV order: alpha outer, gamma inner
+    for dtype, (oa_k, sk_k, t_oa, t_sk) in krr.items():
+        sk_mean = sk_k.cv_results_["mean_test_score"]
+        d = float(np.abs(sk_mean - oa_k.cv_results_["mean_test_score"]).max())
+        d64 = float(np.abs(sk64 - oa_k.cv_results_["mean_test_score"]).max())
+        same = int(np.argmax(sk_mean)) == oa_k.best_index_
+        name = "krr_speedup" if dtype == "float64" else "krr32_speedup"
+        print(f"krr {dtype} ({jobs} core(s) each, median of {reps}): sklearn({dtype})={t_sk:.2f}s "
+              f"objalign({dtype})={t_oa:.2f}s {name}={t_sk / t_oa:.1f}x max_score_diff={d:.2e} "
+              f"(vs sklearn float64 {d64:.2e}) same_best={same} best={oa_k.best_params_} "
+              f"score={oa_k.best_score_:.4f}")
+    (_, _, t_oa_k, t_sk_k), (_, _, t_oa_k32, t_sk_k32) = krr["float64"], krr["float32"]
+    d_k = float(np.abs(sk64 - krr["float64"][0].cv_results_["mean_test_score"]).max())
+    print(f"ridge_speedup={t_sk_r / t_oa_r:.1f} krr_speedup={t_sk_k / t_oa_k:.1f} max_score_diff={max(d_r, d_k):.2e} "
+          f"krr32_speedup={t_sk_k32 / t_oa_k32:.1f}")
 
 
 def run_gamma_grid(args):
@@ -286,6 +294,8 @@ def run_scale(args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=3000, help="instances in the seed-sized problem")
+    ap.add_argument("--seed-repeats", type=int, default=3,
+                    help="interleaved runs of each side per timing in the default (seed) case; median")
     ap.add_argument("--scale", action="store_true", help="run the 860,000-instance Nyström problem instead")
     ap.add_argument("--scale-n", type=int, default=860_000)
     ap.add_argument("--n-components", type=int, default=1000)

@@ -5,11 +5,13 @@ per image; a held-out-image split (2,400-ish training objects), ``GroupKFold(5)`
 gammas. For ridge and kernel ridge it times the whole selection null of ``B`` permutations as the align stage
 runs it (:func:`objalign.stats.nulls.selection_smoothers`: the CV search of every permutation and the
 smoothers of the maps selected, then :func:`~objalign.stats.nulls.smoother_null`: every figure of every
-permutation), and, side by side, the naive way: ``RidgeCV`` / ``KernelRidgeCV`` refitted from scratch on a few
-permutations, predicted and scored, extrapolated to ``B``. It checks on those few that both ways select the
-same grid point. Last line::
+permutation), and, side by side, the naive way: ``RidgeCV`` / ``KernelRidgeCV`` refitted from scratch,
+predicted and scored, on as many of the same permutations as ``--naive-seconds`` allows per method (at least
+``--naive-ridge`` / ``--naive-krr``, at most ``B``), and extrapolated to ``B`` from their mean; the printed line
+says from how many, with the spread of the measured refits. It checks on those that both ways select the same
+grid point. Last line::
 
-    ridge_s=<x> krr_s=<y> naive_ratio=<z>
+    ridge_s=<x> krr_s=<y> naive_ratio=<z> (extrapolated from <m> ridge and <k> kernel ridge refits measured ...)
 
 ``naive_ratio`` is the naive time of both methods over the fast path's time of both (the issue's definition: the
 time of refitting RidgeCV/KernelRidgeCV from scratch per permutation over the fast path's); the line above it
@@ -17,7 +19,8 @@ gives each method's own ratio (ridge's is the smaller: ``RidgeCV`` itself is a ~
 
 Usage::
 
-    python bench/nulls.py [--permutations 1000] [--naive-ridge 20] [--naive-krr 2] [--jobs 2]
+    python bench/nulls.py [--permutations 1000] [--naive-ridge 20] [--naive-krr 5] [--naive-seconds 60]
+                          [--jobs 2]
 """
 
 from __future__ import annotations
@@ -35,8 +38,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--permutations", type=int, default=1000)
-    ap.add_argument("--naive-ridge", type=int, default=20, help="permutations refitted from scratch (ridge)")
-    ap.add_argument("--naive-krr", type=int, default=2, help="permutations refitted from scratch (kernel ridge)")
+    ap.add_argument("--naive-ridge", type=int, default=20,
+                    help="permutations refitted from scratch at least (ridge)")
+    ap.add_argument("--naive-krr", type=int, default=5,
+                    help="permutations refitted from scratch at least (kernel ridge)")
+    ap.add_argument("--naive-seconds", type=float, default=60.0,
+                    help="past those, refit more permutations while a method's naive time is under this (at most B)")
     ap.add_argument("--jobs", type=int, default=2, help="kernel ridge threads (align.n_jobs)")
     args = ap.parse_args(argv)
 
@@ -45,9 +52,9 @@ def main(argv=None):
     from sklearn.model_selection import GroupKFold
     from threadpoolctl import threadpool_limits
 
+    from objalign.evaluation.engine import heldout_image_split, median_sq_distance
     from objalign.maps import KernelRidgeCV, RidgeCV
     from objalign.maps._targets import factor_targets
-    from objalign.evaluation.engine import heldout_image_split, median_sq_distance
     from objalign.stats.metrics import summarize
     from objalign.stats.nulls import selection_smoothers, smoother_null
     from objalign.stats.permutation import block_permutations
@@ -80,10 +87,13 @@ def main(argv=None):
         print(f"{method}: selection null, {B} permutations: {fast:.1f} s ({t_sel:.1f} s CV searches and smoothers, "
               f"{fast - t_sel:.1f} s scoring); selected: {picked}", flush=True)
 
-        few = args.naive_ridge if method == "ridge" else args.naive_krr
-        perms = block_permutations(g, B, 0, 0)[:few]
-        t0 = time.perf_counter()
+        few = min(args.naive_ridge if method == "ridge" else args.naive_krr, B)
+        perms = block_permutations(g, B, 0, 0)
+        each = []
         for b, pi in enumerate(perms):
+            if b >= few and sum(each) >= args.naive_seconds:
+                break
+            t0 = time.perf_counter()
             est = (RidgeCV(alphas=alphas, cv=cv) if method == "ridge"
                    else KernelRidgeCV(alphas=alphas, gammas=gammas, cv=cv, n_jobs=args.jobs, approx="exact"))
             with threadpool_limits(limits=1, user_api="blas") if method == "ridge" else contextlib.nullcontext():
@@ -92,14 +102,20 @@ def main(argv=None):
             if est.best_index_ != sel["choice"][b]:
                 raise SystemExit(f"{method}: permutation {b} selects {est.best_index_} refitted, "
                                  f"{sel['choice'][b]} fast")
-        naive = (time.perf_counter() - t0) / few * B
-        print(f"{method}: refit from scratch per permutation: {naive / B:.3f} s each ({few} measured, same "
-              f"selections) -> {naive:.0f} s for {B}; ratio {naive / fast:.1f}", flush=True)
-        out[method] = (fast, naive)
-    (fr, nr), (fk, nk) = out["ridge"], out["kernel_ridge"]
-    print(f"per method: ridge {nr / fr:.1f}x, kernel ridge {nk / fk:.1f}x; load average now "
-          f"{os.getloadavg()[0]:.1f}")
-    print(f"ridge_s={fr:.1f} krr_s={fk:.1f} naive_ratio={(nr + nk) / (fr + fk):.1f}")
+            each.append(time.perf_counter() - t0)
+        m = len(each)
+        naive = float(np.mean(each)) * B
+        how = f"all {B} measured" if m == B else f"extrapolated from {m} measured"
+        print(f"{method}: refit from scratch per permutation: {np.mean(each):.3f} s each (median "
+              f"{np.median(each):.3f}, range {min(each):.3f}-{max(each):.3f}; {m} measured, same selections) -> "
+              f"{naive:.0f} s for {B} ({how}); ratio {naive / fast:.1f}", flush=True)
+        out[method] = (fast, naive, m)
+    (fr, nr, mr), (fk, nk, mk) = out["ridge"], out["kernel_ridge"]
+    print(f"per method: ridge {nr / fr:.1f}x, kernel ridge {nk / fk:.1f}x (naive times extrapolated from {mr} and "
+          f"{mk} measured of {B}); load average now {os.getloadavg()[0]:.1f}")
+    label = ("all measured" if mr == mk == B else
+             f"extrapolated from {mr} ridge and {mk} kernel ridge refits measured of {B} each")
+    print(f"ridge_s={fr:.1f} krr_s={fk:.1f} naive_ratio={(nr + nk) / (fr + fk):.1f} ({label})")
 
 
 if __name__ == "__main__":

@@ -281,9 +281,41 @@ def _cmd_stages(args) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so that it unwinds like Ctrl-C: open stores and worker pools are
+    closed on the way out, every finished stage and shard stays, and the exit status is 143 (128 + SIGTERM)."""
+
+
+def _terminate_on_sigterm():
+    """Turn SIGTERM into :class:`Terminated` in this process (not in a worker forked from it, which dies as
+    before); returns a function that puts the previous handler back. Nothing changes off the main thread or
+    where SIGTERM is ignored (``nohup``-style)."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_IGN:
+        return lambda: None
+    pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != pid:  # a forked worker: the default action (die)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    restore = _terminate_on_sigterm()
     try:
         if args.command is None:
             parser.print_help()
@@ -320,9 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     except ObjalignError as exc:
         print(f"objalign: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("objalign: interrupted; finished stages and shards are kept, run again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        what, status = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        print(f"objalign: {what}; finished stages and shards are kept, run again to resume", file=sys.stderr)
+        return status
+    finally:
+        restore()
 
 
 if __name__ == "__main__":  # pragma: no cover
