@@ -62,10 +62,16 @@ def from_stores(vision: str, text: str, layer: int, cfg):
     """One vision layer's held-out test features (PCA fitted on the training split) and every text layer."""
     from pathlib import Path
 
-    from objalign.maps import PCAMatch
-    from objalign.evaluation.folds import pca_dim
-    from objalign.evaluation.engine import heldout_image_split
     from objalign.embed.store import EmbeddingStore
+
+    try:
+        from objalign.evaluation.engine import heldout_image_split
+        from objalign.evaluation.folds import pca_dim
+        from objalign.maps import PCAMatch
+    except ImportError:  # a baseline tree (--against) from before the library/application split
+        from objalign.align import PCAMatch
+        from objalign.align.shared import pca_dim
+        from objalign.align.stage import heldout_image_split
 
     vm, X = EmbeddingStore(Path(vision)).read()
     tm, T = EmbeddingStore(Path(text)).read()
