@@ -2,6 +2,7 @@
 vector bit for bit, layered and float16 stores, layer checks before any model loads, and the stage end to end."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -160,7 +161,11 @@ def no_model_loads(monkeypatch):
 def test_bad_layers_fail_before_any_model_loads(tmp_path, no_model_loads, overrides, message):
     from objalign.embed.stage import embed_text_store, embed_vision_store
 
-    cfg = load_config(overrides=overrides)
+    try:
+        cfg = load_config(overrides=overrides)
+    except ObjalignError as exc:  # refused when the config is loaded (objalign.config.check_config): earlier still
+        assert re.search(message, str(exc)), str(exc)
+        return
     (tmp_path / "crop").mkdir()
     (tmp_path / "crop" / "crops.parquet").write_bytes(b"")
     for call in (lambda: embed_vision_store(cfg, tmp_path), lambda: embed_text_store(cfg, tmp_path)):
@@ -208,7 +213,12 @@ def test_stage_layers_stores_and_run_alignment_input(small_demo, tmp_path, tiny_
     """``layers: last`` keeps today's store (key and bytes); a layered float16 store holds every requested layer of
     the same objects, its last block equal to the last store's vectors; the run reads the last requested layer."""
     from objalign.cli import main
-    from objalign.embed.stage import embed_text_store, embed_vision_store, load_run_embeddings, run_embed
+    from objalign.embed.stage import (
+        embed_text_store,
+        embed_vision_store,
+        load_run_embeddings,
+        run_embed,
+    )
     from objalign.embed.store import EmbeddingStore
 
     data = tmp_path / "data"

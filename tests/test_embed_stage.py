@@ -107,7 +107,7 @@ def test_embed_stage_keys_prompts_dtype_and_records_skips(small_demo, tmp_path, 
     ("embed.text.template=a photo", "has no '{}'"),
     ("embed.text.prompts=templates", "expected one of name, template, ensemble, file"),
     ("embed.vision.executor=gpu", "executor = 'gpu'"),
-    ("embed.vision.batch_size=0", "must be at least 1"),
+    ("embed.vision.batch_size=0", "embed.vision.batch_size = 0: expected an integer >= 1"),
 ])
 def test_bad_embed_settings_fail_before_any_model_loads(small_demo, tmp_path, tiny_registered, capsys, setting,
                                                         message):

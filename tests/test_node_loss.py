@@ -20,7 +20,7 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 from ray.cluster_utils import Cluster  # noqa: E402
-from tiny_models import cli_args, store_files, temporaries, vision_store  # noqa: E402
+from tiny_models import cli_args, registered, store_files, temporaries, vision_store  # noqa: E402
 
 from objalign.cli import main  # noqa: E402
 from objalign.compute import release_workers  # noqa: E402
@@ -44,7 +44,8 @@ def cluster(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "OBJALIGN_TEST_FAULT_DIR")}
     os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS)] + sys.path)  # the nodes' workers inherit it
     os.environ["OBJALIGN_TEST_FAULT_DIR"] = str(faults)
-    VISION_ENCODERS.register("tiny-dinov2-dist", "tiny_models:make_tiny_dinov2")
+    encoder = registered(VISION_ENCODERS, "tiny-dinov2-dist", "tiny_models:make_tiny_dinov2")
+    encoder.__enter__()
     if ray.is_initialized():
         ray.shutdown()
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
@@ -55,7 +56,7 @@ def cluster(tmp_path_factory):
         release_workers()
         ray.shutdown()
         c.shutdown()
-        VISION_ENCODERS._entries.pop("tiny-dinov2-dist", None)
+        encoder.__exit__(None, None, None)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

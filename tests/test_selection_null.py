@@ -189,10 +189,11 @@ def test_stage_raises_the_real_fits_error_before_any_permutation(monkeypatch):
 def test_unknown_null_is_one_line_with_did_you_mean():
     from objalign.evaluation.engine import methods_of
 
-    cfg = load_config(None, ["align.null=selecton"]).align
-    with pytest.raises(ObjalignError, match=r"align.null = 'selecton'.*did you mean 'selection'") as err:
-        methods_of(cfg)
-    assert "\n" not in str(err.value)
+    for check in (lambda: load_config(None, ["align.null=selecton"]),  # refused at load, before any stage
+                  lambda: methods_of(replace(AlignConfig(), null="selecton"))):  # and by the library's own check
+        with pytest.raises(ObjalignError, match=r"align.null = 'selecton'.*did you mean 'selection'") as err:
+            check()
+        assert "\n" not in str(err.value)
     assert AlignConfig().null == "selection"
     methods_of(replace(AlignConfig(), null="fixed"))
 

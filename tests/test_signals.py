@@ -6,7 +6,7 @@ interrupted.
 The child is started the way a background job of a non-interactive shell is *not*: such a job inherits SIGINT as
 ignored, so the child resets SIGINT to its default before ``exec``. It is ``python -m objalign`` (``runpy``) after
 registering the tiny random DINOv2 of ``tiny_models`` and, for the align test only, a hook that marks the start of
-the fits (the real computation then runs; nothing is slowed down there).
+the fits and holds the stage there until the signal arrives (so the signal lands inside align on any machine).
 """
 
 import json
@@ -39,12 +39,14 @@ from pathlib import Path
 from objalign.encoders import VISION_ENCODERS
 VISION_ENCODERS.register("tiny-dinov2-sig", "tiny_models:make_tiny_dinov2")
 mark = os.environ.get("OBJALIGN_TEST_ALIGN_MARK")
-if mark:  # touch a file when the align stage starts fitting, then fit as usual
+if mark:  # touch a file when the align stage starts fitting, then wait there for the signal
     import objalign.pipeline.align as align_stage
     real = align_stage.evaluate_alignment
 
     def evaluate_alignment(*args, **kwargs):
         Path(mark).touch()
+        import time
+        time.sleep(120)  # inside the align stage until the test's signal arrives (however fast the fits are)
         return real(*args, **kwargs)
 
     align_stage.evaluate_alignment = evaluate_alignment

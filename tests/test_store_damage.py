@@ -200,13 +200,12 @@ def test_cli_reading_a_damaged_store_fails_in_one_line_and_embed_recomputes_the_
                                                                                        capsys):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from tiny_models import cli_args, store_files, vision_store
+    from tiny_models import cli_args, registered, store_files, vision_store
 
     from objalign.cli import main
     from objalign.encoders import VISION_ENCODERS
 
-    VISION_ENCODERS.register("tiny-dinov2-dist", "tiny_models:make_tiny_dinov2")
-    try:
+    with registered(VISION_ENCODERS, "tiny-dinov2-dist", "tiny_models:make_tiny_dinov2"):
         out = tmp_path / "run"
         for stage in ("sample", "crop", "embed"):
             assert main([stage] + cli_args(out, small_demo)) == 0
@@ -232,5 +231,3 @@ def test_cli_reading_a_damaged_store_fails_in_one_line_and_embed_recomputes_the_
         rec = json.loads((out / "embed" / "stage.json").read_text())["summary"]
         assert rec["shards_computed"] == 1 and rec["shards_reused"] == rec["n_shards"] - 1
         assert store_files(vision_store(out)) == clean
-    finally:
-        VISION_ENCODERS._entries.pop("tiny-dinov2-dist", None)

@@ -13,6 +13,7 @@ memory or environment changes made after the cluster started:
   two-batch shard), so a test can kill the job's driver with shards certainly still missing.
 """
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -152,3 +153,17 @@ def one_process_reference(main, folder: Path, data) -> tuple[Path, dict[str, byt
 
 __all__ = ["cli_args", "make_tiny_dinov2", "make_tiny_sam_mode", "one_process_reference", "store_files",
            "temporaries", "tiny_dinov2", "tiny_sam", "vision_store"]
+
+
+@contextlib.contextmanager
+def registered(registry, name: str, target: str):
+    """``name`` -> ``target`` in ``registry`` for the block, unless another test module registered it already (then
+    left as it is): tests that share the tiny encoders' names do not depend on the order they run in."""
+    added = name not in registry.names()
+    if added:
+        registry.register(name, target)
+    try:
+        yield
+    finally:
+        if added:
+            registry._entries.pop(name, None)

@@ -449,7 +449,8 @@ def check_config(cfg: RunConfig) -> RunConfig:
     check_choice("embed.text.pooling", t.pooling, TEXT_POOLINGS)
     for side, layers in (("vision", v.layers), ("text", t.layers)):
         if isinstance(layers, str):
-            check_choice(f"embed.{side}.layers", layers, ("last", "all"), "or give a list of block numbers")
+            if layers not in ("last", "all"):
+                raise ObjalignError(f"embed.{side}.layers = {layers!r}: expected last, all or a list of block numbers")
         elif not layers:
             raise ObjalignError(f"embed.{side}.layers = []: give last, all or a list of block numbers, e.g. [-1]")
     check_int("embed.shard_size", e.shard_size, 1, "vectors per shard, e.g. 1024")
