@@ -148,7 +148,10 @@ def release_workers() -> int:
 
         if ray.is_initialized():
             for a in actors:
-                ray.kill(a)
+                try:
+                    ray.kill(a)
+                except ray.exceptions.ActorHandleNotFoundError:  # from an earlier Ray session: nothing to free
+                    pass
     return len(actors)
 
 
@@ -229,7 +232,8 @@ class RayExecutor:
         c = self.compute
         threads = c.threads_per_worker or _driver_threads()
         key = (self.gpus_per_worker, c.cpus_per_worker, threads, c.max_restarts)
-        job = ray.get_runtime_context().get_job_id()
+        ctx = ray.get_runtime_context()
+        job = (ctx.get_session_name(), ctx.get_job_id())  # job ids start again in every Ray session
         kept = _POOL.get("actors", []) if _POOL.get("key") == key and _POOL.get("job") == job else []
         if not kept and _POOL.get("actors") and _POOL.get("job") == job:
             for a in _POOL["actors"]:  # another shape: free their GPUs before asking for new ones
