@@ -16,6 +16,8 @@ import numpy as np
 
 from objalign.config import RunConfig, dump_config
 from objalign.crops.render import render_image_group
+from objalign.data import open_dataset
+from objalign.data.images import FolderImages, ZipImages
 from objalign.report import gallery
 from objalign.report.writer import PROTOCOLS, write_report
 from objalign.runs import ensure_out, stage_key, stage_record, write_stage
@@ -84,16 +86,12 @@ def write_reference_names(out: Path) -> list[str]:
 
 def _image_source(cfg: RunConfig):
     """Where the run's pixels are, without parsing the annotations when the config says where (coco, demo)."""
-    from objalign.data.images import FolderImages, ZipImages
-
     d = cfg.data
     if d.kind in ("coco", "demo"):
         images = Path(d.images) if Path(d.images).is_absolute() else Path(d.root) / d.images
         if not images.exists():
             raise FileNotFoundError(f"the image folder {images} is gone (moved dataset?)")
         return ZipImages(images) if images.is_file() else FolderImages(images)
-    from objalign.data import open_dataset
-
     return open_dataset(d).image_source()
 
 
