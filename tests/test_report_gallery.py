@@ -210,3 +210,22 @@ def test_a_report_from_arrays_says_there_are_no_crops(run, tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert f"<p class=why>{gallery.NO_CROPS}</p>" in page and "data:image/jpeg" not in page
     assert "<table class=cm" in page
+
+
+def test_compare_opens_with_the_best_run_per_split(run, tmp_path):
+    from objalign.report.compare import compare_runs
+
+    out, _, _ = run
+    other = tmp_path / "other"
+    shutil.copytree(out, other, ignore=shutil.ignore_patterns("crop"))
+    rep = json.loads((other / "report.json").read_text())
+    for r in rep["results"]:
+        r["top1"] = r["top1"] / 2  # a worse run
+    (other / "report.json").write_text(json.dumps(rep))
+    table = compare_runs([other, out])
+    best = next(r for r in json.loads((out / "report.json").read_text())["results"]
+                if r["split"] == "heldout_images" and r["method"] == "ridge")
+    lo, hi = best["ci"]["top1"]
+    first = table.splitlines()[0]
+    assert first == (f"Held-out images: best top-1 {best['top1']:.0%} [{lo:.0%}, {hi:.0%}] from {out} (gt-mask, "
+                     f"made-up-vision -> made-up-text, ridge); 2 runs compared.")
