@@ -16,7 +16,6 @@ import numpy as np
 
 from objalign.config import RunConfig, dump_config
 from objalign.crops.render import render_image_group
-from objalign.data import open_dataset
 from objalign.data.images import FolderImages, ZipImages
 from objalign.report import gallery
 from objalign.report.writer import PROTOCOLS, write_report
@@ -85,14 +84,17 @@ def write_reference_names(out: Path) -> list[str]:
 
 
 def _image_source(cfg: RunConfig):
-    """Where the run's pixels are, without parsing the annotations when the config says where (coco, demo)."""
+    """Where the run's pixels are, from the config alone: never parses the annotations, never downloads."""
     d = cfg.data
-    if d.kind in ("coco", "demo"):
+    if d.kind == "coco2017":
+        root, name = Path(d.root), f"{d.split}2017"
+        found = [p for p in (root / name, root / f"{name}.zip", root / "zips" / f"{name}.zip") if p.exists()]
+        images = found[0] if found else root / name
+    else:
         images = Path(d.images) if Path(d.images).is_absolute() else Path(d.root) / d.images
-        if not images.exists():
-            raise FileNotFoundError(f"the image folder {images} is gone (moved dataset?)")
-        return ZipImages(images) if images.is_file() else FolderImages(images)
-    return open_dataset(d).image_source()
+    if not images.exists():
+        raise FileNotFoundError(f"the image folder {images} is gone (moved dataset?)")
+    return ZipImages(images) if images.is_file() else FolderImages(images)
 
 
 def object_thumbnails(cfg: RunConfig, out: Path, report: dict, per: dict) -> dict:

@@ -3,7 +3,7 @@
 * :func:`headline`: one sentence per protocol (estimate, interval, chance, p-value and its null) and a one-line
   verdict of the calibrated similarity measures — the same numbers as the tables, rounded.
 * :func:`plan`: which test objects a gallery shows, per protocol: the worst- and best-aligned (cosine between
-  the map's prediction and the true name), a typical one per category (median cosine) and, for the held-out-
+  the map's prediction and the true name), up to three typical ones per category (around its median cosine) and, for the held-out-
   images protocol, examples of the most-confused pairs; at most ``cap`` objects over all protocols.
 * :func:`confusion`: the category confusion matrix (true x predicted top-1), rows and columns in the order of a
   clustering of the text embeddings (``category_order``), and the most-confused pairs.
@@ -30,6 +30,8 @@ DEFAULT_CAP = 240
 THUMB_SIZE = 96
 #: Worst- and best-aligned objects shown per protocol.
 N_EXTREMES = 8
+#: Typical objects per category at most (around its median cosine), as the cap allows.
+N_TYPICAL = 3
 #: Most-confused pairs listed, and example objects per pair.
 N_PAIRS, N_PAIR_EXAMPLES = 10, 3
 #: Reason shown when no thumbnails were given at all.
@@ -140,9 +142,12 @@ def plan(report: dict, per: dict, cap: int = DEFAULT_CAP) -> dict:
                 left -= len(pos)
                 entry["pairs"].append((t, p, n, pos.tolist()))
         cats = sorted(set(lab.tolist()), key=lambda c: -np.sum(lab == c))
+        per_cat = int(np.clip(max(left, 0) // max(len(cats), 1), 1, N_TYPICAL))
         for c in cats[:max(left, 0)]:
             rows = np.flatnonzero(lab == c)
-            entry["typical"].append((int(c), [int(rows[np.argsort(cos[rows])[len(rows) // 2]])]))
+            mid = rows[np.argsort(cos[rows], kind="stable")]  # around the category's median cosine
+            start = max(len(mid) // 2 - per_cat // 2, 0)
+            entry["typical"].append((int(c), mid[start:start + per_cat].tolist()))
         out[split] = entry
     return out
 
@@ -197,8 +202,12 @@ def gallery_html(report: dict, per: dict, the_plan: dict, thumbs: dict, note: st
             head += f"<p class=why>{_e(note)}</p>"
         parts = [head, _strip("worst aligned", split, e["worst"], per, m, names, thumbs),
                  _strip("best aligned", split, e["best"], per, m, names, thumbs)]
-        parts.append(_strip("a typical object per category (median cosine)", split,
-                            [ps[0] for _, ps in e["typical"]], per, m, names, thumbs))
+        groups = "".join(f"<div class=pair><h3>{_e(names[c])}</h3><div class=strip>"
+                         + "".join(_card(split, q, per, m, names, thumbs) for q in ps) + "</div></div>"
+                         for c, ps in e["typical"])
+        if groups:
+            parts.append(f"<h3>typical objects per category (around its median cosine)</h3><div class=strip>{groups}"
+                         "</div>")
         out.append((f"objects-{split}", f"the objects: {split}", "".join(parts)))
     return out
 
