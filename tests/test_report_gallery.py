@@ -229,3 +229,14 @@ def test_compare_opens_with_the_best_run_per_split(run, tmp_path):
     first = table.splitlines()[0]
     assert first == (f"Held-out images: best top-1 {best['top1']:.0%} [{lo:.0%}, {hi:.0%}] from {out} (gt-mask, "
                      f"made-up-vision -> made-up-text, ridge); 2 runs compared.")
+
+
+def test_the_thumbnail_cap_holds(run, tmp_path):
+    from objalign.pipeline.report import run_report
+
+    out, cfg, _ = run
+    capped = tmp_path / "run"
+    shutil.copytree(out, capped)
+    run_report(replace(cfg, report=replace(cfg.report, max_thumbnails=10)), capped)
+    n = len(_thumbs((capped / "report.html").read_text()))
+    assert 0 < n <= 10
