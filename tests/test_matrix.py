@@ -300,3 +300,16 @@ def test_demo_layers_last_cell_equals_objalign_run(small_demo, tmp_path):
     for r in rows:
         if r["method"] == "similarity" and r["measure"] in sim and sim[r["measure"]] is not None:
             assert r["value"] == pytest.approx(sim[r["measure"]], abs=1e-9)
+
+
+def test_matrix_page_opens_with_its_headline_and_contents(tiny):
+    _, out = tiny
+    meta, best = json.loads((out / "matrix.json").read_text()), read(out / "best.parquet")
+    html = (out / "matrix.html").read_text()
+    b = max((x for x in best if (x["protocol"], x["method"], x["measure"], x["status"]) ==
+             ("heldout_images", meta["method"], meta["measure"]["heldout_images"], "ok")), key=lambda x: x["value"])
+    sentence = (f"Held-out images: {b['vision_model']} layer {b['vision_layer']} with {b['text_model']} layer "
+                f"{b['text_layer']} is best, {meta['method']} {meta['measure']['heldout_images']} = {b['value']:.3f}; "
+                f"p_max = {b['pvalue_max']:.2g} over its {b['n_cells']} cells")
+    assert sentence in html and html.index("id=headline") < html.index("<nav class=toc>") < html.index("<h2 id=")
+    assert '<a href="#s0">best layer pair per model pair</a>' in html and "<details><summary>method notes" in html

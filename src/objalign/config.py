@@ -172,6 +172,8 @@ class ReportConfig:
     #: also write the reference pipeline's file names, ``reports/alignment_hist.png`` and
     #: ``reports/alignment_report.txt`` (copies of ``alignment_hist.png`` and ``report.txt``), for scripts built on it
     reference_names: bool = False
+    #: most object thumbnails (about 96 px JPEG each) report.html carries over all protocols; 0: none
+    max_thumbnails: int = 240
 
 
 @dataclass(frozen=True)

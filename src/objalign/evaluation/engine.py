@@ -43,7 +43,14 @@ from objalign.maps import PCAMatch, check_xy
 from objalign.maps.threads import single_threaded_blas
 from objalign.stats import protocols
 from objalign.stats.intervals import bootstrap_figures
-from objalign.stats.metrics import figures_from_instances, per_category, per_instance, r2_scores
+from objalign.stats.metrics import (
+    category_order,
+    figures_from_instances,
+    per_category,
+    per_instance,
+    r2_scores,
+    top_predicted,
+)
 from objalign.stats.protocols import heldout_images
 
 METHODS, BASELINES = MAP_METHODS, BASELINE_METHODS  # align.methods, align.baselines
@@ -97,7 +104,11 @@ def evaluate(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, label_index: np.n
     Returns
     -------
     dict with ``rows`` (list of result rows), ``per_category`` (list), ``similarity`` (dict), ``pca`` (dict),
-    ``per_instance`` (dict of arrays), ``nulls`` (dict of arrays), ``projection`` (dict of arrays), ``skipped``
+    ``per_instance`` (dict of arrays: per protocol ``{p}__index`` and ``{p}__label`` (test objects' rows of X and
+    of ``class_emb``), per method ``{p}__{m}__residual_l2`` / ``cosine`` / ``rank`` (/ ``rank_unseen``) and
+    ``{p}__{m}__top3`` (n, 3), the nearest category rows to the prediction; ``category_name`` (c,) and
+    ``category_order`` (c,), a clustering order of the text embeddings), ``nulls`` (dict of arrays),
+    ``projection`` (dict of arrays), ``skipped``
     (protocol -> reason, for ``heldout_categories`` when the data are too few for its folds), ``category_level``
     (blind matching and RSA, :func:`objalign.evaluation.category_level.category_level`)
     """
@@ -270,6 +281,7 @@ def _method_row(pf: _ProtocolFit, method: str, key: str, class_emb: np.ndarray, 
         res["per_category"].append({"split": pf.name, "method": method, **r})
     for n, v in inst.items():
         res["per_instance"][f"{pf.name}__{method}__{n}"] = v
+    res["per_instance"][f"{pf.name}__{method}__top3"] = top_predicted(pred, class_emb, 3)  # the report's gallery
     return row, figs, fits
 
 
@@ -312,8 +324,9 @@ def _evaluate(X, groups, label_index, targets: dict, cfg: AlignConfig, category_
     c = len(live[keys[0]])
     names = list(category_names) if category_names is not None else [str(i) for i in range(c)]
     cids = np.asarray(category_ids) if category_ids is not None else np.arange(c)
-    results = {k: {"rows": [], "per_category": [], "similarity": {}, "pca": {}, "per_instance": {}, "nulls": {},
-                   "projection": {}, "skipped": {}} for k in keys}
+    results = {k: {"rows": [], "per_category": [], "similarity": {}, "pca": {}, "nulls": {}, "projection": {},
+                   "skipped": {}, "per_instance": {"category_name": np.asarray(names, dtype=str),
+                                                   "category_order": category_order(live[k])}} for k in keys}
     for protocol in cfg.protocols:
         pf = _fit_protocol(protocol, X, groups, label_index, methods, cfg, live)
         if isinstance(pf, str):
@@ -322,6 +335,7 @@ def _evaluate(X, groups, label_index, targets: dict, cfg: AlignConfig, category_
             continue
         for k in keys:
             results[k]["per_instance"][f"{protocol}__index"] = pf.test
+            results[k]["per_instance"][f"{protocol}__label"] = label_index[pf.test]
         # the per-target-set figures, intervals and nulls: many small products, where a BLAS thread team only
         # adds synchronisation (and, in a matrix, is paid once per target set)
         with single_threaded_blas():

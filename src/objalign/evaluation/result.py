@@ -98,7 +98,7 @@ class AlignmentResult:
         """The text report (``report.txt``): every table, interval and p-value."""
         if self.error:
             return f"{title}: not evaluated: {self.error}\n"
-        return format_text(report_dict(self.raw, self.header), title)
+        return format_text(report_dict(self.raw, self.header), title, self.raw.get("per_instance"))
 
     def to_frame(self):
         """The result rows as a pandas DataFrame (one row per method and protocol; intervals, p-values and

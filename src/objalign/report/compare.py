@@ -52,6 +52,23 @@ def _cell(r: dict, k: str) -> str:
     return f"{v:.{digits}f}" + (f" [{ci[0]:.{digits}f},{ci[1]:.{digits}f}]" if ci else "")
 
 
+def compare_headline(rows: list[dict]) -> list[str]:
+    """One line per split: the run and fitted method with the highest top-1, its interval, and how many runs."""
+    lines = []
+    for split in dict.fromkeys(r["split"] for r in rows):
+        rs = [r for r in rows if r["split"] == split and r["method"] not in ("mean", "shuffled")
+              and isinstance(r.get("top1"), (int, float))]
+        if not rs:
+            continue
+        b = max(rs, key=lambda r: r["top1"])
+        ci = b["ci"].get("top1")
+        lines.append(f"{split.replace('heldout_', 'held-out ').capitalize()}: best top-1 {b['top1']:.0%}"
+                     + (f" [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else "")
+                     + f" from {b['run']} ({b['crop']}, {b['vision']} -> {b['text']}, {b['method']}); "
+                       f"{len({r['run'] for r in rs})} runs compared.")
+    return lines + ([""] if lines else [])
+
+
 def compare_runs(run_dirs: list[str | Path], json_out: str | Path | None = None) -> str:
     """A text table of several runs, grouped by split; optionally the same rows as JSON in ``json_out``."""
     rows = compare_rows(run_dirs)
@@ -59,7 +76,7 @@ def compare_runs(run_dirs: list[str | Path], json_out: str | Path | None = None)
         Path(json_out).write_text(json.dumps(rows, indent=1))
     widths = {k: (22 if k in ("r2", "top1", "top1_unseen", "cosine_mean", "top5", "residual_median") else 19)
               for k in FIGURES}
-    lines = []
+    lines = compare_headline(rows)
     for split in dict.fromkeys(r["split"] for r in rows):
         rs = [r for r in rows if r["split"] == split]
         figs = [k for k in FIGURES if any(isinstance(r.get(k), (int, float)) for r in rs)]

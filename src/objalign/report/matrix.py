@@ -18,6 +18,7 @@ import numpy as np
 
 from objalign.report.figures import SPLIT_TITLES, _plt
 from objalign.report.html import _CSS, _png
+from objalign.stats.metrics import is_smaller_better
 
 NOTE = ("Each cell is one vision layer against one text layer, aligned exactly as `objalign run` aligns a model "
         "pair (PCA, ridge and kernel ridge with grouped CV, held-out images and held-out categories, bootstrap "
@@ -140,6 +141,23 @@ def _fmt(v, digits=3) -> str:
     return f"{v:.{digits}g}" if digits == "p" else f"{v:.{digits}f}"
 
 
+def matrix_headline(meta: dict, best: list[dict]) -> list[str]:
+    """One sentence per protocol: the best cell over every model pair for the headline method and measure, with
+    its selection-corrected p-value (``p_max``) and the number of cells it was chosen from."""
+    lines = []
+    for protocol, measure in meta["measure"].items():
+        cands = [b for b in best if (b["protocol"], b["method"], b["measure"], b["status"]) ==
+                 (protocol, meta["method"], measure, "ok") and np.isfinite(b["value"])]
+        if not cands:
+            continue
+        b = (min if is_smaller_better(measure) else max)(cands, key=lambda x: x["value"])
+        lines.append(f"{SPLIT_TITLES.get(protocol, protocol).capitalize()}: {b['vision_model']} layer {b['vision_layer']} with "
+                     f"{b['text_model']} layer {b['text_layer']} is best, {meta['method']} {measure} = "
+                     f"{_fmt(b['value'])}; p_max = {b['pvalue_max']:.2g} over its {b['n_cells']} cells "
+                     f"(B = {b['n_permutations']}).")
+    return lines
+
+
 def build_matrix_html(meta: dict, rows: list[dict], best: list[dict], figures: list[tuple[str, Path, str]]) -> str:
     """The whole ``matrix.html`` page (figures embedded as base64 PNG)."""
     title = f"objalign matrix: {meta.get('title', '')}".rstrip(": ")
@@ -153,8 +171,12 @@ def build_matrix_html(meta: dict, rows: list[dict], best: list[dict], figures: l
                                for t in meta["text"])),
             ("cells", f"{meta['n_cells']} (vision layer x text layer x model pair)"),
             ("null", f"{meta['null']}, B = {meta['n_permutations']}")]
+    head = matrix_headline(meta, best)
+    if head:
+        parts.append("<div class=headline id=headline>" + "".join(f"<p>{_e(x)}</p>" for x in head) + "</div>")
     parts.append("<table>" + "".join(f"<tr><td class=l>{_e(k)}</td><td class=l>{_e(v)}</td></tr>" for k, v in info)
                  + "</table>")
+    parts.append("<!--contents-->")
     method, measures = meta["method"], meta["measure"]
     shown = [b for b in best if b["status"] == "ok" and measures.get(b["protocol"]) == b["measure"]]
     if shown:
@@ -193,9 +215,20 @@ def build_matrix_html(meta: dict, rows: list[dict], best: list[dict], figures: l
                          f"<td class=l>{_e(r['status'])}</td>"
                          f"<td class=l>{_e(r['reason'])}</td></tr>")
         parts.append("</table>")
-    parts.append(f"<h2>how to read this</h2><p class=note>{_e(NOTE)}</p>")
+    parts.append(f"<h2>how to read this</h2><details><summary>method notes</summary><p class=note>{_e(NOTE)}</p>"
+                 "</details>")
     parts.append("</body></html>")
-    return "\n".join(parts)
+    return _with_contents("\n".join(parts))
+
+
+def _with_contents(page: str) -> str:
+    """Give every ``<h2>`` an anchor and put a contents list where ``<!--contents-->`` stands."""
+    heads = re.findall(r"<h2>(.*?)</h2>", page)
+    for k, h in enumerate(heads):
+        page = page.replace(f"<h2>{h}</h2>", f'<h2 id="s{k}">{h}</h2>', 1)
+    toc = "<nav class=toc><b>contents</b><ol>" + "".join(f'<li><a href="#s{k}">{h}</a></li>'
+                                                         for k, h in enumerate(heads)) + "</ol></nav>"
+    return page.replace("<!--contents-->", toc, 1)
 
 
 def write_matrix_report(out: str | Path) -> list[str]:

@@ -33,10 +33,11 @@ and calibrated score), ``pca`` (explained variance), ``protocols`` (what each sp
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 
 from objalign.atomic import atomic_write_json
-from objalign.report import beyond, units
+from objalign.report import beyond, gallery, units
 from objalign.report import figures as F
 from objalign.report.html import build_html
 from objalign.stats.metrics import TABLE_FIGURES
@@ -99,10 +100,14 @@ def _shared_names(report: dict) -> list[str]:
     return [f"shared names   {listed} (identical text targets; data.duplicate_names: {dup['rule']})"]
 
 
-def format_text(report: dict, title: str) -> str:
+def format_text(report: dict, title: str, per_instance: dict | None = None) -> str:
+    """``report.txt``: the headline, every table, interval and p-value, then the notes.
+
+    ``per_instance`` (the result's per-instance arrays), when given, adds the most-confused pairs.
+    """
     v, t = report["vision_encoder"], report["text_encoder"]
     lines = [
-        title, "=" * len(title), "",
+        title, "=" * len(title), "", *gallery.headline(report), "",
         f"dataset        {report['dataset']} (fingerprint {report['dataset_fingerprint']})",
         f"instances      {report['n_instances']} embedded of {report['n_instances_sampled']} sampled, "
         f"{report['n_images']} images, {report['n_categories']} categories"
@@ -165,7 +170,7 @@ def format_text(report: dict, title: str) -> str:
             lines.append("  shuffled pairing: " + "  ".join(f"{k} {'-' if v is None else f'{v:.3f}'}"
                                                           for k, v in sim["values_shuffled"].items()))
         lines.append(f"  (mutual k-NN chance level ~ {sim.get('chance_mutual_knn', 0):.3f})")
-    lines += beyond.text_lines(report) + units.text_lines(report)
+    lines += beyond.text_lines(report) + units.text_lines(report) + gallery.text_lines(report, per_instance or {})
     pc = [r for r in report.get("per_category", []) if r["method"] == "ridge"]
     for split in dict.fromkeys(r["split"] for r in pc):
         worst = sorted((r for r in pc if r["split"] == split), key=lambda r: r["top1"])[:5]
@@ -216,8 +221,24 @@ def write_figures(out: Path, report: dict, arrays: dict) -> list[tuple[str, Path
     return made
 
 
+def gallery_sections(report: dict, per: dict, gallery_input: dict | None) -> list[tuple[str, str, str]]:
+    """The page's first sections: the objects of each protocol and where the map goes wrong (see
+    :mod:`objalign.report.gallery`); a run without crop images shows the objects without pictures and one line
+    saying why."""
+    g = gallery_input or {}
+    thumbs = g.get("thumbnails") or {}
+    note = g.get("note") if gallery_input is not None else gallery.NO_CROPS
+    the_plan = gallery.plan(report, per, g.get("cap", gallery.DEFAULT_CAP))
+    if not the_plan:
+        why = ("the per-instance arrays hold no true labels (align tables from an older objalign: rerun align)"
+               if per else "no per-instance arrays")
+        return [("objects", "the objects", f"<p class=why>no gallery: {escape(why)}</p>")]
+    return (gallery.gallery_html(report, per, the_plan, thumbs, note)
+            + gallery.confusion_html(per, report["results"], the_plan, thumbs))
+
+
 def write_report(out: str | Path, report: dict, arrays: dict, title: str = "objalign report",
-                 html: bool = True) -> list[str]:
+                 html: bool = True, gallery_input: dict | None = None) -> list[str]:
     """Write ``report.json``, ``report.txt``, the figures and (``html``) ``report.html`` into folder ``out``.
 
     Parameters
@@ -228,6 +249,9 @@ def write_report(out: str | Path, report: dict, arrays: dict, title: str = "obja
     arrays : ``per_instance``, ``nulls``, ``projection``: dicts of arrays (figures only)
     title : the report's title
     html : also write the one-file ``report.html`` (figures embedded)
+    gallery_input : the objects' thumbnails for the gallery, ``{"thumbnails": {object index: (h, w, 3) uint8},
+        "note": why some or all are missing (or None), "cap": most thumbnails}``; the object index is the value of
+        ``per_instance["{split}__index"]``. ``None``: no crop images (the gallery says so in one line)
 
     Returns
     -------
@@ -237,11 +261,15 @@ def write_report(out: str | Path, report: dict, arrays: dict, title: str = "obja
     out.mkdir(parents=True, exist_ok=True)
     made = write_figures(out, report, arrays)
     report["figures"] = [p.name for _, p, _ in made]
+    report["headline"] = gallery.headline(report)
     files = ["report.json", "report.txt", *report["figures"]]
     notes = NOTES + [beyond.NOTE] + ([units.NOTE] if units.present(report) else [])
+    per = arrays.get("per_instance") or {}
     if html:
-        (out / "report.html").write_text(build_html(report, title, made, notes), encoding="utf-8")
+        top = gallery_sections(report, per, gallery_input)
+        page = build_html(report, title, made, notes, report["headline"], top)
+        (out / "report.html").write_text(page, encoding="utf-8")
         files.append("report.html")
     atomic_write_json(out / "report.json", report)
-    (out / "report.txt").write_text(format_text(report, title))
+    (out / "report.txt").write_text(format_text(report, title, per))
     return files

@@ -121,6 +121,50 @@ def per_instance(pred: np.ndarray, true: np.ndarray | None, label_index: np.ndar
     return out
 
 
+def top_predicted(pred: np.ndarray, class_emb: np.ndarray, k: int = 3) -> np.ndarray:
+    """The ``k`` categories each prediction is closest to by cosine similarity, best first.
+
+    Parameters
+    ----------
+    pred : (n, d)
+        Predicted text embeddings.
+    class_emb : (c, d)
+        One text embedding per candidate category.
+    k : int
+        How many (at most ``c``).
+
+    Returns
+    -------
+    (n, min(k, c)) int64
+        Rows of ``class_emb``; ties broken towards the lower row (``np.argsort``, stable).
+    """
+    sims = _unit(np.asarray(pred, dtype=np.float64)) @ _unit(np.asarray(class_emb, dtype=np.float64)).T
+    return np.argsort(-sims, axis=1, kind="stable")[:, :min(k, sims.shape[1])].astype(np.int64)
+
+
+def category_order(class_emb: np.ndarray) -> np.ndarray:
+    """The categories in the leaf order of an average-linkage clustering of their embeddings (cosine distance),
+    so that near names sit together (e.g. the rows and columns of a confusion matrix).
+
+    Parameters
+    ----------
+    class_emb : (c, d)
+
+    Returns
+    -------
+    (c,) int64
+        A permutation of ``0 .. c-1``.
+    """
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import pdist
+
+    c = len(class_emb)
+    if c < 3:
+        return np.arange(c, dtype=np.int64)
+    d = np.clip(pdist(_unit(np.asarray(class_emb, dtype=np.float64)), "cosine"), 0.0, None)
+    return leaves_list(linkage(np.nan_to_num(d), "average")).astype(np.int64)
+
+
 #: A text dimension whose variance over the test objects is at most this fraction of the largest one is constant.
 CONSTANT_DIM_RTOL = 1e-12
 
