@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -96,4 +97,23 @@ def sample_instances(ds: CocoDataset, n: int = 3000, seed: int = 0, min_area: fl
                      ("width", im["width"]), ("height", im["height"]), ("x", x), ("y", y), ("w", w), ("h", h),
                      ("area", _area(a))):
             cols[k].append(v)
-    return {k: np.asarray(v) for k, v in cols.items()}
+    table = {k: np.asarray(v) for k, v in cols.items()}
+    table.update(extra_columns(ds, chosen))
+    return table
+
+
+def extra_columns(ds: CocoDataset, chosen: list[dict]) -> dict[str, np.ndarray]:
+    """Columns a format adds to the instance table (none for COCO): LVIS's ``frequency`` group of the object's
+    category, its image's ``neg_category_ids`` and ``not_exhaustive_category_ids`` (as JSON lists) and
+    ``not_exhaustive`` (the object's own category is in the latter)."""
+    out: dict[str, np.ndarray] = {}
+    if any("frequency" in v for v in ds.category_info.values()):
+        out["frequency"] = np.asarray([ds.category_info.get(a["category_id"], {}).get("frequency", "")
+                                       for a in chosen], dtype=object)
+    for key in ("neg_category_ids", "not_exhaustive_category_ids"):
+        if any(key in ds.images[a["image_id"]] for a in chosen):
+            out[key] = np.asarray([json.dumps(ds.images[a["image_id"]].get(key, [])) for a in chosen], dtype=object)
+    if "not_exhaustive_category_ids" in out:
+        out["not_exhaustive"] = np.asarray([a["category_id"] in ds.images[a["image_id"]]["not_exhaustive_category_ids"]
+                                            for a in chosen], dtype=bool)
+    return out

@@ -31,6 +31,9 @@ def run_sample(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     (out / "sample").mkdir(exist_ok=True)
     write_table(out / "sample" / "instances.parquet", table)
     atomic_write_json(out / "sample" / "excluded.json", ds.excluded)
+    if ds.category_info:  # what a format knows of each category (LVIS: frequency group, synonyms, definition)
+        table_of = [{"id": int(c), "name": ds.categories[c], **ds.category_info[c]} for c in sorted(ds.category_info)]
+        atomic_write_json(out / "sample" / "categories.json", table_of)
     if ds.excluded:  # one line, however many
         first = ds.excluded[0]
         refs = any(r["kind"] in ("dangling reference", "repeated id") for r in ds.excluded)
@@ -43,4 +46,7 @@ def run_sample(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
                "n_categories_sampled": int(len(set(table["category_id"]))), "n_categories": len(ds.categories),
                "n_annotations_total": len(ds.annotations) + len(ds.excluded), "n_excluded": len(ds.excluded),
                "excluded_by_kind": dict(Counter(r["kind"] for r in ds.excluded))}
+    if "frequency" in table:
+        summary["n_categories_by_frequency"] = dict(Counter(v.get("frequency") for v in ds.category_info.values()))
+        summary["n_instances_by_frequency"] = dict(Counter(table["frequency"].tolist()))
     return {**write_stage(out, "sample", key, summary, started), "reused": False}

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from objalign.config import RunConfig, dump_config
+from objalign.report.groups import group_summary
 from objalign.report.writer import PROTOCOLS, write_report
 from objalign.runs import ensure_out, stage_key, stage_record, write_stage
 
@@ -32,6 +34,13 @@ def build_report(out: Path) -> dict:
         return json.loads(f.read_text()) if f.is_file() else default
 
     splits = list(dict.fromkeys(r["split"] for r in rows))
+    extra = {}
+    cats = out / "sample" / "categories.json"
+    if cats.is_file():  # LVIS: figures per frequency group, from the per-category rows
+        group_of = {c["id"]: c["frequency"] for c in json.loads(cats.read_text()) if c.get("frequency")}
+        if group_of:
+            extra["category_groups"] = dict(Counter(group_of.values()))
+            extra["per_group"] = group_summary(opt("per_category.json", []), group_of)
     return {
         "dataset": sample["dataset"],
         "dataset_fingerprint": sample["dataset_fingerprint"],
@@ -54,6 +63,7 @@ def build_report(out: Path) -> dict:
         "category_level": opt("category_level.json", {}),
         "units": opt("units.json", {}),
         "convergence": opt("convergence.json", {}),
+        **extra,
     }
 
 

@@ -9,7 +9,7 @@ import base64
 import html
 from pathlib import Path
 
-from objalign.report import beyond, units
+from objalign.report import beyond, groups, units
 from objalign.stats.metrics import ALL_FIGURES, FIGURES, SMALLER_IS_BETTER
 from objalign.stats.nulls import describe_null
 
@@ -119,7 +119,7 @@ def build_html(report: dict, title: str, figures: list[tuple[str, Path, str]], n
                      + "".join(f"<td>{_num(sim['values_shuffled'].get(k))}</td>" for k in sim["values"]) + "</tr>")
         parts.append("<table>" + head + body + "</table>")
 
-    parts += beyond.html_parts(report) + units.html_parts(report)
+    parts += beyond.html_parts(report) + units.html_parts(report) + groups.html_parts(report)
     for heading, path, caption in figures:
         parts.append(f"<h2>{_e(heading)}</h2><figure><img src=\"{_png(path)}\" alt=\"{_e(heading)}\">"
                      f"<figcaption>{_e(caption)}</figcaption></figure>")

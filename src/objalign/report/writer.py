@@ -26,9 +26,10 @@ Beside them: ``per_category`` (one entry per split, method and category), ``simi
 CKNNA, SVCCA on held-out features; ``calibrated``: each measure's permutation threshold, p-value, BH-adjusted p-value
 and calibrated score), ``pca`` (explained variance), ``protocols`` (what each split means), ``category_level``
 (``matching``: blind matching accuracy, interval and shuffle curve; ``rsa``), per result row
-``open_vocabulary`` (precision@k among the dataset's names plus distractors, NN and CSLS), ``units`` (``object`` and
-``image`` rows side by side, ``prototype`` per-k curve; :mod:`objalign.evaluation.units`) and ``convergence``
-(figures per subsample size; :mod:`objalign.evaluation.convergence`).
+``open_vocabulary`` (precision@k among the dataset's names plus distractors, NN and CSLS), ``per_group`` (figures per
+category frequency group, LVIS; :mod:`objalign.report.groups`), ``units`` (``object`` and ``image`` rows side by
+side, ``prototype`` per-k curve; :mod:`objalign.evaluation.units`) and ``convergence`` (figures per subsample size;
+:mod:`objalign.evaluation.convergence`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from objalign.atomic import atomic_write_json
-from objalign.report import beyond, units
+from objalign.report import beyond, groups, units
 from objalign.report import figures as F
 from objalign.report.html import build_html
 from objalign.stats.metrics import TABLE_FIGURES
@@ -155,7 +156,7 @@ def format_text(report: dict, title: str) -> str:
             lines.append("  shuffled pairing: " + "  ".join(f"{k} {'-' if v is None else f'{v:.3f}'}"
                                                           for k, v in sim["values_shuffled"].items()))
         lines.append(f"  (mutual k-NN chance level ~ {sim.get('chance_mutual_knn', 0):.3f})")
-    lines += beyond.text_lines(report) + units.text_lines(report)
+    lines += beyond.text_lines(report) + units.text_lines(report) + groups.text_lines(report)
     pc = [r for r in report.get("per_category", []) if r["method"] == "ridge"]
     for split in dict.fromkeys(r["split"] for r in pc):
         worst = sorted((r for r in pc if r["split"] == split), key=lambda r: r["top1"])[:5]
