@@ -126,4 +126,11 @@ def open_visual_genome(cfg: DataConfig):
                               strict=cfg.strict, duplicate_names=cfg.duplicate_names)
 
 
-OTHER_KINDS = {"lvis": open_lvis, "visual_genome": open_visual_genome}
+def open_hf_dataset(cfg: DataConfig):
+    """A Hugging Face dataset (``datasets`` imported only here: an optional extra)."""
+    from objalign.data.hf import load_hf
+
+    return load_hf(cfg)
+
+
+OTHER_KINDS = {"lvis": open_lvis, "visual_genome": open_visual_genome, "hf": open_hf_dataset}

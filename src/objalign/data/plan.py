@@ -139,6 +139,22 @@ def visual_genome_plan(cfg: RunConfig) -> list[str]:
     return lines + [_sample_line(cfg, open_dataset(d))]
 
 
+def hf_plan(cfg: RunConfig) -> list[str]:
+    """A Hugging Face dataset: the source, the schema, and the counts when it is a local folder."""
+    from objalign.data import open_dataset
+
+    d = cfg.data
+    local = Path(d.root).is_dir()
+    lines = [f"data      Hugging Face dataset {d.root} ({'save_to_disk folder' if local else 'hub name'}, split "
+             f"{d.hf_split}; image {d.hf_image!r}, objects {d.hf_objects!r} with {d.hf_bbox!r} as {d.box_format} and "
+             f"{d.hf_category!r})"]
+    if not local:
+        return lines + ["download  the dataset into the Hugging Face cache on first use (datasets.load_dataset)",
+                        _not_yet(cfg)]
+    lines.append(f"download  nothing (a local folder: {_size([Path(d.root)])})")
+    return lines + [_sample_line(cfg, open_dataset(d))]
+
+
 def data_plan(cfg: RunConfig) -> list[str]:
     """The dry run's data lines for ``cfg.data``'s source."""
     kind = cfg.data.kind
@@ -151,4 +167,4 @@ def data_plan(cfg: RunConfig) -> list[str]:
     return coco_plan(cfg)
 
 
-PLANS: dict = {"visual_genome": visual_genome_plan}  #: data.kind -> plan function
+PLANS: dict = {"visual_genome": visual_genome_plan, "hf": hf_plan}  #: data.kind -> plan function
