@@ -9,6 +9,7 @@ import io
 import json
 import shutil
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +259,27 @@ def test_lvis_run_end_to_end_reports_per_frequency_group(small_demo, tmp_path, c
     meta, _ = EmbeddingStore(store).read()
     assert "a photo of a red circle (shape), a drawn red circle (shape)." in meta["prompt"].tolist()
     (tmp_path / "report.txt").write_text(text)  # kept for a look
+
+
+def test_per_category_sampling_covers_the_long_tail(small_demo, tmp_path):
+    ds = load_lvis(make_lvis(small_demo, tmp_path), tmp_path / "coco")
+    uniform = sample_instances(ds, n=60, seed=0, min_area=0)
+    spread = sample_instances(ds, n=60, seed=0, min_area=0, strategy="per_category", per_category_max=3)
+    sizes = np.unique(spread["category_id"], return_counts=True)[1]
+    assert len(sizes) >= len(set(uniform["category_id"])) and sizes.max() <= 3
+    pool = Counter(a["category_id"] for a in ds.annotations)
+    least = sample_instances(ds, n=60, seed=0, min_area=0, strategy="per_category", per_category_min=6)
+    assert {int(c) for c in least["category_id"]} == {c for c, k in pool.items() if k >= 6}
+    again = sample_instances(ds, n=60, seed=0, min_area=0, strategy="per_category", per_category_max=3)
+    assert again["annotation_id"].tolist() == spread["annotation_id"].tolist()
+    with pytest.raises(ObjalignError, match="per_category_min = 999"):
+        sample_instances(ds, n=60, seed=0, min_area=0, strategy="per_category", per_category_min=999)
+
+
+def test_new_sample_keys_leave_an_existing_runs_key_alone():
+    from objalign.data.stage import sample_key
+
+    cfg = load_config("configs/demo.yaml" if Path("configs/demo.yaml").is_file() else None)
+    assert sample_key(cfg, {"dataset": "x"}) == "b90a6a0cc3b36b46"  # the key before per_category_* existed
+    other = load_config(None, {"sample.strategy": "per_category", "sample.per_category_max": 5})
+    assert sample_key(other, {"dataset": "x"}) != sample_key(cfg, {"dataset": "x"})

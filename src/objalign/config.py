@@ -80,12 +80,18 @@ class DataConfig:
 class SampleConfig:
     n: int = 3000  #: instances to sample (all if the dataset has fewer)
     seed: int = 0
-    #: ``instances`` (uniform over objects) or ``images_first`` (draw images, take all their eligible objects:
-    #: fewer distinct images for the same n, so a per-image segmenter such as SAM is amortised).
+    #: ``instances`` (uniform over objects), ``images_first`` (draw images, take all their eligible objects:
+    #: fewer distinct images for the same n, so a per-image segmenter such as SAM is amortised) or ``per_category``
+    #: (one object of each category in turn, so a long tail's many categories are covered, not mostly its largest;
+    #: ``per_category_max`` / ``per_category_min`` bound each category)
     strategy: str = "instances"
     min_area: float = 100.0  #: minimum annotation area in pixels
     exclude_crowd: bool = True  #: ``iscrowd=1`` regions are not single objects
     categories: tuple[str, ...] = ()  #: restrict to these category names (empty: all)
+    #: ``per_category``: at most this many objects of one category (null: no cap beyond ``n``)
+    per_category_max: int | None = None
+    #: ``per_category``: categories with fewer eligible objects than this are left out of the sample
+    per_category_min: int = 1
 
 
 @dataclass(frozen=True)
@@ -396,7 +402,7 @@ DATA_KINDS = ("demo", "coco", "coco2017", "lvis", "visual_genome", "hf")
 VG_CATEGORIES = ("name", "synset", "attribute_name")  #: ``data.categories`` (objalign.data.visual_genome)
 BOX_FORMATS = ("xywh", "xyxy", "xywh_norm", "xyxy_norm")  #: ``data.box_format`` (objalign.data.hf)
 DUPLICATE_NAME_RULES = ("suffix", "merge", "error")  #: ``data.duplicate_names`` (objalign.data.coco)
-SAMPLE_STRATEGIES = ("instances", "images_first")
+SAMPLE_STRATEGIES = ("instances", "images_first", "per_category")
 CROP_BACKGROUNDS = ("fill", "mean", "blur", "context")  #: objalign.crops.render.BACKGROUNDS
 SAM_MASKS = ("best_iou", "first")
 VISION_EXECUTORS = ("thread", "process")
@@ -455,6 +461,9 @@ def check_config(cfg: RunConfig) -> RunConfig:
     check_int("sample.n", s.n, 1, "the number of instances to sample, e.g. 3000")
     check_int("sample.seed", s.seed, 0, "use a non-negative seed, e.g. 0")
     check_choice("sample.strategy", s.strategy, SAMPLE_STRATEGIES)
+    if s.per_category_max is not None:
+        check_int("sample.per_category_max", s.per_category_max, 1, "the most objects of one category (or null)")
+    check_int("sample.per_category_min", s.per_category_min, 1, "the fewest eligible objects a category needs, e.g. 5")
     check_number("sample.min_area", s.min_area, "the minimum annotation area in pixels, e.g. 100", low=0)
     check_choice("crop.mode", c.mode, CROP_MODES.names(), "objalign models lists the segmenters")
     check_number("crop.padding", c.padding, "the fraction of the box's longer side added on each side (0: tight), "

@@ -35,6 +35,9 @@ def build_report(out: Path) -> dict:
 
     splits = list(dict.fromkeys(r["split"] for r in rows))
     extra = {}
+    if "smallest_category_n" in sample:  # sample.strategy per_category: how evenly the categories are covered
+        extra["sampled_categories"] = {"n": sample["n_categories_sampled"], "smallest": sample["smallest_category_n"],
+                                       "largest": sample["largest_category_n"]}
     cats = out / "sample" / "categories.json"
     if cats.is_file():  # LVIS: figures per frequency group, from the per-category rows
         group_of = {c["id"]: c["frequency"] for c in json.loads(cats.read_text()) if c.get("frequency")}

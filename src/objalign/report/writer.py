@@ -108,6 +108,10 @@ def format_text(report: dict, title: str) -> str:
         f"text           {t['name']} ({t['dim']}-d, prompt {t.get('template', '{}')!r})",
         f"chance top-1   {report['chance_top1']:.3f}", "",
     ]
+    if report.get("sampled_categories"):
+        sc = report["sampled_categories"]
+        lines.insert(-2, f"categories     {sc['n']} sampled, {sc['smallest']} to {sc['largest']} objects each "
+                         "(sample.strategy: per_category)")
     rows = report["results"]
     for split in dict.fromkeys(r["split"] for r in rows):
         rs = [r for r in rows if r["split"] == split]
