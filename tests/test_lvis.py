@@ -192,6 +192,17 @@ def test_fetch_by_split_from_a_loopback_server_resumes_and_verifies(small_demo, 
                       checksums={"lvis_v1_val.json.zip": (None, "0" * 32)})
 
 
+def test_cli_data_lvis_fetches_from_a_mirror(small_demo, tmp_path, capsys):
+    from objalign.cli import main
+
+    data = _archive(json.dumps(lvis_doc(small_demo)).encode())
+    with serve({"/LVIS/lvis_v1_val.json.zip": data}) as server:
+        assert main(["data", "lvis", "--root", str(tmp_path), "--split", "val", "--mirror", server.url,
+                     "--no-progress"]) == 0
+    assert "lvis_v1_val.json" in capsys.readouterr().out
+    assert (tmp_path / "annotations" / "lvis_v1_val.json").is_file()
+
+
 def test_kind_lvis_with_split_fetches_then_reads_the_images(small_demo, tmp_path, monkeypatch):
     make_lvis(small_demo, tmp_path / "src")
     data = _archive((tmp_path / "src" / "lvis_v1_val.json").read_bytes())
