@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in STAGE_HELP.items():
         _add_config_args(sub.add_parser(name, help=text))
 
-    p = sub.add_parser("data", help="datasets: generate the demo, download COCO 2017")
+    p = sub.add_parser("data", help="datasets: generate the demo, download COCO 2017 or LVIS v1's annotations")
     dsub = p.add_subparsers(dest="data_command", metavar="DATASET")
     d = dsub.add_parser("demo", help="write the embedded demo dataset (COCO JSON + images)")
     d.add_argument("--out", required=True, help="destination folder")
@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep image archives zipped (then set data.images_from_zip: true)")
     d.add_argument("--no-official-checksums", action="store_true",
                    help="for a mirror serving repacked archives: check only the server's size and the zip CRCs")
+    d.add_argument("--no-progress", action="store_true")
+    d = dsub.add_parser("lvis", help="download LVIS v1's annotations into ROOT/annotations (resumable, verified); "
+                                     "the images are COCO 2017's (objalign data coco2017)")
+    d.add_argument("--root", required=True, help="dataset folder, e.g. the COCO 2017 root")
+    d.add_argument("--split", choices=("train", "val"), default="val")
+    d.add_argument("--mirror", help="base URL replacing https://dl.fbaipublicfiles.com (serving LVIS/<archive>)")
     d.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("sweep", help="run every variant of a sweep file (e.g. crop modes) and compare them")
@@ -240,7 +246,14 @@ def _cmd_data(args) -> int:
         for split, path in got["annotations"].items():
             print(f"{split}: annotations {path}; images {got['images'].get(split, '(not requested)')}")
         return 0
-    raise ObjalignError("data: expected `objalign data demo --out DIR` or `objalign data coco2017 --root DIR`")
+    if args.data_command == "lvis":
+        from objalign.data.download.lvis import download_lvis
+
+        path = download_lvis(args.root, split=args.split, mirror=args.mirror, progress=not args.no_progress)
+        print(f"{args.split}: annotations {path} (set data.annotations to it, or data.kind: lvis with data.split)")
+        return 0
+    raise ObjalignError("data: expected `objalign data demo --out DIR`, `objalign data coco2017 --root DIR` or "
+                        "`objalign data lvis --root DIR`")
 
 
 def _cmd_stages(args) -> int:

@@ -27,15 +27,18 @@ from objalign.evaluation.settings import (
 
 @dataclass(frozen=True)
 class DataConfig:
-    #: ``demo`` (generated on first use), ``coco`` (any COCO-format JSON + image folder) or ``coco2017``
-    #: (downloaded into ``root`` on first use unless already there; ``split`` picks train or val).
+    #: ``demo`` (generated on first use), ``coco`` (any COCO-format JSON + image folder), ``coco2017``
+    #: (downloaded into ``root`` on first use unless already there; ``split`` picks train or val), ``lvis`` (LVIS v1:
+    #: ``annotations`` given, or fetched for ``split`` when it is empty), ``visual_genome`` or ``hf`` (a Hugging Face
+    #: dataset); see docs/howto-datasets.md
     kind: str = "demo"
     #: Folder that holds (or will hold) the dataset.
     root: str = "data/demo"
     #: COCO instances JSON, relative to ``root`` unless absolute.
     annotations: str = "annotations.json"
-    #: Image folder, relative to ``root`` unless absolute.
-    images: str = "images"
+    #: Image folder (or zip archive), relative to ``root`` unless absolute; a list of them when the images sit in
+    #: several folders or zips (Objects365's ``patchN``): each file is read from the first that holds it
+    images: str | tuple[str, ...] = "images"
     #: Seed for the demo generator.
     seed: int = 0
     #: Number of images the demo generator draws (320 gives ~1,300 objects).
@@ -57,18 +60,40 @@ class DataConfig:
     #: apart): ``suffix`` (default: the id is added to each such name, ``"bank (id 12)"``, with a warning),
     #: ``merge`` (the ids become one category, the first id's, with a warning) or ``error`` (refuse the dataset)
     duplicate_names: str = "suffix"
+    #: visual_genome: what a category is: ``name`` (the object's normalised name), ``synset`` (its WordNet synset)
+    #: or ``attribute_name`` (each attribute with the name, ``"red car"``: the text side is a phrase)
+    categories: str = "name"
+    #: visual_genome and hf: categories with fewer objects than this are left out (recorded, not sampled)
+    min_count: int = 1
+    #: hf: the split of a dataset name or of a ``save_to_disk`` folder that holds a DatasetDict
+    hf_split: str = "train"
+    #: hf: the schema: the image column, the objects column (a dict of lists, or a list of dicts) and its box and
+    #: category fields
+    hf_image: str = "image"
+    hf_objects: str = "objects"
+    hf_bbox: str = "bbox"
+    hf_category: str = "category"
+    #: hf: the boxes' format: ``xywh`` or ``xyxy`` in pixels, or ``xywh_norm`` / ``xyxy_norm`` (fractions of the
+    #: image's width and height)
+    box_format: str = "xywh"
 
 
 @dataclass(frozen=True)
 class SampleConfig:
     n: int = 3000  #: instances to sample (all if the dataset has fewer)
     seed: int = 0  #: seed of the sample (the same seed and dataset give the same instances)
-    #: ``instances`` (uniform over objects) or ``images_first`` (draw images, take all their eligible objects:
-    #: fewer distinct images for the same n, so a per-image segmenter such as SAM is amortised).
+    #: ``instances`` (uniform over objects), ``images_first`` (draw images, take all their eligible objects:
+    #: fewer distinct images for the same n, so a per-image segmenter such as SAM is amortised) or ``per_category``
+    #: (one object of each category in turn, so a long tail's many categories are covered, not mostly its largest;
+    #: ``per_category_max`` / ``per_category_min`` bound each category)
     strategy: str = "instances"
     min_area: float = 100.0  #: minimum annotation area in pixels
     exclude_crowd: bool = True  #: ``iscrowd=1`` regions are not single objects
     categories: tuple[str, ...] = ()  #: restrict to these category names (empty: all)
+    #: ``per_category``: at most this many objects of one category (null: no cap beyond ``n``)
+    per_category_max: int | None = None
+    #: ``per_category``: categories with fewer eligible objects than this are left out of the sample
+    per_category_min: int = 1
 
 
 @dataclass(frozen=True)
@@ -377,9 +402,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 
 # The names a few settings may take, kept here so that checking a config imports no numerical library (the modules
 # that implement them import numpy); tests/test_config_validation.py checks that they match those modules.
-DATA_KINDS = ("demo", "coco", "coco2017")
+DATA_KINDS = ("demo", "coco", "coco2017", "lvis", "visual_genome", "hf")
+VG_CATEGORIES = ("name", "synset", "attribute_name")  #: ``data.categories`` (objalign.data.visual_genome)
+BOX_FORMATS = ("xywh", "xyxy", "xywh_norm", "xyxy_norm")  #: ``data.box_format`` (objalign.data.hf)
 DUPLICATE_NAME_RULES = ("suffix", "merge", "error")  #: ``data.duplicate_names`` (objalign.data.coco)
-SAMPLE_STRATEGIES = ("instances", "images_first")
+SAMPLE_STRATEGIES = ("instances", "images_first", "per_category")
 CROP_BACKGROUNDS = ("fill", "mean", "blur", "context")
 SAM_MASKS = ("best_iou", "first")
 VISION_EXECUTORS = ("thread", "process")
@@ -388,6 +415,17 @@ PROMPT_MODES = ("name", "template", "ensemble", "file")
 PREPROCESS_KINDS = ("default", "hub")
 POS_INTERPOLATIONS = ("auto", "transformers", "hub")
 TEXT_POOLINGS = ("default", "mean", "last")
+
+
+NAME_FIELDS = ("{}", "{name}", "{synonym}")  #: objalign.encoders.prompts.NAME_FIELDS
+
+
+def check_data_images(d: DataConfig) -> None:
+    """``data.images``: a non-empty path, or a non-empty list of non-empty paths."""
+    paths = [d.images] if isinstance(d.images, str) else list(d.images)
+    if not paths or any(not str(p).strip() for p in paths):
+        raise ObjalignError(f"data.images = {d.images!r}: give an image folder (or zip), or a list of them, e.g. "
+                            "val2017 or [patch0, patch1.zip]")
 
 
 def check_config(cfg: RunConfig) -> RunConfig:
@@ -416,11 +454,18 @@ def check_config(cfg: RunConfig) -> RunConfig:
     check_choice("data.kind", d.kind, DATA_KINDS)
     check_choice("data.duplicate_names", d.duplicate_names, DUPLICATE_NAME_RULES)
     check_int("data.demo_images", d.demo_images, 1, "the number of images the demo generator draws, e.g. 320")
-    if d.kind == "coco2017":
+    if d.kind in ("coco2017", "lvis"):
         check_choice("data.split", d.split, ("train", "val"))
+    check_data_images(d)
+    check_choice("data.categories", d.categories, VG_CATEGORIES)
+    check_int("data.min_count", d.min_count, 1, "the fewest objects a category needs, e.g. 1")
+    check_choice("data.box_format", d.box_format, BOX_FORMATS)
     check_int("sample.n", s.n, 1, "the number of instances to sample, e.g. 3000")
     check_int("sample.seed", s.seed, 0, "use a non-negative seed, e.g. 0")
     check_choice("sample.strategy", s.strategy, SAMPLE_STRATEGIES)
+    if s.per_category_max is not None:
+        check_int("sample.per_category_max", s.per_category_max, 1, "the most objects of one category (or null)")
+    check_int("sample.per_category_min", s.per_category_min, 1, "the fewest eligible objects a category needs, e.g. 5")
     check_number("sample.min_area", s.min_area, "the minimum annotation area in pixels, e.g. 100", low=0)
     check_choice("crop.mode", c.mode, CROP_MODES.names(), "objalign models lists the segmenters")
     check_number("crop.padding", c.padding, "the fraction of the box's longer side added on each side (0: tight), "
@@ -445,9 +490,9 @@ def check_config(cfg: RunConfig) -> RunConfig:
     if t.prompts == "file" and not t.template_file:
         raise ObjalignError("embed.text.prompts = 'file' needs embed.text.template_file: give a text file with one "
                             "template per line (or use prompts: template)")
-    if t.prompts == "template" and "{}" not in t.template:
+    if t.prompts == "template" and not any(f in t.template for f in NAME_FIELDS):
         raise ObjalignError(f"embed.text.template = {t.template!r} has no '{{}}' for the category name; write "
-                            "e.g. 'a photo of a {}.'")
+                            "e.g. 'a photo of a {}.' ({name} and {synonym} work too)")
     check_choice("embed.text.pooling", t.pooling, TEXT_POOLINGS)
     for side, layers in (("vision", v.layers), ("text", t.layers)):
         if isinstance(layers, str):

@@ -67,6 +67,12 @@ class CocoDataset:
     #: name -> the category ids that shared it in the file (empty when every name is distinct); what
     #: ``duplicate_names`` did to them is in :attr:`categories`
     duplicate_names: dict = field(default_factory=dict)
+    #: category id -> what a format knows beyond the name (LVIS: ``frequency`` ``rare``/``common``/``frequent``,
+    #: ``synonyms``, ``definition``, ``synset``); empty for plain COCO
+    category_info: dict = field(default_factory=dict)
+    #: the image source when it is not ``image_root`` itself (several folders or zips; see
+    #: :class:`~objalign.data.images.MultiImages`)
+    source: object = None
 
     def excluded_summary(self) -> str:
         """``"3 dangling reference, 1 bad box"``: counts of :attr:`excluded` by kind of reason."""
@@ -82,6 +88,8 @@ class CocoDataset:
     def image_source(self):
         """Where pixels come from: ``load(file_name) -> (H, W, 3) uint8`` (a folder or a zip archive)."""
 
+        if self.source is not None:
+            return self.source
         return ZipImages(self.image_root) if self.images_from_zip else FolderImages(self.image_root)
 
 
@@ -176,6 +184,12 @@ def load_coco(annotations: str | Path, image_root: str | Path, strict: bool = Fa
         reference or repeated annotation id.
     """
     path = Path(annotations)
+    doc, fingerprint = read_json_file(path)
+    return coco_from_doc(doc, path, fingerprint, image_root, strict=strict, duplicate_names=duplicate_names)
+
+
+def read_json_file(path: Path) -> tuple[object, str]:
+    """``(parsed JSON, fingerprint)`` of an annotation file; one line for a missing file or invalid JSON."""
     if not path.is_file():
         raise _fail(path, "annotation file not found; check data.root / data.annotations in the config")
     blob = path.read_bytes()
@@ -184,6 +198,13 @@ def load_coco(annotations: str | Path, image_root: str | Path, strict: bool = Fa
     except json.JSONDecodeError as exc:
         raise _fail(path, f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
                           "re-download or regenerate the file") from None
+    return doc, hashlib.sha256(blob).hexdigest()[:16]
+
+
+def coco_from_doc(doc, path: Path, fingerprint: str, image_root, strict: bool = False,
+                  duplicate_names: str = "suffix", image_faults: dict | None = None) -> CocoDataset:
+    """Validate a parsed COCO document (see :func:`load_coco`); ``image_faults`` maps image ids to
+    ``(kind, reason)``: their annotations are recorded in ``excluded`` with that kind (a format's own faults)."""
     if not isinstance(doc, dict):
         raise _fail(path, "expected a JSON object with 'images', 'annotations' and 'categories'")
     for key in ("images", "annotations", "categories"):
@@ -207,7 +228,9 @@ def load_coco(annotations: str | Path, image_root: str | Path, strict: bool = Fa
         if im["id"] in images:
             raise _fail(path, f"images[{i}] repeats image id {im['id']}; image ids must be unique")
         images[im["id"]] = im
-    bad_names = {k: p for k, im in images.items() if (p := file_name_problem(im["file_name"])) is not None}
+    bad_names = {k: ("file_name outside the image folder", p) for k, im in images.items()
+                 if (p := file_name_problem(im["file_name"])) is not None}
+    bad_names.update(image_faults or {})
 
     kept, excluded, seen = [], [], set()
 
@@ -239,11 +262,10 @@ def load_coco(annotations: str | Path, image_root: str | Path, strict: bool = Fa
         elif (fault := box_fault(bbox)) is not None:
             exclude(a, "bad box", fault)
         elif a["image_id"] in bad_names:
-            exclude(a, "file_name outside the image folder", bad_names[a["image_id"]])
+            exclude(a, *bad_names[a["image_id"]])
         else:
             kept.append(a)
 
-    fingerprint = hashlib.sha256(blob).hexdigest()[:16]
     categories, alias, dups = resolve_duplicate_names(categories, duplicate_names, path)
     if alias:
         kept = [{**a, "category_id": alias.get(a["category_id"], a["category_id"])} for a in kept]

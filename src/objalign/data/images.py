@@ -129,3 +129,62 @@ class ZipImages:
             raise ImagePathError(f"{problem}; fix the annotation file (objalign reads only members of {self.path})")
         with self.reader.open(file_name) as im:
             return to_rgb(im)
+
+
+class MultiImages:
+    """Images spread over several folders and zip archives (``data.images`` a list; Objects365's ``patchN``
+    folders; COCO's ``train2017`` and ``val2017`` archives for LVIS): each ``file_name`` is read from the first
+    source that holds it, tried in the order given.
+
+    Parameters
+    ----------
+    sources : list of FolderImages or ZipImages
+        At least one.
+    """
+
+    def __init__(self, sources: list):
+        if not sources:
+            raise ObjalignError("data.images = []: give at least one image folder or zip archive")
+        self.sources = list(sources)
+
+    def __getstate__(self) -> dict:
+        return {"sources": self.sources}
+
+    def __setstate__(self, state: dict) -> None:
+        self.sources = state["sources"]
+
+    def _holder(self, file_name: str):
+        for src in self.sources:
+            if isinstance(src, ZipImages):
+                if file_name in src.reader:
+                    return src
+            elif (src.root / file_name).is_file():
+                return src
+        return None
+
+    def describe(self, file_name: str) -> str:
+        src = self._holder(file_name)
+        if src is not None:
+            return src.describe(file_name)
+        return f"{file_name} in none of {', '.join(where(s) for s in self.sources)}"
+
+    def load(self, file_name: str) -> np.ndarray:
+        problem = file_name_problem(file_name)
+        if problem is not None:
+            raise ImagePathError(f"{problem}; fix the annotation file (objalign reads only inside data.images)")
+        src = self._holder(file_name)
+        if src is None:
+            raise FileNotFoundError(f"image {file_name!r} is in none of {', '.join(where(s) for s in self.sources)}; "
+                                    "add the folder or zip that holds it to data.images")
+        return src.load(file_name)
+
+
+def where(source) -> str:
+    """The folder or archive path of an image source, for messages."""
+    return str(source.path if isinstance(source, ZipImages) else source.root)
+
+
+def open_image_source(path: Path):
+    """A :class:`ZipImages` for a ``.zip`` file, else a :class:`FolderImages`."""
+    path = Path(path)
+    return ZipImages(path) if path.suffix.lower() == ".zip" and path.is_file() else FolderImages(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -39,12 +40,16 @@ def eligible(ds: CocoDataset, min_area: float = 100.0, exclude_crowd: bool = Tru
 
 def sample_instances(ds: CocoDataset, n: int = 3000, seed: int = 0, min_area: float = 100.0,
                      exclude_crowd: bool = True, categories: tuple[str, ...] = (),
-                     strategy: str = "instances") -> dict[str, np.ndarray]:
+                     strategy: str = "instances", per_category_max: int | None = None,
+                     per_category_min: int = 1) -> dict[str, np.ndarray]:
     """Draw up to ``n`` object instances without replacement.
 
     ``strategy="instances"`` draws objects uniformly; ``"images_first"`` draws images in random order and
     takes all of each image's eligible objects until ``n`` are reached, so a per-image cost (decoding, a SAM
-    image encoding) is shared by several objects.
+    image encoding) is shared by several objects; ``"per_category"`` shuffles each category's eligible objects and
+    takes one object of each category in turn (categories in a random order each round) until ``n`` are drawn, at
+    most ``per_category_max`` of one category, leaving out categories with fewer than ``per_category_min`` eligible
+    objects: a long tail's many categories are covered instead of mostly its largest.
 
     Crowd regions (``iscrowd=1``) are excluded by default, as are objects whose ``area`` is below
     ``min_area`` pixels (the box's ``w * h`` when ``area`` is missing or not a finite number). Annotations the
@@ -84,8 +89,10 @@ def sample_instances(ds: CocoDataset, n: int = 3000, seed: int = 0, min_area: fl
             chosen.extend(by_image[int(image_id)][: n - len(chosen)])
             if len(chosen) >= n:
                 break
+    elif strategy == "per_category":
+        chosen = _per_category(pool, n, rng, per_category_max, per_category_min, ds.path)
     else:
-        raise ObjalignError(f"sample.strategy = {strategy!r}: expected 'instances' or 'images_first'")
+        raise ObjalignError(f"sample.strategy = {strategy!r}: expected 'instances', 'images_first' or 'per_category'")
     chosen = sorted(chosen, key=lambda a: (a["image_id"], a["id"]))
     cols: dict[str, list] = {c: [] for c in INSTANCE_COLUMNS}
     for a in chosen:
@@ -96,4 +103,44 @@ def sample_instances(ds: CocoDataset, n: int = 3000, seed: int = 0, min_area: fl
                      ("width", im["width"]), ("height", im["height"]), ("x", x), ("y", y), ("w", w), ("h", h),
                      ("area", _area(a))):
             cols[k].append(v)
-    return {k: np.asarray(v) for k, v in cols.items()}
+    table = {k: np.asarray(v) for k, v in cols.items()}
+    table.update(extra_columns(ds, chosen))
+    return table
+
+
+def _per_category(pool: list[dict], n: int, rng, cap: int | None, least: int, path) -> list[dict]:
+    """Round-robin over categories (see :func:`sample_instances`, ``strategy="per_category"``)."""
+    by_cat: dict[int, list] = {}
+    for a in pool:
+        by_cat.setdefault(a["category_id"], []).append(a)
+    queues = {c: [objs[i] for i in rng.permutation(len(objs))][:cap] for c, objs in sorted(by_cat.items())
+              if len(objs) >= least}
+    if not queues:
+        raise ObjalignError(f"{path}: no category has sample.per_category_min = {least} eligible objects; lower it")
+    chosen: list[dict] = []
+    depth = 0
+    while len(chosen) < n and any(len(q) > depth for q in queues.values()):
+        for c in rng.permutation(sorted(queues)):
+            if len(chosen) >= n:
+                break
+            if len(queues[int(c)]) > depth:
+                chosen.append(queues[int(c)][depth])
+        depth += 1
+    return chosen
+
+
+def extra_columns(ds: CocoDataset, chosen: list[dict]) -> dict[str, np.ndarray]:
+    """Columns a format adds to the instance table (none for COCO): LVIS's ``frequency`` group of the object's
+    category, its image's ``neg_category_ids`` and ``not_exhaustive_category_ids`` (as JSON lists) and
+    ``not_exhaustive`` (the object's own category is in the latter)."""
+    out: dict[str, np.ndarray] = {}
+    if any("frequency" in v for v in ds.category_info.values()):
+        out["frequency"] = np.asarray([ds.category_info.get(a["category_id"], {}).get("frequency", "")
+                                       for a in chosen], dtype=object)
+    for key in ("neg_category_ids", "not_exhaustive_category_ids"):
+        if any(key in ds.images[a["image_id"]] for a in chosen):
+            out[key] = np.asarray([json.dumps(ds.images[a["image_id"]].get(key, [])) for a in chosen], dtype=object)
+    if "not_exhaustive_category_ids" in out:
+        out["not_exhaustive"] = np.asarray([a["category_id"] in ds.images[a["image_id"]]["not_exhaustive_category_ids"]
+                                            for a in chosen], dtype=bool)
+    return out

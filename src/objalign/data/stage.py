@@ -3,6 +3,8 @@ the dataset could not use, each with its reason)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time
 from collections import Counter
@@ -14,6 +16,19 @@ from objalign.data.sample import sample_instances
 from objalign.runs import atomic_write_json, ensure_out, is_current, stage_record, write_stage
 from objalign.tables import write_table
 
+#: Sample settings added after runs were keyed: left out of the stage's key while at their default, so an existing
+#: run's key (and every stage after it) stays the same.
+LATER_SAMPLE_KEYS = {"per_category_max": None, "per_category_min": 1}
+
+
+def sample_key(cfg: RunConfig, extra: dict) -> str:
+    """The sample stage's key: :meth:`RunConfig.section_key` of ``sample`` and ``data.strict``, the
+    :data:`LATER_SAMPLE_KEYS` at their defaults left out."""
+    d = cfg.to_dict()
+    sample = {k: v for k, v in d["sample"].items() if k not in LATER_SAMPLE_KEYS or v != LATER_SAMPLE_KEYS[k]}
+    payload = {"sample": sample, "data.strict": d["data"]["strict"], "extra": extra}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
 
 def run_sample(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     out = ensure_out(out)
@@ -22,15 +37,19 @@ def run_sample(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     extra = {"dataset": ds.fingerprint}
     if ds.duplicate_names:  # the rule changes the sampled names or ids only where names are shared
         extra["duplicate_names"] = cfg.data.duplicate_names
-    key = cfg.section_key("sample", "data.strict", extra=extra)
+    key = sample_key(cfg, extra)
     if not force and is_current(out, "sample", key) and (out / "sample" / "instances.parquet").is_file():
         return {**stage_record(out, "sample"), "reused": True}
     s = cfg.sample
     table = sample_instances(ds, n=s.n, seed=s.seed, min_area=s.min_area, exclude_crowd=s.exclude_crowd,
-                             categories=s.categories, strategy=s.strategy)
+                             categories=s.categories, strategy=s.strategy, per_category_max=s.per_category_max,
+                             per_category_min=s.per_category_min)
     (out / "sample").mkdir(exist_ok=True)
     write_table(out / "sample" / "instances.parquet", table)
     atomic_write_json(out / "sample" / "excluded.json", ds.excluded)
+    if ds.category_info:  # what a format knows of each category (LVIS: frequency group, synonyms, definition)
+        table_of = [{"id": int(c), "name": ds.categories[c], **ds.category_info[c]} for c in sorted(ds.category_info)]
+        atomic_write_json(out / "sample" / "categories.json", table_of)
     if ds.excluded:  # one line, however many
         first = ds.excluded[0]
         refs = any(r["kind"] in ("dangling reference", "repeated id") for r in ds.excluded)
@@ -46,4 +65,11 @@ def run_sample(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     if ds.duplicate_names:  # names several category ids share, and what data.duplicate_names did (the report says)
         summary["duplicate_names"] = {"rule": cfg.data.duplicate_names,
                                       "names": {n: [int(i) for i in ids] for n, ids in ds.duplicate_names.items()}}
+    if s.strategy == "per_category":  # how evenly the long tail is covered
+        sizes = Counter(table["category_id"].tolist())
+        summary["smallest_category_n"] = min(sizes.values()) if sizes else 0
+        summary["largest_category_n"] = max(sizes.values()) if sizes else 0
+    if "frequency" in table:
+        summary["n_categories_by_frequency"] = dict(Counter(v.get("frequency") for v in ds.category_info.values()))
+        summary["n_instances_by_frequency"] = dict(Counter(table["frequency"].tolist()))
     return {**write_stage(out, "sample", key, summary, started), "reused": False}

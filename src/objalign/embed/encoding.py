@@ -11,7 +11,7 @@ from objalign.crops.render import BACKGROUNDS
 from objalign.embed.store import STORAGE_DTYPES
 from objalign.encoders import TEXT_ENCODERS, VISION_ENCODERS
 from objalign.encoders.layers import check_layer_spec, no_layers_error, resolve_layers
-from objalign.encoders.prompts import embed_prompts, fill_templates, resolve_templates
+from objalign.encoders.prompts import embed_prompts, fill_templates, resolve_templates, uses_category_info
 from objalign.errors import ObjalignError
 from objalign.tables import content_hash
 
@@ -135,12 +135,28 @@ def prompts_for(names: list[str], template: str) -> list[str]:
 
 
 def embed_texts(encoder, names: list[str], template: str | tuple[str, ...], normalize: bool,
-                layers: list[int] | None = None) -> np.ndarray:
+                layers: list[int] | None = None, info: list[dict] | None = None) -> np.ndarray:
     """``(n_names, dim)`` float32 text embeddings of the prompts (one template, or the normalised-mean
-    ensemble of several), L2-normalised if ``normalize``; ``(n_names, len(layers), dim)`` with ``layers``."""
+    ensemble of several), L2-normalised if ``normalize``; ``(n_names, len(layers), dim)`` with ``layers``.
+    ``info``: each name's ``definition`` and ``synonyms`` for ``{definition}`` / ``{synonym}`` templates."""
 
     templates = resolve_templates("template", template) if isinstance(template, str) else tuple(template)
-    return embed_prompts(encoder, names, templates, normalize, layers=layers)
+    return embed_prompts(encoder, names, templates, normalize, layers=layers, info=info)
+
+
+def category_text_info(ds, cat_ids: list[int], templates) -> list[dict] | None:
+    """Each category's ``definition`` and ``synonyms`` when a template asks for them (``{definition}``,
+    ``{synonym}``), else None; one line when the dataset knows none (only LVIS files carry them)."""
+
+    if not uses_category_info(templates):
+        return None
+    info = getattr(ds, "category_info", None) or {}
+    if not any(v.get("definition") or v.get("synonyms") for v in info.values()):
+        raise ObjalignError(f"embed.text.template {list(templates)[0]!r} uses {{definition}} or {{synonym}}, but "
+                            f"{getattr(ds, 'path', 'the dataset')} has no category definitions or synonyms (LVIS files "
+                            "have them: data.kind: lvis); use {} or {name} instead")
+    return [{"definition": info.get(c, {}).get("definition", ""), "synonyms": info.get(c, {}).get("synonyms", [])}
+            for c in cat_ids]
 
 
 def vision_key_fields(dataset_fingerprint: str, table: dict, fill, background: str, encoder_key: dict,

@@ -19,6 +19,7 @@ from objalign.data import open_dataset
 from objalign.embed.encoding import (  # noqa: F401  (re-exported: the stage's public helpers)
     build_text_encoder,
     build_vision_encoder,
+    category_text_info,
     check_encoder_names,
     check_layers,
     embed_texts,
@@ -48,16 +49,19 @@ def _text_store(cfg: RunConfig, home: Path, ds) -> dict:
     layers = model_layers(text_enc, t.layers, "text")
     cat_ids = sorted(ds.categories)
     names = [ds.categories[c] for c in cat_ids]
+    info = category_text_info(ds, cat_ids, templates)
     fields = {"categories": [[int(c), n] for c, n in zip(cat_ids, names)], "encoder": text_enc.key(),
               "prompts": t.prompts, "templates": list(templates), "normalize": t.normalize}
+    if info is not None:  # only when a template uses definitions or synonyms: other keys stay as they were
+        fields["category_text"] = info
     if layers is not None:
         fields["layers"] = layers
     store = EmbeddingStore.open(home / f"text-{store_key(fields)}", fields, shard_size=max(1, len(names)),
                                 n_rows=len(names), layers=layers)
     if not store.shard_done(0):
-        vec = embed_texts(text_enc, names, templates, t.normalize, layers=layers)
+        vec = embed_texts(text_enc, names, templates, t.normalize, layers=layers, info=info)
         first_prompt = [row[0] if len(row) == 1 else f"mean of {len(row)} prompts, e.g. {row[0]!r}"
-                        for row in fill_templates(names, templates)]
+                        for row in fill_templates(names, templates, info)]
         store.write_shard(0, vec, {"category_id": np.asarray(cat_ids), "category": np.asarray(names, dtype=object),
                                    "prompt": np.asarray(first_prompt, dtype=object)}, [])
     manifest = store.finalize(1, text_enc.dim, {"n_templates": len(templates)})

@@ -5,6 +5,7 @@ template file. An ensemble embeds every template, L2-normalises each embedding, 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +41,25 @@ CLIP_IMAGENET_TEMPLATES = (
 )
 
 
+#: Placeholders that put a category's name in a template: ``{}`` and ``{name}`` (the name), ``{synonym}`` (each of
+#: the category's synonyms in turn, the prompts averaged as an ensemble; the name alone without synonyms).
+NAME_FIELDS = ("{}", "{name}", "{synonym}")
+#: Placeholders that need what a format knows of its categories (LVIS): ``{definition}`` (its ``def``; the name when
+#: it has none) and ``{synonym}``.
+INFO_FIELDS = ("{definition}", "{synonym}")
+_FIELD = re.compile(r"\{\}|\{name\}|\{definition\}|\{synonym\}")
+
+
 def _check_template(template: str, where: str) -> str:
-    if "{}" not in template:
+    if not any(f in template for f in NAME_FIELDS):
         raise ObjalignError(f"{where} = {template!r} has no '{{}}' where the category name goes; "
-                            "use e.g. 'a photo of a {}.' or '{}' for the bare name")
+                            "use e.g. 'a photo of a {}.' or '{}' for the bare name ({name} and {synonym} work too)")
     return template
+
+
+def uses_category_info(templates) -> bool:
+    """Whether any template has ``{definition}`` or ``{synonym}`` (:data:`INFO_FIELDS`)."""
+    return any(f in t for t in templates for f in INFO_FIELDS)
 
 
 def read_template_file(path: str | Path) -> tuple[str, ...]:
@@ -79,9 +94,39 @@ def resolve_templates(mode: str = "template", template: str = "a photo of a {}."
     raise ObjalignError(f"embed.text.prompts = {mode!r}: expected one of {', '.join(PROMPT_MODES)}")
 
 
-def fill_templates(names: list[str], templates: tuple[str, ...] | list[str]) -> list[list[str]]:
-    """``prompts[i][j]`` = template ``j`` with category ``i``'s name."""
-    return [[t.replace("{}", n) for t in templates] for n in names]
+def fill_templates(names: list[str], templates: tuple[str, ...] | list[str],
+                   info: list[dict] | None = None) -> list[list[str]]:
+    """The prompts of each category.
+
+    Parameters
+    ----------
+    names : list of str, length n
+    templates : sequence of str, length T
+        With ``{}`` / ``{name}`` (the name), ``{definition}`` and ``{synonym}`` (see :data:`NAME_FIELDS`).
+    info : list of dict, length n, optional
+        Per category ``definition`` (str) and ``synonyms`` (list of str); without it (or without a key)
+        ``{definition}`` and ``{synonym}`` take the name.
+
+    Returns
+    -------
+    list of list of str
+        ``prompts[i]``: template ``j`` with category ``i``, in template order; a template with ``{synonym}``
+        gives one prompt per synonym. Without ``{synonym}`` every row has ``T`` prompts.
+    """
+    if info is None and not uses_category_info(templates) and not any("{name}" in t for t in templates):
+        return [[t.replace("{}", n) for t in templates] for n in names]
+    rows = []
+    for i, n in enumerate(names):
+        extra = (info[i] if info is not None else None) or {}
+        definition = str(extra.get("definition") or "").strip() or n
+        synonyms = [s for s in extra.get("synonyms") or [] if s] or [n]
+        row = []
+        for t in templates:
+            for syn in (synonyms if "{synonym}" in t else [n]):
+                values = {"{}": n, "{name}": n, "{definition}": definition, "{synonym}": syn}
+                row.append(_FIELD.sub(lambda m, v=values: v[m.group(0)], t))
+        rows.append(row)
+    return rows
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -89,7 +134,7 @@ def _l2(x: np.ndarray) -> np.ndarray:
 
 
 def embed_prompts(encoder, names: list[str], templates, normalize: bool = True,
-                  layers: list[int] | None = None) -> np.ndarray:
+                  layers: list[int] | None = None, info: list[dict] | None = None) -> np.ndarray:
     """Embed category names with templates.
 
     Parameters
@@ -104,20 +149,26 @@ def embed_prompts(encoder, names: list[str], templates, normalize: bool = True,
     layers : list of int, optional
         Model layer numbers (``encoder.encode_layers``): the ensemble and the normalisation apply to each layer
         on its own.
+    info : list of dict, length n_names, optional
+        Definitions and synonyms for ``{definition}`` / ``{synonym}`` (see :func:`fill_templates`); a category
+        whose templates give several prompts (synonyms) gets their ensemble mean.
 
     Returns
     -------
     (n_names, dim) float32, or (n_names, len(layers), dim) with ``layers``
     """
     templates = tuple(templates)
-    prompts = [p for row in fill_templates(names, templates) for p in row]
+    rows = fill_templates(names, templates, info)
+    prompts = [p for row in rows for p in row]
     e = encoder.encode(prompts) if layers is None else encoder.encode_layers(prompts, list(layers))
     e = np.asarray(e, dtype=np.float32)
-    e = e.reshape(len(names), len(templates), *e.shape[1:])
-    if len(templates) == 1:
-        out = e[:, 0]
-    else:
-        out = _l2(e).mean(axis=1)
+    counts = {len(row) for row in rows}
+    if len(counts) == 1:
+        e = e.reshape(len(names), counts.pop(), *e.shape[1:])
+        out = e[:, 0] if e.shape[1] == 1 else _l2(e).mean(axis=1)
+    else:  # synonyms: a different number of prompts per category
+        ends = np.cumsum([len(row) for row in rows])
+        out = np.stack([g[0] if len(g) == 1 else _l2(g).mean(axis=0) for g in np.split(e, ends[:-1])])
     if normalize:
         out = _l2(out)
     return np.ascontiguousarray(out, dtype=np.float32)

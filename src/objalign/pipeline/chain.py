@@ -9,8 +9,7 @@ from pathlib import Path
 from objalign.config import RunConfig, load_config
 from objalign.crops import CROP_MODES
 from objalign.crops.stage import run_crop
-from objalign.data.coco import load_coco
-from objalign.data.sample import eligible
+from objalign.data.plan import data_plan
 from objalign.data.stage import run_sample
 from objalign.embed.stage import run_embed
 from objalign.encoders import TEXT_ENCODERS, VISION_ENCODERS
@@ -97,40 +96,8 @@ def plan(cfg: RunConfig, out: str | Path) -> str:
     Touches no network and loads no model.
     """
 
-    d, s, c, e, a = cfg.data, cfg.sample, cfg.crop, cfg.embed, cfg.align
-    lines = ["objalign run --dry-run: nothing is computed", ""]
-    root = Path(d.root)
-    if d.kind == "demo":
-        ann = root / d.annotations
-        lines.append(f"data      demo (generated, seed {d.seed}, {d.demo_images} images) in {root}"
-                     + ("" if ann.is_file() else "  [will be generated]"))
-    elif d.kind == "coco2017":
-        ann = root / "annotations" / f"instances_{d.split}2017.json"
-        img = root / f"{d.split}2017"
-        zip_ = root / "downloads" / f"{d.split}2017.zip"
-        todo = []
-        if not ann.is_file():
-            todo.append("annotations/annotations_trainval2017.zip (~241 MiB)")
-        have_images = (zip_.is_file() if d.images_from_zip else (img.is_dir() or zip_.is_file()))
-        if not have_images:
-            todo.append(f"zips/{d.split}2017.zip ({'~18 GiB' if d.split == 'train' else '~778 MiB'})")
-        lines.append(f"data      COCO 2017 {d.split} in {root}"
-                     + (f" (images read from {zip_})" if d.images_from_zip else ""))
-        lines.append(f"download  {', '.join(todo) if todo else 'nothing (already complete)'}"
-                     + (f" from {d.mirror}" if d.mirror and todo else ""))
-    else:
-        ann = Path(d.annotations) if Path(d.annotations).is_absolute() else root / d.annotations
-        lines.append(f"data      COCO-format {ann} (images: {root / d.images})")
-    if ann.is_file():
-
-        ds = load_coco(ann, root / d.images, strict=d.strict)
-        pool = eligible(ds, s.min_area, s.exclude_crowd)
-        n = min(s.n, len(pool))
-        lines.append(f"sample    {n} instances (of {len(pool)} eligible; seed {s.seed}, min area {s.min_area}, "
-                     f"crowd {'excluded' if s.exclude_crowd else 'kept'}), {len(ds.categories)} categories"
-                     + (f"; {len(ds.excluded)} annotation(s) left out ({ds.excluded_summary()})" if ds.excluded else ""))
-    else:
-        lines.append(f"sample    up to {s.n} instances (seed {s.seed}); counts known once the annotations exist")
+    c, e, a = cfg.crop, cfg.embed, cfg.align
+    lines = ["objalign run --dry-run: nothing is computed", ""] + data_plan(cfg)
     lines.append(f"crop      {c.mode} ({CROP_MODES.entry(c.mode).description}), padding {c.padding}, "
                  f"{'square' if c.square else 'aspect as is'}, background {c.background}"
                  + (f"; SAM {c.sam_path_or_model()} on {c.device}/{c.dtype}" if c.mode == "sam" else ""))

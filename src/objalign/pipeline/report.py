@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from objalign.crops.render import render_image_group
 from objalign.data.images import FolderImages, ZipImages
 from objalign.evaluation.result import report_dict
 from objalign.report import gallery
+from objalign.report.groups import group_summary
 from objalign.report.writer import write_report
 from objalign.runs import ensure_out, stage_key, stage_record, write_stage
 from objalign.tables import read_table
@@ -46,7 +48,18 @@ def build_report(out: Path) -> dict:
               "n_skipped": embed["n_skipped"], "n_excluded": sample.get("n_excluded", 0)}
     if sample.get("duplicate_names"):
         header["duplicate_names"] = sample["duplicate_names"]
-    return report_dict(raw, header, units=opt("units.json", {}), convergence=opt("convergence.json", {}))
+    extra = {}
+    if "smallest_category_n" in sample:  # sample.strategy per_category: how evenly the categories are covered
+        extra["sampled_categories"] = {"n": sample["n_categories_sampled"], "smallest": sample["smallest_category_n"],
+                                       "largest": sample["largest_category_n"]}
+    cats = out / "sample" / "categories.json"
+    if cats.is_file():  # LVIS: figures per frequency group, from the per-category rows
+        group_of = {c["id"]: c["frequency"] for c in json.loads(cats.read_text()) if c.get("frequency")}
+        if group_of:
+            extra["category_groups"] = dict(Counter(group_of.values()))
+            extra["per_group"] = group_summary(raw["per_category"], group_of)
+    return {**report_dict(raw, header, units=opt("units.json", {}), convergence=opt("convergence.json", {})),
+            **extra}
 
 
 def _load_npz(path: Path) -> dict:

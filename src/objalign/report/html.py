@@ -9,7 +9,7 @@ import base64
 import html
 from pathlib import Path
 
-from objalign.report import beyond, units
+from objalign.report import beyond, groups, units
 from objalign.stats.metrics import ALL_FIGURES, FIGURES, SMALLER_IS_BETTER
 from objalign.stats.nulls import describe_null
 
@@ -111,7 +111,7 @@ def _sections(report: dict, figures: list[tuple[str, Path, str]]) -> list[tuple[
             body += ("<tr class=base><td class=l>shuffled images</td>"
                      + "".join(f"<td>{_num(sim['values_shuffled'].get(k))}</td>" for k in sim["values"]) + "</tr>")
         out.append(("similarity", "similarity measures (no fitting)", note + "<table>" + head + body + "</table>"))
-    rest = "\n".join(beyond.html_parts(report) + units.html_parts(report))
+    rest = "\n".join(beyond.html_parts(report) + units.html_parts(report) + groups.html_parts(report))
     if rest:
         out.append(("beyond", "category level, open vocabulary, units", rest))
     for k, (heading, path, caption) in enumerate(figures, start=len(out)):

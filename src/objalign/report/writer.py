@@ -26,9 +26,10 @@ Beside them: ``per_category`` (one entry per split, method and category), ``simi
 CKNNA, SVCCA on held-out features; ``calibrated``: each measure's permutation threshold, p-value, BH-adjusted p-value
 and calibrated score), ``pca`` (explained variance), ``protocols`` (what each split means), ``category_level``
 (``matching``: blind matching accuracy, interval and shuffle curve; ``rsa``), per result row
-``open_vocabulary`` (precision@k among the dataset's names plus distractors, NN and CSLS), ``units`` (``object`` and
-``image`` rows side by side, ``prototype`` per-k curve; :mod:`objalign.evaluation.units`) and ``convergence``
-(figures per subsample size; :mod:`objalign.evaluation.convergence`).
+``open_vocabulary`` (precision@k among the dataset's names plus distractors, NN and CSLS), ``per_group`` (figures per
+category frequency group, LVIS; :mod:`objalign.report.groups`), ``units`` (``object`` and ``image`` rows side by
+side, ``prototype`` per-k curve; :mod:`objalign.evaluation.units`) and ``convergence`` (figures per subsample size;
+:mod:`objalign.evaluation.convergence`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from html import escape
 from pathlib import Path
 
 from objalign.atomic import atomic_write_json
-from objalign.report import beyond, gallery, units
+from objalign.report import beyond, gallery, groups, units
 from objalign.report import figures as F
 from objalign.report.html import build_html
 from objalign.stats.metrics import TABLE_FIGURES
@@ -122,6 +123,10 @@ def format_text(report: dict, title: str, per_instance: dict | None = None) -> s
         f"text           {t['name']} ({t['dim']}-d, prompt {t.get('template', '{}')!r})",
         f"chance top-1   {report['chance_top1']:.3f}", "",
     ]
+    if report.get("sampled_categories"):
+        sc = report["sampled_categories"]
+        lines.insert(-2, f"categories     {sc['n']} sampled, {sc['smallest']} to {sc['largest']} objects each "
+                         "(sample.strategy: per_category)")
     rows = report["results"]
     for split in dict.fromkeys(r["split"] for r in rows):
         rs = [r for r in rows if r["split"] == split]
@@ -170,7 +175,8 @@ def format_text(report: dict, title: str, per_instance: dict | None = None) -> s
             lines.append("  shuffled pairing: " + "  ".join(f"{k} {'-' if v is None else f'{v:.3f}'}"
                                                           for k, v in sim["values_shuffled"].items()))
         lines.append(f"  (mutual k-NN chance level ~ {sim.get('chance_mutual_knn', 0):.3f})")
-    lines += beyond.text_lines(report) + units.text_lines(report) + gallery.text_lines(report, per_instance or {})
+    lines += (beyond.text_lines(report) + units.text_lines(report) + groups.text_lines(report)
+              + gallery.text_lines(report, per_instance or {}))
     pc = [r for r in report.get("per_category", []) if r["method"] == "ridge"]
     for split in dict.fromkeys(r["split"] for r in pc):
         worst = sorted((r for r in pc if r["split"] == split), key=lambda r: r["top1"])[:5]
