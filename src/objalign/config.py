@@ -30,7 +30,7 @@ class DataConfig:
     #: ``demo`` (generated on first use), ``coco`` (any COCO-format JSON + image folder), ``coco2017``
     #: (downloaded into ``root`` on first use unless already there; ``split`` picks train or val), ``lvis`` (LVIS v1:
     #: ``annotations`` given, or fetched for ``split`` when it is empty), ``visual_genome`` or ``hf`` (a Hugging Face
-    #: dataset); see docs/howto-datasets.md
+    #: dataset); see docs/howto/datasets.md
     kind: str = "demo"
     #: Folder that holds (or will hold) the dataset.
     root: str = "data/demo"
