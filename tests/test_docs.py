@@ -36,8 +36,11 @@ def test_configuration_reference_is_generated_from_the_code():
     gen = _gen_config()
     assert (ROOT / "docs" / "configuration.md").read_text() == gen.generate(), \
         "docs/configuration.md is stale: run python docs/gen_config.py"
-    from objalign.config import RunConfig  # every key of a default config appears in the page
     import dataclasses
+
+    from objalign.config import (
+        RunConfig,  # every key of a default config appears in the page
+    )
 
     def keys(obj, prefix):
         for f in dataclasses.fields(obj):
@@ -123,3 +126,31 @@ def test_howto_commands_run_as_written(page, tmp_path):
     if page.endswith("own-embeddings.md"):
         assert (tmp_path / "runs" / "mine" / "report.json").exists()
         assert (tmp_path / "runs" / "arrays" / "report.json").exists()
+
+
+def test_the_site_builds_and_its_pages_render_in_headless_chromium(tmp_path):
+    """Seen in a browser: the strict build, then the home page and the API page of evaluate_alignment rendered by
+    headless Chromium show their headings and their code."""
+    import shutil
+
+    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
+                   None)
+    if browser is None:
+        pytest.skip("chromium is not installed (CI installs it: apt-get install -y chromium)")
+    pytest.importorskip("mkdocs", reason="the docs tools are in the test extra: pip install -e '.[test]'")
+    site = tmp_path / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(site)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert build.returncode == 0, build.stderr[-3000:]
+
+    def dom(page: Path) -> str:
+        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+               "--disable-background-networking", "--disable-extensions", f"--user-data-dir={tmp_path / 'profile'}",
+               "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+
+    home = dom(site / "index.html")
+    assert "<h1" in home and "objalign" in home and "<code" in home, home[:2000]
+    api = dom(site / "reference" / "evaluation" / "index.html")
+    assert "evaluate_alignment" in api and "AlignmentResult" in api and "<code" in api, api[:2000]
