@@ -17,13 +17,6 @@ from __future__ import annotations
 
 from objalign import _compat
 
-try:  # the version lives in pyproject.toml only; an installed (or editable) package carries it in its metadata
-    from importlib.metadata import PackageNotFoundError, version
-
-    __version__ = version("objalign")
-except PackageNotFoundError:  # a source tree on sys.path that was never installed
-    __version__ = "0+unknown"
-
 __all__ = ["__version__", "evaluate_alignment", "AlignmentResult", "load_config", "run", "read_embeddings"]
 
 _compat.install()  # old import paths (objalign.align.*, objalign.evaluate.*) keep working, with a warning
@@ -37,7 +30,20 @@ _LAZY = {
 }
 
 
+def _version() -> str:
+    """The version lives in pyproject.toml only; an installed (or editable) package carries it in its metadata
+    (read on first use: importlib.metadata costs ~25 ms of start-up)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("objalign")
+    except PackageNotFoundError:  # a source tree on sys.path that was never installed
+        return "0+unknown"
+
+
 def __getattr__(name):
+    if name == "__version__":
+        return _version()
     if name in _LAZY:
         import importlib
 

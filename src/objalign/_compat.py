@@ -8,7 +8,6 @@ order, in the modules that now hold them; the table below is the whole map (the 
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
 import sys
 import types
@@ -52,7 +51,7 @@ def lookup(old: str, name: str):
     raise AttributeError(f"module {old!r} has no attribute {name!r} (it moved: see {', '.join(MOVED[old])})")
 
 
-class _Loader(importlib.abc.Loader):
+class _Loader:  # the loader protocol (importlib.abc is not imported: it costs ~30 ms of start-up)
     def create_module(self, spec):
         mod = types.ModuleType(spec.name, f"Deprecated alias of {', '.join(MOVED[spec.name])}.")
         mod.__getattr__ = lambda name: lookup(spec.name, name)
@@ -64,7 +63,7 @@ class _Loader(importlib.abc.Loader):
         return None
 
 
-class _Finder(importlib.abc.MetaPathFinder):
+class _Finder:  # the meta path finder protocol
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in MOVED:
             return None
