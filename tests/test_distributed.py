@@ -40,7 +40,9 @@ def cluster(tmp_path_factory):
     os.environ["OBJALIGN_TEST_FAULT_DIR"] = str(fault_dir)
     VISION_ENCODERS.register("tiny-dinov2-dist", "tiny_models:make_tiny_dinov2")
     CROP_MODES.register("tiny-sam-dist", "tiny_models:make_tiny_sam_mode")
-    ctx = ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    # address="local": always a fresh private Ray, whatever RAY_ADDRESS or a cluster left running elsewhere says
+    ctx = ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="warning",
+                   log_to_driver=False)
     try:
         yield {"address": ctx.address_info["gcs_address"], "faults": fault_dir}
     finally:
