@@ -169,3 +169,31 @@ def test_the_example_runs(tmp_path):
 def test_replace_settings_keep_defaults():
     cfg = objalign.evaluation.api.make_settings(common_dim=8)
     assert cfg == replace(AlignConfig(), common_dim=8)
+
+
+def test_evaluate_reads_parquet_npz_and_text_files(tmp_path, capsys):
+    """``objalign evaluate`` on a parquet list column, an npz key and a text file of labels gives the array API's
+    figures."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from objalign.cli import main
+
+    X, T, labels, groups = _data()
+    pq.write_table(pa.table({"emb": [list(map(float, row)) for row in X], "image": groups}), tmp_path / "v.parquet")
+    np.savez(tmp_path / "t.npz", names=T, other=np.zeros(3))
+    (tmp_path / "labels.txt").write_text("\n".join(map(str, labels)))
+    sets = ["align.n_permutations=0", "align.n_bootstrap=50", "align.similarity_permutations=0",
+            "align.match_methods=[]", "align.cv_folds=3", "align.category_folds=3", "align.alphas=[0.1,1.0,10.0]",
+            "align.gammas=[0.5,1.0]", "align.common_dim=16", "report.html=false", "embed.vocabulary=null"]
+    assert main(["evaluate", "--vision", f"{tmp_path / 'v.parquet'}:emb", "--text", f"{tmp_path / 't.npz'}:names",
+                 "--labels", str(tmp_path / "labels.txt"), "--groups", f"{tmp_path / 'v.parquet'}:image",
+                 "--out", str(tmp_path / "ev")] + [x for s in sets for x in ("--set", s)]) == 0
+    got = json.loads((tmp_path / "ev" / "report.json").read_text())["results"]
+    want = objalign.evaluate_alignment(X, T, labels, groups, **FAST).rows
+    assert _strip(got) == json.loads(json.dumps(_strip(want)))
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--vision", str(tmp_path / "v.parquet")])  # --text and --labels are required
+    assert main(["evaluate", "--vision", str(tmp_path / "t.npz"), "--text", str(tmp_path / "t.npz"),
+                 "--labels", str(tmp_path / "labels.txt"), "--out", str(tmp_path / "x")]) == 2
+    assert "t.npz holds 2 arrays: name one as" in capsys.readouterr().err
