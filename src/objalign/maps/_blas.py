@@ -219,46 +219,38 @@ class Blas:
     def _s(self, v):
         return ctypes.byref(self._scalar(v))
 
+    def _call(self, name, inputs, outputs, *args):
+        """Routine ``name`` on ``args`` with flush-to-zero set, its ``(array, lower)`` operands counted on entry and
+        the arrays it writes on exit while a :class:`SubnormalCount` is active."""
+        count = _count
+        if count is not None:
+            count._add(name, inputs, False)
+        with _FlushToZero():
+            self._f[name](*args)
+        if count is not None:
+            count._add(name, outputs, True)
+
     def potrf(self, A):
         """Lower Cholesky factor of ``A`` in place (upper triangle left as it was); returns ``info``."""
         n = A.shape[0]
         _need(A.shape == (n, n), "potrf", A.shape)
         info = ctypes.c_int(0)
-        c = _count
-        if c is not None:
-            c._add("potrf", [(A, True)], False)
-        with _FlushToZero():
-            self._f["potrf"](b"L", _i(n), *self._arr(A, "potrf"), ctypes.byref(info))
-        if c is not None:
-            c._add("potrf", [(A, True)], True)
+        self._call("potrf", [(A, True)], [(A, True)], b"L", _i(n), *self._arr(A, "potrf"), ctypes.byref(info))
         return info.value
 
     def trsm(self, L, B, right=False, trans=False, alpha=1.0):
         """``B <- alpha op(L)^-1 B`` (left) or ``B <- alpha B op(L)^-1`` (right), ``L`` lower triangular."""
-        m, n = B.shape
-        _need(L.shape == ((n, n) if right else (m, m)), "trsm", L.shape, B.shape)
-        c = _count
-        if c is not None:
-            c._add("trsm", [(L, True), (B, False)], False)
-        with _FlushToZero():
-            self._f["trsm"](b"R" if right else b"L", b"L", b"T" if trans else b"N", b"N", _i(m), _i(n), self._s(alpha),
-                            *self._arr(L, "trsm"), *self._arr(B, "trsm"))
-        if c is not None:
-            c._add("trsm", [(B, False)], True)
-        return B
+        return self._triangular("trsm", L, B, right, trans, alpha)
 
     def trmm(self, L, B, right=False, trans=False, alpha=1.0):
         """``B <- alpha op(L) B`` (left) or ``B <- alpha B op(L)`` (right), ``L`` lower triangular."""
+        return self._triangular("trmm", L, B, right, trans, alpha)
+
+    def _triangular(self, name, L, B, right, trans, alpha):
         m, n = B.shape
-        _need(L.shape == ((n, n) if right else (m, m)), "trmm", L.shape, B.shape)
-        c = _count
-        if c is not None:
-            c._add("trmm", [(L, True), (B, False)], False)
-        with _FlushToZero():
-            self._f["trmm"](b"R" if right else b"L", b"L", b"T" if trans else b"N", b"N", _i(m), _i(n), self._s(alpha),
-                            *self._arr(L, "trmm"), *self._arr(B, "trmm"))
-        if c is not None:
-            c._add("trmm", [(B, False)], True)
+        _need(L.shape == ((n, n) if right else (m, m)), name, L.shape, B.shape)
+        self._call(name, [(L, True), (B, False)], [(B, False)], b"R" if right else b"L", b"L", b"T" if trans else b"N",
+                   b"N", _i(m), _i(n), self._s(alpha), *self._arr(L, name), *self._arr(B, name))
         return B
 
     def syrk(self, A, C, trans=False, alpha=1.0, beta=1.0):
@@ -266,14 +258,8 @@ class Blas:
         n = C.shape[0]
         k = A.shape[0] if trans else A.shape[1]
         _need(C.shape == (n, n) and (A.shape[1] if trans else A.shape[0]) == n, "syrk", A.shape, C.shape)
-        c = _count
-        if c is not None:
-            c._add("syrk", [(A, False), (C, True)], False)
-        with _FlushToZero():
-            self._f["syrk"](b"L", b"T" if trans else b"N", _i(n), _i(k), self._s(alpha), *self._arr(A, "syrk"),
-                            self._s(beta), *self._arr(C, "syrk"))
-        if c is not None:
-            c._add("syrk", [(C, True)], True)
+        self._call("syrk", [(A, False), (C, True)], [(C, True)], b"L", b"T" if trans else b"N", _i(n), _i(k),
+                   self._s(alpha), *self._arr(A, "syrk"), self._s(beta), *self._arr(C, "syrk"))
         return C
 
     def gemm(self, A, B, C, trans_a=False, alpha=1.0, beta=1.0):
@@ -281,12 +267,7 @@ class Blas:
         m, n = C.shape
         k = A.shape[0] if trans_a else A.shape[1]
         _need((A.shape[1] if trans_a else A.shape[0]) == m and B.shape == (k, n), "gemm", A.shape, B.shape, C.shape)
-        c = _count
-        if c is not None:
-            c._add("gemm", [(A, False), (B, False), (C, False)], False)
-        with _FlushToZero():
-            self._f["gemm"](b"T" if trans_a else b"N", b"N", _i(m), _i(n), _i(k), self._s(alpha), *self._arr(A, "gemm"),
-                            *self._arr(B, "gemm"), self._s(beta), *self._arr(C, "gemm"))
-        if c is not None:
-            c._add("gemm", [(C, False)], True)
+        self._call("gemm", [(A, False), (B, False), (C, False)], [(C, False)], b"T" if trans_a else b"N", b"N", _i(m),
+                   _i(n), _i(k), self._s(alpha), *self._arr(A, "gemm"), *self._arr(B, "gemm"), self._s(beta),
+                   *self._arr(C, "gemm"))
         return C
