@@ -70,11 +70,12 @@ def test_many_text_targets_equal_evaluate_targets_and_a_bad_set_does_not_stop_th
 
 @pytest.mark.parametrize("change, message", [
     (lambda X, T, l, g: (X[:-1], T, l, g), "expected one label per object"),
-    (lambda X, T, l, g: (np.where(np.arange(len(X))[:, None] == 5, np.inf, X), T, l, g), "row 5 holds NaN or infinite"),
+    (lambda X, T, l, g: (np.where(np.arange(len(X))[:, None] == 5, np.inf, X), T, l, g),
+     "vision contains NaN or infinite values (first at row 5, column 0)"),
     (lambda X, T, l, g: (X, T, np.zeros_like(l), g), "same category"),
     (lambda X, T, l, g: (X, T, np.where(l == 5, 9, l), g), "value 9 (object 50) is out of range"),
     (lambda X, T, l, g: (X, T, l, g[:-3]), "groups: expected one image id per object"),
-    (lambda X, T, l, g: (X, T[:, :, None], l, g), "expected a (rows, dim) matrix"),
+    (lambda X, T, l, g: (X, T[:, :, None], l, g), "text has shape (6, 12, 1); expected a 2-D"),
 ])
 def test_bad_input_is_one_line_before_any_work(change, message):
     X, T, labels, groups = _data()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from objalign.errors import ObjalignError
+from objalign.maps import check_matrix
 
 
 @dataclass(frozen=True)
@@ -29,22 +30,6 @@ class Inputs:
     category_ids: np.ndarray
     per: str
     errors: dict = None  # key -> one line, for target sets of a dict that cannot be evaluated (the others go on)
-
-
-def _finite_matrix(a, what: str) -> np.ndarray:
-    try:
-        arr = np.asarray(a, dtype=np.float64) if not isinstance(a, np.ndarray) or a.dtype.kind not in "f" else a
-    except (TypeError, ValueError):
-        raise ObjalignError(f"{what}: expected a numeric (rows, dim) array, got {type(a).__name__}") from None
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ObjalignError(f"{what}: expected a (rows, dim) matrix with at least one row and column, got shape "
-                            f"{arr.shape}")
-    bad = ~np.isfinite(arr).all(axis=1)
-    if bad.any():
-        rows = np.flatnonzero(bad)
-        raise ObjalignError(f"{what}: row {rows[0]} holds NaN or infinite values ({len(rows)} such row(s)); drop "
-                            "those objects (and their labels and groups) or fix them before evaluating")
-    return arr
 
 
 def _labels(labels, n: int, where: dict) -> np.ndarray:
@@ -113,7 +98,7 @@ def _shape_targets(text, lab: np.ndarray, n: int, per: str, where: dict):
     for k, T in sets.items():
         tag = f"[{k!r}]" if many else ""
         try:
-            T = _finite_matrix(T, f"{where['text']}{tag}")
+            T = check_matrix(T, f"{where['text']}{tag}")
             if mode == "object":
                 if len(T) != n:
                     raise ObjalignError(f"{where['text']}{tag} has {len(T)} rows but {where['vision']} has {n}; "
@@ -170,7 +155,7 @@ def prepare_inputs(vision, text, labels, groups=None, *, names=None, category_id
     """
     where = {"vision": "vision", "text": "text", "labels": "labels", "groups": "groups", "names": "names",
              **(where or {})}
-    X = _finite_matrix(vision, where["vision"])
+    X = check_matrix(vision, where["vision"])
     n = len(X)
     lab = _labels(labels, n, where)
     g = _groups(groups, n, where)

@@ -139,7 +139,8 @@ def check_choice(key: str, value, choices, fix: str = "") -> None:
 
     if not isinstance(value, str) or value not in choices:
         hint = did_you_mean(value, choices, cutoff=0.4)
-        raise ObjalignError(f"{key} = {value!r}: expected one of {', '.join(choices)}{hint}" + (f"; {fix}" if fix else ""))
+        raise ObjalignError(f"{key} = {value!r}: expected one of {', '.join(choices)}{hint}"
+                            + (f"; {fix}" if fix else ""))
 
 
 def check_names(key: str, values, choices, empty: str | None = None) -> None:

@@ -9,7 +9,7 @@ KernelRidge     kernel ridge (linear, rbf, laplacian, polynomial, cosine), exact
 KernelRidgeCV   kernel ridge with (alpha, gamma) chosen by K-fold CV (shared distances and eliminations).
 Procrustes      orthogonal map after matching dimensions.
 
-``check_xy`` validates a vision/text pair with one clear error before any heavy work.
+``check_xy`` validates a vision/text pair, ``check_matrix`` one array, with one clear error before any heavy work.
 
 Engines
 -------
@@ -31,7 +31,7 @@ from objalign.maps._permuted_cv import _indicator as indicator
 from objalign.maps._ridge_stats import _solve_spd as solve_spd
 from objalign.maps._search import param_grid
 from objalign.maps._splits import resolve_splits
-from objalign.maps._validation import check_grid, check_xy
+from objalign.maps._validation import check_grid, check_matrix, check_xy
 from objalign.maps.kernel import KernelRidge, KernelRidgeCV
 from objalign.maps.kernel import _solve_kernel as solve_kernel
 from objalign.maps.linear import Ridge, RidgeCV
@@ -46,6 +46,7 @@ __all__ = [
     "KernelRidgeCV",
     "Procrustes",
     "check_xy",
+    "check_matrix",
     "check_grid",
     "ridge_choices",
     "kernel_choices",

@@ -19,6 +19,7 @@ from objalign.errors import MissingDependencyError, ObjalignError
 from objalign.evaluation.api import call_options, make_settings, run_inputs
 from objalign.evaluation.inputs import prepare_inputs
 from objalign.evaluation.result import AlignmentResult
+from objalign.maps import check_matrix
 
 SUFFIXES = (".npy", ".npz", ".parquet", ".txt", ".json")
 
@@ -108,10 +109,10 @@ def evaluate_files(vision: str, text: str, labels: str, out: str | Path, cfg: Ru
                             names=None if names is None else [str(x) for x in read_array(names)], where=where)
     vocab = None
     if vocabulary is not None:
-        vocab = read_array(vocabulary)
+        vocab = check_matrix(read_array(vocabulary), vocabulary)
         q = inputs.targets[""].shape[1]
-        if vocab.ndim != 2 or vocab.shape[1] != q or not np.isfinite(vocab).all():
-            raise ObjalignError(f"{vocabulary}: expected a finite (names, {q}) matrix of distractor text embeddings "
+        if vocab.shape[1] != q:
+            raise ObjalignError(f"{vocabulary}: expected a (names, {q}) matrix of distractor text embeddings "
                                 f"(as wide as {text}), got shape {vocab.shape}")
     log(f"[evaluate] {len(inputs.X)} objects, {len(np.unique(inputs.groups))} images, {len(inputs.names)} "
         f"categories (text per {inputs.per}); vision {inputs.X.shape[1]}-d, text "

@@ -3,8 +3,9 @@
 * :func:`headline`: one sentence per protocol (estimate, interval, chance, p-value and its null) and a one-line
   verdict of the calibrated similarity measures — the same numbers as the tables, rounded.
 * :func:`plan`: which test objects a gallery shows, per protocol: the worst- and best-aligned (cosine between
-  the map's prediction and the true name), up to three typical ones per category (around its median cosine) and, for the held-out-
-  images protocol, examples of the most-confused pairs; at most ``cap`` objects over all protocols.
+  the map's prediction and the true name), up to three typical ones per category (around its median cosine)
+  and, for the held-out-images protocol, examples of the most-confused pairs; at most ``cap`` objects over all
+  protocols.
 * :func:`confusion`: the category confusion matrix (true x predicted top-1), rows and columns in the order of a
   clustering of the text embeddings (``category_order``), and the most-confused pairs.
 * :func:`html_sections` / :func:`text_lines`: those as HTML (thumbnails as JPEG data URIs) and plain text.

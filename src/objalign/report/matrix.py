@@ -151,7 +151,8 @@ def matrix_headline(meta: dict, best: list[dict]) -> list[str]:
         if not cands:
             continue
         b = (min if is_smaller_better(measure) else max)(cands, key=lambda x: x["value"])
-        lines.append(f"{SPLIT_TITLES.get(protocol, protocol).capitalize()}: {b['vision_model']} layer {b['vision_layer']} with "
+        lines.append(f"{SPLIT_TITLES.get(protocol, protocol).capitalize()}: {b['vision_model']} layer "
+                     f"{b['vision_layer']} with "
                      f"{b['text_model']} layer {b['text_layer']} is best, {meta['method']} {measure} = "
                      f"{_fmt(b['value'])}; p_max = {b['pvalue_max']:.2g} over its {b['n_cells']} cells "
                      f"(B = {b['n_permutations']}).")
