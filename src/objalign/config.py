@@ -37,7 +37,9 @@ class DataConfig:
     #: COCO instances JSON, relative to ``root`` unless absolute.
     annotations: str = "annotations.json"
     #: Image folder (or zip archive), relative to ``root`` unless absolute; a list of them when the images sit in
-    #: several folders or zips (Objects365's ``patchN``): each file is read from the first that holds it
+    #: several folders or zips (Objects365's ``patchN``): each file is read from the first that holds it. ``fetch``
+    #: (coco, coco2017, lvis, visual_genome): sample from the annotations first, then fetch only the sampled objects'
+    #: images by their URL (``coco_url``, else ``url``) into ``root/fetched/`` (a folder named fetch: ``./fetch``)
     images: str | tuple[str, ...] = "images"
     #: Seed for the demo generator.
     seed: int = 0
@@ -45,8 +47,12 @@ class DataConfig:
     demo_images: int = 320
     #: coco2017: ``train`` or ``val``.
     split: str = "train"
-    #: coco2017: base URL replacing http://images.cocodataset.org.
+    #: coco2017, lvis: base URL replacing the archives' host (http://images.cocodataset.org,
+    #: https://dl.fbaipublicfiles.com); with ``images: fetch``, it also replaces each image URL's scheme and host,
+    #: keeping its path
     mirror: str | None = None
+    #: ``images: fetch``: images fetched at once (each worker keeps its own connection alive)
+    fetch_workers: int = 16
     #: coco2017: read images straight from the downloaded zip instead of extracting 19 GB.
     images_from_zip: bool = False
     #: coco2017: check archives against the official sizes/md5s (turn off for a mirror serving repacked zips;
@@ -418,6 +424,8 @@ TEXT_POOLINGS = ("default", "mean", "last")
 
 
 NAME_FIELDS = ("{}", "{name}", "{synonym}")  #: objalign.encoders.prompts.NAME_FIELDS
+FETCH = "fetch"  #: data.images: fetch (only the sampled objects' images, by URL)
+FETCH_KINDS = ("coco", "coco2017", "lvis", "visual_genome")  #: the data.kind values whose images carry URLs
 
 
 def check_data_images(d: DataConfig) -> None:
@@ -426,6 +434,12 @@ def check_data_images(d: DataConfig) -> None:
     if not paths or any(not str(p).strip() for p in paths):
         raise ObjalignError(f"data.images = {d.images!r}: give an image folder (or zip), or a list of them, e.g. "
                             "val2017 or [patch0, patch1.zip]")
+    if d.images == FETCH and d.kind not in FETCH_KINDS:
+        raise ObjalignError(f"data.images = fetch: data.kind = {d.kind!r} has no image URLs to fetch (fetch works "
+                            f"for {', '.join(FETCH_KINDS)}); give the image folder instead")
+    if FETCH in paths and d.images != FETCH:
+        raise ObjalignError(f"data.images = {list(d.images)!r}: fetch cannot be one of several locations; set "
+                            "data.images: fetch alone (or write ./fetch for a folder named fetch)")
 
 
 def check_config(cfg: RunConfig) -> RunConfig:
@@ -457,6 +471,7 @@ def check_config(cfg: RunConfig) -> RunConfig:
     if d.kind in ("coco2017", "lvis"):
         check_choice("data.split", d.split, ("train", "val"))
     check_data_images(d)
+    check_int("data.fetch_workers", d.fetch_workers, 1, "the images fetched at once, e.g. 16")
     check_choice("data.categories", d.categories, VG_CATEGORIES)
     check_int("data.min_count", d.min_count, 1, "the fewest objects a category needs, e.g. 1")
     check_choice("data.box_format", d.box_format, BOX_FORMATS)

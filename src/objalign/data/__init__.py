@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from objalign.config import DataConfig
+from objalign.config import FETCH, DataConfig
 from objalign.data.coco import load_coco
 from objalign.data.demo import make_demo_dataset
 from objalign.data.download import download_coco2017
 from objalign.data.download.lvis import download_lvis, lvis_annotation_path
+from objalign.data.fetched import fetch_dest
 from objalign.data.hf import load_hf
 from objalign.data.images import MultiImages, open_image_source
 from objalign.data.lvis import load_lvis
@@ -31,6 +32,8 @@ def open_dataset(cfg: DataConfig):
 
     root = Path(cfg.root)
     ann = under_root(cfg, cfg.annotations)
+    if fetches_images(cfg):
+        return open_fetched(cfg)
     if cfg.kind in OTHER_KINDS:
         return OTHER_KINDS[cfg.kind](cfg)
     if not isinstance(cfg.images, str):
@@ -73,6 +76,34 @@ def coco2017_paths(cfg: DataConfig, progress: bool = True) -> tuple[Path, Path]:
     got = download_coco2017(cfg.root, split=cfg.split, mirror=cfg.mirror, progress=progress,
                             extract=not cfg.images_from_zip, checksums=None if cfg.official_checksums else {})
     return Path(got["annotations"][cfg.split]), Path(got["images"][cfg.split])
+
+
+def fetches_images(cfg: DataConfig) -> bool:
+    """Whether ``data.images: fetch``: the sampled objects' images are fetched by URL (see
+    :mod:`objalign.data.fetched`)."""
+    return cfg.images == FETCH
+
+
+def open_fetched(cfg: DataConfig):
+    """A dataset whose images are fetched by URL into :func:`~objalign.data.fetched.fetch_dest`; its annotations
+    (COCO 2017's and LVIS's fetched when missing) are read as its kind reads them."""
+    dest = fetch_dest(cfg.root, cfg.kind, cfg.split)
+    opts = {"strict": cfg.strict, "duplicate_names": cfg.duplicate_names, "fetch": True}
+    if cfg.kind == "coco2017":
+        got = download_coco2017(cfg.root, split=cfg.split, annotations_only=True, mirror=cfg.mirror,
+                                checksums=None if cfg.official_checksums else {})
+        return load_coco(got["annotations"][cfg.split], dest, **opts)
+    if cfg.kind == "lvis":
+        ann = lvis_annotations(cfg)
+        if not ann.is_file() and fetches_lvis(cfg):
+            ann = download_lvis(cfg.root, split=cfg.split, mirror=cfg.mirror, progress=True)
+        return load_lvis(ann, [dest], **opts)
+    if cfg.kind == "visual_genome":
+        return load_visual_genome(cfg.root, [dest], categories=cfg.categories, min_count=cfg.min_count, **opts)
+    if cfg.kind == "coco":
+        return load_coco(under_root(cfg, cfg.annotations), dest, **opts)
+    raise ObjalignError(f"data.images = fetch: data.kind = {cfg.kind!r} has no image URLs to fetch; give the image "
+                        "folder instead")
 
 
 def open_coco_list(cfg: DataConfig, ann: Path):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from objalign.config import DUPLICATE_NAME_RULES  # data.duplicate_names
+from objalign.data.fetched import FetchedImages, url_faults
 from objalign.data.images import FolderImages, ZipImages, file_name_problem
 from objalign.errors import ObjalignError
 
@@ -162,7 +163,7 @@ def resolve_duplicate_names(categories: dict[int, str], rule: str, path: Path) -
 
 
 def load_coco(annotations: str | Path, image_root: str | Path, strict: bool = False,
-              duplicate_names: str = "suffix") -> CocoDataset:
+              duplicate_names: str = "suffix", fetch: bool = False) -> CocoDataset:
     """Load and validate a COCO instances JSON.
 
     Parameters
@@ -175,6 +176,9 @@ def load_coco(annotations: str | Path, image_root: str | Path, strict: bool = Fa
     duplicate_names : str
         Two category ids with one name (``data.duplicate_names``): ``suffix`` (``"bank (id 12)"``), ``merge``
         (into the first id) or ``error``; see :func:`resolve_duplicate_names`. One warning line on stderr.
+    fetch : bool
+        The images will be fetched by URL (``data.images: fetch``): an image with no http(s) ``coco_url`` or
+        ``url`` is recorded and its annotations left out (see :mod:`objalign.data.fetched`).
 
     Raises
     ------
@@ -185,7 +189,12 @@ def load_coco(annotations: str | Path, image_root: str | Path, strict: bool = Fa
     """
     path = Path(annotations)
     doc, fingerprint = read_json_file(path)
-    return coco_from_doc(doc, path, fingerprint, image_root, strict=strict, duplicate_names=duplicate_names)
+    faults = url_faults(doc.get("images") or []) if fetch and isinstance(doc, dict) else None
+    ds = coco_from_doc(doc, path, fingerprint, image_root, strict=strict, duplicate_names=duplicate_names,
+                       image_faults=faults)
+    if fetch:
+        ds.source = FetchedImages(image_root)
+    return ds
 
 
 def read_json_file(path: Path) -> tuple[object, str]:

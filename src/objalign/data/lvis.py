@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from objalign.data.coco import CocoDataset, coco_from_doc, read_json_file
+from objalign.data.fetched import FetchedImages, url_faults
 from objalign.data.images import FolderImages, MultiImages, ZipImages, open_image_source
 from objalign.errors import ObjalignError
 
@@ -128,7 +129,7 @@ def _image_names(doc: dict, split: bool) -> dict:
 
 
 def load_lvis(annotations: str | Path, images: str | Path | list, strict: bool = False,
-              duplicate_names: str = "suffix") -> CocoDataset:
+              duplicate_names: str = "suffix", fetch: bool = False) -> CocoDataset:
     """Load an LVIS v1 annotation file (see the module notes for what differs from COCO).
 
     Parameters
@@ -137,8 +138,9 @@ def load_lvis(annotations: str | Path, images: str | Path | list, strict: bool =
         ``lvis_v1_val.json`` or ``lvis_v1_train.json``.
     images : path or list of paths
         The folder that holds COCO's ``train2017/`` and ``val2017/`` (or their zips), or a folder of images.
-    strict, duplicate_names
-        As :func:`~objalign.data.coco.load_coco`.
+    strict, duplicate_names, fetch
+        As :func:`~objalign.data.coco.load_coco`; with ``fetch`` the file names are ``coco_url``'s last two parts
+        (``train2017/NAME.jpg``) whatever ``images`` holds.
 
     Returns
     -------
@@ -157,16 +159,20 @@ def load_lvis(annotations: str | Path, images: str | Path | list, strict: bool =
         raise ObjalignError(f"{path}: not an LVIS file (expected a JSON object with 'images', 'annotations' and "
                             "'categories'); check data.annotations")
     locations = [Path(p) for p in (images if isinstance(images, (list, tuple)) else [images])]
-    split = split_layout(locations)
+    split = fetch or split_layout(locations)
     info = _check_categories(doc, path)
     faults = _image_names(doc, split)
+    if fetch:
+        faults = {**url_faults(doc.get("images") or []), **faults}
     for c in doc["categories"]:
         if isinstance(c, dict) and isinstance(c.get("name"), str):
             c["name"] = lvis_words(c["name"])
     ds = coco_from_doc(doc, path, fingerprint, locations[0], strict=strict, duplicate_names=duplicate_names,
                        image_faults=faults)
     ds.category_info = {cid: info[cid] for cid in ds.categories if cid in info}
-    if split:
+    if fetch:
+        ds.source = FetchedImages(locations[0])
+    elif split:
         ds.source = MultiImages(split_sources(locations))
     elif len(locations) > 1 or locations[0].suffix.lower() == ".zip":
         ds.source = MultiImages([open_image_source(p) for p in locations])

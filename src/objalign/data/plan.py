@@ -9,11 +9,13 @@ from collections import Counter
 from pathlib import Path
 
 from objalign.config import RunConfig
-from objalign.data import fetches_lvis, image_locations, lvis_annotations, open_dataset, under_root
+from objalign.data import fetches_images, fetches_lvis, image_locations, lvis_annotations, open_dataset, under_root
 from objalign.data.coco import load_coco
+from objalign.data.download.common import COCO2017_CHECKSUMS, _gib
 from objalign.data.download.lvis import LVIS_ARCHIVE_SIZES, LVIS_BASE_URL
+from objalign.data.fetched import fetch_dest, fetch_estimate
 from objalign.data.lvis import load_lvis, split_layout
-from objalign.data.sample import eligible
+from objalign.data.sample import draw_sample, eligible
 
 
 def _size(paths: list[Path]) -> str:
@@ -152,9 +154,64 @@ def hf_plan(cfg: RunConfig) -> list[str]:
     return lines + [_sample_line(cfg, open_dataset(d))]
 
 
+def fetch_plan(cfg: RunConfig) -> list[str]:
+    """``data.images: fetch``: the annotations (and what fetching them takes), then how many of the sampled objects'
+    images are already in the fetch folder and about how many bytes the rest are."""
+
+    d = cfg.data
+    dest = fetch_dest(d.root, d.kind, d.split)
+    root = Path(d.root)
+    download = "nothing (annotations already there)"
+    if d.kind == "coco2017":
+        ann = root / "annotations" / f"instances_{d.split}2017.json"
+        if not ann.is_file():
+            download = "annotations/annotations_trainval2017.zip (~241 MiB)"
+        need = [ann]
+    elif d.kind == "lvis":
+        ann = lvis_annotations(d)
+        if not ann.is_file() and fetches_lvis(d):
+            download = f"LVIS/lvis_v1_{d.split}.json.zip ({LVIS_ARCHIVE_SIZES[d.split]})"
+        need = [ann]
+    elif d.kind == "visual_genome":
+        ann = root
+        need = [root / "image_data.json", root / ("attributes.json" if d.categories == "attribute_name"
+                                                 else "objects.json")]
+        download = "nothing (Visual Genome's json files are not fetched; place them)"
+    else:
+        ann = under_root(d, d.annotations)
+        need = [ann]
+    lines = [f"data      {FETCH_NAMES[d.kind]} {ann} (images: only the sampled objects', fetched by URL into {dest})",
+             f"download  {download}" + (f" from {d.mirror}" if d.mirror and not download.startswith("nothing") else "")]
+    missing = [str(p) for p in need if not p.is_file()]
+    if missing and not download.startswith("nothing"):
+        return lines + [_not_yet(cfg)]
+    if missing:
+        return lines + [f"files     MISSING {missing[0]} (the run will refuse it)", _not_yet(cfg)]
+    ds = open_dataset(d)
+    est = fetch_estimate(ds, draw_sample(ds, cfg.sample)["file_name"].tolist())
+    if not est["n_missing"]:
+        todo = "nothing to fetch"
+    elif est["bytes"] is None:
+        todo = f"{est['n_missing']} to fetch, size unknown before the first images are fetched"
+    else:
+        todo = f"{est['n_missing']} to fetch, about {_gib(est['bytes'])} ({est['how']})"
+    whole = f"; instead of {d.split}2017.zip's {_gib(COCO2017_CHECKSUMS[f'{d.split}2017.zip'][0])}" \
+        if d.kind == "coco2017" else ""
+    lines.append(f"fetch     {est['n_images']} images of the sample (of {len(ds.images)} in the annotations) into "
+                 f"{dest}: {est['n_present']} already there, {todo}"
+                 + (f" from {d.mirror}" if d.mirror and est["n_missing"] else "") + whole)
+    return lines + [_sample_line(cfg, ds)]
+
+
+#: data.kind -> what the fetch plan calls it
+FETCH_NAMES = {"coco": "COCO-format", "coco2017": "COCO 2017", "lvis": "LVIS v1", "visual_genome": "Visual Genome"}
+
+
 def data_plan(cfg: RunConfig) -> list[str]:
     """The dry run's data lines for ``cfg.data``'s source."""
     kind = cfg.data.kind
+    if fetches_images(cfg.data):
+        return fetch_plan(cfg)
     if kind == "lvis":
         return lvis_plan(cfg)
     if kind in PLANS:

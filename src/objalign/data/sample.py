@@ -144,3 +144,10 @@ def extra_columns(ds: CocoDataset, chosen: list[dict]) -> dict[str, np.ndarray]:
         out["not_exhaustive"] = np.asarray([a["category_id"] in ds.images[a["image_id"]]["not_exhaustive_category_ids"]
                                             for a in chosen], dtype=bool)
     return out
+
+
+def draw_sample(ds: CocoDataset, s) -> dict[str, np.ndarray]:
+    """:func:`sample_instances` with a config's ``sample`` section ``s`` (the sample stage's and the dry run's draw)."""
+    return sample_instances(ds, n=s.n, seed=s.seed, min_area=s.min_area, exclude_crowd=s.exclude_crowd,
+                            categories=s.categories, strategy=s.strategy, per_category_max=s.per_category_max,
+                            per_category_min=s.per_category_min)

@@ -11,10 +11,11 @@ from collections import Counter
 from pathlib import Path
 
 from objalign.config import RunConfig
-from objalign.data import open_dataset
-from objalign.data.sample import sample_instances
+from objalign.data import fetches_images, open_dataset
+from objalign.data.fetched import fetch_sampled
+from objalign.data.sample import draw_sample
 from objalign.runs import atomic_write_json, ensure_out, is_current, stage_record, write_stage
-from objalign.tables import write_table
+from objalign.tables import read_table, write_table
 
 #: Sample settings added after runs were keyed: left out of the stage's key while at their default, so an existing
 #: run's key (and every stage after it) stays the same.
@@ -30,10 +31,33 @@ def sample_key(cfg: RunConfig, extra: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_sample(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
+def run_sample(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = True) -> dict:
+    """The sample stage (see the module notes); with ``data.images: fetch`` it then fetches the sampled images
+    (also when the sample itself is reused, so a rerun resumes an interrupted fetch)."""
     out = ensure_out(out)
-    started = time.time()
     ds = open_dataset(cfg.data)
+    rec = _sample(cfg, out, ds, force)
+    if fetches_images(cfg.data):
+        fetch_stage_images(cfg, out, ds, progress)
+    return rec
+
+
+def fetch_stage_images(cfg: RunConfig, out: Path, ds, progress: bool = True) -> dict:
+    """Fetch the images of ``out``'s sample into the dataset's fetch folder; ``sample/fetched.json`` records what
+    was fetched and skipped, and one warning line counts the skipped ones."""
+    names = read_table(out / "sample" / "instances.parquet")["file_name"].tolist()
+    res = fetch_sampled(ds, names, mirror=cfg.data.mirror, workers=cfg.data.fetch_workers, progress=progress)
+    atomic_write_json(out / "sample" / "fetched.json", res)
+    if res["skipped"]:
+        first = res["skipped"][0]
+        print(f"objalign: warning: {res['n_skipped']} of {res['n_files']} sampled image(s) could not be fetched "
+              f"(first: {first['file']} from {first['url']}: {first['reason']}); their objects are skipped by the "
+              f"embed stage; listed in {out}/sample/fetched.json; rerun to try them again", file=sys.stderr)
+    return res
+
+
+def _sample(cfg: RunConfig, out: Path, ds, force: bool) -> dict:
+    started = time.time()
     extra = {"dataset": ds.fingerprint}
     if ds.duplicate_names:  # the rule changes the sampled names or ids only where names are shared
         extra["duplicate_names"] = cfg.data.duplicate_names
@@ -41,9 +65,7 @@ def run_sample(cfg: RunConfig, out: str | Path, force: bool = False) -> dict:
     if not force and is_current(out, "sample", key) and (out / "sample" / "instances.parquet").is_file():
         return {**stage_record(out, "sample"), "reused": True}
     s = cfg.sample
-    table = sample_instances(ds, n=s.n, seed=s.seed, min_area=s.min_area, exclude_crowd=s.exclude_crowd,
-                             categories=s.categories, strategy=s.strategy, per_category_max=s.per_category_max,
-                             per_category_min=s.per_category_min)
+    table = draw_sample(ds, s)
     (out / "sample").mkdir(exist_ok=True)
     write_table(out / "sample" / "instances.parquet", table)
     atomic_write_json(out / "sample" / "excluded.json", ds.excluded)

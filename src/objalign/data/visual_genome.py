@@ -33,6 +33,7 @@ from pathlib import Path
 
 from objalign.data.coco import CocoDataset, coco_from_doc, read_json_file
 from objalign.data.images import MultiImages, open_image_source
+from objalign.data.fetched import FetchedImages, url_faults
 from objalign.data.lvis import url_file_name
 from objalign.errors import ObjalignError
 
@@ -130,7 +131,7 @@ def _display(labels: set, mode: str) -> dict:
 
 
 def load_visual_genome(root: str | Path, images: str | Path | list, categories: str = "name", min_count: int = 1,
-                       strict: bool = False, duplicate_names: str = "suffix") -> CocoDataset:
+                       strict: bool = False, duplicate_names: str = "suffix", fetch: bool = False) -> CocoDataset:
     """Load Visual Genome's objects as a :class:`CocoDataset` (see the module notes).
 
     Parameters
@@ -142,8 +143,8 @@ def load_visual_genome(root: str | Path, images: str | Path | list, categories: 
     categories : {"name", "synset", "attribute_name"}
     min_count : int
         Categories with fewer objects are left out (their objects recorded as ``rare category``).
-    strict, duplicate_names
-        As :func:`~objalign.data.coco.load_coco`.
+    strict, duplicate_names, fetch
+        As :func:`~objalign.data.coco.load_coco` (with ``fetch``, ``images`` is the one folder fetched images go to).
 
     Returns
     -------
@@ -152,6 +153,8 @@ def load_visual_genome(root: str | Path, images: str | Path | list, categories: 
     """
     root = Path(root)
     imgs, faults, fp_images = _images(root)
+    if fetch:
+        faults = {**url_faults(imgs), **faults}
     name = "attributes.json" if categories == "attribute_name" or not (root / "objects.json").is_file() \
         else "objects.json"
     path = root / name
@@ -199,7 +202,7 @@ def load_visual_genome(root: str | Path, images: str | Path | list, categories: 
     ds = coco_from_doc(coco, path, hashlib.sha256(blob).hexdigest()[:16], _first(images), strict=strict,
                        duplicate_names=duplicate_names, image_faults=faults)
     ds.excluded = excluded + ds.excluded
-    ds.source = MultiImages(vg_sources(images))
+    ds.source = FetchedImages(_first(images)) if fetch else MultiImages(vg_sources(images))
     return ds
 
 

@@ -47,7 +47,7 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = T
         t0 = time.time()
         f = stage_function(name)
         kwargs = {"force": force}
-        if name in ("crop", "embed"):
+        if name in ("sample", "crop", "embed"):
             kwargs["progress"] = progress
         rec = f(cfg, out, **kwargs)
         how = "reused" if rec.get("reused") else f"done in {time.time() - t0:.1f} s"

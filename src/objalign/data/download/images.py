@@ -1,0 +1,289 @@
+"""Fetching single image files by URL, many at once over kept-alive connections (``data.images: fetch``).
+
+:func:`fetch_files` takes ``{relative path: URL}`` and a destination folder and makes each file exist there:
+
+* **Many at once.** ``workers`` threads, each holding one persistent HTTP/1.1 connection per host
+  (:mod:`http.client`, standard library only), so a run of 3,000 images opens ``workers`` connections, not 3,000.
+  A connection the server closed while idle is reopened once without counting as a failure.
+* **Atomic.** A file's bytes go to a temporary name beside it and are moved into place with :func:`os.replace`
+  only after they decoded as an image: a crash never leaves a partial file under the real name.
+* **Resume.** A file already at its place is not requested again, so a rerun fetches only what is missing.
+* **Retries.** A dropped or stalled connection (``timeout``), a truncated body (fewer bytes than
+  ``Content-Length``) and HTTP 408 / 429 / 5xx are retried ``retries`` times with a short back-off; redirects are
+  followed (five at most). A 404 or another 4xx, or an HTML page, is not retried.
+* **Decoded.** The bytes must decode as an image (Pillow, fully). A file that does not is fetched once more (a
+  truncation the server did not announce); if it still does not decode it is not kept and is **recorded as
+  skipped with its reason**, as are files whose fetch failed for good. Skips never stop the others.
+* **Mirror.** ``mirror`` replaces each URL's scheme and host, keeping its path (and the mirror's own path prefix):
+  ``http://images.cocodataset.org/train2017/x.jpg`` with mirror ``http://m.local/coco`` is fetched from
+  ``http://m.local/coco/train2017/x.jpg``.
+
+A full disk or an unwritable folder stops the whole fetch with one :class:`DownloadError` line (every file would
+fail alike); files already moved into place stay for the next run.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import io
+import os
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+from objalign import __version__
+from objalign.data.download.common import DownloadError
+from objalign.data.download.fetch import _reason
+from objalign.data.images import file_name_problem
+
+_REDIRECTS = 5
+_BACKOFF_S = 0.25  # first pause between retries of one file; doubles each time
+
+
+class _Transient(Exception):
+    """Worth retrying: a dropped or stalled connection, a truncated body, HTTP 408/429/5xx."""
+
+
+class _Permanent(Exception):
+    """Not worth retrying (HTTP 4xx, an HTML page, a URL objalign cannot fetch): the file is skipped."""
+
+
+def mirrored(url: str, mirror: str | None) -> str:
+    """``url`` with its scheme and host replaced by ``mirror``'s (the mirror's path prefix kept before the URL's
+    path); ``url`` itself when ``mirror`` is empty."""
+    if not mirror:
+        return url
+    m, u = urlsplit(mirror), urlsplit(url)
+    return urlunsplit((m.scheme, m.netloc, m.path.rstrip("/") + (u.path or "/"), u.query, ""))
+
+
+def url_problem(url) -> str | None:
+    """Why objalign cannot fetch ``url`` (not an http(s) URL with a host), or ``None``."""
+    if not isinstance(url, str) or not url.strip():
+        return f"URL {url!r} is empty or not a string"
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"URL {url!r} is not an http(s) URL with a host"
+    return None
+
+
+class _Connections:
+    """One persistent connection per (scheme, host, port) for the calling thread; all of them closed at the end."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.every: list = []
+        self.opened = 0
+        self.requests = 0
+
+    def get(self, scheme: str, host: str, port: int | None):
+        pool = self.local.__dict__.setdefault("pool", {})
+        key = (scheme, host, port)
+        conn = pool.get(key)
+        if conn is None:
+            cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+            conn = cls(host, port, timeout=self.timeout)
+            pool[key] = conn
+            with self.lock:
+                self.every.append(conn)
+        return conn
+
+    def drop(self, scheme: str, host: str, port: int | None) -> None:
+        conn = self.local.__dict__.get("pool", {}).pop((scheme, host, port), None)
+        if conn is not None:
+            conn.close()
+
+    def count(self, opened: bool) -> None:
+        with self.lock:
+            self.requests += 1
+            self.opened += int(opened)
+
+    def close(self) -> None:
+        with self.lock:
+            for conn in self.every:
+                conn.close()
+            self.every.clear()
+
+
+def _request(url: str, conns: _Connections) -> tuple[int, dict, bytes]:
+    """One GET on a kept-alive connection: ``(status, headers, body)``. A connection the server closed while idle
+    is reopened once; other network failures raise :class:`_Transient`."""
+    parts = urlsplit(url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = {"User-Agent": f"objalign/{__version__}", "Accept-Encoding": "identity", "Connection": "keep-alive"}
+    for attempt in (0, 1):
+        conn = conns.get(parts.scheme, parts.hostname, parts.port)
+        reused = conn.sock is not None
+        try:
+            conn.request("GET", path, headers=headers)
+            conns.count(opened=not reused)
+            resp = conn.getresponse()
+            body = resp.read()  # IncompleteRead when the body is shorter than Content-Length
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+            conns.drop(parts.scheme, parts.hostname, parts.port)
+            if reused and attempt == 0:
+                continue  # the server closed the idle connection: reopen, not a failure
+            raise _Transient(_reason(exc)) from None
+        except (http.client.HTTPException, OSError) as exc:
+            conns.drop(parts.scheme, parts.hostname, parts.port)
+            raise _Transient(_reason(exc)) from None
+        if resp.will_close:
+            conns.drop(parts.scheme, parts.hostname, parts.port)
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    raise AssertionError("unreachable")
+
+
+def _get(url: str, conns: _Connections) -> bytes:
+    """The body of ``url`` (redirects followed); :class:`_Transient` or :class:`_Permanent` otherwise."""
+    for _ in range(_REDIRECTS + 1):
+        status, headers, body = _request(url, conns)
+        if status in (301, 302, 303, 307, 308) and headers.get("location"):
+            url = urljoin(url, headers["location"])
+            if url_problem(url):
+                raise _Permanent(f"redirected to {url!r}, which is not an http(s) URL")
+            continue
+        if status == 200:
+            if "html" in headers.get("content-type", "").lower():
+                raise _Permanent(f"answered an HTML page (Content-Type {headers['content-type']}), not an image")
+            return body
+        if status in (408, 429) or status >= 500:
+            raise _Transient(f"HTTP {status}")
+        raise _Permanent(f"HTTP {status}")
+    raise _Permanent(f"more than {_REDIRECTS} redirects")
+
+
+def decode_problem(body: bytes) -> str | None:
+    """Why ``body`` is not a whole image (Pillow decodes it fully: a truncated JPEG fails), or ``None``."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(body)) as im:
+            im.load()
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is the reason recorded
+        return f"{type(exc).__name__}: {str(exc)[:120]}"
+    return None
+
+
+def _write(target: Path, body: bytes) -> None:
+    """Write ``body`` atomically at ``target`` (a temporary name beside it, then :func:`os.replace`)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.part")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(body)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise DownloadError(f"disk full while writing {target}; free space on that disk (or choose another "
+                                "data.root) and rerun: the images already fetched are kept") from None
+        raise DownloadError(f"cannot write {target}: {exc.strerror or exc}; check the folder's permissions") from None
+
+
+def _fetch_one(url: str, target: Path, conns: _Connections, retries: int) -> int:
+    """Fetch ``url`` to ``target``; the bytes written. Raises :class:`_Permanent` (with the reason) when it is
+    skipped."""
+    problem = None
+    for _decode_try in (0, 1):  # a file that does not decode is fetched once more
+        failures = 0
+        while True:
+            try:
+                body = _get(url, conns)
+                break
+            except _Transient as exc:
+                failures += 1
+                if failures > retries:
+                    raise _Permanent(f"failed after {failures} attempts: {exc}") from None
+                time.sleep(_BACKOFF_S * 2 ** (failures - 1))
+        problem = decode_problem(body)
+        if problem is None:
+            _write(target, body)
+            return len(body)
+    raise _Permanent(f"does not decode as an image, fetched twice ({problem})")
+
+
+def fetch_files(wanted: Mapping[str, str], dest: str | os.PathLike, *, mirror: str | None = None,
+                workers: int = 16, retries: int = 3, timeout: float = 30.0, progress: bool = True) -> dict:
+    """Make each ``dest / path`` of ``wanted`` (relative path -> URL) exist, fetching only the missing ones.
+
+    Parameters
+    ----------
+    wanted : mapping of str to str
+        Relative path under ``dest`` (e.g. ``"train2017/000000000009.jpg"``) -> the URL to fetch it from.
+    dest : path
+        Folder the files go to (created if missing).
+    mirror : str or None
+        Base URL replacing each URL's scheme and host (see the module notes).
+    workers : int
+        Files fetched at once (threads, each with its own kept-alive connection).
+    retries : int
+        Retries of one file after a transient failure.
+    timeout : float
+        Seconds a connection may stay silent before the attempt counts as failed.
+    progress : bool
+        A tqdm bar over the files.
+
+    Returns
+    -------
+    dict
+        ``n_files``, ``n_present`` (already there), ``n_fetched``, ``n_skipped``, ``bytes_fetched``,
+        ``bytes_present``, ``seconds``, ``requests``, ``connections`` (opened) and ``skipped``
+        (``{"file", "url", "reason"}`` each, sorted by file).
+
+    Raises
+    ------
+    DownloadError
+        A bad argument, a full disk or an unwritable folder (one line; the files already in place stay).
+    """
+    if not isinstance(workers, int) or workers < 1:
+        raise DownloadError(f"workers={workers!r}: pass a positive number of files fetched at once, e.g. 16")
+    if not isinstance(retries, int) or retries < 0:
+        raise DownloadError(f"retries={retries!r}: pass a non-negative integer, e.g. 3")
+    if mirror and url_problem(mirror):
+        raise DownloadError(f"mirror = {mirror!r}: {url_problem(mirror)}; give a base URL such as http://host/path")
+    dest = Path(dest)
+    started = time.perf_counter()
+    skipped, todo, n_present, bytes_present = [], [], 0, 0
+    for rel, url in wanted.items():
+        problem = file_name_problem(rel) or url_problem(url)
+        if problem is not None:
+            skipped.append({"file": rel, "url": url, "reason": problem})
+            continue
+        target = dest / rel
+        if target.is_file() and (size := target.stat().st_size) > 0:
+            n_present += 1
+            bytes_present += size
+        else:
+            todo.append((rel, url, target))
+    conns = _Connections(timeout)
+    fetched, total = 0, 0
+    if todo:
+        from tqdm.auto import tqdm
+
+        dest.mkdir(parents=True, exist_ok=True)
+        pool = ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="objalign-fetch")
+        try:
+            futures = {pool.submit(_fetch_one, mirrored(url, mirror), target, conns, retries): (rel, url)
+                       for rel, url, target in todo}
+            with tqdm(total=len(todo), unit="img", desc="fetch images", disable=not progress) as bar:
+                for fut in as_completed(futures):
+                    rel, url = futures[fut]
+                    try:
+                        total += fut.result()
+                        fetched += 1
+                    except _Permanent as exc:
+                        skipped.append({"file": rel, "url": mirrored(url, mirror), "reason": str(exc)})
+                    bar.update(1)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            conns.close()
+    return {"n_files": len(wanted), "n_present": n_present, "n_fetched": fetched, "n_skipped": len(skipped),
+            "bytes_fetched": total, "bytes_present": bytes_present, "seconds": time.perf_counter() - started,
+            "requests": conns.requests, "connections": conns.opened,
+            "skipped": sorted(skipped, key=lambda r: r["file"])}

@@ -1,0 +1,406 @@
+"""``data.images: fetch``: only the sampled objects' images, fetched by URL from a loopback server (never the
+network) — many at once over kept-alive connections, atomic, resumed, retried after slow, failing and truncating
+answers, a file that does not decode fetched once more and then skipped with its reason, the mirror honoured, the
+dry run's counts, and a fetched run that gives the same report as a run on the local folder."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import shutil
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from objalign.config import load_config
+from objalign.data import open_dataset
+from objalign.data.download import DownloadError
+from objalign.data.download import images as fetch_mod
+from objalign.data.download.images import fetch_files, mirrored
+from objalign.data.fetched import fetch_estimate
+from objalign.data.sample import sample_instances
+from objalign.errors import ObjalignError
+
+
+def _jpeg(seed: int, size=(48, 40)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+class ImageServer:
+    """Files on 127.0.0.1 over HTTP/1.1 keep-alive. ``plan[path]`` is a list of what the next requests of that path
+    get, consumed in order (then ``ok``): ``ok``, ``503``, ``404``, ``html``, ``slow`` (silent past the client's
+    timeout), ``cut`` (Content-Length announced, half the body, connection closed), ``half`` (no Content-Length,
+    half the body, connection closed: only the decoder notices), ``garbage`` (bytes that are no image) or
+    ``redirect:/other``."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files, self.plan, self.requests, self.ports = dict(files), {}, [], set()
+        self.lock = threading.Lock()
+        self.slow_s = 1.0
+        state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                with state.lock:
+                    state.requests.append(self.path)
+                    state.ports.add(self.client_address[1])
+                    todo = state.plan.get(self.path) or ["ok"]
+                    action = todo.pop(0) if state.plan.get(self.path) else "ok"
+                body = state.files.get(self.path)
+                if action.startswith("redirect:"):
+                    return self._send(302, b"", {"Location": action.split(":", 1)[1]})
+                if body is None or action == "404":
+                    return self._send(404, b"not here")
+                if action == "503":
+                    return self._send(503, b"busy")
+                if action == "html":
+                    return self._send(200, b"<html>login</html>", {"Content-Type": "text/html"})
+                if action == "garbage":
+                    return self._send(200, b"\x00" * 300)
+                if action == "slow":
+                    time.sleep(state.slow_s)
+                    self.close_connection = True
+                    return
+                if action in ("cut", "half"):
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    if action == "cut":
+                        self.send_header("Content-Length", str(len(body)))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(body[: len(body) // 2])
+                    self.close_connection = True
+                    return
+                self._send(200, body)
+
+            def _send(self, status, body, headers=None):
+                self.send_response(status)
+                headers = {"Content-Type": "image/jpeg", **(headers or {})}
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def count(self, path: str) -> int:
+        return sum(p == path for p in self.requests)
+
+
+@contextlib.contextmanager
+def serve(files: dict[str, bytes]):
+    server = ImageServer(files)
+    thread = threading.Thread(target=server.httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff(monkeypatch):
+    monkeypatch.setattr(fetch_mod, "_BACKOFF_S", 0.0)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return {f"/img/{i:04d}.jpg": _jpeg(i) for i in range(60)}
+
+
+def _wanted(server, paths) -> dict[str, str]:
+    return {p.rsplit("/", 1)[1]: server.url + p for p in paths}
+
+
+def _leftovers(dest: Path) -> list[str]:
+    return sorted(p.name for p in dest.rglob("*") if p.name.startswith(".") or p.name.endswith(".part"))
+
+
+def test_many_files_over_few_kept_alive_connections_then_a_rerun_fetches_nothing(tmp_path, images):
+    with serve(images) as server:
+        got = fetch_files(_wanted(server, images), tmp_path, workers=4, progress=False)
+        assert got["n_fetched"] == 60 and got["n_skipped"] == 0 and got["requests"] == 60
+        assert got["bytes_fetched"] == sum(len(b) for b in images.values())
+        assert got["connections"] <= 4 and len(server.ports) <= 4  # kept alive: not one per image
+        for path, body in images.items():
+            assert (tmp_path / path.rsplit("/", 1)[1]).read_bytes() == body
+        again = fetch_files(_wanted(server, images), tmp_path, workers=4, progress=False)
+        assert again["n_present"] == 60 and again["n_fetched"] == 0 and again["requests"] == 0
+        assert len(server.requests) == 60  # the rerun asked the server nothing
+    assert _leftovers(tmp_path) == []
+
+
+def test_slow_failing_and_truncating_answers_are_retried(tmp_path, images):
+    paths = list(images)[:6]
+    with serve(images) as server:
+        server.slow_s = 1.5
+        server.plan = {paths[0]: ["503", "503"], paths[1]: ["cut"], paths[2]: ["slow"], paths[3]: ["half"],
+                       paths[4]: ["redirect:/img/0004.jpg?moved"], "/img/0004.jpg?moved": ["redirect:" + paths[5]]}
+        got = fetch_files(_wanted(server, paths[:5]), tmp_path, workers=3, timeout=0.5, progress=False)
+        assert got["n_fetched"] == 5 and got["skipped"] == []
+        assert [server.count(p) for p in paths[:4]] == [3, 2, 2, 2]
+        assert (tmp_path / "0004.jpg").read_bytes() == images[paths[5]]  # redirects followed
+        for p in paths[:4]:
+            assert (tmp_path / p.rsplit("/", 1)[1]).read_bytes() == images[p]
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_file_that_never_decodes_is_fetched_twice_then_skipped_with_its_reason(tmp_path, images):
+    paths = list(images)[:5]
+    with serve(images) as server:
+        server.plan = {paths[0]: ["garbage", "garbage"], paths[1]: ["404"], paths[2]: ["html"],
+                       paths[3]: ["503"] * 10}
+        wanted = {**_wanted(server, paths), "bad-url.jpg": "ftp://example.org/x.jpg"}
+        got = fetch_files(wanted, tmp_path, workers=2, retries=2, progress=False)
+        reasons = {r["file"]: r["reason"] for r in got["skipped"]}
+        assert got["n_fetched"] == 1 and got["n_skipped"] == 5
+        assert "does not decode as an image, fetched twice" in reasons["0000.jpg"] and server.count(paths[0]) == 2
+        assert reasons["0001.jpg"] == "HTTP 404" and server.count(paths[1]) == 1  # not retried
+        assert "HTML page" in reasons["0002.jpg"]
+        assert reasons["0003.jpg"] == "failed after 3 attempts: HTTP 503" and server.count(paths[3]) == 3
+        assert "not an http(s) URL" in reasons["bad-url.jpg"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["0004.jpg"]  # nothing kept of the skipped ones
+        server.plan = {}
+        again = fetch_files(_wanted(server, paths), tmp_path, workers=2, progress=False)  # a rerun tries again
+        assert again["n_fetched"] == 4 and again["n_present"] == 1 and again["n_skipped"] == 0
+
+
+def test_mirror_replaces_scheme_and_host_and_keeps_the_path(tmp_path, images):
+    assert mirrored("http://images.cocodataset.org/train2017/x.jpg", "https://m.example/coco/") == \
+        "https://m.example/coco/train2017/x.jpg"
+    assert mirrored("http://a.org/x.jpg?s=1", None) == "http://a.org/x.jpg?s=1"
+    files = {f"/mirror{p}": b for p, b in images.items()}
+    with serve(files) as server:
+        wanted = {p.rsplit("/", 1)[1]: f"http://images.cocodataset.org{p}" for p in list(images)[:3]}
+        got = fetch_files(wanted, tmp_path, mirror=server.url + "/mirror", progress=False)
+        assert got["n_fetched"] == 3 and sorted(server.requests) == sorted(f"/mirror{p}" for p in list(images)[:3])
+    with pytest.raises(DownloadError, match="mirror = 'nonsense'"):
+        fetch_files(wanted, tmp_path, mirror="nonsense")
+
+
+def test_disk_full_is_one_line_and_keeps_what_was_fetched(tmp_path, images, monkeypatch):
+    paths = list(images)[:4]
+    real_open = open
+    written = []
+
+    def full_after_two(path, mode="r", *a, **kw):
+        if "w" in mode and Path(path).name.endswith(".part"):
+            if len(written) >= 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            written.append(path)
+        return real_open(path, mode, *a, **kw)
+
+    monkeypatch.setattr(fetch_mod, "open", full_after_two, raising=False)
+    with serve(images) as server, pytest.raises(DownloadError, match=r"disk full while writing .*rerun"):
+        fetch_files(_wanted(server, paths), tmp_path, workers=1, progress=False)
+    assert len([p for p in tmp_path.iterdir() if p.suffix == ".jpg"]) == 2 and _leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------------ datasets, runs
+
+
+def coco_with_urls(demo: Path, base: str, path: Path) -> dict:
+    """The demo's annotations with each image's ``coco_url`` under ``base`` (``{base}/images/NAME``)."""
+    doc = json.loads((demo / "annotations.json").read_text())
+    for im in doc["images"]:
+        im["coco_url"] = f"{base}/images/{im['file_name']}"
+    path.write_text(json.dumps(doc))
+    return doc
+
+
+def demo_files(demo: Path) -> dict[str, bytes]:
+    return {f"/images/{p.name}": p.read_bytes() for p in (demo / "images").iterdir()}
+
+
+def _cfg(root: Path, *extra: str):
+    return load_config(None, ["data.kind=coco", f"data.root={root}", "data.images=fetch", "sample.n=60",
+                              "sample.min_area=0", *extra])
+
+
+def test_only_the_sampled_images_are_fetched_and_the_dry_run_counts_them(small_demo, tmp_path, capsys):
+    from objalign.data.plan import data_plan
+    from objalign.data.stage import run_sample
+
+    with serve(demo_files(small_demo)) as server:
+        coco_with_urls(small_demo, "http://images.example.org", tmp_path / "annotations.json")
+        cfg = _cfg(tmp_path, f"data.mirror={server.url}")
+        plan = "\n".join(data_plan(cfg))
+        ds = open_dataset(cfg.data)
+        table = sample_instances(ds, n=60, min_area=0)
+        n_img = len(set(table["file_name"].tolist()))
+        assert 0 < n_img < len(ds.images)
+        assert f"fetch     {n_img} images of the sample (of {len(ds.images)} in the annotations)" in plan
+        assert "0 already there" in plan and "size unknown before the first images are fetched" in plan
+        assert server.requests == []  # the dry run touches no network
+        run_sample(cfg, tmp_path / "run", progress=False)
+        assert len(server.requests) == n_img and all(p.startswith("/images/") for p in server.requests)
+        fetched = json.loads((tmp_path / "run" / "sample" / "fetched.json").read_text())
+        assert fetched["n_fetched"] == n_img and fetched["dest"] == str(tmp_path / "fetched")
+        assert sorted(p.name for p in (tmp_path / "fetched").iterdir()) == sorted(set(table["file_name"].tolist()))
+        est = fetch_estimate(ds, table["file_name"].tolist())
+        assert est == {"n_images": n_img, "n_present": n_img, "n_missing": 0, "bytes": 0, "how": ""}
+        plan = "\n".join(data_plan(cfg))
+        assert f"{n_img} already there, nothing to fetch" in plan
+        run_sample(cfg, tmp_path / "run", progress=False)  # reused, and nothing fetched again
+        assert len(server.requests) == n_img
+        image = ds.image_source().load(table["file_name"][0])
+        assert image.shape[2] == 3 and image.dtype == np.uint8
+
+
+def test_a_failed_image_is_recorded_and_its_objects_skipped_later(small_demo, tmp_path, capsys):
+    from objalign.data.stage import run_sample
+
+    files = demo_files(small_demo)
+    with serve(files) as server:
+        doc = coco_with_urls(small_demo, server.url, tmp_path / "annotations.json")
+        doc["images"][0]["coco_url"] = ""  # no URL: its annotations are left out before sampling
+        (tmp_path / "annotations.json").write_text(json.dumps(doc))
+        cfg = _cfg(tmp_path, "sample.n=1000")
+        ds = open_dataset(cfg.data)
+        assert {r["kind"] for r in ds.excluded} == {"image without url"}
+        server.plan = {f"/images/{doc['images'][1]['file_name']}": ["garbage", "garbage"]}
+        run_sample(cfg, tmp_path / "run", progress=False)
+        err = capsys.readouterr().err
+        assert "1 of 39 sampled image(s) could not be fetched" in err and "does not decode" in err
+        with pytest.raises(FileNotFoundError, match="was not fetched into .*sample/fetched.json"):
+            ds.image_source().load(doc["images"][1]["file_name"])
+
+
+def test_config_refuses_fetch_where_there_are_no_urls():
+    with pytest.raises(ObjalignError, match="data.kind = 'demo' has no image URLs to fetch"):
+        load_config(None, ["data.images=fetch"])
+    with pytest.raises(ObjalignError, match="fetch cannot be one of several locations"):
+        load_config(None, ["data.kind=coco", "data.images=[fetch, other]"])
+    with pytest.raises(ObjalignError, match="data.fetch_workers"):
+        load_config(None, ["data.kind=coco", "data.images=fetch", "data.fetch_workers=0"])
+
+
+def test_coco2017_fetches_the_annotations_archive_and_the_sampled_images_only(tmp_path):
+    import hashlib  # noqa: F401 - the archive is checked by the server's size and its CRCs here
+    import zipfile
+
+    from objalign.data.stage import run_sample
+
+    files = {f"/train2017/{i:012d}.jpg": _jpeg(i) for i in range(1, 31)}
+    images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": 48, "height": 40,
+               "coco_url": f"http://images.cocodataset.org/train2017/{i:012d}.jpg"} for i in range(1, 31)]
+    anns = [{"id": 100 + i, "image_id": i, "category_id": 1 + i % 2, "bbox": [2, 3, 20, 20], "area": 400,
+             "iscrowd": 0} for i in range(1, 31)]
+    doc = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("annotations/", b"")
+        zf.writestr("annotations/instances_train2017.json", json.dumps(doc))
+        zf.writestr("annotations/instances_val2017.json", json.dumps({**doc, "annotations": []}))
+    files["/annotations/annotations_trainval2017.zip"] = buf.getvalue()
+    with serve(files) as server:
+        cfg = load_config(None, ["data.kind=coco2017", f"data.root={tmp_path}", "data.images=fetch",
+                                 f"data.mirror={server.url}", "data.official_checksums=false", "sample.n=8"])
+        run_sample(cfg, tmp_path / "run", progress=False)
+        jpgs = [p for p in server.requests if p.endswith(".jpg")]
+        assert len(jpgs) == 8 and not any("zips" in p for p in server.requests)
+        assert sorted(p.name for p in (tmp_path / "fetched" / "train2017").iterdir()) == \
+            sorted(p.rsplit("/", 1)[1] for p in jpgs)
+
+
+def test_lvis_and_visual_genome_fetch_by_their_urls(small_demo, tmp_path):
+    from test_lvis import lvis_doc
+    from test_visual_genome import make_vg
+
+    from objalign.data.stage import run_sample
+
+    lvis = lvis_doc(small_demo)
+    files = {}
+    for im in lvis["images"]:
+        split, name = im["coco_url"].split("/")[-2:]
+        files[f"/{split}/{name}"] = (small_demo / "images" / name).read_bytes()
+    (tmp_path / "lvis").mkdir()
+    (tmp_path / "lvis" / "lvis_v1_val.json").write_text(json.dumps(lvis))
+    vg = tmp_path / "vg"
+    make_vg(small_demo, vg)
+    for folder in ("VG_100K", "VG_100K_2"):
+        for p in (vg / folder).iterdir():
+            files[f"/people/rak248/{folder}/{p.name}"] = p.read_bytes()
+        shutil.rmtree(vg / folder)  # the images exist only behind the server
+    with serve(files) as server:
+        cfg = load_config(None, ["data.kind=lvis", f"data.root={tmp_path / 'lvis'}", "data.images=fetch",
+                                 "data.annotations=lvis_v1_val.json", f"data.mirror={server.url}", "sample.n=20"])
+        run_sample(cfg, tmp_path / "run_lvis", progress=False)
+        ds = open_dataset(cfg.data)
+        got = sorted(str(p.relative_to(tmp_path / "lvis" / "fetched")) for p in (tmp_path / "lvis" / "fetched").rglob("*.jpg"))
+        assert got and all(g.split("/")[0] in ("train2017", "val2017") for g in got)  # coco_url's last two parts
+        assert ds.image_source().load(got[0]).shape[2] == 3
+        cfg = load_config(None, ["data.kind=visual_genome", f"data.root={vg}", "data.images=fetch",
+                                 "data.categories=attribute_name", f"data.mirror={server.url}", "sample.n=20"])
+        n = len(server.requests)
+        run_sample(cfg, tmp_path / "run_vg", progress=False)
+        assert len(server.requests) > n and all(p.startswith("/people/rak248/VG_100K")
+                                                for p in server.requests[n:])
+        assert json.loads((tmp_path / "run_vg" / "sample" / "fetched.json").read_text())["n_skipped"] == 0
+
+
+def _figures(report: dict) -> dict:
+    """The report's figures, without what names the folders or says when and how long."""
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items() if k != "dataset" and "seconds" not in k}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    return clean(report)
+
+
+@pytest.mark.slow
+def test_a_fetched_run_gives_the_same_report_as_the_local_folder(small_demo, tmp_path, capfd):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from test_sources_run import make_tiny
+
+    from objalign.cli import main
+    from objalign.encoders import VISION_ENCODERS
+
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    shutil.copytree(small_demo, local)
+    remote.mkdir()
+    VISION_ENCODERS.register("tiny-dinov2-fetch", f"{make_tiny.__module__}:make_tiny")
+    try:
+        with serve(demo_files(small_demo)) as server:
+            coco_with_urls(small_demo, server.url, local / "annotations.json")
+            shutil.copyfile(local / "annotations.json", remote / "annotations.json")
+            common = ["--set", "data.kind=coco", "--set", "sample.n=1000", "--set", "sample.min_area=0",
+                      "--vision", "tiny-dinov2-fetch", "--set", "align.cv_folds=2", "--set", "align.category_folds=3",
+                      "--set", "align.gammas=[1]", "--set", "align.alphas=[1,10]", "--set", "align.n_permutations=0",
+                      "--set", "align.n_bootstrap=0", "--set", "report.html=false", "--no-progress"]
+            for root, images in ((local, "images"), (remote, "fetch")):
+                code = main(["run", "--out", str(root / "run"), "--set", f"data.root={root}",
+                             "--set", f"data.images={images}", *common])
+                assert code == 0, capfd.readouterr().err[-3000:]
+            assert len(server.requests) == 40  # every demo image holds a sampled object; each fetched once
+    finally:
+        del VISION_ENCODERS._entries["tiny-dinov2-fetch"]
+    a = json.loads((local / "run" / "report.json").read_text())
+    b = json.loads((remote / "run" / "report.json").read_text())
+    assert a["n_skipped"] == b["n_skipped"] == 0
+    assert a["dataset"] != b["dataset"] and _figures(a) == _figures(b)  # only the paths and the times differ
+    assert len(a["results"]) > 4 and a["results"][0]["top1"] == b["results"][0]["top1"]
