@@ -404,3 +404,26 @@ def test_a_fetched_run_gives_the_same_report_as_the_local_folder(small_demo, tmp
     assert a["n_skipped"] == b["n_skipped"] == 0
     assert a["dataset"] != b["dataset"] and _figures(a) == _figures(b)  # only the paths and the times differ
     assert len(a["results"]) > 4 and a["results"][0]["top1"] == b["results"][0]["top1"]
+
+
+def test_the_reference_configuration_fetches_only_its_sample(small_demo, tmp_path, capsys):
+    """configs/coco2017_thesis.yaml defaults to data.images: fetch: its dry run plans the annotations archive and the
+    sample's images, never train2017.zip, and estimates the bytes from train2017.zip's mean image."""
+    from objalign.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "coco2017_thesis.yaml"
+    args = ["run", str(config), "--dry-run", "--set", f"data.root={tmp_path}", "--set", "sample.n=50"]
+    assert load_config(config).data.images == "fetch"
+    assert main(args) == 0
+    plan = capsys.readouterr().out
+    assert "download  annotations/annotations_trainval2017.zip (~241 MiB)" in plan and "zips/" not in plan
+    assert "sample    up to 50 instances" in plan
+    (tmp_path / "annotations").mkdir()
+    coco_with_urls(small_demo, "http://images.cocodataset.org/train2017", tmp_path / "annotations" /
+                   "instances_train2017.json")
+    assert main(args) == 0
+    plan = capsys.readouterr().out
+    line = next(x for x in plan.splitlines() if x.startswith("fetch"))
+    assert "0 already there" in line and "(train2017.zip's size over its 118,287 images)" in line
+    assert "instead of train2017.zip's 18.01 GiB" in line
+    assert not (tmp_path / "fetched").exists()  # planned, not fetched

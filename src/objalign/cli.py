@@ -38,6 +38,8 @@ def _add_config_args(p: argparse.ArgumentParser, out_required: bool = True) -> N
                    help="vision encoder precision (autocast; bfloat16/float16 are for GPUs)")
     p.add_argument("--vision-model-path", help="local folder with the vision model's weights (no network)")
     p.add_argument("--text-model-path", help="local folder with the text model's weights (no network)")
+    p.add_argument("--mirror", help="base URL replacing the host of every archive and image URL fetched "
+                                    "(data.mirror)")
     p.add_argument("--force", action="store_true", help="recompute even if a finished stage matches")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("compute (crop with a segmenter, embed)")
@@ -55,7 +57,8 @@ def _config_from_args(args):
 
     overrides = list(args.overrides)
     for flag, key in (("vision", "embed.vision.name"), ("text", "embed.text.name"), ("crop_mode", "crop.mode"),
-                      ("vision_model_path", "embed.vision.model_path"), ("text_model_path", "embed.text.model_path")):
+                      ("vision_model_path", "embed.vision.model_path"), ("text_model_path", "embed.text.model_path"),
+                      ("mirror", "data.mirror")):
         val = getattr(args, flag, None)
         if val is not None:
             overrides.append(f"{key}={val}")

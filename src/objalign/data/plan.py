@@ -184,7 +184,8 @@ def fetch_plan(cfg: RunConfig) -> list[str]:
              f"download  {download}" + (f" from {d.mirror}" if d.mirror and not download.startswith("nothing") else "")]
     missing = [str(p) for p in need if not p.is_file()]
     if missing and not download.startswith("nothing"):
-        return lines + [_not_yet(cfg)]
+        return lines + [f"fetch     the sampled objects' images by URL once the annotations are there (at most "
+                        f"{cfg.sample.n}, one per sampled object at worst)", _not_yet(cfg)]
     if missing:
         return lines + [f"files     MISSING {missing[0]} (the run will refuse it)", _not_yet(cfg)]
     ds = open_dataset(d)
