@@ -347,7 +347,8 @@ def test_lvis_and_visual_genome_fetch_by_their_urls(small_demo, tmp_path):
                                  "data.annotations=lvis_v1_val.json", f"data.mirror={server.url}", "sample.n=20"])
         run_sample(cfg, tmp_path / "run_lvis", progress=False)
         ds = open_dataset(cfg.data)
-        got = sorted(str(p.relative_to(tmp_path / "lvis" / "fetched")) for p in (tmp_path / "lvis" / "fetched").rglob("*.jpg"))
+        fetched = tmp_path / "lvis" / "fetched"
+        got = sorted(str(p.relative_to(fetched)) for p in fetched.rglob("*.jpg"))
         assert got and all(g.split("/")[0] in ("train2017", "val2017") for g in got)  # coco_url's last two parts
         assert ds.image_source().load(got[0]).shape[2] == 3
         cfg = load_config(None, ["data.kind=visual_genome", f"data.root={vg}", "data.images=fetch",

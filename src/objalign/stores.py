@@ -38,7 +38,8 @@ def open_manifest(path: Path, key_fields: dict, new: dict, subdirs: tuple[str, .
             diff = differences(old.get("key_fields", {}), json.loads(json.dumps(key_fields, default=str)))
             raise ObjalignError(
                 f"{path}: a store made for a different request is here (key {old.get('key')} != {key}; differs in "
-                f"{', '.join(diff[:4]) or 'its key'}); remove it with `objalign cache rm {path}` or choose another path")
+                f"{', '.join(diff[:4]) or 'its key'}); remove it with `objalign cache rm {path}` or choose another "
+                "path")
         return old, False
     for sub in subdirs:
         (path / sub).mkdir(parents=True, exist_ok=True)

@@ -56,8 +56,8 @@ def arch_family(arch: str) -> str:
     archs = _all_archs()
     if arch not in archs:
 
-        raise ObjalignError(f"unknown checkpoint arch {arch!r}{did_you_mean(arch, archs)} (known: {', '.join(archs)}, or the family "
-                            "names sam, dinov2, clip to take the architecture from the file)")
+        raise ObjalignError(f"unknown checkpoint arch {arch!r}{did_you_mean(arch, archs)} (known: {', '.join(archs)}, "
+                            "or the family names sam, dinov2, clip to take the architecture from the file)")
     return archs[arch]
 
 

@@ -35,7 +35,8 @@ def segmentation_to_rle(segmentation, height: int, width: int) -> dict | None:
     if int(mask_utils.area(rle)) == 0:
         return None
     counts = rle["counts"]
-    return {"size": [int(height), int(width)], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    counts = counts.decode("ascii") if isinstance(counts, bytes) else counts
+    return {"size": [int(height), int(width)], "counts": counts}
 
 
 def mask_to_rle(mask: np.ndarray) -> dict:

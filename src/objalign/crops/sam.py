@@ -134,7 +134,8 @@ def _resolve_dtype(torch, dtype):
              "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if isinstance(dtype, str) and dtype.lower() in names:
         return names[dtype.lower()]
-    raise ObjalignError(f"dtype must be one of {sorted(names)} or a torch.dtype, got {dtype!r}; try 'bfloat16' on a GPU")
+    raise ObjalignError(f"dtype must be one of {sorted(names)} or a torch.dtype, got {dtype!r}; "
+                        "try 'bfloat16' on a GPU")
 
 
 class SamSegmenter(Segmenter):

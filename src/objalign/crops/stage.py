@@ -77,7 +77,8 @@ def decide_rows(source, anns: dict, inst: dict[str, np.ndarray], mode, padding: 
                 image = source.load(inst["file_name"][a])
             except Exception as exc:  # recorded per instance, never silent
                 for i in range(a, b):
-                    sources[i], notes[i] = "box", f"image unreadable for segmentation ({type(exc).__name__}): box crop used"
+                    sources[i] = "box"
+                    notes[i] = f"image unreadable for segmentation ({type(exc).__name__}): box crop used"
                 continue
         decisions = mode.decide(image, [anns[int(i)] for i in inst["annotation_id"][a:b]],
                                 int(inst["height"][a]), int(inst["width"][a]))

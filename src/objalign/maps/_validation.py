@@ -51,7 +51,8 @@ def check_matrix(A, name="X", *, dtype=(np.float64, np.float32), ensure_2d=True,
         raise ObjalignError(f"{name} is complex; Complex data not supported: pass the real part ({name}.real)")
     if arr.dtype.kind not in "biuf":
         raise ObjalignError(
-            f"{name} has dtype {arr.dtype}; expected real numbers (float32/float64): convert it with np.asarray({name}, dtype=float)"
+            f"{name} has dtype {arr.dtype}; expected real numbers (float32/float64): convert it with "
+            f"np.asarray({name}, dtype=float)"
         )
     if arr.dtype not in dtype:
         arr = arr.astype(dtype[0])
@@ -65,7 +66,8 @@ def check_matrix(A, name="X", *, dtype=(np.float64, np.float32), ensure_2d=True,
         )
     if arr.ndim == 2 and arr.shape[1] == 0:
         raise ObjalignError(
-            f"{name} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required; expected at least one column"
+            f"{name} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required; "
+            "expected at least one column"
         )
     if not np.isfinite(arr.sum(dtype=np.float64)) and not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]

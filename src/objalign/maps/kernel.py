@@ -155,7 +155,8 @@ class _NystroemModel:
     def predict(self, X):
         out = np.empty((X.shape[0], self.proj.shape[1]), dtype=np.result_type(X.dtype, self.proj.dtype))
         for s in range(0, X.shape[0], nys.CHUNK):
-            Kc = KernelBase(X[s : s + nys.CHUNK], self.kernel, self.degree, self.coef0, Y=self.centres).matrix(self.gamma)
+            block = KernelBase(X[s : s + nys.CHUNK], self.kernel, self.degree, self.coef0, Y=self.centres)
+            Kc = block.matrix(self.gamma)
             out[s : s + nys.CHUNK] = Kc @ self.proj
         return out
 

@@ -106,8 +106,9 @@ def plan(cfg: RunConfig, out: str | Path) -> str:
     def layers(spec) -> str:
         shown = spec if isinstance(spec, str) else list(spec)
         return "" if spec == "last" else f", layers {shown} (the run aligns the last)"
-    lines.append(f"vision    {e.vision.name}: {ve.description}; pooling {e.vision.pooling}, batch {e.vision.batch_size}, "
-                 f"{e.vision.device}/{e.vision.dtype}" + (f", weights from {e.vision.model_path}" if e.vision.model_path else "")
+    lines.append(f"vision    {e.vision.name}: {ve.description}; pooling {e.vision.pooling}, "
+                 f"batch {e.vision.batch_size}, {e.vision.device}/{e.vision.dtype}"
+                 + (f", weights from {e.vision.model_path}" if e.vision.model_path else "")
                  + (f", original checkpoint {e.vision.checkpoint}" if e.vision.checkpoint else "")
                  + (f", preprocess {e.vision.preprocess}" if e.vision.preprocess != "default" else "")
                  + layers(e.vision.layers)
