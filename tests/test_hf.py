@@ -94,3 +94,44 @@ def test_pickled_image_source_reopens(tmp_path):
     src.load("0")
     again = pickle.loads(pickle.dumps(src))
     assert again._ds is None and again.load("2").shape == (40, 48, 3)
+
+
+def test_a_dataset_repository_folder_goes_through_the_hub_loader(tmp_path, monkeypatch):
+    """A hub dataset's files (parquet under data/, as a clone or a snapshot download holds them) are read with
+    ``datasets.load_dataset(folder)`` — the loader a hub name reaches after its download — with the same objects,
+    images and names as the save_to_disk folder of the same rows."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    made = make_hf(tmp_path / "saved")
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    made.to_parquet(str(tmp_path / "repo" / "data" / "train-00000-of-00001.parquet"))
+    saved = open_dataset(_cfg(tmp_path / "saved", box_format="xyxy").data)
+    repo = open_dataset(_cfg(tmp_path / "repo", box_format="xyxy").data)
+    assert repo.categories == saved.categories and repo.annotations == saved.annotations
+    assert [r["kind"] for r in repo.excluded] == ["bad box"]
+    np.testing.assert_array_equal(repo.image_source().load("2"), np.asarray(_image(2)))
+    plan = "\n".join(data_plan(_cfg(tmp_path / "repo", box_format="xyxy")))
+    assert "a dataset repository's files" in plan and "4 instances" in plan
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ObjalignError, match="neither a folder written by save_to_disk .* nor a dataset repository"):
+        open_dataset(_cfg(tmp_path / "empty").data)
+
+
+def test_a_hub_name_is_loaded_by_name_and_split(tmp_path, monkeypatch):
+    """A name that is not a folder goes to ``datasets.load_dataset(name, split=...)``; offline and not cached, it is
+    one line naming it."""
+    made = make_hf(tmp_path / "saved")
+    calls = []
+
+    def fake_load_dataset(name, split=None, **kw):
+        calls.append((name, split))
+        return made
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    ds = open_dataset(_cfg("someone/detection-set", box_format="xyxy", hf_split="validation").data)
+    assert calls == [("someone/detection-set", "validation")] and len(ds.annotations) == 4
+    monkeypatch.undo()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    with pytest.raises(ObjalignError, match="data.root = 'nobody/no-such-set-objalign': not a folder and not loadable"):
+        open_dataset(_cfg("nobody/no-such-set-objalign").data)

@@ -1,8 +1,9 @@
 """Hugging Face ``datasets`` as an object source (``data.kind: hf``; ``pip install 'objalign[hf]'``).
 
 ``data.root`` is a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (``data.hf_split``
-picks the split of a DatasetDict) or a dataset name on the hub (loaded with ``datasets.load_dataset`` into the
-Hugging Face cache). Each row is one image; the schema is declared in the config:
+picks the split of a DatasetDict), a folder holding a dataset repository's files (a hub dataset cloned or
+downloaded: its parquet files, read by ``datasets.load_dataset(folder)``) or a dataset name on the hub (loaded with
+``datasets.load_dataset`` into the Hugging Face cache). Each row is one image; the schema is declared in the config:
 
 ``data.hf_image``     the image column (an ``Image`` feature)
 ``data.hf_objects``   the objects column: a dict of lists (a ``Sequence`` of dicts) or a list of dicts
@@ -42,10 +43,24 @@ def _datasets():
     return datasets
 
 
+#: Files ``save_to_disk`` writes (a Dataset, a DatasetDict): a folder with one is read with ``load_from_disk``.
+SAVED_MARKERS = ("state.json", "dataset_dict.json")
+
+
 def open_hf(source: str, split: str = "train"):
-    """The ``datasets.Dataset`` of ``source`` (a ``save_to_disk`` folder or a hub name) and ``split``."""
+    """The ``datasets.Dataset`` of ``source`` and ``split``: a ``save_to_disk`` folder (``load_from_disk``), a folder
+    of a dataset repository's files (parquet, json, csv, images: ``load_dataset(folder)``, the loader a hub name
+    goes through after its download) or a hub name (``load_dataset(name)``, into the Hugging Face cache)."""
     datasets = _datasets()
-    if Path(source).is_dir():
+    if Path(source).is_dir() and not any((Path(source) / f).is_file() for f in SAVED_MARKERS):
+        try:  # a dataset repository's files (a hub dataset cloned or downloaded): the hub's own loader, offline
+            ds = datasets.load_dataset(str(source), split=split)
+        except Exception as exc:  # noqa: BLE001 - the loader raises many types for a folder it cannot read
+            raise ObjalignError(f"data.root = {source!r} is neither a folder written by save_to_disk (it has none of "
+                                f"{', '.join(SAVED_MARKERS)}) nor a dataset repository's files "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); give such a folder or a "
+                                "dataset name") from None
+    elif Path(source).is_dir():
         try:
             ds = datasets.load_from_disk(str(source))
         except FileNotFoundError as exc:

@@ -14,6 +14,7 @@ from objalign.data.coco import load_coco
 from objalign.data.download.common import COCO2017_CHECKSUMS, _gib
 from objalign.data.download.lvis import LVIS_ARCHIVE_SIZES, LVIS_BASE_URL
 from objalign.data.fetched import fetch_dest, fetch_estimate
+from objalign.data.hf import SAVED_MARKERS
 from objalign.data.lvis import load_lvis, split_layout
 from objalign.data.sample import draw_sample, eligible
 
@@ -144,7 +145,10 @@ def hf_plan(cfg: RunConfig) -> list[str]:
 
     d = cfg.data
     local = Path(d.root).is_dir()
-    lines = [f"data      Hugging Face dataset {d.root} ({'save_to_disk folder' if local else 'hub name'}, split "
+    kind = ("hub name" if not local else "save_to_disk folder" if any((Path(d.root) / f).is_file()
+                                                                        for f in SAVED_MARKERS)
+            else "a dataset repository's files")
+    lines = [f"data      Hugging Face dataset {d.root} ({kind}, split "
              f"{d.hf_split}; image {d.hf_image!r}, objects {d.hf_objects!r} with {d.hf_bbox!r} as {d.box_format} and "
              f"{d.hf_category!r})"]
     if not local:
