@@ -291,6 +291,8 @@ def test_config_refuses_fetch_where_there_are_no_urls():
         load_config(None, ["data.images=fetch"])
     with pytest.raises(ObjalignError, match="fetch cannot be one of several locations"):
         load_config(None, ["data.kind=coco", "data.images=[fetch, other]"])
+    with pytest.raises(ObjalignError, match="images_from_zip = true reads the whole image archive"):
+        load_config(None, ["data.kind=coco2017", "data.images=fetch", "data.images_from_zip=true"])
     with pytest.raises(ObjalignError, match="data.fetch_workers"):
         load_config(None, ["data.kind=coco", "data.images=fetch", "data.fetch_workers=0"])
 

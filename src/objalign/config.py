@@ -437,6 +437,9 @@ def check_data_images(d: DataConfig) -> None:
     if d.images == FETCH and d.kind not in FETCH_KINDS:
         raise ObjalignError(f"data.images = fetch: data.kind = {d.kind!r} has no image URLs to fetch (fetch works "
                             f"for {', '.join(FETCH_KINDS)}); give the image folder instead")
+    if d.images == FETCH and d.images_from_zip:
+        raise ObjalignError("data.images_from_zip = true reads the whole image archive, which data.images: fetch "
+                            "never downloads; drop one of the two")
     if FETCH in paths and d.images != FETCH:
         raise ObjalignError(f"data.images = {list(d.images)!r}: fetch cannot be one of several locations; set "
                             "data.images: fetch alone (or write ./fetch for a folder named fetch)")
