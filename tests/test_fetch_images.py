@@ -430,3 +430,25 @@ def test_the_reference_configuration_fetches_only_its_sample(small_demo, tmp_pat
     assert "0 already there" in line and "(train2017.zip's size over its 118,287 images)" in line
     assert "instead of train2017.zip's 18.01 GiB" in line
     assert not (tmp_path / "fetched").exists()  # planned, not fetched
+
+
+def test_an_interrupted_fetch_ends_promptly_and_keeps_what_it_has(tmp_path, images, monkeypatch):
+    """Ctrl-C (here raised where the main thread waits) stops every worker before its next attempt, so a fetch
+    that is retrying a failing server returns at once instead of finishing each file's retries."""
+    monkeypatch.setattr(fetch_mod, "_BACKOFF_S", 0.2)
+    paths = list(images)[:20]
+
+    def interrupted(futures):
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(fetch_mod, "as_completed", interrupted)
+    with serve(images) as server:
+        server.plan = {p: ["503"] * 20 for p in paths}
+        started = time.perf_counter()
+        with pytest.raises(KeyboardInterrupt):
+            fetch_files(_wanted(server, paths), tmp_path, workers=2, retries=10, progress=False)
+        assert time.perf_counter() - started < 2.0  # 20 files x 10 retries with back-off would take minutes
+        assert len(server.requests) <= 6
+    assert _leftovers(tmp_path) == []

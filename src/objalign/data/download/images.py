@@ -186,13 +186,15 @@ def _write(target: Path, body: bytes) -> None:
         raise DownloadError(f"cannot write {target}: {exc.strerror or exc}; check the folder's permissions") from None
 
 
-def _fetch_one(url: str, target: Path, conns: _Connections, retries: int) -> int:
+def _fetch_one(url: str, target: Path, conns: _Connections, retries: int, stop: threading.Event) -> int:
     """Fetch ``url`` to ``target``; the bytes written. Raises :class:`_Permanent` (with the reason) when it is
-    skipped."""
+    skipped; gives up before its next attempt once ``stop`` is set (an interrupted fetch ends promptly)."""
     problem = None
     for _decode_try in (0, 1):  # a file that does not decode is fetched once more
         failures = 0
         while True:
+            if stop.is_set():
+                raise _Permanent("interrupted")
             try:
                 body = _get(url, conns)
                 break
@@ -268,8 +270,9 @@ def fetch_files(wanted: Mapping[str, str], dest: str | os.PathLike, *, mirror: s
 
         dest.mkdir(parents=True, exist_ok=True)
         pool = ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="objalign-fetch")
+        stop = threading.Event()
         try:
-            futures = {pool.submit(_fetch_one, mirrored(url, mirror), target, conns, retries): (rel, url)
+            futures = {pool.submit(_fetch_one, mirrored(url, mirror), target, conns, retries, stop): (rel, url)
                        for rel, url, target in todo}
             with tqdm(total=len(todo), unit="img", desc="fetch images", disable=not progress) as bar:
                 for fut in as_completed(futures):
@@ -280,7 +283,8 @@ def fetch_files(wanted: Mapping[str, str], dest: str | os.PathLike, *, mirror: s
                     except _Permanent as exc:
                         skipped.append({"file": rel, "url": mirrored(url, mirror), "reason": str(exc)})
                     bar.update(1)
-        finally:
+        finally:  # after an error or Ctrl-C: no new attempts, the ones under way end within their timeout
+            stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
             conns.close()
     return {"n_files": len(wanted), "n_present": n_present, "n_fetched": fetched, "n_skipped": len(skipped),
