@@ -452,3 +452,54 @@ def test_an_interrupted_fetch_ends_promptly_and_keeps_what_it_has(tmp_path, imag
         assert time.perf_counter() - started < 2.0  # 20 files x 10 retries with back-off would take minutes
         assert len(server.requests) <= 6
     assert _leftovers(tmp_path) == []
+
+
+@contextlib.contextmanager
+def forward_proxy():
+    """A plain-http forward proxy on 127.0.0.1 that records the absolute URLs and the Proxy-Authorization it gets."""
+    import urllib.request
+
+    seen = []
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Proxy-Authorization")))
+            with direct.open(self.path, timeout=10) as resp:
+                body = resp.read()
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd.server_address[1], seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+def test_the_environment_s_http_proxy_is_used_unless_no_proxy_exempts_the_host(tmp_path, images, monkeypatch):
+    paths = list(images)[:5]
+    for key in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(key, raising=False)
+    with serve(images) as origin, forward_proxy() as (port, seen):
+        monkeypatch.setenv("http_proxy", f"http://user:p%40ss@127.0.0.1:{port}")
+        got = fetch_files(_wanted(origin, paths), tmp_path / "a", workers=2, progress=False)
+        assert got["n_fetched"] == 5 and sorted(u for u, _ in seen) == sorted(origin.url + p for p in paths)
+        assert {a for _, a in seen} == {"Basic dXNlcjpwQHNz"}  # user:p@ss
+        assert len(origin.requests) == 5  # each image once, through the proxy
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        got = fetch_files(_wanted(origin, paths), tmp_path / "b", workers=2, progress=False)
+        assert got["n_fetched"] == 5 and len(seen) == 5  # exempt: straight to the server

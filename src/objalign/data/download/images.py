@@ -14,6 +14,9 @@
 * **Decoded.** The bytes must decode as an image (Pillow, fully). A file that does not is fetched once more (a
   truncation the server did not announce); if it still does not decode it is not kept and is **recorded as
   skipped with its reason**, as are files whose fetch failed for good. Skips never stop the others.
+* **Proxy.** ``http_proxy`` / ``https_proxy`` / ``no_proxy`` are honoured as :mod:`urllib` reads them (the
+  archives' downloads go through urllib): https through a ``CONNECT`` tunnel, http by absolute URL; a user name and
+  password in the proxy URL become ``Proxy-Authorization: Basic``.
 * **Mirror.** ``mirror`` replaces each URL's scheme and host, keeping its path (and the mirror's own path prefix):
   ``http://images.cocodataset.org/train2017/x.jpg`` with mirror ``http://m.local/coco`` is fetched from
   ``http://m.local/coco/train2017/x.jpg``.
@@ -24,16 +27,18 @@ fail alike); files already moved into place stay for the next run.
 
 from __future__ import annotations
 
+import base64
 import errno
 import http.client
 import io
 import os
 import threading
 import time
+import urllib.request
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from objalign import __version__
 from objalign.data.download.common import DownloadError
@@ -83,12 +88,24 @@ class _Connections:
         self.requests = 0
 
     def get(self, scheme: str, host: str, port: int | None):
+        """The calling thread's connection to ``scheme://host:port`` (through the environment's proxy, if any)."""
         pool = self.local.__dict__.setdefault("pool", {})
         key = (scheme, host, port)
         conn = pool.get(key)
         if conn is None:
+            proxy = proxy_for(scheme, host)
             cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-            conn = cls(host, port, timeout=self.timeout)
+            if proxy is None:
+                conn = cls(host, port, timeout=self.timeout)
+            else:  # https: a CONNECT tunnel through the proxy; http: absolute URLs sent to the proxy
+                p = urlsplit(proxy)
+                pcls = http.client.HTTPSConnection if p.scheme == "https" else http.client.HTTPConnection
+                conn = (cls if scheme == "https" else pcls)(p.hostname, p.port, timeout=self.timeout)
+                auth = _proxy_auth(p)
+                if scheme == "https":
+                    conn.set_tunnel(host, port, headers=auth)
+                conn.proxy_headers = {} if scheme == "https" else auth
+            conn.via_proxy = proxy is not None and scheme == "http"
             pool[key] = conn
             with self.lock:
                 self.every.append(conn)
@@ -111,6 +128,23 @@ class _Connections:
             self.every.clear()
 
 
+def proxy_for(scheme: str, host: str) -> str | None:
+    """The proxy URL the environment names for ``scheme`` (``http_proxy``, ``https_proxy``, as :mod:`urllib` reads
+    them), or ``None`` when there is none or ``no_proxy`` exempts ``host``."""
+    proxy = urllib.request.getproxies().get(scheme)
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def _proxy_auth(parts) -> dict:
+    """``Proxy-Authorization`` for a proxy URL with a user name (``http://user:pass@proxy:3128``), else ``{}``."""
+    if not parts.username:
+        return {}
+    token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
+    return {"Proxy-Authorization": f"Basic {token}"}
+
+
 def _request(url: str, conns: _Connections) -> tuple[int, dict, bytes]:
     """One GET on a kept-alive connection: ``(status, headers, body)``. A connection the server closed while idle
     is reopened once; other network failures raise :class:`_Transient`."""
@@ -121,7 +155,10 @@ def _request(url: str, conns: _Connections) -> tuple[int, dict, bytes]:
         conn = conns.get(parts.scheme, parts.hostname, parts.port)
         reused = conn.sock is not None
         try:
-            conn.request("GET", path, headers=headers)
+            if conn.via_proxy:  # a plain-http proxy takes the absolute URL
+                conn.request("GET", url, headers={**headers, **conn.proxy_headers})
+            else:
+                conn.request("GET", path, headers=headers)
             conns.count(opened=not reused)
             resp = conn.getresponse()
             body = resp.read()  # IncompleteRead when the body is shorter than Content-Length
