@@ -503,3 +503,83 @@ def test_the_environment_s_http_proxy_is_used_unless_no_proxy_exempts_the_host(t
         monkeypatch.setenv("no_proxy", "127.0.0.1")
         got = fetch_files(_wanted(origin, paths), tmp_path / "b", workers=2, progress=False)
         assert got["n_fetched"] == 5 and len(seen) == 5  # exempt: straight to the server
+
+
+@contextlib.contextmanager
+def connect_proxy():
+    """A CONNECT proxy on 127.0.0.1 (what https goes through): records each tunnel's target and credentials."""
+    import select
+    import socket
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_CONNECT(self):
+            seen.append((self.path, self.headers.get("Proxy-Authorization")))
+            host, port = self.path.rsplit(":", 1)
+            upstream = socket.create_connection((host, int(port)), timeout=10)
+            self.send_response(200, "Connection established")
+            self.end_headers()
+            self.wfile.flush()
+            ends = [self.connection, upstream]
+            try:
+                while True:
+                    ready, _, _ = select.select(ends, [], [], 10)
+                    if not ready:
+                        break
+                    for s in ready:
+                        data = s.recv(65536)
+                        if not data:
+                            return
+                        (upstream if s is self.connection else self.connection).sendall(data)
+            finally:
+                upstream.close()
+                self.close_connection = True
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd.server_address[1], seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+def test_https_directly_and_through_a_connect_tunnel(tmp_path, images, monkeypatch):
+    """https with certificate checks (a test CA made by trustme, trusted through SSL_CERT_FILE): straight to the
+    server, then through the environment's https_proxy as a CONNECT tunnel with Basic credentials."""
+    import ssl
+
+    trustme = pytest.importorskip("trustme")  # in the test extra; a skip fails CI (.ci/run)
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    for key in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    paths = list(images)[:4]
+    with serve(images) as origin, connect_proxy() as (port, seen):
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(ctx)
+        origin.httpd.socket = ctx.wrap_socket(origin.httpd.socket, server_side=True)
+        wanted = {k: v.replace("http://", "https://") for k, v in _wanted(origin, paths).items()}
+        got = fetch_files(wanted, tmp_path / "direct", workers=2, progress=False)
+        assert got["n_fetched"] == 4 and got["skipped"] == [] and seen == []
+        monkeypatch.setenv("https_proxy", f"http://me:secret@127.0.0.1:{port}")
+        got = fetch_files(wanted, tmp_path / "tunnel", workers=2, progress=False)
+        assert got["n_fetched"] == 4 and got["skipped"] == []
+        host = origin.url.removeprefix("http://")
+        assert seen and set(seen) == {(host, "Basic bWU6c2VjcmV0")}  # me:secret
+        assert len(origin.requests) == 8
+        for p in paths:
+            assert (tmp_path / "tunnel" / p.rsplit("/", 1)[1]).read_bytes() == images[p]
+        monkeypatch.delenv("SSL_CERT_FILE")  # an untrusted certificate is a skipped file with its reason
+        n = len(origin.requests)
+        got = fetch_files({"x.jpg": wanted[paths[0].rsplit("/", 1)[1]]}, tmp_path / "untrusted", progress=False)
+        assert got["n_skipped"] == 1 and "certificate is not trusted" in got["skipped"][0]["reason"]
+        assert len(origin.requests) == n  # refused at the handshake, and not retried

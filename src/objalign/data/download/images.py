@@ -32,6 +32,7 @@ import errno
 import http.client
 import io
 import os
+import ssl
 import threading
 import time
 import urllib.request
@@ -162,6 +163,9 @@ def _request(url: str, conns: _Connections) -> tuple[int, dict, bytes]:
             conns.count(opened=not reused)
             resp = conn.getresponse()
             body = resp.read()  # IncompleteRead when the body is shorter than Content-Length
+        except ssl.SSLCertVerificationError as exc:
+            conns.drop(parts.scheme, parts.hostname, parts.port)
+            raise _Permanent(f"the server's certificate is not trusted ({exc.verify_message or exc})") from None
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
             conns.drop(parts.scheme, parts.hostname, parts.port)
             if reused and attempt == 0:
