@@ -583,3 +583,13 @@ def test_https_directly_and_through_a_connect_tunnel(tmp_path, images, monkeypat
         got = fetch_files({"x.jpg": wanted[paths[0].rsplit("/", 1)[1]]}, tmp_path / "untrusted", progress=False)
         assert got["n_skipped"] == 1 and "certificate is not trusted" in got["skipped"][0]["reason"]
         assert len(origin.requests) == n  # refused at the handshake, and not retried
+
+
+def test_the_lvis_configuration_plans_the_archive_and_then_the_sample_s_images(tmp_path, capsys):
+    from objalign.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "lvis_v1_val.yaml"
+    assert main(["run", str(config), "--dry-run", "--set", f"data.root={tmp_path}"]) == 0
+    plan = capsys.readouterr().out
+    assert "download  LVIS/lvis_v1_val.json.zip" in plan and "train2017.zip" not in plan
+    assert "fetch     the sampled objects' images by URL once the annotations are there (at most 3000" in plan
