@@ -106,16 +106,24 @@ class ImageServer:
 
 
 @contextlib.contextmanager
-def serve(files: dict[str, bytes]):
-    server = ImageServer(files)
-    thread = threading.Thread(target=server.httpd.serve_forever, daemon=True)
+def running(httpd):
+    """Serve ``httpd`` on a thread for the block; shut it down after (every wait bounded)."""
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        yield server
+        yield httpd
     finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
+        httpd.shutdown()
+        httpd.server_close()
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def serve(files: dict[str, bytes]):
+    server = ImageServer(files)
+    with running(server.httpd):
+        yield server
 
 
 @pytest.fixture(autouse=True)
@@ -478,16 +486,8 @@ def forward_proxy():
             self.end_headers()
             self.wfile.write(body)
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as httpd:
         yield httpd.server_address[1], seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
 
 
 def test_the_environment_s_http_proxy_is_used_unless_no_proxy_exempts_the_host(tmp_path, images, monkeypatch):
@@ -539,16 +539,8 @@ def connect_proxy():
                 upstream.close()
                 self.close_connection = True
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as httpd:
         yield httpd.server_address[1], seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
 
 
 def test_https_directly_and_through_a_connect_tunnel(tmp_path, images, monkeypatch):
