@@ -282,9 +282,9 @@ def _cmd_stages(args) -> int:
     from objalign.pipeline.chain import stage_function
 
     kwargs = {"force": args.force}
-    if args.command in ("crop", "embed"):
+    if args.command in ("sample", "crop", "embed"):
         kwargs["progress"] = progress
-    elif cfg.compute.num_workers > 1:
+    if args.command not in ("crop", "embed") and cfg.compute.num_workers > 1:
         raise ObjalignError(f"--num-workers applies to `objalign crop` and `objalign embed`, not `{args.command}`")
     rec = stage_function(args.command)(cfg, args.out, **kwargs)
     if rec.get("partial"):
