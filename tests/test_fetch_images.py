@@ -72,6 +72,20 @@ class ImageServer:
                     return self._send(200, b"<html>login</html>", {"Content-Type": "text/html"})
                 if action == "garbage":
                     return self._send(200, b"\x00" * 300)
+                if action == "gzip":
+                    import gzip
+
+                    return self._send(200, gzip.compress(body), {"Content-Encoding": "gzip"})
+                if action == "huge":  # announces 100 GB, sends a little and closes
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(10**11))
+                    self.end_headers()
+                    self.wfile.write(body[:100])
+                    self.close_connection = True
+                    return
+                if action.startswith("raw-redirect:"):  # a Location in raw UTF-8, as some servers send it
+                    target = action.split(":", 1)[1].encode().decode("latin-1")
+                    return self._send(302, b"", {"Location": target})
                 if action == "slow":
                     time.sleep(state.slow_s)
                     self.close_connection = True
@@ -384,6 +398,8 @@ def _figures(report: dict) -> dict:
 
 @pytest.mark.slow
 def test_a_fetched_run_gives_the_same_report_as_the_local_folder(small_demo, tmp_path, capfd):
+    """The images only behind the server: a first fetched run that cannot get one image skips its objects; the
+    rerun fetches it and recomputes, and its report equals the local folder's (only paths and times differ)."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from test_sources_run import make_tiny
@@ -403,16 +419,22 @@ def test_a_fetched_run_gives_the_same_report_as_the_local_folder(small_demo, tmp
                       "--vision", "tiny-dinov2-fetch", "--set", "align.cv_folds=2", "--set", "align.category_folds=3",
                       "--set", "align.gammas=[1]", "--set", "align.alphas=[1,10]", "--set", "align.n_permutations=0",
                       "--set", "align.n_bootstrap=0", "--set", "report.html=false", "--no-progress"]
-            for root, images in ((local, "images"), (remote, "fetch")):
+            lost = sorted(demo_files(small_demo))[0]
+            server.plan = {lost: ["503"] * 4}  # the first run never gets this image
+            for root, images in ((local, "images"), (remote, "fetch"), (remote, "fetch")):
                 code = main(["run", "--out", str(root / "run"), "--set", f"data.root={root}",
                              "--set", f"data.images={images}", *common])
                 assert code == 0, capfd.readouterr().err[-3000:]
-            assert len(server.requests) == 40  # every demo image holds a sampled object; each fetched once
+                if root == remote and server.plan[lost]:  # after the first fetched run
+                    first = json.loads((remote / "run" / "report.json").read_text())
+                    assert first["n_skipped"] > 0 and capfd.readouterr().err.count("could not be fetched") == 1
+                    server.plan = {}
+            assert len(server.requests) == 39 + 4 + 1  # the others once, the lost one 4 times, then once more
     finally:
         del VISION_ENCODERS._entries["tiny-dinov2-fetch"]
     a = json.loads((local / "run" / "report.json").read_text())
     b = json.loads((remote / "run" / "report.json").read_text())
-    assert a["n_skipped"] == b["n_skipped"] == 0
+    assert a["n_skipped"] == b["n_skipped"] == 0  # the rerun recomputed what was computed without the image
     assert a["dataset"] != b["dataset"] and _figures(a) == _figures(b)  # only the paths and the times differ
     assert len(a["results"]) > 4 and a["results"][0]["top1"] == b["results"][0]["top1"]
 
@@ -585,3 +607,46 @@ def test_the_lvis_configuration_plans_the_archive_and_then_the_sample_s_images(t
     plan = capsys.readouterr().out
     assert "download  LVIS/lvis_v1_val.json.zip" in plan and "train2017.zip" not in plan
     assert "fetch     the sampled objects' images by URL once the annotations are there (at most 3000" in plan
+
+
+def test_odd_urls_and_answers_skip_their_file_or_are_handled_never_stopping_the_others(tmp_path, images):
+    body = images["/img/0000.jpg"]
+    files = {**images, "/img/caf%C3%A9.jpg": body, "/img/a%20b.jpg": body}
+    with serve(files) as server:
+        server.plan = {"/img/0001.jpg": ["gzip"], "/img/0002.jpg": ["huge"],
+                       "/img/0003.jpg": ["raw-redirect:/img/café.jpg"]}
+        wanted = {"cafe.jpg": server.url + "/img/café.jpg", "space.jpg": server.url + "/img/a b.jpg",
+                  "gz.jpg": server.url + "/img/0001.jpg", "huge.jpg": server.url + "/img/0002.jpg",
+                  "moved.jpg": server.url + "/img/0003.jpg", "port.jpg": "http://127.0.0.1:99999/x.jpg",
+                  "v6.jpg": "http://[::1/x.jpg", "ok.jpg": server.url + "/img/0004.jpg"}
+        got = fetch_files(wanted, tmp_path, workers=3, progress=False)
+    reasons = {r["file"]: r["reason"] for r in got["skipped"]}
+    assert sorted(reasons) == ["huge.jpg", "port.jpg", "v6.jpg"], reasons
+    assert "more than 256 MiB" in reasons["huge.jpg"] and "cannot be read" in reasons["port.jpg"]
+    for name in ("cafe.jpg", "space.jpg", "moved.jpg"):  # percent-encoded as urllib sends them
+        assert (tmp_path / name).read_bytes() == body
+    assert (tmp_path / "gz.jpg").read_bytes() == images["/img/0001.jpg"]  # a gzip Content-Encoding undone
+    assert (tmp_path / "ok.jpg").is_file() and _leftovers(tmp_path) == []
+
+
+def test_an_unreachable_host_stops_the_fetch_in_one_line_instead_of_retrying_every_file(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    wanted = {f"{i}.jpg": f"http://127.0.0.1:{port}/{i}.jpg" for i in range(200)}
+    started = time.perf_counter()
+    with pytest.raises(DownloadError, match=r"no image could be fetched: the first 4 failed to connect .*rerun"):
+        fetch_files(wanted, tmp_path, workers=2, retries=1, progress=False)
+    assert time.perf_counter() - started < 10
+
+
+def test_a_file_name_two_urls_share_is_left_out_when_fetching(small_demo, tmp_path):
+    doc = coco_with_urls(small_demo, "http://images.example.org", tmp_path / "annotations.json")
+    doc["images"][1]["file_name"] = doc["images"][0]["file_name"]
+    (tmp_path / "annotations.json").write_text(json.dumps(doc))
+    ds = open_dataset(_cfg(tmp_path).data)
+    kinds = {r["image_id"]: r["kind"] for r in ds.excluded}
+    assert set(kinds) == {doc["images"][0]["id"], doc["images"][1]["id"]}
+    assert set(kinds.values()) == {"file_name shared by URLs"}

@@ -19,6 +19,7 @@ from objalign.crops import CROP_MODES
 from objalign.crops.render import crop_window, groups_by_image, render_image_group
 from objalign.crops.store import CropStore
 from objalign.data import open_dataset
+from objalign.data.fetched import unavailable_key
 from objalign.errors import ObjalignError
 from objalign.runs import ensure_out, is_current, stage_key, stage_record, store_home, write_stage
 from objalign.stores import store_key
@@ -193,7 +194,10 @@ def run_crop(cfg: RunConfig, out: str | Path, force: bool = False, progress: boo
 
     out = ensure_out(out)
     started = time.time()
-    key = cfg.section_key(*DECISION_KEYS, extra={"sample": stage_key(out, "sample"), **parity_key(cfg)})
+    extra = {"sample": stage_key(out, "sample"), **parity_key(cfg)}
+    if (missing := unavailable_key(out)) is not None:  # images the fetch could not get: a rerun that gets them redoes
+        extra["unavailable_images"] = missing
+    key = cfg.section_key(*DECISION_KEYS, extra=extra)
     if not force and is_current(out, "crop", key) and (out / "crop" / "crops.parquet").is_file():
         return {**stage_record(out, "crop"), "reused": True}
     CROP_MODES.entry(cfg.crop.mode)  # an unknown mode fails here, with "did you mean", before any work
@@ -214,6 +218,8 @@ def run_crop(cfg: RunConfig, out: str | Path, force: bool = False, progress: boo
     key_fields = {"dataset": ds.fingerprint, "instances": content_hash(inst["annotation_id"]), "n_instances": n,
                   "decisions": {k: cfg.to_dict()["crop"][k.split(".")[1]] for k in DECISION_KEYS},
                   "shard_size": cfg.crop.shard_size, **parity_key(cfg)}
+    if missing is not None:  # a segmenter fell back to the box where an image was not fetched
+        key_fields["unavailable_images"] = missing
     store = CropStore.open(home / f"crops-{store_key(key_fields)}", key_fields, bounds)
     c = cfg.compute
     todo = [i for i in partition(len(bounds), c.num_workers, c.worker_index) if not store.shard_done(i)]

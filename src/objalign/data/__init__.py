@@ -90,9 +90,11 @@ def open_fetched(cfg: DataConfig):
     dest = fetch_dest(cfg.root, cfg.kind, cfg.split)
     opts = {"strict": cfg.strict, "duplicate_names": cfg.duplicate_names, "fetch": True}
     if cfg.kind == "coco2017":
-        got = download_coco2017(cfg.root, split=cfg.split, annotations_only=True, mirror=cfg.mirror,
-                                checksums=None if cfg.official_checksums else {})
-        return load_coco(got["annotations"][cfg.split], dest, **opts)
+        ann = Path(cfg.root) / "annotations" / f"instances_{cfg.split}2017.json"
+        if not ann.is_file():  # (a file already there is read as is: the dry run touches nothing)
+            ann = download_coco2017(cfg.root, split=cfg.split, annotations_only=True, mirror=cfg.mirror,
+                                    checksums=None if cfg.official_checksums else {})["annotations"][cfg.split]
+        return load_coco(ann, dest, **opts)
     if cfg.kind == "lvis":
         ann = lvis_annotations(cfg)
         if not ann.is_file() and fetches_lvis(cfg):

@@ -44,12 +44,24 @@ def image_url(record: dict) -> str | None:
 
 
 def url_faults(images: list) -> dict:
-    """``{image id: (kind, reason)}`` of the image records with no URL to fetch (their annotations are left out)."""
-    faults = {}
+    """``{image id: (kind, reason)}`` of the image records that cannot be fetched (their annotations are left out):
+    no URL, or a ``file_name`` another image shares with another URL (one file cannot hold two pictures)."""
+    faults, urls_of = {}, {}
     for im in images:
-        if isinstance(im, dict) and isinstance(im.get("id"), int) and image_url(im) is None:
+        if not isinstance(im, dict) or not isinstance(im.get("id"), int):
+            continue
+        url = image_url(im)
+        if url is None:
             faults[im["id"]] = ("image without url", f"image {im['id']} has no http(s) URL in coco_url or url "
                                 f"(coco_url={im.get('coco_url')!r}, url={im.get('url')!r}), so it cannot be fetched")
+        elif isinstance(im.get("file_name"), str):
+            urls_of.setdefault(im["file_name"], {}).setdefault(url, []).append(im["id"])
+    for name, by_url in urls_of.items():
+        if len(by_url) > 1:
+            ids = sorted(i for group in by_url.values() for i in group)
+            for i in ids:
+                faults[i] = ("file_name shared by URLs", f"images {', '.join(map(str, ids[:4]))} share file_name "
+                             f"{name!r} with {len(by_url)} different URLs, so one fetched file cannot stand for them")
     return faults
 
 
@@ -63,6 +75,20 @@ class FetchedImages(FolderImages):
             raise FileNotFoundError(f"image {file_name!r} was not fetched into {self.root} (sample/fetched.json "
                                     "says why); rerun to try again")
         return super().load(file_name)
+
+
+def unavailable_key(out: str | Path) -> str | None:
+    """A digest of the sampled images the last fetch could not get (``sample/fetched.json``), or ``None`` when
+    there are none (or the images are not fetched). The crop stage's key and the vision stores' keys include it,
+    so a rerun that fetches them recomputes what was computed without them."""
+    import hashlib
+    import json
+
+    path = Path(out) / "sample" / "fetched.json"
+    if not path.is_file():
+        return None
+    skipped = sorted(r["file"] for r in json.loads(path.read_text()).get("skipped", []))
+    return hashlib.sha256("\n".join(skipped).encode()).hexdigest()[:16] if skipped else None
 
 
 def fetch_dest(root: str | Path, kind: str, split: str) -> Path:

@@ -160,11 +160,13 @@ def category_text_info(ds, cat_ids: list[int], templates) -> list[dict] | None:
 
 
 def vision_key_fields(dataset_fingerprint: str, table: dict, fill, background: str, encoder_key: dict,
-                      shard_size: int) -> dict:
+                      shard_size: int, unavailable: str | None = None) -> dict:
     """Everything that changes a vision store's content: the dataset, the sampled instances (ids, in order),
     the crops (windows, masks), fill and background, the encoder (name, revision, preprocessing, pooling,
-    dtype) and the shard size (which decides the batches)."""
-    return {"dataset": dataset_fingerprint,
+    dtype), the shard size (which decides the batches) and, when some were, which images could not be fetched
+    (:func:`~objalign.data.fetched.unavailable_key`: their rows are skipped)."""
+    extra = {} if unavailable is None else {"unavailable_images": unavailable}
+    return {**extra, "dataset": dataset_fingerprint,
             "instances": content_hash(table["annotation_id"]),
             "n_instances": int(len(table["annotation_id"])),
             "crops": content_hash(table["x0"], table["y0"], table["x1"], table["y1"], table["mask_rle"]),

@@ -21,6 +21,7 @@ import numpy as np
 
 from objalign.crops.render import groups_by_image
 from objalign.data import open_dataset
+from objalign.data.fetched import unavailable_key
 from objalign.embed.encoding import build_vision_encoder, model_layers, vision_key_fields
 from objalign.embed.engine import extract_vision
 from objalign.embed.store import EmbeddingStore
@@ -78,8 +79,8 @@ def embed_image_store(cfg, out: str | Path, progress: bool = True, encoder=None,
     enc = encoder if encoder is not None else build_vision_encoder(
         cfg, device="cpu" if cfg.compute.executor != "local" else None)
     fill = tuple(int(v) for v in cfg.crop.fill)
-    fields = {**vision_key_fields(ds.fingerprint, table, fill, "fill", enc.key(), cfg.embed.shard_size),
-              "unit": "whole image"}
+    fields = {**vision_key_fields(ds.fingerprint, table, fill, "fill", enc.key(), cfg.embed.shard_size,
+                                  unavailable_key(out)), "unit": "whole image"}
     # the layer the object level aligns (the last requested one), so both levels compare the same features
     layers = model_layers(enc, cfg.embed.vision.layers, "vision")
     layers = None if layers is None else layers[-1:]

@@ -16,6 +16,7 @@ import numpy as np
 from objalign.compute import make_executor, partition
 from objalign.config import RunConfig
 from objalign.data import open_dataset
+from objalign.data.fetched import unavailable_key
 from objalign.embed.encoding import (  # noqa: F401  (re-exported: the stage's public helpers)
     build_text_encoder,
     build_vision_encoder,
@@ -84,7 +85,8 @@ def _vision_store(cfg: RunConfig, out: Path, home: Path, ds, executor, progress:
     layers = model_layers(enc, v.layers, "vision")
     table = read_table(crops)
     fill, background = resolve_background(cfg, ds, table)
-    fields = vision_key_fields(ds.fingerprint, table, fill, background, enc.key(), cfg.embed.shard_size)
+    fields = vision_key_fields(ds.fingerprint, table, fill, background, enc.key(), cfg.embed.shard_size,
+                               unavailable_key(out))
     if layers is not None:
         fields["layers"] = layers
     if cfg.embed.storage_dtype != "float32":

@@ -29,17 +29,20 @@ from __future__ import annotations
 
 import base64
 import errno
+import gzip
 import http.client
 import io
 import os
 import ssl
+import string
 import threading
 import time
 import urllib.request
+import zlib
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 from objalign import __version__
 from objalign.data.download.common import DownloadError
@@ -50,12 +53,24 @@ _REDIRECTS = 5
 _BACKOFF_S = 0.25  # first pause between retries of one file; doubles each time
 
 
+_MAX_BYTES = 256 << 20  # a larger answer is no image objalign should hold in memory
+
+
 class _Transient(Exception):
-    """Worth retrying: a dropped or stalled connection, a truncated body, HTTP 408/429/5xx."""
+    """Worth retrying: a dropped or stalled connection, a truncated body (``network``), HTTP 408/429/5xx."""
+
+    def __init__(self, message: str, network: bool = True):
+        super().__init__(message)
+        self.network = network
 
 
 class _Permanent(Exception):
-    """Not worth retrying (HTTP 4xx, an HTML page, a URL objalign cannot fetch): the file is skipped."""
+    """Not worth retrying (HTTP 4xx, an HTML page, a URL objalign cannot fetch), or retried in vain: the file is
+    skipped. ``network``: the last failure was the connection itself (no answer from the server)."""
+
+    def __init__(self, message: str, network: bool = False):
+        super().__init__(message)
+        self.network = network
 
 
 def mirrored(url: str, mirror: str | None) -> str:
@@ -68,13 +83,23 @@ def mirrored(url: str, mirror: str | None) -> str:
 
 
 def url_problem(url) -> str | None:
-    """Why objalign cannot fetch ``url`` (not an http(s) URL with a host), or ``None``."""
+    """Why objalign cannot fetch ``url`` (not an http(s) URL with a host and a valid port), or ``None``."""
     if not isinstance(url, str) or not url.strip():
         return f"URL {url!r} is empty or not a string"
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url.strip())
+        has_host = bool(parts.hostname) and (parts.port is None or parts.port > 0)  # .port: ValueError if bad
+    except ValueError as exc:
+        return f"URL {url!r} cannot be read ({exc})"
+    if parts.scheme not in ("http", "https") or not has_host:
         return f"URL {url!r} is not an http(s) URL with a host"
     return None
+
+
+def quoted(url: str, encoding: str = "utf-8") -> str:
+    """``url`` with spaces and non-ASCII characters percent-encoded (``%`` escapes already there kept), as urllib
+    sends them; ``encoding="iso-8859-1"`` for a ``Location`` header (http.client decodes headers so)."""
+    return quote(url.strip(), safe=string.punctuation, encoding=encoding)
 
 
 class _Connections:
@@ -91,6 +116,7 @@ class _Connections:
     def get(self, scheme: str, host: str, port: int | None):
         """The calling thread's connection to ``scheme://host:port`` (through the environment's proxy, if any)."""
         pool = self.local.__dict__.setdefault("pool", {})
+        port = port or (443 if scheme == "https" else 80)  # explicit: an IPv6 literal is not split on its colons
         key = (scheme, host, port)
         conn = pool.get(key)
         if conn is None:
@@ -162,10 +188,17 @@ def _request(url: str, conns: _Connections) -> tuple[int, dict, bytes]:
                 conn.request("GET", path, headers=headers)
             conns.count(opened=not reused)
             resp = conn.getresponse()
+            length = resp.getheader("Content-Length", "")
+            if length.isdigit() and int(length) > _MAX_BYTES:
+                conns.drop(parts.scheme, parts.hostname, parts.port)
+                raise _Permanent(f"answers {int(length)} bytes, more than {_MAX_BYTES >> 20} MiB: not an image to "
+                                 "fetch")
             body = resp.read()  # IncompleteRead when the body is shorter than Content-Length
         except ssl.SSLCertVerificationError as exc:
             conns.drop(parts.scheme, parts.hostname, parts.port)
             raise _Permanent(f"the server's certificate is not trusted ({exc.verify_message or exc})") from None
+        except http.client.InvalidURL as exc:
+            raise _Permanent(f"invalid URL ({exc})") from None
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
             conns.drop(parts.scheme, parts.hostname, parts.port)
             if reused and attempt == 0:
@@ -185,18 +218,34 @@ def _get(url: str, conns: _Connections) -> bytes:
     for _ in range(_REDIRECTS + 1):
         status, headers, body = _request(url, conns)
         if status in (301, 302, 303, 307, 308) and headers.get("location"):
-            url = urljoin(url, headers["location"])
+            url = urljoin(url, quoted(headers["location"], "iso-8859-1"))
             if url_problem(url):
                 raise _Permanent(f"redirected to {url!r}, which is not an http(s) URL")
             continue
         if status == 200:
             if "html" in headers.get("content-type", "").lower():
                 raise _Permanent(f"answered an HTML page (Content-Type {headers['content-type']}), not an image")
-            return body
+            return _decoded(body, headers.get("content-encoding", ""))
         if status in (408, 429) or status >= 500:
-            raise _Transient(f"HTTP {status}")
+            raise _Transient(f"HTTP {status}", network=False)
         raise _Permanent(f"HTTP {status}")
     raise _Permanent(f"more than {_REDIRECTS} redirects")
+
+
+def _decoded(body: bytes, encoding: str) -> bytes:
+    """The body without a ``gzip`` / ``deflate`` Content-Encoding (sent by a server that ignores ``identity``)."""
+    encoding = encoding.strip().lower()
+    try:
+        if encoding in ("gzip", "x-gzip"):
+            return gzip.decompress(body)
+        if encoding == "deflate":
+            try:
+                return zlib.decompress(body)
+            except zlib.error:
+                return zlib.decompress(body, -zlib.MAX_WBITS)  # raw deflate, as some servers send it
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _Transient(f"a {encoding} body that does not decompress ({exc})") from None
+    return body
 
 
 def decode_problem(body: bytes) -> str | None:
@@ -229,7 +278,17 @@ def _write(target: Path, body: bytes) -> None:
 
 def _fetch_one(url: str, target: Path, conns: _Connections, retries: int, stop: threading.Event) -> int:
     """Fetch ``url`` to ``target``; the bytes written. Raises :class:`_Permanent` (with the reason) when it is
-    skipped; gives up before its next attempt once ``stop`` is set (an interrupted fetch ends promptly)."""
+    skipped — whatever went wrong, short of :class:`DownloadError` (a full disk) — and gives up before its next
+    attempt once ``stop`` is set (an interrupted fetch ends promptly)."""
+    try:
+        return _fetch_tries(quoted(url), target, conns, retries, stop)
+    except (_Permanent, DownloadError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one odd answer skips its file, never the whole fetch
+        raise _Permanent(f"{type(exc).__name__}: {str(exc)[:160]}") from None
+
+
+def _fetch_tries(url: str, target: Path, conns: _Connections, retries: int, stop: threading.Event) -> int:
     problem = None
     for _decode_try in (0, 1):  # a file that does not decode is fetched once more
         failures = 0
@@ -242,13 +301,23 @@ def _fetch_one(url: str, target: Path, conns: _Connections, retries: int, stop: 
             except _Transient as exc:
                 failures += 1
                 if failures > retries:
-                    raise _Permanent(f"failed after {failures} attempts: {exc}") from None
-                time.sleep(_BACKOFF_S * 2 ** (failures - 1))
+                    raise _Permanent(f"failed after {failures} attempts: {exc}", network=exc.network) from None
+                stop.wait(_BACKOFF_S * 2 ** (failures - 1))
         problem = decode_problem(body)
         if problem is None:
             _write(target, body)
             return len(body)
     raise _Permanent(f"does not decode as an image, fetched twice ({problem})")
+
+
+def _give_up_if_unreachable(failed: list, enough: int) -> None:
+    """Stop the whole fetch when the first ``enough`` files all failed at the connection and none arrived: the
+    host (or the network, the proxy, the mirror) is down, and retrying the rest file by file would take hours."""
+    if len(failed) >= enough:
+        first = failed[0]
+        raise DownloadError(f"no image could be fetched: the first {len(failed)} failed to connect (first: "
+                            f"{first['url']}: {first['reason']}); check the network, the proxy or data.mirror, then "
+                            "rerun (the images already fetched are kept)")
 
 
 def fetch_files(wanted: Mapping[str, str], dest: str | os.PathLike, *, mirror: str | None = None,
@@ -315,6 +384,7 @@ def fetch_files(wanted: Mapping[str, str], dest: str | os.PathLike, *, mirror: s
         try:
             futures = {pool.submit(_fetch_one, mirrored(url, mirror), target, conns, retries, stop): (rel, url)
                        for rel, url, target in todo}
+            unreachable = []  # files that failed at the connection while none has arrived yet
             with tqdm(total=len(todo), unit="img", desc="fetch images", disable=not progress) as bar:
                 for fut in as_completed(futures):
                     rel, url = futures[fut]
@@ -323,6 +393,9 @@ def fetch_files(wanted: Mapping[str, str], dest: str | os.PathLike, *, mirror: s
                         fetched += 1
                     except _Permanent as exc:
                         skipped.append({"file": rel, "url": mirrored(url, mirror), "reason": str(exc)})
+                        if exc.network and not fetched:
+                            unreachable.append(skipped[-1])
+                            _give_up_if_unreachable(unreachable, min(len(todo), 2 * workers))
                     bar.update(1)
         finally:  # after an error or Ctrl-C: no new attempts, the ones under way end within their timeout
             stop.set()
