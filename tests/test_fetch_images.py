@@ -650,3 +650,11 @@ def test_a_file_name_two_urls_share_is_left_out_when_fetching(small_demo, tmp_pa
     kinds = {r["image_id"]: r["kind"] for r in ds.excluded}
     assert set(kinds) == {doc["images"][0]["id"], doc["images"][1]["id"]}
     assert set(kinds.values()) == {"file_name shared by URLs"}
+
+
+def test_a_file_without_urls_is_one_line_saying_so(small_demo, tmp_path):
+    shutil.copyfile(small_demo / "annotations.json", tmp_path / "annotations.json")  # no coco_url at all
+    ds = open_dataset(_cfg(tmp_path).data)
+    with pytest.raises(ObjalignError, match=r"every annotation was left out when the dataset loaded \(\d+ image "
+                                            r"without url; first: image \d+ has no http\(s\) URL"):
+        sample_instances(ds, n=10)

@@ -73,6 +73,10 @@ def sample_instances(ds: CocoDataset, n: int = 3000, seed: int = 0, min_area: fl
             raise ObjalignError(f"sample.categories: {unknown} not in {ds.path} (known: {sorted(names)[:10]}...)")
         wanted = {cid for cid, name in ds.categories.items() if name in set(categories)}
     pool = eligible(ds, min_area, exclude_crowd, wanted)
+    if not pool and not ds.annotations and ds.excluded:  # the loader left every annotation out: say why
+        first = ds.excluded[0]
+        raise ObjalignError(f"{ds.path}: every annotation was left out when the dataset loaded "
+                            f"({ds.excluded_summary()}; first: {first['reason']}); fix the file or the data settings")
     if not pool:
         raise ObjalignError(f"{ds.path}: no instance passes the filters (min_area={min_area}, "
                             f"exclude_crowd={exclude_crowd}); lower sample.min_area")
