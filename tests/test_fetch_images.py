@@ -9,6 +9,7 @@ import contextlib
 import errno
 import io
 import json
+import os
 import shutil
 import threading
 import time
@@ -658,3 +659,18 @@ def test_a_file_without_urls_is_one_line_saying_so(small_demo, tmp_path):
     with pytest.raises(ObjalignError, match=r"every annotation was left out when the dataset loaded \(\d+ image "
                                             r"without url; first: image \d+ has no http\(s\) URL"):
         sample_instances(ds, n=10)
+
+
+def test_temporary_files_of_a_killed_fetch_are_removed_by_the_next(tmp_path, images):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / "sub" / f".0000.jpg.{dead.stdout.strip()}-1234.part"  # the process has exited
+    alive = tmp_path / f".0001.jpg.{os.getppid()}-1.part"  # a process that still runs: not ours to remove
+    left.parent.mkdir()
+    left.write_bytes(b"half")
+    alive.write_bytes(b"half")
+    with serve(images) as server:
+        got = fetch_files(_wanted(server, list(images)[:2]), tmp_path, progress=False)
+    assert got["n_fetched"] == 2 and not left.exists() and alive.exists()

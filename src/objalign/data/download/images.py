@@ -6,7 +6,8 @@
   (:mod:`http.client`, standard library only), so a run of 3,000 images opens ``workers`` connections, not 3,000.
   A connection the server closed while idle is reopened once without counting as a failure.
 * **Atomic.** A file's bytes go to a temporary name beside it and are moved into place with :func:`os.replace`
-  only after they decoded as an image: a crash never leaves a partial file under the real name.
+  only after they decoded as an image: a crash never leaves a partial file under the real name (and the next fetch
+  removes the temporary files of a process that no longer runs).
 * **Resume.** A file already at its place is not requested again, so a rerun fetches only what is missing.
 * **Retries.** A dropped or stalled connection (``timeout``), a truncated body (fewer bytes than
   ``Content-Length``) and HTTP 408 / 429 / 5xx are retried ``retries`` times with a short back-off; redirects are
@@ -310,6 +311,21 @@ def _fetch_tries(url: str, target: Path, conns: _Connections, retries: int, stop
     raise _Permanent(f"does not decode as an image, fetched twice ({problem})")
 
 
+def _remove_stale_parts(dest: Path) -> None:
+    """Remove the temporary files (``.NAME.PID-THREAD.part``) that a killed fetch left in ``dest``: those of
+    processes no longer running (a fetch running beside this one keeps its own)."""
+    for part in dest.rglob(".*.part"):
+        pid = part.name.rsplit(".", 2)[-2].split("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # raises when no such process exists
+        except ProcessLookupError:
+            part.unlink(missing_ok=True)
+        except OSError:
+            pass  # another user's process: leave its file
+
+
 def _give_up_if_unreachable(failed: list, enough: int) -> None:
     """Stop the whole fetch when the first ``enough`` files all failed at the connection and none arrived: the
     host (or the network, the proxy, the mirror) is down, and retrying the rest file by file would take hours."""
@@ -379,6 +395,7 @@ def fetch_files(wanted: Mapping[str, str], dest: str | os.PathLike, *, mirror: s
         from tqdm.auto import tqdm
 
         dest.mkdir(parents=True, exist_ok=True)
+        _remove_stale_parts(dest)
         pool = ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="objalign-fetch")
         stop = threading.Event()
         try:
