@@ -313,7 +313,10 @@ def _fetch_tries(url: str, target: Path, conns: _Connections, retries: int, stop
 
 def _remove_stale_parts(dest: Path) -> None:
     """Remove the temporary files (``.NAME.PID-THREAD.part``) that a killed fetch left in ``dest``: those of
-    processes no longer running (a fetch running beside this one keeps its own)."""
+    processes no longer running (a fetch running beside this one keeps its own). POSIX only: on Windows
+    ``os.kill`` would end the process it asks about."""
+    if os.name != "posix":
+        return
     for part in dest.rglob(".*.part"):
         pid = part.name.rsplit(".", 2)[-2].split("-")[0]
         if not pid.isdigit() or int(pid) == os.getpid():
