@@ -674,3 +674,16 @@ def test_temporary_files_of_a_killed_fetch_are_removed_by_the_next(tmp_path, ima
     with serve(images) as server:
         got = fetch_files(_wanted(server, list(images)[:2]), tmp_path, progress=False)
     assert got["n_fetched"] == 2 and not left.exists() and alive.exists()
+
+
+def test_a_connection_without_an_explicit_port_is_dropped_after_a_failure():
+    """URLs such as http://images.cocodataset.org/... carry no port: the connection kept for them must be the one
+    a failure drops (else the broken connection would be reused)."""
+    conns = fetch_mod._Connections(timeout=1.0)
+    a = conns.get("http", "images.example.org", None)
+    assert conns.get("http", "images.example.org", 80) is a and (a.host, a.port) == ("images.example.org", 80)
+    conns.drop("http", "images.example.org", None)
+    assert conns.get("http", "images.example.org", None) is not a
+    v6 = conns.get("https", "::1", None)
+    assert (v6.host, v6.port) == ("::1", 443)
+    conns.close()

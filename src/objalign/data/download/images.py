@@ -114,11 +114,17 @@ class _Connections:
         self.opened = 0
         self.requests = 0
 
+    @staticmethod
+    def key(scheme: str, host: str, port: int | None) -> tuple:
+        """``(scheme, host, port)`` with the scheme's default port made explicit (so an IPv6 literal is never split
+        on its colons, and a URL with and without ``:80`` share one connection)."""
+        return scheme, host, port or (443 if scheme == "https" else 80)
+
     def get(self, scheme: str, host: str, port: int | None):
         """The calling thread's connection to ``scheme://host:port`` (through the environment's proxy, if any)."""
         pool = self.local.__dict__.setdefault("pool", {})
-        port = port or (443 if scheme == "https" else 80)  # explicit: an IPv6 literal is not split on its colons
-        key = (scheme, host, port)
+        key = self.key(scheme, host, port)
+        port = key[2]
         conn = pool.get(key)
         if conn is None:
             proxy = proxy_for(scheme, host)
@@ -140,7 +146,7 @@ class _Connections:
         return conn
 
     def drop(self, scheme: str, host: str, port: int | None) -> None:
-        conn = self.local.__dict__.get("pool", {}).pop((scheme, host, port), None)
+        conn = self.local.__dict__.get("pool", {}).pop(self.key(scheme, host, port), None)
         if conn is not None:
             conn.close()
 
