@@ -227,13 +227,15 @@ def test_disk_full_is_one_line_and_keeps_what_was_fetched(tmp_path, images, monk
     written = []
 
     def full_after_two(path, mode="r", *a, **kw):
-        if "w" in mode and Path(path).name.endswith(".part"):
+        if "w" in mode and ".tmp-" in Path(path).name:
             if len(written) >= 2:
                 raise OSError(errno.ENOSPC, "No space left on device")
             written.append(path)
         return real_open(path, mode, *a, **kw)
 
-    monkeypatch.setattr(fetch_mod, "open", full_after_two, raising=False)
+    import objalign.atomic
+
+    monkeypatch.setattr(objalign.atomic, "open", full_after_two, raising=False)
     with serve(images) as server, pytest.raises(DownloadError, match=r"disk full while writing .*rerun"):
         fetch_files(_wanted(server, paths), tmp_path, workers=1, progress=False)
     assert len([p for p in tmp_path.iterdir() if p.suffix == ".jpg"]) == 2 and _leftovers(tmp_path) == []
@@ -665,14 +667,19 @@ def test_temporary_files_of_a_killed_fetch_are_removed_by_the_next(tmp_path, ima
     import subprocess
     import sys
 
+    import socket
+
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    left = tmp_path / "sub" / f".0000.jpg.{dead.stdout.strip()}-1234.part"  # the process has exited
-    alive = tmp_path / f".0001.jpg.{os.getppid()}-1.part"  # a process that still runs: not ours to remove
+    host = socket.gethostname().replace("~", "-")
+    left = tmp_path / "sub" / f".0000.jpg.tmp-{host}~{dead.stdout.strip()}~0123abcd"  # the process has exited
+    alive = tmp_path / f".0001.jpg.tmp-{host}~{os.getppid()}~0123abcd"  # still runs: not ours to remove
     left.parent.mkdir()
     left.write_bytes(b"half")
     alive.write_bytes(b"half")
+    paths = list(images)[:2]
     with serve(images) as server:
-        got = fetch_files(_wanted(server, list(images)[:2]), tmp_path, progress=False)
+        wanted = {"sub/0000.jpg": server.url + paths[0], "0001.jpg": server.url + paths[1]}
+        got = fetch_files(wanted, tmp_path, progress=False)
     assert got["n_fetched"] == 2 and not left.exists() and alive.exists()
 
 

@@ -5,9 +5,9 @@
 * **Many at once.** ``workers`` threads, each holding one persistent HTTP/1.1 connection per host
   (:mod:`http.client`, standard library only), so a run of 3,000 images opens ``workers`` connections, not 3,000.
   A connection the server closed while idle is reopened once without counting as a failure.
-* **Atomic.** A file's bytes go to a temporary name beside it and are moved into place with :func:`os.replace`
-  only after they decoded as an image: a crash never leaves a partial file under the real name (and the next fetch
-  removes the temporary files of a process that no longer runs).
+* **Atomic.** A file's bytes are written with :func:`objalign.atomic.atomic_write_bytes` only after they decoded as
+  an image: a crash never leaves a partial file under the real name, and the next fetch removes the temporaries a
+  killed one left (:func:`objalign.stores.remove_stale_temporaries`).
 * **Resume.** A file already at its place is not requested again, so a rerun fetches only what is missing.
 * **Retries.** A dropped or stalled connection (``timeout``), a truncated body (fewer bytes than
   ``Content-Length``) and HTTP 408 / 429 / 5xx are retried ``retries`` times with a short back-off; redirects are
@@ -46,9 +46,11 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 from objalign import __version__
+from objalign.atomic import atomic_write_bytes
 from objalign.data.download.common import DownloadError
 from objalign.data.download.fetch import _reason
 from objalign.data.images import file_name_problem
+from objalign.stores import remove_stale_temporaries
 
 _REDIRECTS = 5
 _BACKOFF_S = 0.25  # first pause between retries of one file; doubles each time
@@ -268,15 +270,11 @@ def decode_problem(body: bytes) -> str | None:
 
 
 def _write(target: Path, body: bytes) -> None:
-    """Write ``body`` atomically at ``target`` (a temporary name beside it, then :func:`os.replace`)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.part")
+    """Write ``body`` atomically at ``target`` (:func:`objalign.atomic.atomic_write_bytes`)."""
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(body)
-        os.replace(tmp, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, body)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
             raise DownloadError(f"disk full while writing {target}; free space on that disk (or choose another "
                                 "data.root) and rerun: the images already fetched are kept") from None
@@ -315,24 +313,6 @@ def _fetch_tries(url: str, target: Path, conns: _Connections, retries: int, stop
             _write(target, body)
             return len(body)
     raise _Permanent(f"does not decode as an image, fetched twice ({problem})")
-
-
-def _remove_stale_parts(dest: Path) -> None:
-    """Remove the temporary files (``.NAME.PID-THREAD.part``) that a killed fetch left in ``dest``: those of
-    processes no longer running (a fetch running beside this one keeps its own). POSIX only: on Windows
-    ``os.kill`` would end the process it asks about."""
-    if os.name != "posix":
-        return
-    for part in dest.rglob(".*.part"):
-        pid = part.name.rsplit(".", 2)[-2].split("-")[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)  # raises when no such process exists
-        except ProcessLookupError:
-            part.unlink(missing_ok=True)
-        except OSError:
-            pass  # another user's process: leave its file
 
 
 def _give_up_if_unreachable(failed: list, enough: int) -> None:
@@ -404,7 +384,8 @@ def fetch_files(wanted: Mapping[str, str], dest: str | os.PathLike, *, mirror: s
         from tqdm.auto import tqdm
 
         dest.mkdir(parents=True, exist_ok=True)
-        _remove_stale_parts(dest)
+        # the temporaries a killed fetch left in the folders this one writes (never a live writer's)
+        remove_stale_temporaries(dest, tuple(sorted({str(t.parent.relative_to(dest)) for _, _, t in todo} - {"."})))
         pool = ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="objalign-fetch")
         stop = threading.Event()
         try:
